@@ -1,0 +1,267 @@
+"""Checkpoint loading and saving.
+
+Formats:
+- official SysCV / segment-anything `.pth` state dicts (SAM-HQ or plain SAM), read with
+  `torch.load(weights_only=True)` so that a checkpoint can never execute code;
+- Hugging Face layout: a directory with `config.json` + `model.safetensors`, key names as
+  transformers' `convert_samhq_to_hf.py` writes them.
+Sources are local paths or any fsspec URL (s3://, gs://, https://, file://); remote files
+are downloaded once into a local cache.
+"""
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from typing import Dict, List, Optional, Tuple
+
+import fsspec
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import SamHQConfig
+from .modeling.sam_hq import SamHQModel
+
+# Official key fragment → HF key fragment, applied in order as plain substring replacements.
+_HF_RENAMES: List[Tuple[str, str]] = [
+    ("iou_prediction_head.layers.0", "iou_prediction_head.proj_in"),
+    ("iou_prediction_head.layers.1", "iou_prediction_head.layers.0"),
+    ("iou_prediction_head.layers.2", "iou_prediction_head.proj_out"),
+    ("mask_decoder.output_upscaling.0", "mask_decoder.upscale_conv1"),
+    ("mask_decoder.output_upscaling.1", "mask_decoder.upscale_layer_norm"),
+    ("mask_decoder.output_upscaling.3", "mask_decoder.upscale_conv2"),
+    ("mask_downscaling.0", "mask_embed.conv1"),
+    ("mask_downscaling.1", "mask_embed.layer_norm1"),
+    ("mask_downscaling.3", "mask_embed.conv2"),
+    ("mask_downscaling.4", "mask_embed.layer_norm2"),
+    ("mask_downscaling.6", "mask_embed.conv3"),
+    ("point_embeddings", "point_embed"),
+    ("pe_layer.positional_encoding_gaussian_matrix", "shared_embedding.positional_embedding"),
+    ("image_encoder", "vision_encoder"),
+    ("neck.0", "neck.conv1"),
+    ("neck.1", "neck.layer_norm1"),
+    ("neck.2", "neck.conv2"),
+    ("neck.3", "neck.layer_norm2"),
+    ("patch_embed.proj", "patch_embed.projection"),
+    (".norm", ".layer_norm"),
+    ("blocks", "layers"),
+    ("mask_decoder.hf_token", "mask_decoder.hq_token"),
+    ("mask_decoder.compress_vit_feat.0", "mask_decoder.compress_vit_conv1"),
+    ("mask_decoder.compress_vit_feat.1", "mask_decoder.compress_vit_norm"),
+    ("mask_decoder.compress_vit_feat.3", "mask_decoder.compress_vit_conv2"),
+    ("mask_decoder.embedding_encoder.0", "mask_decoder.encoder_conv1"),
+    ("mask_decoder.embedding_encoder.1", "mask_decoder.encoder_norm"),
+    ("mask_decoder.embedding_encoder.3", "mask_decoder.encoder_conv2"),
+    ("mask_decoder.embedding_maskfeature.0", "mask_decoder.mask_conv1"),
+    ("mask_decoder.embedding_maskfeature.1", "mask_decoder.mask_norm"),
+    ("mask_decoder.embedding_maskfeature.3", "mask_decoder.mask_conv2"),
+    ("mask_decoder.hf_mlp", "mask_decoder.hq_mask_mlp"),
+] + [
+    (f"{mlp}.layers.{i}", f"{mlp}.{new}")
+    for mlp in [f"output_hypernetworks_mlps.{j}" for j in range(4)] + ["hq_mask_mlp"]
+    for i, new in ((0, "proj_in"), (1, "layers.0"), (2, "proj_out"))
+]
+_HF_POSITIONAL = "prompt_encoder.shared_embedding.positional_embedding"
+_HF_POSITIONAL_ALIAS = "shared_image_embedding.positional_embedding"
+# In official checkpoints but unused by the model: TinyViT's classification head, SAM's
+# normalisation constants.
+_UNUSED_KEYS = re.compile(r"^(image_encoder\.(norm_head|head)\.|pixel_mean$|pixel_std$)")
+_HF_WEIGHTS = "model.safetensors"
+_HF_CONFIG = "config.json"
+
+
+def to_hf_key(key: str) -> str:
+    """Official state-dict key → the key transformers' SAM-HQ conversion gives it."""
+    for old, new in _HF_RENAMES:
+        if old in key:
+            key = key.replace(old, new)
+    return key
+
+
+def from_hf_state_dict(state: Dict[str, torch.Tensor], model_keys: List[str]) -> Dict[str, torch.Tensor]:
+    """Rename an HF-layout state dict to this model's (official) key names."""
+    state = dict(state)
+    alias = state.pop(_HF_POSITIONAL_ALIAS, None)
+    if alias is not None:
+        state.setdefault(_HF_POSITIONAL, alias)
+    to_official = {to_hf_key(k): k for k in model_keys}
+    return {to_official.get(k, k): v for k, v in state.items()}
+
+
+def infer_config(state: Dict[str, torch.Tensor]) -> SamHQConfig:
+    """Derive the architecture of an official-layout state dict from its tensor shapes."""
+    hq = "mask_decoder.hf_token.weight" in state
+    decoder = dict(
+        hidden_size=state["mask_decoder.iou_token.weight"].shape[1],
+        num_multimask_outputs=state["mask_decoder.mask_tokens.weight"].shape[0] - 1,
+        num_hidden_layers=_count(state, r"mask_decoder\.transformer\.layers\.(\d+)\."),
+        mlp_dim=state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
+        hq=hq,
+    )
+    if "image_encoder.patch_embed.seq.0.c.weight" in state:
+        dims = [state[f"image_encoder.layers.{i}.blocks.0.conv1.c.weight"].shape[1] if i == 0 else
+                state[f"image_encoder.layers.{i}.blocks.0.attn.qkv.weight"].shape[1] for i in range(4)]
+        heads = [2] + [state[f"image_encoder.layers.{i}.blocks.0.attn.attention_biases"].shape[0] for i in range(1, 4)]
+        windows = [7] + [round(state[f"image_encoder.layers.{i}.blocks.0.attn.attention_biases"].shape[1] ** 0.5)
+                         for i in range(1, 4)]
+        vision = dict(
+            encoder_type="tiny_vit",
+            tiny_embed_dims=dims,
+            tiny_depths=[_count(state, rf"image_encoder\.layers\.{i}\.blocks\.(\d+)\.") for i in range(4)],
+            tiny_num_heads=heads,
+            tiny_window_sizes=windows,
+            output_channels=state["image_encoder.neck.0.weight"].shape[0],
+        )
+    else:
+        hidden = state["image_encoder.patch_embed.proj.weight"].shape[0]
+        grid = state["image_encoder.pos_embed"].shape[1]
+        depth = _count(state, r"image_encoder\.blocks\.(\d+)\.")
+        rel_lengths = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] for i in range(depth)]
+        head_dim = state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+        windowed = [n for n in rel_lengths if n != 2 * grid - 1]
+        vision = dict(
+            hidden_size=hidden,
+            num_hidden_layers=depth,
+            num_attention_heads=hidden // head_dim,
+            image_size=grid * 16,
+            window_size=(windowed[0] + 1) // 2 if windowed else 14,
+            global_attn_indexes=[i for i, n in enumerate(rel_lengths) if n == 2 * grid - 1],
+            output_channels=state["image_encoder.neck.0.weight"].shape[0],
+        )
+    base = SamHQConfig.from_variant("vit_tiny" if vision.get("encoder_type") == "tiny_vit" else "vit_b")
+    data = base.to_dict()
+    data["vision_config"].update(vision)
+    data["prompt_encoder_config"].update(image_size=data["vision_config"]["image_size"], hidden_size=decoder["hidden_size"])
+    vit_dim = vision["tiny_embed_dims"][2] if "tiny_embed_dims" in vision else vision["hidden_size"]
+    data["mask_decoder_config"].update(decoder, vit_dim=vit_dim)
+    return SamHQConfig.from_dict(data)
+
+
+def _count(state: Dict[str, torch.Tensor], pattern: str) -> int:
+    indexes = {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
+    return max(indexes) + 1 if indexes else 0
+
+
+def load_model(
+    src: str,
+    variant: Optional[str] = None,
+    sha256: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    storage_options: Optional[dict] = None,
+    map_location: str = "cpu",
+) -> SamHQModel:
+    """Load a SamHQModel from `src` (path or fsspec URL of a `.pth`/`.safetensors` file or an
+    HF-layout directory).
+
+    variant: "vit_b" | "vit_l" | "vit_h" | "vit_tiny" for a `.pth`; inferred from the tensor
+      shapes when omitted (plain SAM checkpoints are recognised by their missing HQ weights).
+    sha256: expected hex digest of the weights file; a mismatch raises ValueError.
+    cache_dir: where remote files are cached (default ~/.cache/samhq_core).
+    storage_options: fsspec options for remote sources (e.g. {"endpoint_url": ...} for S3).
+    """
+    local = fetch(src, cache_dir=cache_dir, storage_options=storage_options)
+    config: Optional[SamHQConfig] = None
+    weights = local
+    if os.path.isdir(local):
+        weights = os.path.join(local, _HF_WEIGHTS)
+        config = SamHQConfig.load(os.path.join(local, _HF_CONFIG))
+    if sha256 is not None:
+        actual = file_sha256(weights)
+        if actual != sha256.lower():
+            raise ValueError(f"sha256 mismatch for {src}: expected {sha256.lower()}, got {actual}")
+    state = _read_state_dict(weights, map_location)
+    if _HF_POSITIONAL in state or _HF_POSITIONAL_ALIAS in state:
+        if config is None:
+            raise ValueError(f"{src} holds HF-layout weights without a config.json beside them")
+        model = SamHQModel(config)
+        state = from_hf_state_dict(state, list(model.state_dict()))
+    else:
+        state = {k: v for k, v in state.items() if not _UNUSED_KEYS.match(k)}
+        if config is None:
+            config = SamHQConfig.from_variant(variant) if variant else _infer_or_explain(state, src)
+            if variant and "mask_decoder.hf_token.weight" not in state:
+                config.mask_decoder_config.hq = False
+        model = SamHQModel(config)
+    _check_keys(model, state, src)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _infer_or_explain(state: Dict[str, torch.Tensor], src: str) -> SamHQConfig:
+    try:
+        return infer_config(state)
+    except (KeyError, IndexError) as e:
+        raise ValueError(f"{src} does not look like a SAM / SAM-HQ checkpoint (no {e}); pass variant=...") from e
+
+
+def _check_keys(model: SamHQModel, state: Dict[str, torch.Tensor], src: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or misshaped:
+        parts = [f"{name} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)) if keys]
+        raise ValueError(f"checkpoint {src} does not fit the model: " + "; ".join(parts))
+
+
+def _read_state_dict(path: str, map_location: str) -> Dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        return load_file(path, device=map_location)
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(state, dict) and set(state) in ({"model"}, {"state_dict"}):
+        state = next(iter(state.values()))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a state dict of tensors")
+    return state
+
+
+def save_model(model: SamHQModel, directory: str) -> None:
+    """Write `config.json` + `model.safetensors` with transformers' key names."""
+    os.makedirs(directory, exist_ok=True)
+    state = {to_hf_key(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state[_HF_POSITIONAL_ALIAS] = state[_HF_POSITIONAL].clone()
+    save_file(state, os.path.join(directory, _HF_WEIGHTS))
+    with open(os.path.join(directory, _HF_CONFIG), "w") as f:
+        json.dump(model.config.to_dict(), f, indent=2, sort_keys=True)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(src: str, cache_dir: Optional[str] = None, storage_options: Optional[dict] = None) -> str:
+    """Local path of `src`, downloading a remote file or HF directory into the cache once."""
+    if "://" not in src or src.startswith("file://"):
+        path = src[len("file://"):] if src.startswith("file://") else src
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return path
+    fs, remote = fsspec.core.url_to_fs(src, **(storage_options or {}))
+    cache_root = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "samhq_core")
+    target = os.path.join(cache_root, hashlib.sha256(src.encode()).hexdigest()[:16])
+    is_file = remote.endswith((".pth", ".pt", ".bin", ".safetensors"))
+    names = [os.path.basename(remote)] if is_file else [_HF_CONFIG, _HF_WEIGHTS]
+    os.makedirs(target, exist_ok=True)
+    for name in names:
+        local = os.path.join(target, name)
+        if os.path.exists(local):
+            continue
+        remote_file = remote if is_file else f"{remote.rstrip('/')}/{name}"
+        if not fs.exists(remote_file):
+            raise FileNotFoundError(f"checkpoint file not found: {remote_file} ({src})")
+        with tempfile.NamedTemporaryFile(dir=target, delete=False) as tmp:
+            with fs.open(remote_file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    tmp.write(block)
+        os.replace(tmp.name, local)  # atomic: a cut-off download never looks cached
+    return os.path.join(target, names[0]) if is_file else target

@@ -1,0 +1,187 @@
+"""ViT image encoder (SAM vit_b / vit_l / vit_h): windowed + global attention with
+decomposed relative positions, and a neck down to the prompt embedding width."""
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .common import LayerNorm2d, MLPBlock, window_partition, window_unpartition
+
+
+class ImageEncoderViT(nn.Module):
+    """Returns the neck output (B, out_chans, H/16, W/16) and the output of the first
+    global-attention block (B, H/16, W/16, embed_dim), which the HQ decoder fuses in."""
+
+    def __init__(
+        self,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        layer_norm_eps: float = 1e-6,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 14,
+        global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
+    ) -> None:
+        super().__init__()
+        if not global_attn_indexes:
+            raise ValueError("the ViT encoder needs at least one global-attention block for HQ features")
+        self.img_size = img_size
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.pos_embed: Optional[nn.Parameter] = (
+            nn.Parameter(torch.zeros(1, grid, grid, embed_dim)) if use_abs_pos else None
+        )
+        self.blocks = nn.ModuleList(
+            Block(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                layer_norm_eps=layer_norm_eps,
+                use_rel_pos=use_rel_pos,
+                window_size=0 if i in global_attn_indexes else window_size,
+                input_size=(grid, grid),
+            )
+            for i in range(depth)
+        )
+        self.first_global_index = min(global_attn_indexes)
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.patch_embed(x)  # B x h x w x C
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == self.first_global_index:
+                early = x
+        return self.neck(x.permute(0, 3, 1, 2)), early
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)  # B x h x w x C
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; attention runs in windows unless window_size is 0."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        layer_norm_eps: float,
+        use_rel_pos: bool,
+        window_size: int,
+        input_size: Tuple[int, int],
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.attn = Attention(
+            dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            use_rel_pos=use_rel_pos,
+            input_size=input_size if window_size == 0 else (window_size, window_size),
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+        self.window_size = window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            h, w = x.shape[1], x.shape[2]
+            x, padded_hw = window_partition(x, self.window_size)
+            x = self.attn(x)
+            x = window_unpartition(x, self.window_size, padded_hw, (h, w))
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with decomposed relative positions added as an SDPA bias."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool,
+        use_rel_pos: bool,
+        input_size: Tuple[int, int],
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        # qkv: 3 x B x heads x (h*w) x head_dim
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = None
+        if self.use_rel_pos:
+            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w))
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        x = x.transpose(1, 2).reshape(b, h, w, -1)
+        return self.proj(x)
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative-position table (q_size, k_size, C), resampled if the table was trained
+    for another size."""
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_rel_dist:
+        rel_pos = F.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear"
+        ).reshape(-1, max_rel_dist).permute(1, 0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative_coords = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative_coords.long()]
+
+
+def decomposed_rel_pos_bias(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: Tuple[int, int]
+) -> torch.Tensor:
+    """MViTv2 decomposed relative positions as an additive attention bias.
+
+    q: (B, heads, h*w, C) unscaled queries → bias (B, heads, h*w, h*w) in q's dtype.
+    """
+    h, w = size
+    table_h = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # h x h x C
+    table_w = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # w x w x C
+    b, n, _, c = q.shape
+    r_q = q.reshape(b, n, h, w, c)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, table_h)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, table_w)
+    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, h * w, h * w)

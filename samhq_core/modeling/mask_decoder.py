@@ -1,0 +1,148 @@
+"""HQ mask decoder: SAM's mask decoder plus the HQ output token, whose mask is read off
+features that fuse the early ViT block with the final image embedding.
+
+Built with `hq=False` it is SAM's plain mask decoder (for baseline SAM checkpoints).
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .common import MLP, LayerNorm2d
+from .transformer import TwoWayTransformer
+
+
+class MaskDecoderHQ(nn.Module):
+    def __init__(
+        self,
+        transformer_dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+        vit_dim: int = 768,
+        hq: bool = True,
+    ) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+        self.hq = hq
+        if hq:
+            self.hf_token = nn.Embedding(1, transformer_dim)
+            self.hf_mlp = MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            self.compress_vit_feat = nn.Sequential(
+                nn.ConvTranspose2d(vit_dim, transformer_dim, kernel_size=2, stride=2),
+                LayerNorm2d(transformer_dim),
+                nn.GELU(),
+                nn.ConvTranspose2d(transformer_dim, transformer_dim // 8, kernel_size=2, stride=2),
+            )
+            self.embedding_encoder = nn.Sequential(
+                nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+                LayerNorm2d(transformer_dim // 4),
+                nn.GELU(),
+                nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            )
+            self.embedding_maskfeature = nn.Sequential(
+                nn.Conv2d(transformer_dim // 8, transformer_dim // 4, 3, 1, 1),
+                LayerNorm2d(transformer_dim // 4),
+                nn.GELU(),
+                nn.Conv2d(transformer_dim // 4, transformer_dim // 8, 3, 1, 1),
+            )
+
+    def hq_features(self, image_embeddings: torch.Tensor, early_embeddings: torch.Tensor) -> torch.Tensor:
+        """Per-image HQ features, computed once per image and shared by all its prompts.
+
+        image_embeddings (B, C, h, w), early_embeddings (B, h, w, vit_dim) → (B, C/8, 4h, 4w).
+        """
+        return self.embedding_encoder(image_embeddings) + self.compress_vit_feat(early_embeddings.permute(0, 3, 1, 2))
+
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        hq_features: Optional[torch.Tensor],
+        multimask_output: bool,
+        hq_token_only: bool,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Masks for n prompts on one image.
+
+        image_embedding: (1 or n, C, h, w), the image embedding plus dense prompt embeddings
+        image_pe: (1, C, h, w); sparse_prompt_embeddings: (n, T, C)
+        hq_features: (1, C/8, 4h, 4w) for this image, or None for a plain SAM decoder
+        Returns mask logits (n, K, 4h, 4w) and IoU predictions (n, K): K = 3 candidates sorted
+        by IoU with multimask_output (the first is the official output), else K = 1.
+        """
+        n = sparse_prompt_embeddings.shape[0]
+        output_tokens = [self.iou_token.weight, self.mask_tokens.weight]
+        if self.hq:
+            output_tokens.append(self.hf_token.weight)
+        output_tokens = torch.cat(output_tokens).to(sparse_prompt_embeddings.dtype)
+        tokens = torch.cat([output_tokens.expand(n, -1, -1), sparse_prompt_embeddings], dim=1)
+
+        hs, keys = self.transformer(image_embedding, image_pe, tokens)
+        iou_pred = self.iou_prediction_head(hs[:, 0])  # n x num_mask_tokens
+        _, c, h, w = image_embedding.shape
+        upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(n, c, h, w))  # n x C/8 x 4h x 4w
+
+        if multimask_output:
+            iou_pred, order = iou_pred[:, 1 : self.num_mask_tokens].sort(dim=1, descending=True, stable=True)
+            token_ids = order + 1
+        else:
+            iou_pred = iou_pred[:, :1]
+            token_ids = torch.zeros(n, 1, dtype=torch.long, device=iou_pred.device)
+
+        if hq_token_only:
+            return self._hq_mask(hs, upscaled, hq_features), iou_pred[:, :1]
+        masks = self._sam_masks(hs, upscaled, token_ids, multimask_output)
+        if self.hq:
+            masks = masks + self._hq_mask(hs, upscaled, hq_features)
+        return masks, iou_pred
+
+    def _sam_masks(
+        self, hs: torch.Tensor, upscaled: torch.Tensor, token_ids: torch.Tensor, multimask_output: bool
+    ) -> torch.Tensor:
+        """SAM masks of the mask tokens in token_ids (n, K) → (n, K, H, W)."""
+        first = 1 if multimask_output else 0
+        count = self.num_multimask_outputs if multimask_output else 1
+        hyper = torch.stack(
+            [self.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in range(first, first + count)], dim=1
+        )  # n x count x C/8
+        hyper = hyper.gather(1, (token_ids - first)[..., None].expand(-1, -1, hyper.shape[-1]))
+        n, c, h, w = upscaled.shape
+        return (hyper @ upscaled.view(n, c, h * w)).view(n, -1, h, w)
+
+    def _hq_mask(self, hs: torch.Tensor, upscaled: torch.Tensor, hq_features: Optional[torch.Tensor]) -> torch.Tensor:
+        """The HQ token's mask (n, 1, H, W).
+
+        Its hypernetwork vector multiplies the output of embedding_maskfeature's last conv,
+        which is linear, so the vector is folded into that conv's weights per prompt (one
+        output channel instead of C/8), and into hq_features, which stay shared per image.
+        """
+        if hq_features is None:
+            raise ValueError("hq_token_only=True needs an HQ checkpoint; this model is plain SAM")
+        hyper = self.hf_mlp(hs[:, self.num_mask_tokens + 1])  # n x C/8
+        hidden = self.embedding_maskfeature[:3](upscaled)  # n x C/4 x H x W
+        last_conv = self.embedding_maskfeature[3]
+        n, c_hidden, h, w = hidden.shape
+        weight = torch.einsum("no,oikl->nikl", hyper, last_conv.weight.to(hyper.dtype))  # n x C/4 x 3 x 3
+        bias = hyper @ last_conv.bias.to(hyper.dtype)  # n
+        masks = F.conv2d(hidden.reshape(1, n * c_hidden, h, w), weight, bias, padding=1, groups=n)
+        shared = hyper @ hq_features.reshape(hq_features.shape[1], h * w).to(hyper.dtype)  # n x HW
+        return (masks.view(n, h * w) + shared).view(n, 1, h, w)

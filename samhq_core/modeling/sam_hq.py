@@ -1,0 +1,246 @@
+"""SamHQModel: image encoder + prompt encoder + HQ mask decoder, with a batched API
+mirroring transformers' SamHQModel (prompts per image, several prompts per image)."""
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import SamHQConfig
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoderHQ
+from .prompt_encoder import LABEL_NEGATIVE, LABEL_PAD, LABEL_POSITIVE, PromptEncoder
+from .tiny_vit import TinyViT
+from .transformer import TwoWayTransformer
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class SamHQOutput:
+    """pred_masks: (B, P, K, 4h, 4w) low-res mask logits (256 x 256 for 1024 inputs);
+    iou_scores: (B, P, K) predicted IoU; K is 3 with multimask_output (sorted by IoU,
+    best first) unless hq_token_only, else 1. The image embeddings are returned for reuse."""
+
+    pred_masks: torch.Tensor
+    iou_scores: torch.Tensor
+    image_embeddings: torch.Tensor
+    intermediate_embeddings: torch.Tensor
+
+
+def build_image_encoder(config: SamHQConfig) -> nn.Module:
+    v = config.vision_config
+    if v.encoder_type == "tiny_vit":
+        return TinyViT(
+            img_size=v.image_size,
+            in_chans=v.num_channels,
+            embed_dims=v.tiny_embed_dims,
+            depths=v.tiny_depths,
+            num_heads=v.tiny_num_heads,
+            window_sizes=v.tiny_window_sizes,
+            mlp_ratio=v.mlp_ratio,
+            out_chans=v.output_channels,
+        )
+    return ImageEncoderViT(
+        img_size=v.image_size,
+        patch_size=v.patch_size,
+        in_chans=v.num_channels,
+        embed_dim=v.hidden_size,
+        depth=v.num_hidden_layers,
+        num_heads=v.num_attention_heads,
+        mlp_ratio=v.mlp_ratio,
+        out_chans=v.output_channels,
+        qkv_bias=v.qkv_bias,
+        layer_norm_eps=v.layer_norm_eps,
+        use_abs_pos=v.use_abs_pos,
+        use_rel_pos=v.use_rel_pos,
+        window_size=v.window_size,
+        global_attn_indexes=v.global_attn_indexes,
+    )
+
+
+class SamHQModel(nn.Module):
+    """SAM-HQ (or plain SAM when `config.mask_decoder_config.hq` is False)."""
+
+    def __init__(self, config: SamHQConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        p, d = config.prompt_encoder_config, config.mask_decoder_config
+        self.image_encoder = build_image_encoder(config)
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=p.hidden_size,
+            image_embedding_size=config.embedding_size,
+            input_image_size=(p.image_size, p.image_size),
+            mask_in_chans=p.mask_input_channels,
+        )
+        self.mask_decoder = MaskDecoderHQ(
+            transformer_dim=d.hidden_size,
+            transformer=TwoWayTransformer(
+                depth=d.num_hidden_layers,
+                embedding_dim=d.hidden_size,
+                num_heads=d.num_attention_heads,
+                mlp_dim=d.mlp_dim,
+                attention_downsample_rate=d.attention_downsample_rate,
+            ),
+            num_multimask_outputs=d.num_multimask_outputs,
+            iou_head_depth=d.iou_head_depth,
+            iou_head_hidden_dim=d.iou_head_hidden_dim,
+            vit_dim=d.vit_dim,
+            hq=d.hq,
+        )
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @classmethod
+    def from_pretrained(cls, src: str, **kwargs) -> "SamHQModel":
+        """Load an official `.pth` or an HF-layout directory from a path or fsspec URL.
+        See `samhq_core.checkpoint.load_model` for the keyword arguments."""
+        from ..checkpoint import load_model
+
+        return load_model(src, **kwargs)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write `config.json` + `model.safetensors` in the HF layout."""
+        from ..checkpoint import save_model
+
+        save_model(self, directory)
+
+    def get_image_embeddings(self, pixel_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """pixel_values (B, 3, S, S) from SamHQProcessor → image embeddings (B, 256, S/16, S/16)
+        and intermediate embeddings (B, S/16, S/16, vit_dim): the early encoder features the
+        HQ decoder needs. Pass both back to `forward` to reuse them across prompts."""
+        size = self.config.vision_config.image_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, size, size):
+            raise ValueError(f"pixel_values must be (batch, 3, {size}, {size}), got {tuple(pixel_values.shape)}")
+        return self.image_encoder(pixel_values)
+
+    def forward(
+        self,
+        pixel_values: Optional[torch.Tensor] = None,
+        input_points: Optional[torch.Tensor] = None,
+        input_labels: Optional[torch.Tensor] = None,
+        input_boxes: Optional[torch.Tensor] = None,
+        input_masks: Optional[torch.Tensor] = None,
+        image_embeddings: Optional[torch.Tensor] = None,
+        intermediate_embeddings: Optional[torch.Tensor] = None,
+        multimask_output: bool = True,
+        hq_token_only: bool = False,
+        prompt_chunk_size: int = 64,
+    ) -> SamHQOutput:
+        """Predict masks for P prompts on each of B images.
+
+        Images come as `pixel_values` (B, 3, S, S), or as `image_embeddings` plus
+        `intermediate_embeddings` from `get_image_embeddings`. Prompts, in the S x S input
+        frame (SamHQProcessor rescales them):
+          input_points (B, P, N, 2) as (x, y), with input_labels (B, P, N): 1 foreground,
+            0 background, -1 padding (ignored); labels default to 1.
+          input_boxes (B, P, 4) as (x1, y1, x2, y2).
+          input_masks (B, P, 4h, 4w) low-res mask logits, e.g. an earlier pred_masks.
+        Prompts of one image are decoded `prompt_chunk_size` at a time to bound memory.
+        """
+        if (pixel_values is None) == (image_embeddings is None):
+            raise ValueError("pass exactly one of pixel_values or image_embeddings")
+        if pixel_values is not None:
+            image_embeddings, intermediate_embeddings = self.get_image_embeddings(pixel_values)
+        elif intermediate_embeddings is None and self.mask_decoder.hq:
+            raise ValueError("image_embeddings need their intermediate_embeddings (see get_image_embeddings)")
+        if hq_token_only and not self.mask_decoder.hq:
+            raise ValueError("hq_token_only=True needs an HQ checkpoint; this model is plain SAM")
+        if prompt_chunk_size < 1:
+            raise ValueError(f"prompt_chunk_size must be >= 1, got {prompt_chunk_size}")
+        batch = image_embeddings.shape[0]
+        num_prompts = self._check_prompts(batch, input_points, input_labels, input_boxes, input_masks)
+        if input_points is not None and input_labels is None:
+            input_labels = torch.ones(input_points.shape[:-1], dtype=torch.long, device=input_points.device)
+
+        points = None if input_points is None else (input_points, input_labels)
+        sparse = None
+        if points is not None or input_boxes is not None:
+            sparse = self.prompt_encoder(points, input_boxes)  # B x P x T x C
+        image_pe = self.prompt_encoder.get_dense_pe()
+        masks, scores = [], []
+        for b in range(batch):
+            hq_features = None
+            if self.mask_decoder.hq:
+                hq_features = self.mask_decoder.hq_features(image_embeddings[b : b + 1], intermediate_embeddings[b : b + 1])
+            for start in range(0, num_prompts, prompt_chunk_size):
+                end = min(start + prompt_chunk_size, num_prompts)
+                if input_masks is None:
+                    dense = self.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
+                else:
+                    dense = self.prompt_encoder.embed_masks(input_masks[b, start:end, None].to(image_embeddings.dtype))
+                if sparse is None:
+                    tokens = image_embeddings.new_zeros(end - start, 0, image_embeddings.shape[1])
+                else:
+                    tokens = sparse[b, start:end]
+                chunk_masks, chunk_scores = self.mask_decoder(
+                    image_embedding=image_embeddings[b : b + 1] + dense,
+                    image_pe=image_pe,
+                    sparse_prompt_embeddings=tokens,
+                    hq_features=hq_features,
+                    multimask_output=multimask_output,
+                    hq_token_only=hq_token_only,
+                )
+                masks.append(chunk_masks.float())
+                scores.append(chunk_scores.float())
+        pred_masks = torch.cat(masks).view(batch, num_prompts, *masks[0].shape[1:])
+        iou_scores = torch.cat(scores).view(batch, num_prompts, -1)
+        return SamHQOutput(pred_masks, iou_scores, image_embeddings, intermediate_embeddings)
+
+    def _check_prompts(
+        self,
+        batch: int,
+        points: Optional[torch.Tensor],
+        labels: Optional[torch.Tensor],
+        boxes: Optional[torch.Tensor],
+        masks: Optional[torch.Tensor],
+    ) -> int:
+        """Validate prompt shapes and values; return the number of prompts per image."""
+        counts = {}
+        if points is not None:
+            if points.ndim != 4 or points.shape[0] != batch or points.shape[-1] != 2:
+                raise ValueError(f"input_points must be (batch={batch}, prompts, points, 2), got {tuple(points.shape)}")
+            _check_finite("input_points", points)
+            counts["input_points"] = points.shape[1]
+            if labels is not None:
+                if labels.shape != points.shape[:-1]:
+                    raise ValueError(f"input_labels must be {tuple(points.shape[:-1])}, got {tuple(labels.shape)}")
+                allowed = torch.tensor([LABEL_PAD, LABEL_NEGATIVE, LABEL_POSITIVE], device=labels.device)
+                if not torch.isin(labels, allowed).all():
+                    raise ValueError("input_labels must be 1 (foreground), 0 (background) or -1 (padding)")
+        elif labels is not None:
+            raise ValueError("input_labels given without input_points")
+        if boxes is not None:
+            if boxes.ndim != 3 or boxes.shape[0] != batch or boxes.shape[-1] != 4:
+                raise ValueError(f"input_boxes must be (batch={batch}, boxes, 4), got {tuple(boxes.shape)}")
+            _check_finite("input_boxes", boxes)
+            if (boxes[..., 2] < boxes[..., 0]).any() or (boxes[..., 3] < boxes[..., 1]).any():
+                raise ValueError("input_boxes must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1")
+            counts["input_boxes"] = boxes.shape[1]
+        if masks is not None:
+            side = 4 * self.config.embedding_size[0]
+            if masks.ndim != 4 or masks.shape[0] != batch or masks.shape[-2:] != (side, side):
+                raise ValueError(f"input_masks must be (batch={batch}, prompts, {side}, {side}), got {tuple(masks.shape)}")
+            _check_finite("input_masks", masks)
+            counts["input_masks"] = masks.shape[1]
+        if not counts:
+            raise ValueError("no prompts: pass input_points, input_boxes and/or input_masks")
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"prompts per image disagree: {counts}")
+        num_prompts = next(iter(counts.values()))
+        if num_prompts == 0:
+            raise ValueError("prompt lists are empty: give at least one prompt per image")
+        return num_prompts
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or infinite values")

@@ -113,7 +113,10 @@ class SamHQProcessor:
         input_masks (alias segmentation_maps): per image, per prompt, a mask: either low-res
           logits of the model's mask size (256 x 256 for 1024 inputs) or an array of the
           original image size, which is resized into the model frame → (B, P, 256, 256).
-        All images must carry the same number of prompts; coordinates are in original pixels.
+        Prompts are always nested per image first, also for a single image; points may skip
+        the prompt level ([[[x, y], ...]] per image = one prompt of those points, as in
+        transformers). All images must carry the same number of prompts; coordinates are in
+        original pixels.
         """
         if return_tensors != "pt":
             raise ValueError("only return_tensors='pt' is supported")
@@ -123,9 +126,6 @@ class SamHQProcessor:
             input_masks = segmentation_maps
         if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
             images = [images]
-            input_points, input_labels, input_boxes, input_masks = (
-                None if x is None else [x] for x in (input_points, input_labels, input_boxes, input_masks)
-            )
         if len(images) == 0:
             raise ValueError("no images given")
         pixel_values, original_sizes, reshaped_sizes = [], [], []
@@ -171,6 +171,9 @@ class SamHQProcessor:
     def _points(self, points: Any, labels: Any, sizes: List[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
         points = _per_image("input_points", points, len(sizes))
         labels = _per_image("input_labels", labels, len(sizes)) if labels is not None else None
+        if _nesting_depth(points[0]) == 2:  # image → points: one prompt per image
+            points = [[p] for p in points]
+            labels = None if labels is None else [[label] for label in labels]
         num_prompts = _same_count("input_points", [len(p) for p in points])
         max_points = max((len(prompt) for image in points for prompt in image), default=0)
         if max_points == 0:
@@ -257,6 +260,14 @@ def _per_image(name: str, values: Any, batch: int) -> List[Any]:
     if len(values) != batch:
         raise ValueError(f"{name} has entries for {len(values)} images, but {batch} images were given")
     return [v.tolist() if isinstance(v, (np.ndarray, torch.Tensor)) else v for v in values]
+
+
+def _nesting_depth(value: Any) -> int:
+    """Depth of a nested list, following first elements: [[x, y]] → 2."""
+    depth = 0
+    while isinstance(value, (list, tuple)) and len(value):
+        value, depth = value[0], depth + 1
+    return depth
 
 
 def _same_count(name: str, counts: List[int]) -> int:

@@ -42,17 +42,19 @@ class _DropPath(torch.nn.Module):
         return x
 
 
-if "torchvision" not in sys.modules:
-    _stub("torchvision")
-    _stub("torchvision.transforms")
-    _stub("torchvision.transforms.functional", resize=_tv_resize, to_pil_image=Image.fromarray)
-    _stub("torchvision.ops")
-    _stub("torchvision.ops.boxes", batched_nms=_unavailable, box_area=_unavailable)
-if "timm" not in sys.modules:
-    _stub("timm")
-    _stub("timm.models")
-    _stub("timm.models.layers", DropPath=_DropPath, to_2tuple=lambda x: (x, x), trunc_normal_=_trunc_normal_)
-    _stub("timm.models.registry", register_model=lambda fn: fn)
+_STUBS = [
+    "torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops",
+    "torchvision.ops.boxes", "timm", "timm.models", "timm.models.layers", "timm.models.registry",
+]
+_stub("torchvision")
+_stub("torchvision.transforms")
+_stub("torchvision.transforms.functional", resize=_tv_resize, to_pil_image=Image.fromarray)
+_stub("torchvision.ops")
+_stub("torchvision.ops.boxes", batched_nms=_unavailable, box_area=_unavailable)
+_stub("timm")
+_stub("timm.models")
+_stub("timm.models.layers", DropPath=_DropPath, to_2tuple=lambda x: (x, x), trunc_normal_=_trunc_normal_)
+_stub("timm.models.registry", register_model=lambda fn: fn)
 
 import segment_anything_hq  # noqa: E402
 from segment_anything_hq import SamPredictor  # noqa: E402,F401
@@ -67,3 +69,8 @@ from segment_anything_hq.modeling import (  # noqa: E402,F401
 from segment_anything_hq.modeling.mask_decoder import MaskDecoder  # noqa: E402,F401
 
 sam_model_registry = segment_anything_hq.sam_model_registry
+
+# The official modules hold the names they imported; the stand-ins leave sys.modules so that
+# other libraries' "is torchvision installed?" checks see the truth.
+for _name in _STUBS:
+    sys.modules.pop(_name, None)

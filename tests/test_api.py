@@ -1,0 +1,183 @@
+"""Processor and model API: image handling, prompt formats, embeddings reuse, bad input."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from samhq_core import SamHQConfig, SamHQProcessor
+from samhq_core.processor import to_rgb_array
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return SamHQProcessor(image_size=256)
+
+
+def _rgb(h=40, w=60, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "1"])
+def test_pil_modes_become_rgb(mode):
+    rgb = Image.fromarray(_rgb())
+    if mode == "I;16":
+        gray = np.asarray(rgb.convert("L")).astype(np.uint16) * 257
+        image = Image.fromarray(gray)
+        assert image.mode == "I;16"
+        expected = np.repeat(np.asarray(rgb.convert("L"))[..., None], 3, axis=-1)
+    else:
+        image = rgb.convert(mode)
+        expected = np.asarray(image.convert("RGB"))
+    out = to_rgb_array(image)
+    assert out.dtype == np.uint8 and out.shape == (40, 60, 3)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.fromarray(_rgb(40, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    loaded = Image.open(io.BytesIO(buffer.getvalue()))
+    assert to_rgb_array(loaded).shape == (60, 40, 3)
+
+
+def test_arrays_and_tensors():
+    rgb = _rgb()
+    np.testing.assert_array_equal(to_rgb_array(torch.from_numpy(rgb).permute(2, 0, 1)), rgb)
+    np.testing.assert_array_equal(to_rgb_array(rgb.astype(np.float32) / 255.0), rgb)
+    np.testing.assert_array_equal(to_rgb_array(rgb.astype(np.uint16) * 257), rgb)
+    gray = rgb[..., 0]
+    np.testing.assert_array_equal(to_rgb_array(gray), np.stack([gray] * 3, -1))
+    np.testing.assert_array_equal(to_rgb_array(np.dstack([rgb, gray])), rgb)
+    with pytest.raises(ValueError, match="NaN"):
+        to_rgb_array(np.full((4, 4, 3), np.nan))
+    with pytest.raises(ValueError, match="empty"):
+        to_rgb_array(np.zeros((0, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="unsupported image type"):
+        to_rgb_array("image.png")
+
+
+def test_processor_rescales_prompts_and_pads(processor):
+    out = processor(
+        [_rgb(100, 50), _rgb(64, 128)],
+        input_points=[[[[10, 20]], [[0, 0], [49, 99]]], [[[5, 5], [6, 6]], [[1, 2]]]],
+        input_labels=[[[1], [0, 1]], [[1, 1], [0]]],
+        input_boxes=[[[0, 0, 50, 100], [10, 10, 20, 20]], [[0, 0, 128, 64], [1, 1, 2, 2]]],
+    )
+    assert out["pixel_values"].shape == (2, 3, 256, 256)
+    assert out["original_sizes"].tolist() == [[100, 50], [64, 128]]
+    assert out["reshaped_input_sizes"].tolist() == [[256, 128], [128, 256]]
+    assert out["input_points"].shape == (2, 2, 2, 2)
+    assert out["input_points"][0, 1, 1].tolist() == pytest.approx([49 * 128 / 50, 99 * 256 / 100])
+    assert out["input_labels"].tolist() == [[[1, -1], [0, 1]], [[1, 1], [0, -1]]]
+    assert out["input_boxes"][1, 0].tolist() == [0, 0, 256, 128]
+    # padding is zero after normalisation, beyond the resized image
+    assert out["pixel_values"][0, :, :, 128:].abs().max() == 0
+    assert out["pixel_values"][1, :, 128:, :].abs().max() == 0
+
+
+def test_input_masks_at_image_size_are_resized(processor):
+    mask = np.zeros((100, 50), np.float32)
+    mask[:50] = 1.0
+    out = processor(_rgb(100, 50), input_boxes=[[0, 0, 10, 10]], input_masks=[[mask]])
+    low_res = out["input_masks"][0, 0]
+    assert low_res.shape == (64, 64)
+    assert low_res[:30, :30].min() == 1.0 and low_res[34:, :32].max() == 0.0
+    assert low_res[:, 32:].abs().max() == 0  # padding
+    same = processor(_rgb(100, 50), input_boxes=[[0, 0, 10, 10]], segmentation_maps=[[low_res.numpy()]])
+    assert torch.equal(same["input_masks"][0, 0], low_res)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(input_boxes=[[[10, 10, 5, 20]]]), "x2 < x1"),
+        (dict(input_boxes=[[[float("nan"), 0, 5, 5]]]), "NaN"),
+        (dict(input_boxes=[[]]), "empty"),
+        (dict(input_boxes=[[[0, 0, 1, 1]], [[0, 0, 1, 1]]]), "2 images"),
+        (dict(input_points=[[[[1, 1]]]], input_labels=[[[1, 0]]]), "1 points but 2 labels"),
+        (dict(input_labels=[[[1]]]), "without input_points"),
+        (dict(input_boxes=[[[0, 0, 1, 1]]], input_masks=[[np.zeros((7, 7))]]), r"shape \(7, 7\)"),
+    ],
+)
+def test_processor_rejects_bad_prompts(processor, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        processor([_rgb()], **kwargs)
+
+
+def test_processor_rejects_ragged_prompt_counts(processor):
+    with pytest.raises(ValueError, match="same number of prompts"):
+        processor([_rgb(), _rgb()], input_boxes=[[[0, 0, 1, 1]], [[0, 0, 1, 1], [0, 0, 2, 2]]])
+
+
+def test_embeddings_reuse_gives_identical_masks(vit_pair, processor):
+    inputs = processor(_rgb(90, 70), input_boxes=[[[5, 5, 40, 60], [10, 0, 69, 89]]])
+    model = vit_pair.ours
+    with torch.no_grad():
+        direct = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"])
+        embeddings, intermediate = model.get_image_embeddings(inputs["pixel_values"])
+        reused = model(image_embeddings=embeddings, intermediate_embeddings=intermediate,
+                       input_boxes=inputs["input_boxes"])
+    assert torch.equal(direct.pred_masks, reused.pred_masks)
+    assert torch.equal(direct.iou_scores, reused.iou_scores)
+
+
+def test_prompt_chunking_does_not_change_results(vit_pair):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 256, 256, generator=gen)
+    boxes = torch.sort(torch.rand(1, 9, 2, 2, generator=gen) * 255, dim=2).values.reshape(1, 9, 4)
+    with torch.no_grad():
+        whole = vit_pair.ours(pixel_values=x, input_boxes=boxes, prompt_chunk_size=64)
+        chunked = vit_pair.ours(pixel_values=x, input_boxes=boxes, prompt_chunk_size=2)
+    assert (whole.pred_masks - chunked.pred_masks).abs().max() <= 1e-3  # batch-size-dependent kernels
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(), "no prompts"),
+        (dict(input_boxes=torch.zeros(1, 0, 4)), "empty"),
+        (dict(input_boxes=torch.zeros(2, 1, 4)), r"batch=1"),
+        (dict(input_boxes=torch.tensor([[[5.0, 0, 1, 1]]])), "x2 >= x1"),
+        (dict(input_boxes=torch.tensor([[[float("inf"), 0, 1, 1]]])), "NaN or infinite"),
+        (dict(input_points=torch.zeros(1, 1, 2, 2), input_labels=torch.tensor([[[1, 3]]])), "input_labels must be"),
+        (dict(input_points=torch.zeros(1, 1, 2, 2), input_labels=torch.ones(1, 1, 3)), r"input_labels must be \(1, 1, 2\)"),
+        (dict(input_points=torch.zeros(1, 2, 1, 2), input_boxes=torch.zeros(1, 3, 4)), "disagree"),
+        (dict(input_boxes=torch.zeros(1, 1, 4), input_masks=torch.zeros(1, 1, 32, 32)), "input_masks must be"),
+        (dict(input_boxes=torch.zeros(1, 1, 4), prompt_chunk_size=0), "prompt_chunk_size"),
+    ],
+)
+def test_model_rejects_bad_prompts(vit_pair, kwargs, match):
+    x = torch.zeros(1, 3, 256, 256)
+    with pytest.raises(ValueError, match=match):
+        vit_pair.ours(pixel_values=x, **kwargs)
+
+
+def test_model_rejects_bad_images(vit_pair):
+    with pytest.raises(ValueError, match=r"pixel_values must be \(batch, 3, 256, 256\)"):
+        vit_pair.ours(pixel_values=torch.zeros(1, 3, 1024, 1024), input_boxes=torch.zeros(1, 1, 4))
+    with pytest.raises(ValueError, match="exactly one"):
+        vit_pair.ours(input_boxes=torch.zeros(1, 1, 4))
+    with pytest.raises(ValueError, match="intermediate_embeddings"):
+        vit_pair.ours(image_embeddings=torch.zeros(1, 256, 16, 16), input_boxes=torch.zeros(1, 1, 4))
+
+
+def test_config_validation_and_json(tmp_path):
+    config = SamHQConfig.from_variant("vit_l")
+    config.save(str(tmp_path / "config.json"))
+    assert SamHQConfig.load(str(tmp_path / "config.json")) == config
+    with pytest.raises(ValueError, match="unknown variant"):
+        SamHQConfig.from_variant("vit_x")
+    data = config.to_dict()
+    data["vision_config"]["bogus"] = 1
+    data["mask_decoder_config"]["vit_dim"] = 7
+    with pytest.raises(ValueError, match="bogus"):
+        SamHQConfig.from_dict(data)
+    del data["vision_config"]["bogus"]
+    with pytest.raises(ValueError, match="vit_dim"):
+        SamHQConfig.from_dict(data)

@@ -274,14 +274,16 @@ def cpu_model() -> str:
 
 
 def render(args, enc: Timings, dec: Dict[int, Timings], peaks: Dict[str, float], flops: float,
-           checks: Dict[str, float], iou_diffs: Dict[int, float], quality: Dict[str, float], runtime: float) -> str:
+           checks: Dict[str, float], iou_diffs: Dict[int, float], quality: Dict[str, float], runtime: float,
+           loads: Tuple[float, float]) -> str:
     ours_s, theirs_s, bf16_s = (median(enc[k]) for k in ("ours", "theirs", "ours_bf16"))
     gflops = {name: flops / median(times) / 1e9 for name, times in enc.items()}
     lines = [
         "# samhq_core vs transformers SamHQModel — CPU",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores, torch threads: {torch.get_num_threads()}",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores, torch threads: {torch.get_num_threads()}; "
+        f"1-min load average at start {loads[0]:.2f}, at end {loads[1]:.2f} (other work on the machine skews timings)",
         f"- torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
         f"- model: vit_b SAM-HQ, random weights (see bench/bench_core.py), one 1024 x 1024 synthetic image",
         f"- timed rounds: {args.repeats} after {args.warmup} warm-up, alternating implementations; "
@@ -345,7 +347,7 @@ def encoder_checks(outputs: Dict) -> Dict[str, float]:
 
 def main() -> None:
     args = parse_args()
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     ours, theirs = build_models(args.seed)
     image, shape_boxes = synthetic_scene(args.seed)
@@ -359,6 +361,7 @@ def main() -> None:
     report = render(
         args, enc_times, dec_times, peaks, encoder_flops(ours.config.vision_config),
         encoder_checks(enc_outputs), iou_diffs, quality, time.perf_counter() - started,
+        (load_at_start, os.getloadavg()[0]),
     )
     print(report)
     if args.out is not None:

@@ -32,6 +32,9 @@ between the two implementations, and of the predicted IoU scores per box count. 
 logits are not compared: its decoder reshapes the image tokens transposed (a known bug), so only
 its IoU scores are expected to agree.
 
+Linux only (reads /proc/cpuinfo and /proc/stat; the report states how much CPU other processes took
+during the run, since a concurrent job distorts the timings by far more than the differences measured).
+
 Usage: python bench/bench_core.py [--repeats 3] [--quick] [--out bench/results/cpu_core.md]
 """
 
@@ -40,10 +43,10 @@ import datetime
 import math
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -69,7 +72,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--quick", action="store_true", help="1 timed round, boxes 1 and 16 only, 2048^2 peak matmuls; no file by default"
+        "--quick", action="store_true",
+        help="1 timed round, boxes 1 and 16 only, 2048^2 peak matmuls; no file unless --out",
     )
     parser.add_argument("--out", type=Path, help=f"markdown report path (default {DEFAULT_OUT}, none with --quick)")
     args = parser.parse_args()
@@ -198,7 +202,10 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- benchmark sections
 
 
-def bench_encoders(ours, theirs, pixels: torch.Tensor, args) -> Tuple[Timings, Dict]:
+def bench_encoders(
+    ours: samhq_core.SamHQModel, theirs: transformers.SamHQModel, pixels: torch.Tensor, args: argparse.Namespace
+) -> Tuple[Timings, Dict]:
+    """Time both fp32 encoders and ours under bf16 autocast; return timings and each last (embeddings, early)."""
     def ours_bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return ours.get_image_embeddings(pixels)
@@ -211,7 +218,13 @@ def bench_encoders(ours, theirs, pixels: torch.Tensor, args) -> Tuple[Timings, D
     return time_alternating(fns, args.repeats, args.warmup)
 
 
-def bench_decoders(ours, theirs, embeddings: Dict, shape_boxes: np.ndarray, args) -> Tuple[Dict[int, Timings], Dict]:
+def bench_decoders(
+    ours: samhq_core.SamHQModel,
+    theirs: transformers.SamHQModel,
+    embeddings: Dict,
+    shape_boxes: np.ndarray,
+    args: argparse.Namespace,
+) -> Tuple[Dict[int, Timings], Dict[int, float]]:
     """Time both decoders per box count; return timings and the max |IoU score difference| per count."""
     image_embeddings, early = embeddings["ours"]
     their_embeddings, their_intermediate = embeddings["theirs"]
@@ -233,7 +246,9 @@ def bench_decoders(ours, theirs, embeddings: Dict, shape_boxes: np.ndarray, args
     return timings, iou_diffs
 
 
-def bf16_quality(ours, pixels: torch.Tensor, shape_boxes: np.ndarray, seed: int) -> Dict[str, float]:
+def bf16_quality(
+    ours: samhq_core.SamHQModel, pixels: torch.Tensor, shape_boxes: np.ndarray, seed: int
+) -> Dict[str, float]:
     """Full model, 16 boxes, fp32 vs bf16 autocast: IoU of the binarised low-res masks."""
     boxes = box_prompts(shape_boxes, QUALITY_BOXES, seed)
     fp32 = ours(pixel_values=pixels, input_boxes=boxes, multimask_output=False)
@@ -252,10 +267,6 @@ def bf16_quality(ours, pixels: torch.Tensor, shape_boxes: np.ndarray, seed: int)
 # --------------------------------------------------------------------------- report
 
 
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
 def fmt_time(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
     """Median with the range of the runs, e.g. `5.91 (5.85–6.02)`."""
     med, low, high = (x * scale for x in (median(values), min(values), max(values)))
@@ -263,29 +274,40 @@ def fmt_time(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> st
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    with open("/proc/cpuinfo") as f:
+        return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
 
 
-def render(args, enc: Timings, dec: Dict[int, Timings], peaks: Dict[str, float], flops: float,
+def cpu_counters() -> Tuple[float, float, float]:
+    """(CPU seconds busy on the whole machine, stolen by the hypervisor, used by this process) so far."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return (user + nice + system + irq + softirq) / tick, steal / tick, own.user + own.system
+
+
+def contention(start: Tuple[float, float, float], runtime: float) -> str:
+    """How much CPU other processes and the hypervisor took during the run, as a share of all cores."""
+    busy, steal, own = (b - a for a, b in zip(start, cpu_counters()))
+    capacity = runtime * os.cpu_count()
+    return (f"other processes used {busy - own:.0f} CPU-s ({(busy - own) / capacity:.0%} of the machine), "
+            f"hypervisor steal {steal:.0f} CPU-s ({steal / capacity:.0%})")
+
+
+def render(args: argparse.Namespace, enc: Timings, dec: Dict[int, Timings], peaks: Dict[str, float], flops: float,
            checks: Dict[str, float], iou_diffs: Dict[int, float], quality: Dict[str, float], runtime: float,
-           loads: Tuple[float, float]) -> str:
+           counters_at_start: Tuple[float, float, float]) -> str:
     ours_s, theirs_s, bf16_s = (median(enc[k]) for k in ("ours", "theirs", "ours_bf16"))
     gflops = {name: flops / median(times) / 1e9 for name, times in enc.items()}
     lines = [
         "# samhq_core vs transformers SamHQModel — CPU",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores, torch threads: {torch.get_num_threads()}; "
-        f"1-min load average at start {loads[0]:.2f}, at end {loads[1]:.2f} (other work on the machine skews timings)",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores, torch threads: {torch.get_num_threads()}",
+        f"- during the run: {contention(counters_at_start, runtime)} (anything but ~0% skews the timings)",
         f"- torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
-        f"- model: vit_b SAM-HQ, random weights (see bench/bench_core.py), one 1024 x 1024 synthetic image",
+        "- model: vit_b SAM-HQ, random weights (see bench/bench_core.py), one 1024 x 1024 synthetic image",
         f"- timed rounds: {args.repeats} after {args.warmup} warm-up, alternating implementations; "
         f"median (min–max); total runtime {runtime / 60:.1f} min",
         "",
@@ -293,7 +315,8 @@ def render(args, enc: Timings, dec: Dict[int, Timings], peaks: Dict[str, float],
         "",
         "| measurement | samhq_core | transformers | transformers / samhq_core |",
         "|---|---|---|---|",
-        f"| image encoder (s / image) | {fmt_time(enc['ours'])} | {fmt_time(enc['theirs'])} | {theirs_s / ours_s:.2f}x |",
+        f"| image encoder (s / image) | {fmt_time(enc['ours'])} | {fmt_time(enc['theirs'])} "
+        f"| {theirs_s / ours_s:.2f}x |",
         f"| image encoder GFLOP/s ({flops / 1e9:.0f} GFLOP / image) | {gflops['ours']:.0f} "
         f"({gflops['ours'] / peaks['fp32']:.0%} of peak) | {gflops['theirs']:.0f} "
         f"({gflops['theirs'] / peaks['fp32']:.0%} of peak) | |",
@@ -312,7 +335,8 @@ def render(args, enc: Timings, dec: Dict[int, Timings], peaks: Dict[str, float],
         "",
         "| measurement | fp32 | bf16 autocast | fp32 / bf16 |",
         "|---|---|---|---|",
-        f"| image encoder (s / image) | {fmt_time(enc['ours'])} | {fmt_time(enc['ours_bf16'])} | {ours_s / bf16_s:.2f}x |",
+        f"| image encoder (s / image) | {fmt_time(enc['ours'])} | {fmt_time(enc['ours_bf16'])} "
+        f"| {ours_s / bf16_s:.2f}x |",
         f"| GFLOP/s (of the same-dtype matmul peak) | {gflops['ours']:.0f} ({gflops['ours'] / peaks['fp32']:.0%}) "
         f"| {gflops['ours_bf16']:.0f} ({gflops['ours_bf16'] / peaks['bf16']:.0%}) | |",
         "",
@@ -347,7 +371,7 @@ def encoder_checks(outputs: Dict) -> Dict[str, float]:
 
 def main() -> None:
     args = parse_args()
-    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
+    started, counters_at_start = time.perf_counter(), cpu_counters()
     torch.set_num_threads(args.threads)
     ours, theirs = build_models(args.seed)
     image, shape_boxes = synthetic_scene(args.seed)
@@ -361,7 +385,7 @@ def main() -> None:
     report = render(
         args, enc_times, dec_times, peaks, encoder_flops(ours.config.vision_config),
         encoder_checks(enc_outputs), iou_diffs, quality, time.perf_counter() - started,
-        (load_at_start, os.getloadavg()[0]),
+        counters_at_start,
     )
     print(report)
     if args.out is not None:

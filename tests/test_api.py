@@ -119,7 +119,7 @@ def test_embeddings_reuse_gives_identical_masks(vit_pair, processor):
     inputs = processor(_rgb(90, 70), input_boxes=[[[5, 5, 40, 60], [10, 0, 69, 89]]])
     model = vit_pair.ours
     with torch.no_grad():
-        direct = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"])
+        direct = model(**inputs)
         embeddings, intermediate = model.get_image_embeddings(inputs["pixel_values"])
         reused = model(image_embeddings=embeddings, intermediate_embeddings=intermediate,
                        input_boxes=inputs["input_boxes"])

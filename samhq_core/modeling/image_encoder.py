@@ -9,6 +9,8 @@ from torch.nn import functional as F
 
 from .common import LayerNorm2d, MLPBlock, window_partition, window_unpartition
 
+_CPU_BIAS_BLOCK_BYTES = 16 << 20
+
 
 class ImageEncoderViT(nn.Module):
     """Returns the neck output (B, out_chans, H/16, W/16) and the output of the first
@@ -148,10 +150,28 @@ class Attention(nn.Module):
         # qkv: 3 x B x heads x (h*w) x head_dim
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = None
-        if self.use_rel_pos:
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w))
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if not self.use_rel_pos:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, (h, w))
+            # The (h*w) x (h*w) bias is built a few query rows at a time: on CPU a small block
+            # stays in cache and avoids page-faulting a fresh multi-GB buffer per block.
+            row_bytes = q.shape[0] * q.shape[1] * w * h * w * q.element_size()
+            rows = max(1, _CPU_BIAS_BLOCK_BYTES // row_bytes) if q.is_cpu else h
+            x = torch.cat(
+                [
+                    F.scaled_dot_product_attention(
+                        q[:, :, r * w : (r + rows) * w],
+                        k,
+                        v,
+                        attn_mask=(rel_h[:, :, r : r + rows, :, :, None] + rel_w[:, :, r : r + rows, :, None, :])
+                        .flatten(2, 3)
+                        .flatten(3),
+                    )
+                    for r in range(0, h, rows)
+                ],
+                dim=2,
+            )
         x = x.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(x)
 
@@ -170,18 +190,18 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative_coords.long()]
 
 
-def decomposed_rel_pos_bias(
+def decomposed_rel_pos(
     q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: Tuple[int, int]
-) -> torch.Tensor:
-    """MViTv2 decomposed relative positions as an additive attention bias.
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """MViTv2 decomposed relative positions: the attention bias of query (i, j) to key
+    (k, l) is rel_h[..., i, j, k] + rel_w[..., i, j, l].
 
-    q: (B, heads, h*w, C) unscaled queries → bias (B, heads, h*w, h*w) in q's dtype.
+    q: (B, heads, h*w, C) unscaled queries → rel_h (B, heads, h, w, h), rel_w (B, heads, h, w, w).
     """
     h, w = size
     table_h = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # h x h x C
     table_w = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # w x w x C
-    b, n, _, c = q.shape
-    r_q = q.reshape(b, n, h, w, c)
+    r_q = q.reshape(*q.shape[:2], h, w, q.shape[-1])
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, table_h)
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, table_w)
-    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, h * w, h * w)
+    return rel_h, rel_w

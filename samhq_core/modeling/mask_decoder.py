@@ -99,7 +99,8 @@ class MaskDecoderHQ(nn.Module):
         hs, keys = self.transformer(image_embedding, image_pe, tokens)
         iou_pred = self.iou_prediction_head(hs[:, 0])  # n x num_mask_tokens
         _, c, h, w = image_embedding.shape
-        upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(n, c, h, w))  # n x C/8 x 4h x 4w
+        # Image tokens (n, hw, C) viewed as a channels-last (n, C, h, w) image: no copy.
+        upscaled = self.output_upscaling(keys.view(n, h, w, c).permute(0, 3, 1, 2))  # n x C/8 x 4h x 4w
 
         if multimask_output:
             iou_pred, order = iou_pred[:, 1 : self.num_mask_tokens].sort(dim=1, descending=True, stable=True)
@@ -125,15 +126,16 @@ class MaskDecoderHQ(nn.Module):
             [self.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in range(first, first + count)], dim=1
         )  # n x count x C/8
         hyper = hyper.gather(1, (token_ids - first)[..., None].expand(-1, -1, hyper.shape[-1]))
-        n, c, h, w = upscaled.shape
-        return (hyper @ upscaled.view(n, c, h * w)).view(n, -1, h, w)
+        n, _, h, w = upscaled.shape
+        return (hyper @ _pixels_by_channels(upscaled).transpose(1, 2)).view(n, -1, h, w)
 
     def _hq_mask(self, hs: torch.Tensor, upscaled: torch.Tensor, hq_features: Optional[torch.Tensor]) -> torch.Tensor:
         """The HQ token's mask (n, 1, H, W).
 
         Its hypernetwork vector multiplies the output of embedding_maskfeature's last conv,
-        which is linear, so the vector is folded into that conv's weights per prompt (one
-        output channel instead of C/8), and into hq_features, which stay shared per image.
+        which is linear, so the vector is folded into that conv per prompt: a 3x3 conv to a
+        single channel, computed as one matmul of every pixel with the 9 folded taps followed
+        by a shifted sum of the 9 tap maps. hq_features stay shared per image.
         """
         if hq_features is None:
             raise ValueError("hq_token_only=True needs an HQ checkpoint; this model is plain SAM")
@@ -141,8 +143,16 @@ class MaskDecoderHQ(nn.Module):
         hidden = self.embedding_maskfeature[:3](upscaled)  # n x C/4 x H x W
         last_conv = self.embedding_maskfeature[3]
         n, c_hidden, h, w = hidden.shape
-        weight = torch.einsum("no,oikl->nikl", hyper, last_conv.weight.to(hyper.dtype))  # n x C/4 x 3 x 3
+        kernel = last_conv.weight.to(hyper.dtype)  # C/8 x C/4 x 3 x 3
+        taps = torch.einsum("no,oikl->nikl", hyper, kernel).reshape(n, c_hidden, -1)  # n x C/4 x 9
+        tap_maps = (_pixels_by_channels(hidden) @ taps).view(n, h, w, 3, 3)
+        tap_maps = F.pad(tap_maps, (0, 0, 0, 0, 1, 1, 1, 1))  # zero padding of the 3x3 conv
+        masks = sum(tap_maps[:, i : i + h, j : j + w, i, j] for i in range(3) for j in range(3))
         bias = hyper @ last_conv.bias.to(hyper.dtype)  # n
-        masks = F.conv2d(hidden.reshape(1, n * c_hidden, h, w), weight, bias, padding=1, groups=n)
-        shared = hyper @ hq_features.reshape(hq_features.shape[1], h * w).to(hyper.dtype)  # n x HW
-        return (masks.view(n, h * w) + shared).view(n, 1, h, w)
+        shared = hyper @ _pixels_by_channels(hq_features)[0].T.to(hyper.dtype)  # n x HW
+        return (masks.reshape(n, h * w) + shared + bias[:, None]).view(n, 1, h, w)
+
+
+def _pixels_by_channels(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, H*W, C); a view when x is channels-last."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])

@@ -233,11 +233,11 @@ def bench_decoders(
     for count in args.box_counts:
         boxes = box_prompts(shape_boxes, count, args.seed)
         fns = {
-            "ours": lambda: ours(
+            "ours": lambda boxes=boxes: ours(
                 image_embeddings=image_embeddings, intermediate_embeddings=early,
                 input_boxes=boxes, multimask_output=False,
             ),
-            "theirs": lambda: theirs(
+            "theirs": lambda boxes=boxes: theirs(
                 image_embeddings=their_embeddings, intermediate_embeddings=their_intermediate,
                 input_boxes=boxes, multimask_output=False,
             ),
@@ -290,7 +290,7 @@ def cpu_counters() -> Tuple[float, float, float]:
 
 def contention(start: Tuple[float, float, float], runtime: float) -> str:
     """How much CPU other processes and the hypervisor took during the run, as a share of all cores."""
-    busy, steal, own = (b - a for a, b in zip(start, cpu_counters()))
+    busy, steal, own = (b - a for a, b in zip(start, cpu_counters(), strict=True))
     capacity = runtime * os.cpu_count()
     return (f"other processes used {busy - own:.0f} CPU-s ({(busy - own) / capacity:.0%} of the machine), "
             f"hypervisor steal {steal:.0f} CPU-s ({steal / capacity:.0%})")

@@ -12,7 +12,6 @@ in its 2-d LayerNorms, whatever a transformers config.json says.
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 

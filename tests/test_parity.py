@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import Pair
+
 from samhq_core import SamHQModel, SamHQProcessor
 
 TOL = 1e-3

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import LayerNorm2d, MLPBlock, window_partition, window_unpartition
+from .common import MLPBlock, neck, window_partition, window_unpartition
 
 _CPU_BIAS_BLOCK_BYTES = 16 << 20
 
@@ -56,12 +56,7 @@ class ImageEncoderViT(nn.Module):
             for i in range(depth)
         )
         self.first_global_index = min(global_attn_indexes)
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = neck(embed_dim, out_chans)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = self.patch_embed(x)  # B x h x w x C

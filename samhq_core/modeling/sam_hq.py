@@ -6,7 +6,6 @@ from typing import Optional, Tuple
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..config import SamHQConfig
 from .image_encoder import ImageEncoderViT

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import LayerNorm2d, window_partition, window_unpartition
+from .common import neck, window_partition, window_unpartition
 
 
 class Conv2dBN(nn.Sequential):
@@ -199,12 +199,7 @@ class TinyViT(nn.Module):
                 ]
             self.layers.append(Stage(blocks, downsample))
         self.grid = patches // 2 ** (num_stages - 2)
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = neck(embed_dims[-1], out_chans)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = self.layers[0](self.patch_embed(x))  # B x (h*w) x C

@@ -8,7 +8,6 @@ computed once and broadcast instead of once per prompt.
 
 from typing import Tuple, Type
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 

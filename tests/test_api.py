@@ -181,3 +181,20 @@ def test_config_validation_and_json(tmp_path):
     del data["vision_config"]["bogus"]
     with pytest.raises(ValueError, match="vit_dim"):
         SamHQConfig.from_dict(data)
+
+
+def test_bf16_autocast_is_dtype_clean(vit_pair):
+    """Under bf16 autocast the model runs end to end, returns fp32 outputs, and its masks stay
+    close to fp32 (the prompt encoder stays in fp32)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, 256, 256, generator=gen)
+    boxes = torch.tensor([[[20.0, 30.0, 200.0, 220.0], [0.0, 0.0, 100.0, 90.0]]])
+    points = torch.tensor([[[[60.0, 70.0]], [[10.0, 20.0]]]])
+    with torch.no_grad():
+        reference = vit_pair.ours(pixel_values=x, input_boxes=boxes, input_points=points)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = vit_pair.ours(pixel_values=x, input_boxes=boxes, input_points=points)
+    assert fast.pred_masks.dtype == torch.float32 and fast.iou_scores.dtype == torch.float32
+    a, b = reference.pred_masks > 0, fast.pred_masks > 0
+    iou = (a & b).sum() / (a | b).sum()
+    assert iou > 0.9

@@ -67,6 +67,8 @@ def random_prompts(case, num_images, grid_size, gen):
     elif case == "masks":
         prompts["input_boxes"] = boxes(3)
         prompts["input_masks"] = torch.randn(num_images, 3, 4 * grid_size, 4 * grid_size, generator=gen) * 4
+    elif case == "mask_only":
+        prompts["input_masks"] = torch.randn(num_images, 2, 4 * grid_size, 4 * grid_size, generator=gen) * 4
     return prompts
 
 
@@ -103,7 +105,7 @@ def assert_matches_official(pair, case, multimask, hq_token_only, num_images=1, 
     assert ours.pred_masks.abs().max() > 1.0
 
 
-CASES = ["one_box", "many_boxes", "points", "ragged_points", "box_and_points", "masks"]
+CASES = ["one_box", "many_boxes", "points", "ragged_points", "box_and_points", "masks", "mask_only"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -64,6 +64,7 @@ class ComputeConfig:
     num_actors: int = 1  # model replicas (actor pool size)
     num_gpus_per_actor: Optional[float] = None  # fractional allowed; default 1 if the cluster has GPUs, else 0
     num_cpus_per_actor: float = 1.0
+    torch_threads: Optional[int] = None  # intra-op threads per actor on CPU; default: Ray's (num_cpus_per_actor)
     batch_size: int = 4  # images per model batch
     decode_batch_size: int = 8  # images per CPU decode task batch
 
@@ -239,6 +240,8 @@ def _check_compute(compute: ComputeConfig) -> List[str]:
     for key in ("num_actors", "batch_size", "decode_batch_size"):
         if getattr(compute, key) < 1:
             problems.append(f"compute.{key}: must be >= 1")
+    if compute.torch_threads is not None and compute.torch_threads < 1:
+        problems.append("compute.torch_threads: must be >= 1")
     if compute.num_gpus_per_actor is not None and compute.num_gpus_per_actor < 0:
         problems.append("compute.num_gpus_per_actor: must be >= 0")
     return problems

@@ -179,16 +179,37 @@ def load_model(
     else:
         state = {k: v for k, v in state.items() if not _UNUSED_KEYS.match(k)}
         if config is None:
-            config = SamHQConfig.from_variant(variant) if variant else _infer_or_explain(state, src)
-            if variant and "mask_decoder.hf_token.weight" not in state:
-                config.mask_decoder_config.hq = False
+            config = _config_for(state, variant, src)
         model = SamHQModel(config)
     _check_keys(model, state, src)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
 
-def _infer_or_explain(state: Dict[str, torch.Tensor], src: str) -> SamHQConfig:
+def read_config(
+    src: str,
+    variant: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    storage_options: Optional[dict] = None,
+) -> SamHQConfig:
+    """The architecture of a checkpoint without loading its weights (tensors are memory-
+    mapped, only their shapes are read)."""
+    local = fetch(src, cache_dir=cache_dir, storage_options=storage_options)
+    if os.path.isdir(local):
+        return SamHQConfig.load(os.path.join(local, _HF_CONFIG))
+    state = _read_state_dict(local, "cpu", mmap=True)
+    if _HF_POSITIONAL in state or _HF_POSITIONAL_ALIAS in state:
+        raise ValueError(f"{src} holds HF-layout weights without a config.json beside them")
+    return _config_for({k: v for k, v in state.items() if not _UNUSED_KEYS.match(k)}, variant, src)
+
+
+def _config_for(state: Dict[str, torch.Tensor], variant: Optional[str], src: str) -> SamHQConfig:
+    """The config of an official-layout state dict: the variant's preset (plain SAM when it
+    has no HQ weights), or inferred from the tensor shapes."""
+    if variant:
+        config = SamHQConfig.from_variant(variant)
+        config.mask_decoder_config.hq = "mask_decoder.hf_token.weight" in state
+        return config
     try:
         return infer_config(state)
     except (KeyError, IndexError) as e:
@@ -210,10 +231,10 @@ def _check_keys(model: SamHQModel, state: Dict[str, torch.Tensor], src: str) -> 
         raise ValueError(f"checkpoint {src} does not fit the model: " + "; ".join(parts))
 
 
-def _read_state_dict(path: str, map_location: str) -> Dict[str, torch.Tensor]:
+def _read_state_dict(path: str, map_location: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         return load_file(path, device=map_location)
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     if isinstance(state, dict) and set(state) in ({"model"}, {"state_dict"}):
         state = next(iter(state.values()))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -110,3 +110,26 @@ def tiny_pair(tmp_path_factory) -> Pair:
 @pytest.fixture(scope="session")
 def sam_pair(tmp_path_factory) -> Pair:
     return _pair(official_vit(hq=False, seed=1), tmp_path_factory, "sam_baseline")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 server (moto's, in a thread) on 127.0.0.1, with test credentials in the
+    standard AWS environment variables (Ray workers started after this inherit them)."""
+    from moto.server import ThreadedMotoServer
+
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in credentials}
+    os.environ.update(credentials)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,268 @@
+"""COCO export of result Parquet files, checked with the real pycocotools (COCO, COCOeval)."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from pipeline.coco import export_coco
+from pipeline.config import StorageConfig
+from pipeline.schema import RESULT_FIELDS
+
+
+def rect_mask(h, w, y0, y1, x0, x1):
+    m = np.zeros((h, w), dtype=np.uint8)
+    m[y0:y1, x0:x1] = 1
+    return m
+
+
+def disk_mask(h, w, cy, cx, r):
+    yy, xx = np.mgrid[:h, :w]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+
+
+def encode(m):
+    rle = mask_utils.encode(np.asfortranarray(m))
+    return rle, {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def result_row(row_id, size, masks, scores, box_errors=None, categories=None, error=None):
+    """One result row as the pipeline writes it; `masks` are numpy masks (None: an unusable box,
+    written as an empty mask)."""
+    h, w = size if size is not None else (0, 0)
+    box_errors = box_errors or [None] * len(masks)
+    rles, areas, bboxes = [], [], []
+    for m in masks:
+        rle, stored = encode(m if m is not None else np.zeros((h, w), np.uint8))
+        rles.append(stored)
+        areas.append(int(mask_utils.area(rle)))
+        bboxes.append([float(v) for v in mask_utils.toBbox(rle)])
+    row = {"id": row_id, "image_size": list(size) if size is not None else None, "masks": rles,
+           "iou_scores": scores, "mask_areas": areas, "mask_bboxes": bboxes, "box_errors": box_errors, "error": error}
+    if categories is not None:
+        row["cat"] = categories
+    return row
+
+
+def write_results(path, rows, id_type=None, category_type=None):
+    fields = [pa.field("id", id_type or pa.string())]
+    if "cat" in rows[0]:
+        fields.append(pa.field("cat", category_type or pa.list_(pa.string())))
+    schema = pa.schema(fields + RESULT_FIELDS)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+H1, W1, H2, W2 = 20, 30, 16, 24
+MASKS = {
+    "a0": rect_mask(H1, W1, 2, 10, 3, 12),
+    "a1": disk_mask(H1, W1, 12, 20, 5),
+    "b1": rect_mask(H2, W2, 0, 16, 20, 24),  # touches the image border
+    "b3": disk_mask(H2, W2, 6, 6, 3),
+}
+
+
+def string_category_rows():
+    return [
+        result_row("img-a", (H1, W1), [MASKS["a0"], MASKS["a1"]], [0.91, 0.75], categories=["cat", "dog"]),
+        result_row("img-b", (H2, W2), [None, MASKS["b1"], None, MASKS["b3"]], [float("nan"), 0.5, 0.2, 0.8],
+                   box_errors=["inverted box", None, None, None],
+                   # box 0: error (its category still gets an id), box 2: empty mask, box 3: null category
+                   categories=["fish", "dog", "cat", None]),
+        result_row("img-c", None, [], [], categories=["bird"], error="image_decode: cannot identify image file"),
+    ]
+
+
+@pytest.fixture
+def string_results(tmp_path):
+    return write_results(str(tmp_path / "in" / "part-0.parquet"), string_category_rows())
+
+
+def test_export_loads_in_pycocotools(string_results, tmp_path):
+    out = str(tmp_path / "out" / "coco.json")
+    counts = export_coco(string_results, out, id_column="id", category_column="cat")
+    assert counts == {"images": 2, "annotations": 3, "skipped_rows": 1, "skipped_boxes": 3, "categories": 4}
+
+    gt = COCO(out)
+    assert sorted(gt.getImgIds()) == [1, 2]
+    img_a, img_b = gt.loadImgs([1, 2])
+    assert (img_a["file_name"], img_a["source_id"], img_a["height"], img_a["width"]) == ("img-a", "img-a", H1, W1)
+    assert (img_b["file_name"], img_b["source_id"], img_b["height"], img_b["width"]) == ("img-b", "img-b", H2, W2)
+
+    # Category ids in order of first appearance over all rows (failed rows, skipped boxes included).
+    cats = {c["name"]: c["id"] for c in gt.loadCats(gt.getCatIds())}
+    assert cats == {"cat": 1, "dog": 2, "fish": 3, "bird": 4}
+
+    anns = gt.loadAnns(gt.getAnnIds())
+    assert [a["id"] for a in anns] == [1, 2, 3]
+    expected = [  # (image_id, mask, category, score)
+        (1, MASKS["a0"], "cat", 0.91),
+        (1, MASKS["a1"], "dog", 0.75),
+        (2, MASKS["b1"], "dog", 0.5),
+    ]
+    for ann, (image_id, mask, category, score) in zip(anns, expected, strict=True):
+        assert ann["image_id"] == image_id
+        assert ann["category_id"] == cats[category]
+        assert ann["iscrowd"] == 0
+        np.testing.assert_array_equal(gt.annToMask(ann), mask)
+        rle, _ = encode(mask)
+        assert ann["area"] == float(mask.sum()) == float(mask_utils.area(rle))
+        np.testing.assert_allclose(ann["bbox"], mask_utils.toBbox(rle))
+        assert ann["score"] == pytest.approx(score, abs=1e-6)  # stored as float32
+        assert ann["segmentation"]["size"] == list(mask.shape)
+    assert anns[0]["bbox"] == [3.0, 2.0, 9.0, 8.0]
+
+    with open(out) as f:
+        assert list(json.load(f)) == ["info", "licenses", "images", "annotations", "categories"]
+
+
+def test_cocoeval_of_ground_truth_as_predictions(string_results, tmp_path):
+    out = str(tmp_path / "coco.json")
+    export_coco(string_results, out, id_column="id", category_column="cat")
+    gt = COCO(out)
+    anns = gt.loadAnns(gt.getAnnIds())
+
+    def evaluate(dets):
+        # loadRes adds keys (bbox, area, id) to the dicts it gets: give it copies.
+        ev = COCOeval(gt, gt.loadRes([dict(d) for d in dets]), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        return ev.stats
+
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
+             "score": a["score"]} for a in anns]
+    assert evaluate(dets)[0] == pytest.approx(1.0)
+
+    # The evaluation is sensitive: a wrong mask for one annotation lowers the AP.
+    _, wrong = encode(rect_mask(H1, W1, 14, 20, 0, 4))
+    dets[0] = {**dets[0], "segmentation": wrong}
+    assert evaluate(dets)[0] < 0.9
+
+
+def test_directory_of_files_with_integer_categories_and_small_batches(tmp_path):
+    d = tmp_path / "results"
+    write_results(str(d / "part-1.parquet"), [
+        result_row(10, (H1, W1), [MASKS["a0"], MASKS["a1"]], [0.9, 0.8], categories=[7, 3]),
+        result_row(11, None, [], [], categories=[]),  # null image_size without an error: skipped
+    ], id_type=pa.int64(), category_type=pa.list_(pa.int64()))
+    write_results(str(d / "sub" / "part-2.parquet"), [
+        result_row(12, (H2, W2), [MASKS["b1"], MASKS["b3"]], [0.7, 0.6], categories=[7, None]),
+        # A box with an error is skipped even with a non-empty mask.
+        result_row(13, (H2, W2), [MASKS["b3"], MASKS["b1"]], [0.4, 0.3], box_errors=[None, "non-finite box"],
+                   categories=[5, 5]),
+        # A failed row is skipped even when its image_size is known.
+        result_row(14, (H2, W2), [], [], categories=[9], error="model: CUDA out of memory"),
+    ], id_type=pa.int64(), category_type=pa.list_(pa.int32()))
+    (d / "_SUCCESS").write_text("")  # non-Parquet files are ignored
+
+    out = str(tmp_path / "coco.json")
+    counts = export_coco(str(d), out, id_column="id", category_column="cat", batch_rows=1)
+    assert counts == {"images": 3, "annotations": 4, "skipped_rows": 2, "skipped_boxes": 2, "categories": 4}
+
+    gt = COCO(out)
+    images = gt.loadImgs(sorted(gt.getImgIds()))
+    assert [(i["id"], i["source_id"], i["file_name"]) for i in images] == [(1, 10, "10"), (2, 12, "12"), (3, 13, "13")]
+    assert gt.dataset["categories"] == [{"id": 3, "name": "3"}, {"id": 5, "name": "5"}, {"id": 7, "name": "7"},
+                                        {"id": 9, "name": "9"}]
+    anns = gt.loadAnns(gt.getAnnIds())
+    assert [(a["id"], a["image_id"], a["category_id"]) for a in anns] == [(1, 1, 7), (2, 1, 3), (3, 2, 7), (4, 3, 5)]
+    np.testing.assert_array_equal(gt.annToMask(anns[3]), MASKS["b3"])
+
+    # The same export in one batch per file.
+    out_big = str(tmp_path / "coco_big.json")
+    assert export_coco(str(d), out_big, id_column="id", category_column="cat") == counts
+    with open(out) as f, open(out_big) as g:
+        a, b = json.load(f), json.load(g)
+    assert {k: v for k, v in a.items() if k != "info"} == {k: v for k, v in b.items() if k != "info"}
+
+    # A glob selects files too.
+    counts_glob = export_coco(str(d / "sub" / "*.parquet"), str(tmp_path / "g.json"), id_column="id",
+                              category_column="cat")
+    assert (counts_glob["images"], counts_glob["annotations"]) == (2, 2)
+
+
+def test_without_category_column(string_results, tmp_path):
+    out = str(tmp_path / "coco.json")
+    counts = export_coco(string_results, out, id_column="id")
+    # Box 3 of img-b (null category before) is now exported.
+    assert counts == {"images": 2, "annotations": 4, "skipped_rows": 1, "skipped_boxes": 2, "categories": 1}
+    gt = COCO(out)
+    assert gt.dataset["categories"] == [{"id": 1, "name": "object"}]
+    anns = gt.loadAnns(gt.getAnnIds())
+    assert {a["category_id"] for a in anns} == {1}
+    np.testing.assert_array_equal(gt.annToMask(anns[3]), MASKS["b3"])
+
+
+def test_s3_input_and_output(s3_endpoint, string_results, tmp_path):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="results")
+    client.upload_file(string_results, "results", "run1/part-0.parquet")
+    client.put_object(Bucket="results", Key="run1/manifest.json", Body=b"{}")
+    storage = StorageConfig(endpoint_url=s3_endpoint)
+
+    out = str(tmp_path / "coco.json")
+    counts = export_coco("s3://results/run1", out, id_column="id", category_column="cat", storage=storage)
+    assert (counts["images"], counts["annotations"]) == (2, 3)
+    gt = COCO(out)
+    np.testing.assert_array_equal(gt.annToMask(gt.loadAnns([2])[0]), MASKS["a1"])
+
+    export_coco("s3://results/run1/part-0.parquet", "s3://results/export/coco.json", id_column="id",
+                category_column="cat", storage=storage)
+    remote = json.loads(client.get_object(Bucket="results", Key="export/coco.json")["Body"].read())
+    with open(out) as f:
+        local = json.load(f)
+    assert remote["annotations"] == local["annotations"] and remote["images"] == local["images"]
+    assert remote["info"]["source"] == "s3://results/run1/part-0.parquet"
+
+
+def test_missing_columns(string_results, tmp_path):
+    out = tmp_path / "coco.json"
+    with pytest.raises(ValueError, match=r"'image_id'.*--id-column / --category-column must match"):
+        export_coco(string_results, str(out), id_column="image_id", category_column="cat")
+    with pytest.raises(ValueError, match=r"'label'.*--category-column"):
+        export_coco(string_results, str(out), id_column="id", category_column="label")
+    table = pq.read_table(string_results).drop_columns(["masks", "error"])
+    pq.write_table(table, str(tmp_path / "partial.parquet"))
+    with pytest.raises(ValueError, match=r"'masks', 'error'"):
+        export_coco(str(tmp_path / "partial.parquet"), str(out), id_column="id")
+    assert not out.exists()
+
+
+def test_mixed_category_kinds_and_misaligned_lists(tmp_path):
+    d = tmp_path / "mixed"
+    write_results(str(d / "a.parquet"), string_category_rows())
+    write_results(str(d / "b.parquet"), [result_row("x", (H1, W1), [MASKS["a0"]], [0.9], categories=[4])],
+                  category_type=pa.list_(pa.int64()))
+    out = tmp_path / "coco.json"
+    with pytest.raises(ValueError, match="mixes category names"):
+        export_coco(str(d), str(out), id_column="id", category_column="cat")
+    assert not out.exists()  # nothing is written for a bad input
+
+    bad = write_results(str(tmp_path / "bad.parquet"),
+                        [result_row("y", (H1, W1), [MASKS["a0"], MASKS["a1"]], [0.9, 0.8], categories=["cat"])])
+    with pytest.raises(ValueError, match=r"row id='y'.*differ in length"):
+        export_coco(bad, str(out), id_column="id", category_column="cat")
+
+    scalar = tmp_path / "scalar.parquet"
+    pq.write_table(pq.read_table(bad).drop_columns(["cat"]).append_column("cat", pa.array(["cat"])), str(scalar))
+    with pytest.raises(ValueError, match="must hold a list per row"):
+        export_coco(str(scalar), str(out), id_column="id", category_column="cat")
+
+
+def test_scores_are_finite_json(string_results, tmp_path):
+    out = str(tmp_path / "coco.json")
+    export_coco(string_results, out, id_column="id", category_column="cat")
+    with open(out) as f:
+        data = json.load(f, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert all(math.isfinite(a["score"]) for a in data["annotations"])

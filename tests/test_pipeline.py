@@ -1,0 +1,193 @@
+"""The Ray Data pipeline on a real local Ray cluster: bad rows, block sizing, S3 (moto),
+and masks identical to running samhq_core directly."""
+
+import io
+import math
+import os
+import re
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from pipeline.config import ConfigError, parse_config
+from pipeline.job import run_job
+from pipeline.stages import boxes_to_xyxy, check_boxes
+from pipeline_data import sample_rows, write_rows
+from samhq_core import SamHQModel, SamHQProcessor
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_endpoint):
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(vit_pair):
+    return vit_pair.pth
+
+
+def job_config(tmp_path, checkpoint, **sections):
+    data = {
+        "input": {"path": str(tmp_path / "input"), "id_column": "id", "image_column": "image", "boxes_column": "boxes",
+                  "passthrough_columns": ["source"], "category_column": "labels"},
+        "output": {"path": str(tmp_path / "output")},
+        "model": {"checkpoint": checkpoint},
+        "compute": {"num_actors": 1, "batch_size": 2, "decode_batch_size": 2, "torch_threads": 2},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_config(data)
+
+
+def read_output(path):
+    return {row["id"]: row for row in pq.read_table(path).to_pylist()}
+
+
+def expected_masks(model, image_bytes, boxes):
+    """samhq_core run directly: processor → model → post_process_masks."""
+    processor = SamHQProcessor(model.config.vision_config.image_size)
+    inputs = processor(Image.open(io.BytesIO(image_bytes)), input_boxes=[boxes])
+    with torch.no_grad():
+        out = model(**inputs, multimask_output=False)
+    masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])[0]
+    return masks[:, 0].numpy(), out.iou_scores[0, :, 0].numpy()
+
+
+def test_box_conversion_and_checks():
+    boxes = np.array([[10.0, 20.0, 30.0, 40.0]])
+    assert boxes_to_xyxy(boxes, "xywh").tolist() == [[10, 20, 40, 60]]
+    assert boxes_to_xyxy(boxes, "cxcywh").tolist() == [[-5, 0, 25, 40]]
+    clipped, reasons = check_boxes(np.array([[-5.0, 0, 25, 40], [np.inf, 0, 1, 1], [5, 5, 4, 6], [90, 90, 95, 95]]), 50, 80)
+    assert clipped[0].tolist() == [0, 0, 25, 40]
+    assert reasons == [None, "non-finite coordinates", "inverted box (x2 < x1 or y2 < y1)",
+                       "empty after clipping to the image"]
+
+
+def test_every_row_comes_out_and_masks_match_samhq_core(ray_cluster, checkpoint, vit_pair, tmp_path):
+    rows = sample_rows()
+    os.makedirs(tmp_path / "input")
+    write_rows(str(tmp_path / "input" / "part-0.parquet"), rows[:7], row_group_size=3)
+    write_rows(str(tmp_path / "input" / "part-1.parquet"), rows[7:])
+    summary = run_job(job_config(tmp_path, checkpoint), image_size=256)
+    out = read_output(str(tmp_path / "output"))
+
+    assert set(out) == {r["id"] for r in rows}
+    assert summary.rows_in == summary.rows_out == len(rows)
+    assert summary.errors == {"image_decode": 2, "image_read": 1, "boxes": 1}
+    for row in rows:
+        got = out[row["id"]]
+        assert got["source"] == row["source"] and got["labels"] == row["labels"]
+        assert "image" not in got
+    assert out["truncated"]["error"].startswith("image_decode: OSError")
+    assert out["garbage"]["error"].startswith("image_decode: UnidentifiedImageError")
+    assert out["null_image"]["error"] == "image_read: ValueError: image is null"
+    assert out["short_box"]["error"].startswith("boxes:")
+    for key in ("no_boxes", "null_boxes"):
+        assert out[key]["error"] is None and out[key]["masks"] == [] and out[key]["image_size"] == [120, 160]
+
+    bad = out["bad_boxes"]
+    assert bad["error"] is None
+    assert bad["box_errors"] == ["non-finite coordinates", "inverted box (x2 < x1 or y2 < y1)",
+                                 "empty after clipping to the image", None, "empty after clipping to the image"]
+    assert [math.isnan(s) for s in bad["iou_scores"]] == [True, True, True, False, True]
+    assert bad["mask_areas"][:3] == [0, 0, 0] and bad["mask_bboxes"][0] == [0, 0, 0, 0]
+    assert len(bad["masks"]) == 5
+
+    model = vit_pair.ours
+    for row in [r for r in rows if r["id"].startswith("good") or r["id"] == "bad_boxes"]:
+        got = out[row["id"]]
+        usable = [b for b, e in zip(row["boxes"], got["box_errors"], strict=True) if e is None]
+        clipped = [[max(0.0, b[0]), max(0.0, b[1]), b[2], b[3]] for b in usable]
+        masks, scores = expected_masks(model, row["image"], clipped)
+        decoded = [mask_utils.decode({"size": m["size"], "counts": m["counts"].encode()}).astype(bool)
+                   for m, e in zip(got["masks"], got["box_errors"], strict=True) if e is None]
+        for mask, expected in zip(decoded, masks, strict=True):
+            assert mask.shape == expected.shape
+            assert (mask == expected).mean() > 0.999
+        usable_scores = [s for s, e in zip(got["iou_scores"], got["box_errors"], strict=True) if e is None]
+        np.testing.assert_allclose(usable_scores, scores, atol=1e-3)
+        usable_areas = [a for a, e in zip(got["mask_areas"], got["box_errors"], strict=True) if e is None]
+        assert usable_areas == [int(m.sum()) for m in decoded]
+
+
+def test_blocks_outnumber_actors(ray_cluster, checkpoint, tmp_path):
+    """One small file in one row group still reaches both actors in several blocks."""
+    os.makedirs(tmp_path / "input")
+    write_rows(str(tmp_path / "input" / "one.parquet"), sample_rows(num_good=8)[:8], row_group_size=8)
+    config = job_config(tmp_path, checkpoint, compute={"num_actors": 2, "num_cpus_per_actor": 0.5,
+                                                       "batch_size": 1, "torch_threads": 1})
+    summary = run_job(config, image_size=256)
+    assert summary.rows_out == 8
+    read_blocks = int(re.search(r"ReadFilesParquetV2: \d+ tasks executed, (\d+) blocks produced", summary.stats).group(1))
+    model_tasks = int(re.search(r"MapBatches\(SamHQStage\): (\d+) tasks executed", summary.stats).group(1))
+    # about input.num_blocks = 4 per actor (blocks are cut by bytes, rows differ in size)
+    assert read_blocks >= 2 * 2 and model_tasks >= 2 * 2
+
+
+def test_s3_image_uris_checkpoint_and_output(ray_cluster, checkpoint, s3_endpoint, tmp_path):
+    import boto3
+    import s3fs
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="annotate")
+    with open(checkpoint, "rb") as f:
+        client.put_object(Bucket="annotate", Key="models/vit_small.pth", Body=f.read())
+    rows = sample_rows(num_good=3)[:3]
+    uri_rows = []
+    for row in rows:
+        key = f"images/{row['id']}.png"
+        client.put_object(Bucket="annotate", Key=key, Body=row["image"])
+        uri_rows.append({**row, "image": None, "uri": f"s3://annotate/{key}"})
+    uri_rows.append({**rows[0], "id": "missing", "image": None, "uri": "s3://annotate/images/nope.png"})
+    import pyarrow as pa
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    table = pa.Table.from_pylist([{k: r[k] for k in ("id", "uri", "boxes", "source")} for r in uri_rows])
+    with fs.open("annotate/input/part-0.parquet", "wb") as f:
+        pq.write_table(table, f)
+    config = parse_config({
+        "input": {"path": "s3://annotate/input/", "id_column": "id", "image_uri_column": "uri", "boxes_column": "boxes"},
+        "output": {"path": "s3://annotate/output"},
+        "model": {"checkpoint": "s3://annotate/models/vit_small.pth"},
+        "compute": {"num_actors": 1, "batch_size": 2, "torch_threads": 2},
+        "storage": {"endpoint_url": s3_endpoint},
+    })
+    summary = run_job(config, image_size=256)
+    assert summary.rows_out == 4 and summary.errors == {"image_read": 1}
+    out = {}
+    for name in fs.glob("annotate/output/*.parquet"):
+        with fs.open(name, "rb") as f:
+            out.update({r["id"]: r for r in pq.read_table(f).to_pylist()})
+    assert out["missing"]["error"].startswith("image_read: FileNotFoundError")
+    assert all(out[r["id"]]["error"] is None and len(out[r["id"]]["masks"]) == len(r["boxes"]) for r in rows)
+
+
+def test_existing_output_needs_overwrite(ray_cluster, checkpoint, tmp_path):
+    os.makedirs(tmp_path / "input")
+    os.makedirs(tmp_path / "output")
+    (tmp_path / "output" / "old.parquet").write_bytes(b"x")
+    write_rows(str(tmp_path / "input" / "a.parquet"), sample_rows(num_good=1)[:1])
+    with pytest.raises(FileExistsError, match="output.overwrite"):
+        run_job(job_config(tmp_path, checkpoint), image_size=256)
+    summary = run_job(job_config(tmp_path, checkpoint, output={"overwrite": True}), image_size=256)
+    assert summary.rows_out == 1 and not (tmp_path / "output" / "old.parquet").exists()
+
+
+def test_actors_may_not_take_every_cpu(ray_cluster, checkpoint, tmp_path):
+    os.makedirs(tmp_path / "input")
+    write_rows(str(tmp_path / "input" / "a.parquet"), sample_rows(num_good=1)[:1])
+    with pytest.raises(ConfigError, match="leave less than one"):
+        run_job(job_config(tmp_path, checkpoint, compute={"num_actors": 2}), image_size=256)
+
+
+def test_loaded_model_matches_fixture(vit_pair):
+    """The pipeline loads checkpoints through samhq_core; the fixture model is the reference."""
+    model = SamHQModel.from_pretrained(vit_pair.pth)
+    assert model.config == vit_pair.ours.config

@@ -12,12 +12,12 @@ import pytest
 import ray
 import torch
 from PIL import Image
+from pipeline_data import sample_rows, write_rows
 from pycocotools import mask as mask_utils
 
 from pipeline.config import ConfigError, parse_config
 from pipeline.job import run_job
 from pipeline.stages import boxes_to_xyxy, check_boxes
-from pipeline_data import sample_rows, write_rows
 from samhq_core import SamHQModel, SamHQProcessor
 
 

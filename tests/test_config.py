@@ -1,0 +1,83 @@
+"""Job config validation and the CLI's validate command."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_config, parse_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def minimal():
+    return {"input": {"path": "in", "id_column": "id", "image_column": "img", "boxes_column": "boxes"},
+            "output": {"path": "out"}, "model": {"checkpoint": "ckpt.pth"}}
+
+
+def test_every_problem_is_reported_at_once():
+    data = minimal()
+    data["input"].update(box_format="yxyx", bogus=1, image_uri_column="uri", passthrough_columns=["a", 2])
+    del data["input"]["id_column"]
+    data["model"].update(checkpoint=7, dtype="fp8")
+    data["compute"] = {"num_actors": 0, "batch_size": "4"}
+    data["storage"] = {"aws_secret_access_key": "hunter2"}
+    data["extra"] = {}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    problems = "\n".join(err.value.problems)
+    for expected in ["unknown section 'extra'", "input: unknown key 'bogus'", "missing required key 'id_column'",
+                     "input.passthrough_columns: expected a list of a string", "model.checkpoint: expected a string",
+                     "exactly one of image_column", "input.box_format", "model.dtype", "compute.num_actors: must be >= 1",
+                     "compute.batch_size: expected an integer", "credentials must not be in the config"]:
+        assert expected in problems
+    assert "hunter2" not in str(err.value)
+    assert len(err.value.problems) == 11  # one per problem, nothing else
+
+
+def test_missing_sections_and_defaults():
+    with pytest.raises(ConfigError, match="missing section 'model'"):
+        parse_config({k: v for k, v in minimal().items() if k != "model"})
+    config = parse_config(minimal())
+    assert config.input.box_format == "xyxy" and config.model.multimask_output is False
+    assert config.compute.num_gpus_per_actor is None and config.storage.endpoint_url is None
+
+
+def test_overrides(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    config = load_config(str(path), ["compute.num_actors=3", "model.hq_token_only=true", "storage.region=eu-west-1"])
+    assert (config.compute.num_actors, config.model.hq_token_only, config.storage.region) == (3, True, "eu-west-1")
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        load_config(str(path), ["compute.num_actors"])
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
+def test_shipped_configs_are_valid(path):
+    load_config(path)
+
+
+def test_cli_validate(tmp_path, vit_pair):
+    path = tmp_path / "job.yaml"
+    data = minimal()
+    data["input"]["path"] = str(tmp_path / "nowhere")
+    data["model"]["checkpoint"] = vit_pair.pth
+    path.write_text(yaml.safe_dump(data))
+    run = subprocess.run([sys.executable, "-m", "pipeline", "validate", "--config", str(path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "input.path: input.path not found" in run.stderr
+    (tmp_path / "nowhere").mkdir()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a"]}), str(tmp_path / "nowhere" / "x.parquet"))
+    run = subprocess.run([sys.executable, "-m", "pipeline", "validate", "--config", str(path), "--set",
+                          "compute.batch_size=0"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 2 and "compute.batch_size: must be >= 1" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "pipeline", "validate", "--config", str(path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "config OK" in run.stdout

@@ -28,6 +28,7 @@ PIXELS = "__pixels"  # resized uint8 RGB image bytes, row-major (h, w, 3)
 RESIZED_HW = "__resized_hw"
 BOXES = "__boxes"  # usable boxes in the model's input frame, flattened xyxy
 RUN_LENGTHS = "__run_lengths"  # per usable box, uncompressed COCO RLE counts
+_DECODE_BYTES_PER_IMAGE = 50 << 20
 
 
 def _check_rows(stage: str, batch: pa.Table, out: pa.Table) -> pa.Table:
@@ -99,10 +100,11 @@ class DecodeStage:
     keep_image: bool = False  # copy the image bytes column to the output
 
     def map_batches_kwargs(self) -> Dict[str, Any]:
-        # A ray_remote_args_fn keeps Ray Data from fusing decoding into the model actors
-        # (which would make the model wait on it); SPREAD spreads image reads over nodes.
+        # The memory reservation covers a batch of decoded images (up to ~50 MB each for
+        # 4K RGB plus its resized copy); having it also keeps Ray Data from fusing decoding
+        # into the model actors, whose remote args differ, so the model never waits on it.
         return dict(batch_format="pyarrow", batch_size=self.batch_size, num_cpus=1,
-                    ray_remote_args_fn=_spread)
+                    memory=self.batch_size * _DECODE_BYTES_PER_IMAGE)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [self._row(i, batch) for i in range(batch.num_rows)]
@@ -155,10 +157,6 @@ class DecodeStage:
         fs, path = filesystem(uri, self.storage)
         with fs.open(path, "rb") as f:
             return f.read()
-
-
-def _spread() -> Dict[str, Any]:
-    return {"scheduling_strategy": "SPREAD"}
 
 
 class SamHQStage:

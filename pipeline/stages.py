@@ -187,6 +187,10 @@ class SamHQStage:
             num_gpus=num_gpus,
             num_cpus=compute.num_cpus_per_actor,
             fn_constructor_kwargs=dict(model=model, storage=storage, torch_threads=compute.torch_threads),
+            # On CPU the actors share cores with the decode and encode tasks; spinning OpenMP
+            # threads would burn the time slices those need (measured: 0.78 → 0.88 of a bare
+            # loop's throughput on 2 cores, bench/bench_pipeline.py).
+            runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:

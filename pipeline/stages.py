@@ -188,8 +188,7 @@ class SamHQStage:
             num_cpus=compute.num_cpus_per_actor,
             fn_constructor_kwargs=dict(model=model, storage=storage, torch_threads=compute.torch_threads),
             # On CPU the actors share cores with the decode and encode tasks; spinning OpenMP
-            # threads would burn the time slices those need (measured: 0.78 → 0.88 of a bare
-            # loop's throughput on 2 cores, bench/bench_pipeline.py).
+            # threads would burn the time slices those need (bench/results/cpu_pipeline.md).
             runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
         )
 

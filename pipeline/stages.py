@@ -22,7 +22,7 @@ from samhq_core.processor import preprocess_shape, to_rgb_array
 from .config import ComputeConfig, InputConfig, ModelConfig, StorageConfig
 from .masks import mask_statistics, upsample_masks
 from .schema import RESULT_FIELDS, RLE_TYPE
-from .storage import filesystem
+from .storage import filesystem, storage_options
 
 PIXELS = "__pixels"  # resized uint8 RGB image bytes, row-major (h, w, 3)
 RESIZED_HW = "__resized_hw"
@@ -165,8 +165,6 @@ class SamHQStage:
     thresholds and run-length-codes the masks on the actor's device."""
 
     def __init__(self, model: ModelConfig, storage: StorageConfig, torch_threads: Optional[int] = None) -> None:
-        from .storage import storage_options
-
         self.config = model
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if torch_threads:

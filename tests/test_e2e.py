@@ -146,3 +146,15 @@ def test_ray_job_submit_to_two_node_cluster(vit_pair, tmp_path):
         assert sum(n["state"] == "ALIVE" for n in nodes) == 2
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env(), timeout=120)
+
+
+def test_demo_command(tmp_path):
+    """`python -m pipeline demo`, the README's first command, end to end."""
+    proc = run([sys.executable, "-m", "pipeline", "demo", "--workdir", str(tmp_path / "demo"), "--num-images", "3"],
+               cwd=ROOT)
+    assert "RANDOMLY INITIALISED" in proc.stdout
+    assert "rows in: 3, rows out: 3" in proc.stdout
+    coco = COCO(str(tmp_path / "demo" / "instances.json"))
+    assert len(coco.getImgIds()) == 3 and len(coco.getAnnIds()) > 0
+    overlays = sorted(os.listdir(tmp_path / "demo" / "overlays"))
+    assert len(overlays) == 3 and all(name.endswith(".png") for name in overlays)

@@ -1,7 +1,7 @@
 """Mask post-processing on the model's device: upsampling, thresholding, and COCO run
 lengths, areas and boxes, so that only small arrays leave the GPU."""
 
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -11,21 +11,20 @@ from torch.nn import functional as F
 _MAX_PIXELS_PER_CHUNK = 1 << 26
 
 
-def upsample_masks(
+def upsampled_mask_chunks(
     low_res: torch.Tensor, input_size: int, resized_hw: Tuple[int, int], original_hw: Tuple[int, int], threshold: float
-) -> torch.Tensor:
-    """(n, s, s) low-res logits → (n, H, W) bool masks at the original image size, exactly as
-    SamHQProcessor.post_process_masks (and the official predictor) compute them."""
+) -> Iterator[torch.Tensor]:
+    """(n, s, s) low-res logits → (k, H, W) bool masks at the original image size, a few at a
+    time (bounded memory), exactly as SamHQProcessor.post_process_masks (and the official
+    predictor) compute them."""
     h, w = original_hw
     chunk = max(1, _MAX_PIXELS_PER_CHUNK // max(h * w, input_size * input_size))
-    out = torch.empty((low_res.shape[0], h, w), dtype=torch.bool, device=low_res.device)
     for start in range(0, low_res.shape[0], chunk):
         logits = low_res[start : start + chunk, None].float()
         logits = F.interpolate(logits, (input_size, input_size), mode="bilinear", align_corners=False)
         logits = logits[..., : resized_hw[0], : resized_hw[1]]
         logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
-        out[start : start + chunk] = logits[:, 0] > threshold
-    return out
+        yield logits[:, 0] > threshold
 
 
 def mask_statistics(masks: torch.Tensor) -> Tuple[List[np.ndarray], np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from samhq_core import SamHQModel
 from samhq_core.processor import preprocess_shape, to_rgb_array
 
 from .config import ComputeConfig, InputConfig, ModelConfig, StorageConfig
-from .masks import mask_statistics, upsample_masks
+from .masks import mask_statistics, upsampled_mask_chunks
 from .schema import RESULT_FIELDS, RLE_TYPE
 from .storage import filesystem, storage_options
 
@@ -252,8 +252,11 @@ class SamHQStage:
                     multimask_output=self.config.multimask_output, hq_token_only=self.config.hq_token_only,
                     prompt_chunk_size=self.config.box_chunk_size,
                 )
-            masks = upsample_masks(out.pred_masks[0, :, 0], self.image_size, resized_hw, (h, w), self.config.mask_threshold)
-            counts, areas, boxes = mask_statistics(masks)
+            stats = [mask_statistics(masks) for masks in upsampled_mask_chunks(
+                out.pred_masks[0, :, 0], self.image_size, resized_hw, (h, w), self.config.mask_threshold)]
+            counts = [c for chunk in stats for c in chunk[0]]
+            areas = np.concatenate([chunk[1] for chunk in stats])
+            boxes = np.concatenate([chunk[2] for chunk in stats])
             scores = out.iou_scores[0, :, 0].float().cpu().numpy()
         # Boxes that could not be used get an empty mask, NaN score, zero area and box.
         row_counts, row_scores, row_areas, row_boxes, k = [], [], [], [], 0

@@ -17,6 +17,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.config import ConfigError, parse_config
 from pipeline.job import run_job
+from pipeline.masks import mask_statistics
 from pipeline.stages import boxes_to_xyxy, check_boxes
 from samhq_core import SamHQModel, SamHQProcessor
 
@@ -68,6 +69,23 @@ def test_box_conversion_and_checks():
     assert clipped[0].tolist() == [0, 0, 25, 40]
     assert reasons == [None, "non-finite coordinates", "inverted box (x2 < x1 or y2 < y1)",
                        "empty after clipping to the image"]
+
+
+def test_mask_statistics_match_pycocotools():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 37, 53), bool)
+    masks[0, 5:20, 10:30] = True
+    masks[1] = rng.random((37, 53)) > 0.5
+    masks[2, 0, 0] = True  # a run of ones first
+    masks[4] = True  # full; masks[3] stays empty
+    masks[5, 36, 52] = True
+    counts, areas, boxes = mask_statistics(torch.from_numpy(masks))
+    for i, mask in enumerate(masks):
+        reference = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        ours = mask_utils.frPyObjects({"counts": counts[i].tolist(), "size": [37, 53]}, 37, 53)
+        assert ours["counts"] == reference["counts"]
+        assert areas[i] == mask_utils.area(reference)
+        np.testing.assert_allclose(boxes[i], mask_utils.toBbox(reference))
 
 
 def test_every_row_comes_out_and_masks_match_samhq_core(ray_cluster, checkpoint, vit_pair, tmp_path):

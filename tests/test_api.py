@@ -198,3 +198,34 @@ def test_bf16_autocast_is_dtype_clean(vit_pair):
     a, b = reference.pred_masks > 0, fast.pred_masks > 0
     iou = (a & b).sum() / (a | b).sum()
     assert iou > 0.9
+
+
+def test_hq_parameters_train(vit_pair):
+    """Gradients reach exactly the HQ parameters when the rest is frozen (the paper's recipe)."""
+    from samhq_core.modeling.sam_hq import SamHQModel
+
+    model = SamHQModel(vit_pair.ours.config)
+    model.load_state_dict(vit_pair.ours.state_dict())
+    hq_names = ("hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature")
+    for name, param in model.named_parameters():
+        param.requires_grad = any(key in name for key in hq_names)
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    out = model(pixel_values=x, input_boxes=torch.tensor([[[10.0, 20.0, 120.0, 200.0]]]), multimask_output=False)
+    out.pred_masks.sigmoid().mean().backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+@pytest.mark.parametrize("variant,size", [("vit_tiny", 512), ("vit_b", 512)])
+def test_reduced_input_sizes(variant, size):
+    """Smaller inputs than 1024 build and run for both encoder families."""
+    config = SamHQConfig.from_variant(variant, image_size=size)
+    if variant == "vit_b":
+        config = SamHQConfig.from_variant(variant, image_size=size, num_hidden_layers=2, global_attn_indexes=[1])
+    from samhq_core import SamHQModel
+
+    model = SamHQModel(config).eval()
+    with torch.no_grad():
+        out = model(pixel_values=torch.randn(1, 3, size, size), input_boxes=torch.tensor([[[0.0, 0.0, 50.0, 60.0]]]))
+    assert out.pred_masks.shape == (1, 1, 3, size // 4, size // 4)

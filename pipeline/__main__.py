@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {run,validate,export-coco,demo} ...`."""
+"""Command line: `python -m pipeline {run,validate,export-coco,evaluate,demo} ...`."""
 
 import argparse
 import logging
@@ -56,6 +56,25 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .config import StorageConfig
+    from .evaluate import evaluate_masks, write_report
+
+    if (args.overlays_dir is None) != (args.images is None):
+        print("error: --overlays-dir and --images go together (the overlays are drawn on the images)", file=sys.stderr)
+        return 2
+    storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region)
+    result = evaluate_masks(args.predictions, args.ground_truth, id_column=args.id_column,
+                            category_column=args.category_column, worst=args.worst, overlays_dir=args.overlays_dir,
+                            images=args.images, image_column=args.image_column, storage=storage,
+                            num_partitions=args.partitions)
+    print(result.metrics_table())
+    if args.report:
+        write_report(result, args.report, storage)
+        print(f"wrote {args.report}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -79,6 +98,23 @@ def parser() -> argparse.ArgumentParser:
     coco.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint, as storage.endpoint_url")
     coco.add_argument("--region", default=None)
     coco.set_defaults(fn=cmd_export_coco)
+    ev = sub.add_parser("evaluate", help="mask quality (mIoU, boundary IoU, COCO AP) of a job's output vs ground truth")
+    ev.add_argument("--predictions", required=True, help="the job's output Parquet (file, directory or glob)")
+    ev.add_argument("--ground-truth", required=True,
+                    help="Parquet with the id column and COCO RLE `masks` aligned with the job's input boxes")
+    ev.add_argument("--report", default=None, help="write a Markdown report here")
+    ev.add_argument("--id-column", default="id", help="the job's input.id_column (default: id)")
+    ev.add_argument("--category-column", default=None,
+                    help="per-box categories (ground truth's column, else the output's) for a per-category table")
+    ev.add_argument("--worst", type=int, default=20, help="list the N lowest-IoU boxes (default: 20)")
+    ev.add_argument("--overlays-dir", default=None, help="write a PNG per worst box here (needs --images)")
+    ev.add_argument("--images", default=None, help="Parquet with the id column and the images, e.g. the job's input")
+    ev.add_argument("--image-column", default="image", help="encoded image bytes (or URIs) in --images")
+    ev.add_argument("--partitions", type=int, default=16,
+                    help="temporary partitions of the join (memory: about 1/N of the ground truth; default: 16)")
+    ev.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint, as storage.endpoint_url")
+    ev.add_argument("--region", default=None)
+    ev.set_defaults(fn=cmd_evaluate)
     demo = sub.add_parser("demo", help="build a sample dataset and run the whole pipeline locally")
     demo.add_argument("--workdir", default="demo_output", help="where the sample data and results go")
     demo.add_argument("--num-images", type=int, default=8)

@@ -23,10 +23,9 @@ from typing import IO, Any, Dict, List, Optional
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from .config import StorageConfig
-from .storage import filesystem, list_parquet_files
+from .storage import filesystem, list_parquet_files, open_for_write
 
 # Result columns the export reads (besides the id and the category column).
 _RESULT_COLUMNS = ("image_size", "masks", "iou_scores", "mask_areas", "mask_bboxes", "box_errors", "error")
@@ -259,12 +258,7 @@ def _export_row(row: Dict[str, Any], url: str, id_column: str, category_column: 
 
 def _write_output(output_path: str, storage: StorageConfig, info: Dict[str, Any], images_path: str,
                   annotations_path: str, categories: List[Dict[str, Any]]) -> None:
-    fs, path = filesystem(output_path, storage)
-    if isinstance(fs, LocalFileSystem):
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as out:
+    with open_for_write(output_path, storage) as out:
         out.write(('{"info":' + _dumps(info) + ',"licenses":[],"images":[').encode())
         _copy(images_path, out)
         out.write(b'],"annotations":[')

@@ -5,10 +5,11 @@ environment variables, shared config files and instance roles.
 """
 
 import os
-from typing import Any, Dict, List, Tuple
+from typing import IO, Any, Dict, List, Tuple
 
 import fsspec
 import pyarrow.fs
+from fsspec.implementations.local import LocalFileSystem
 
 from .config import JobConfig, StorageConfig
 
@@ -38,6 +39,16 @@ def filesystem(url: str, storage: StorageConfig) -> Tuple[fsspec.AbstractFileSys
     protocol = fsspec.utils.get_protocol(url)
     options = storage_options(storage) if protocol in ("s3", "s3a") else {}
     return fsspec.core.url_to_fs(url, **options)
+
+
+def open_for_write(url: str, storage: StorageConfig) -> IO[bytes]:
+    """Open `url` (local or fsspec) for writing bytes, creating local parent directories."""
+    fs, path = filesystem(url, storage)
+    if isinstance(fs, LocalFileSystem):
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+    return fs.open(path, "wb")
 
 
 def arrow_filesystem(url: str, storage: StorageConfig) -> Tuple[pyarrow.fs.FileSystem, str]:

@@ -17,7 +17,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from samhq_core import SamHQModel
-from samhq_core.processor import preprocess_shape, to_rgb_array
+from samhq_core.processor import resize_longest_side, to_rgb_array
 
 from .config import ComputeConfig, InputConfig, ModelConfig, StorageConfig
 from .masks import mask_statistics, upsampled_mask_chunks
@@ -138,8 +138,8 @@ class DecodeStage:
         except Exception as e:  # noqa: BLE001 - corrupt, truncated or unsupported images
             return None, None, [], None, [], f"image_decode: {type(e).__name__}: {e}"
         h, w = array.shape[:2]
-        new_h, new_w = preprocess_shape(h, w, self.image_size)
-        resized = np.asarray(Image.fromarray(array).resize((new_w, new_h), Image.BILINEAR))
+        resized = resize_longest_side(array, self.image_size)
+        new_h, new_w = resized.shape[:2]
         clipped, reasons = check_boxes(boxes, h, w)
         usable = clipped[[r is None for r in reasons]]
         scaled = usable * np.array([new_w / w, new_h / h, new_w / w, new_h / h])

@@ -33,6 +33,13 @@ def preprocess_shape(height: int, width: int, long_side: int) -> Tuple[int, int]
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
+def resize_longest_side(array: np.ndarray, long_side: int) -> np.ndarray:
+    """uint8 RGB (H, W, 3) → resized so that its longest side is `long_side`, with PIL
+    bilinear as the official preprocessing (torchvision's resize of a PIL image)."""
+    new_h, new_w = preprocess_shape(array.shape[0], array.shape[1], long_side)
+    return np.array(Image.fromarray(array).resize((new_w, new_h), Image.BILINEAR))
+
+
 def to_rgb_array(image: ImageInput) -> np.ndarray:
     """Any supported image → uint8 RGB array (H, W, 3).
 
@@ -153,8 +160,8 @@ class SamHQProcessor:
         """One image → normalised, padded (3, S, S) tensor, original (h, w), resized (h, w)."""
         array = to_rgb_array(image)
         h, w = array.shape[:2]
-        new_h, new_w = preprocess_shape(h, w, self.image_size)
-        resized = np.array(Image.fromarray(array).resize((new_w, new_h), Image.BILINEAR))
+        resized = resize_longest_side(array, self.image_size)
+        new_h, new_w = resized.shape[:2]
         pixels = (torch.from_numpy(resized).permute(2, 0, 1).float() - self.pixel_mean) / self.pixel_std
         pixels = F.pad(pixels, (0, self.image_size - new_w, 0, self.image_size - new_h))
         return pixels, (h, w), (new_h, new_w)

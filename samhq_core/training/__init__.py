@@ -1,0 +1,1 @@
+"""Training utilities: synthetic data with exact masks (more to come: losses, HQ fine-tuning)."""

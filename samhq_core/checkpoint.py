@@ -261,28 +261,38 @@ def file_sha256(path: str) -> str:
 
 
 def fetch(src: str, cache_dir: Optional[str] = None, storage_options: Optional[dict] = None) -> str:
-    """Local path of `src`, downloading a remote file or HF directory into the cache once."""
+    """Local path of `src`. A remote file or HF directory is downloaded into the cache once
+    per version: the cache key holds the URL and the weights file's size and version stamp
+    (ETag / modification time), so a checkpoint replaced at the same URL is fetched again."""
     if "://" not in src or src.startswith("file://"):
         path = src[len("file://"):] if src.startswith("file://") else src
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
         return path
     fs, remote = fsspec.core.url_to_fs(src, **(storage_options or {}))
-    cache_root = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "samhq_core")
-    target = os.path.join(cache_root, hashlib.sha256(src.encode()).hexdigest()[:16])
     is_file = remote.endswith((".pth", ".pt", ".bin", ".safetensors"))
     names = [os.path.basename(remote)] if is_file else [_HF_CONFIG, _HF_WEIGHTS]
+    remote_files = [remote] if is_file else [f"{remote.rstrip('/')}/{name}" for name in names]
+    for remote_file in remote_files:
+        if not fs.exists(remote_file):
+            raise FileNotFoundError(f"checkpoint file not found: {remote_file} ({src})")
+    version = _version_stamp(fs.info(remote_files[-1]))
+    cache_root = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "samhq_core")
+    target = os.path.join(cache_root, hashlib.sha256(f"{src}\n{version}".encode()).hexdigest()[:16])
     os.makedirs(target, exist_ok=True)
-    for name in names:
+    for name, remote_file in zip(names, remote_files, strict=True):
         local = os.path.join(target, name)
         if os.path.exists(local):
             continue
-        remote_file = remote if is_file else f"{remote.rstrip('/')}/{name}"
-        if not fs.exists(remote_file):
-            raise FileNotFoundError(f"checkpoint file not found: {remote_file} ({src})")
         with tempfile.NamedTemporaryFile(dir=target, delete=False) as tmp:
             with fs.open(remote_file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
+                for block in iter(lambda f=f: f.read(1 << 22), b""):
                     tmp.write(block)
         os.replace(tmp.name, local)  # atomic: a cut-off download never looks cached
     return os.path.join(target, names[0]) if is_file else target
+
+
+def _version_stamp(info: Dict) -> str:
+    """Size plus whatever version fields the filesystem reports (S3 ETag, mtimes)."""
+    fields = ("size", "ETag", "etag", "LastModified", "last_modified", "mtime", "created")
+    return json.dumps({k: str(info[k]) for k in fields if k in info}, sort_keys=True)

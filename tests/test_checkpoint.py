@@ -1,5 +1,6 @@
 """Checkpoint formats, sources and failure modes."""
 
+import io
 import json
 import os
 import pickle
@@ -77,8 +78,8 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_remote_sources_are_cached_once(vit_pair, tmp_path):
-    """An fsspec URL (in-memory filesystem) for a .pth and for an HF directory: downloaded once,
-    then served from the cache even when the remote is gone."""
+    """An fsspec URL (in-memory filesystem) for a .pth and for an HF directory: downloaded once
+    per version of the file."""
     fs = fsspec.filesystem("memory")
     with open(vit_pair.pth, "rb") as f:
         fs.pipe("/ckpt/model.pth", f.read())
@@ -89,9 +90,19 @@ def test_remote_sources_are_cached_once(vit_pair, tmp_path):
     for url in ("memory://ckpt/model.pth", "memory://ckpt/hf"):
         first = SamHQModel.from_pretrained(url, cache_dir=cache)
         assert torch.equal(first.mask_decoder.hf_token.weight, vit_pair.ours.mask_decoder.hf_token.weight)
-    fs.rm("/ckpt", recursive=True)
+    cached = sorted(os.listdir(cache))
     for url in ("memory://ckpt/model.pth", "memory://ckpt/hf"):
         assert SamHQModel.from_pretrained(url, cache_dir=cache) is not None
+    assert sorted(os.listdir(cache)) == cached  # served from the cache, not downloaded again
+
+    # A checkpoint replaced at the same URL is a new version: fetched again.
+    state = torch.load(vit_pair.pth, weights_only=True)
+    state["mask_decoder.hf_token.weight"] = state["mask_decoder.hf_token.weight"] + 1
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    fs.pipe("/ckpt/model.pth", buffer.getvalue())
+    replaced = SamHQModel.from_pretrained("memory://ckpt/model.pth", cache_dir=cache)
+    assert torch.equal(replaced.mask_decoder.hf_token.weight, state["mask_decoder.hf_token.weight"])
     with pytest.raises(FileNotFoundError, match="memory://ckpt/other.pth"):
         SamHQModel.from_pretrained("memory://ckpt/other.pth", cache_dir=cache)
 

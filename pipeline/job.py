@@ -4,7 +4,7 @@ import collections
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import pyarrow.parquet as pq
 import ray
@@ -60,8 +60,9 @@ def resolve_num_gpus(config: JobConfig) -> float:
     return num_gpus
 
 
-def build_dataset(config: JobConfig, image_size: int) -> ray.data.Dataset:
-    """read Parquet → decode (CPU tasks) → SAM-HQ (actor pool) → RLE encode (CPU tasks)."""
+def build_dataset(config: JobConfig, image_size: int) -> Tuple[ray.data.Dataset, int]:
+    """read Parquet → decode (CPU tasks) → SAM-HQ (actor pool) → RLE encode (CPU tasks);
+    returns the dataset and the number of input rows."""
     inp = config.input
     files = list_parquet_files(inp.path, config.storage)
     read_fs, _ = arrow_filesystem(inp.path, config.storage)
@@ -72,7 +73,7 @@ def build_dataset(config: JobConfig, image_size: int) -> ray.data.Dataset:
     if config.output.include_image_bytes and inp.image_column:
         keep.append(inp.image_column)
     read_columns = list(dict.fromkeys([*keep, image_source, inp.boxes_column]))
-    _size_blocks(config, files, read_columns)
+    rows = _size_blocks(config, files, read_columns)
     ds = ray.data.read_parquet(files, filesystem=read_fs, columns=read_columns)
 
     decode = DecodeStage(inp, config.storage, image_size, config.compute.decode_batch_size,
@@ -83,15 +84,16 @@ def build_dataset(config: JobConfig, image_size: int) -> ray.data.Dataset:
         **SamHQStage.map_batches_kwargs(config.model, config.storage, config.compute, resolve_num_gpus(config)),
     )
     encode = EncodeStage(keep)
-    return ds.map_batches(encode, **encode.map_batches_kwargs())
+    return ds.map_batches(encode, **encode.map_batches_kwargs()), rows
 
 
-def _size_blocks(config: JobConfig, files: List[str], columns: List[str]) -> None:
+def _size_blocks(config: JobConfig, files: List[str], columns: List[str]) -> int:
     """Make Ray Data cut the input into about `input.num_blocks` blocks (default 4 per
     actor). Its Parquet reader ignores override_num_blocks and packs small files into one
     block, which one actor then processes alone; blocks are cut by size, so the target
     block size is set from the rows' average size in the Parquet footers (halved: a block
-    is cut once it exceeds the target, so blocks come out between 1 and 2 targets big)."""
+    is cut once it exceeds the target, so blocks come out between 1 and 2 targets big).
+    Returns the number of input rows."""
     fs, _ = filesystem(config.input.path, config.storage)
     rows, size = 0, 0
     for name in files:
@@ -106,6 +108,7 @@ def _size_blocks(config: JobConfig, files: List[str], columns: List[str]) -> Non
     rows_per_block = max(1, math.ceil(rows / num_blocks))
     row_bytes = max(1, size // max(rows, 1))
     ray.data.DataContext.get_current().target_max_block_size = max(1024, row_bytes * rows_per_block // 2)
+    return rows
 
 
 def run_job(config: JobConfig, image_size: int) -> JobSummary:
@@ -117,14 +120,11 @@ def run_job(config: JobConfig, image_size: int) -> JobSummary:
         if not config.output.overwrite:
             raise FileExistsError(f"output.path {config.output.path} is not empty; set output.overwrite: true to replace it")
         fs.rm(path, recursive=True)
-    dataset = build_dataset(config, image_size)
+    dataset, rows_in = build_dataset(config, image_size)
     dataset.write_parquet(out_path, filesystem=out_fs)
     summary = summarize_output(config)
     summary.stats = dataset.stats()
-    in_fs, _ = filesystem(config.input.path, config.storage)
-    summary.rows_in = sum(
-        pq.ParquetFile(in_fs.open(f, "rb")).metadata.num_rows for f in list_parquet_files(config.input.path, config.storage)
-    )
+    summary.rows_in = rows_in
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -88,6 +88,11 @@ def parse_boxes(value: Any) -> np.ndarray:
     return boxes
 
 
+def _failed_row(error: str) -> tuple:
+    """A decode result for a row that failed: no pixels, boxes or size, just the error."""
+    return None, None, [], None, [], error
+
+
 @dataclass
 class DecodeStage:
     """CPU tasks: read and decode each image, resize it for the model (PIL bilinear, as the
@@ -126,17 +131,17 @@ class DecodeStage:
         try:
             boxes = boxes_to_xyxy(parse_boxes(boxes_value), self.inputs.box_format)
         except ValueError as e:
-            return None, None, [], None, [], f"boxes: {e}"
+            return _failed_row(f"boxes: {e}")
         try:
             data = self._image_bytes(i, batch)
         except Exception as e:  # noqa: BLE001 - any read failure belongs to this row
-            return None, None, [], None, [], f"image_read: {type(e).__name__}: {e}"
+            return _failed_row(f"image_read: {type(e).__name__}: {e}")
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 array = to_rgb_array(image)
         except Exception as e:  # noqa: BLE001 - corrupt, truncated or unsupported images
-            return None, None, [], None, [], f"image_decode: {type(e).__name__}: {e}"
+            return _failed_row(f"image_decode: {type(e).__name__}: {e}")
         h, w = array.shape[:2]
         resized = resize_longest_side(array, self.image_size)
         new_h, new_w = resized.shape[:2]

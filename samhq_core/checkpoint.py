@@ -177,7 +177,6 @@ def load_model(
         model = SamHQModel(config)
         state = from_hf_state_dict(state, list(model.state_dict()))
     else:
-        state = {k: v for k, v in state.items() if not _UNUSED_KEYS.match(k)}
         if config is None:
             config = _config_for(state, variant, src)
         model = SamHQModel(config)
@@ -200,7 +199,7 @@ def read_config(
     state = _read_state_dict(local, "cpu", mmap=True)
     if _HF_POSITIONAL in state or _HF_POSITIONAL_ALIAS in state:
         raise ValueError(f"{src} holds HF-layout weights without a config.json beside them")
-    return _config_for({k: v for k, v in state.items() if not _UNUSED_KEYS.match(k)}, variant, src)
+    return _config_for(state, variant, src)
 
 
 def _config_for(state: Dict[str, torch.Tensor], variant: Optional[str], src: str) -> SamHQConfig:
@@ -232,14 +231,16 @@ def _check_keys(model: SamHQModel, state: Dict[str, torch.Tensor], src: str) -> 
 
 
 def _read_state_dict(path: str, map_location: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
+    """The tensors of a weights file, without the keys the model does not use."""
     if path.endswith(".safetensors"):
-        return load_file(path, device=map_location)
-    state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    if isinstance(state, dict) and set(state) in ({"model"}, {"state_dict"}):
-        state = next(iter(state.values()))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state dict of tensors")
-    return state
+        state = load_file(path, device=map_location)
+    else:
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        if isinstance(state, dict) and set(state) in ({"model"}, {"state_dict"}):
+            state = next(iter(state.values()))
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{path} is not a state dict of tensors")
+    return {k: v for k, v in state.items() if not _UNUSED_KEYS.match(k)}
 
 
 def save_model(model: SamHQModel, directory: str) -> None:

@@ -80,18 +80,21 @@ class MaskDecoderHQ(nn.Module):
         hq_features: Optional[torch.Tensor],
         multimask_output: bool,
         hq_token_only: bool,
+        sam_only: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Masks for n prompts on one image.
 
         image_embedding: (1 or n, C, h, w), the image embedding plus dense prompt embeddings
         image_pe: (1, C, h, w); sparse_prompt_embeddings: (n, T, C)
         hq_features: (1, C/8, 4h, 4w) for this image, or None for a plain SAM decoder
+        sam_only: SAM's masks as plain SAM computes them: no HQ token among the output tokens, no
+          HQ term (the baseline the HQ output improves on)
         Returns mask logits (n, K, 4h, 4w) and IoU predictions (n, K): K = 3 candidates sorted
         by IoU with multimask_output (the first is the official output), else K = 1.
         """
         n = sparse_prompt_embeddings.shape[0]
         output_tokens = [self.iou_token.weight, self.mask_tokens.weight]
-        if self.hq:
+        if self.hq and not sam_only:  # without the HQ token in the sequence this is exactly SAM
             output_tokens.append(self.hf_token.weight)
         output_tokens = torch.cat(output_tokens).to(sparse_prompt_embeddings.dtype)
         tokens = torch.cat([output_tokens.expand(n, -1, -1), sparse_prompt_embeddings], dim=1)
@@ -112,7 +115,7 @@ class MaskDecoderHQ(nn.Module):
         if hq_token_only:
             return self._hq_mask(hs, upscaled, hq_features), iou_pred[:, :1]
         masks = self._sam_masks(hs, upscaled, token_ids, multimask_output)
-        if self.hq:
+        if self.hq and not sam_only:
             masks = masks + self._hq_mask(hs, upscaled, hq_features)
         return masks, iou_pred
 

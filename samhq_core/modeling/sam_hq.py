@@ -132,6 +132,7 @@ class SamHQModel(nn.Module):
         intermediate_embeddings: Optional[torch.Tensor] = None,
         multimask_output: bool = True,
         hq_token_only: bool = False,
+        sam_only: bool = False,
         prompt_chunk_size: Optional[int] = None,
         original_sizes: Optional[torch.Tensor] = None,
         reshaped_input_sizes: Optional[torch.Tensor] = None,
@@ -145,6 +146,8 @@ class SamHQModel(nn.Module):
             0 background, -1 padding (ignored); labels default to 1.
           input_boxes (B, P, 4) as (x1, y1, x2, y2).
           input_masks (B, P, 4h, 4w) low-res mask logits, e.g. an earlier pred_masks.
+        sam_only returns what plain SAM with these weights outputs: the HQ token left out of
+        the decoder's tokens and no HQ term (the baseline of the paper's comparisons).
         Prompts of one image are decoded `prompt_chunk_size` at a time, which bounds memory
         (roughly 0.1 GB of fp32 activations per prompt): by default 64 on accelerators and 1 on CPU,
         where one prompt's 256 x 256 activations stay in cache (measured 3x faster than 64).
@@ -160,6 +163,8 @@ class SamHQModel(nn.Module):
             raise ValueError("image_embeddings need their intermediate_embeddings (see get_image_embeddings)")
         if hq_token_only and not self.mask_decoder.hq:
             raise ValueError("hq_token_only=True needs an HQ checkpoint; this model is plain SAM")
+        if hq_token_only and sam_only:
+            raise ValueError("hq_token_only and sam_only exclude each other: pick one mask source")
         if prompt_chunk_size is None:
             prompt_chunk_size = 1 if image_embeddings.is_cpu else 64
         if prompt_chunk_size < 1:
@@ -177,7 +182,7 @@ class SamHQModel(nn.Module):
         masks, scores = [], []
         for b in range(batch):
             hq_features = None
-            if self.mask_decoder.hq:
+            if self.mask_decoder.hq and not sam_only:
                 hq_features = self.mask_decoder.hq_features(image_embeddings[b : b + 1], intermediate_embeddings[b : b + 1])
             for start in range(0, num_prompts, prompt_chunk_size):
                 end = min(start + prompt_chunk_size, num_prompts)
@@ -196,6 +201,7 @@ class SamHQModel(nn.Module):
                     hq_features=hq_features,
                     multimask_output=multimask_output,
                     hq_token_only=hq_token_only,
+                    sam_only=sam_only,
                 )
                 masks.append(chunk_masks.float())
                 scores.append(chunk_scores.float())

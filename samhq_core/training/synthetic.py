@@ -127,3 +127,14 @@ def make_scene(rng: np.random.Generator, height: int = 256, width: int = 256, ma
         boxes = boxes + rng.normal(0, box_jitter, boxes.shape).astype(np.float32) * size
         boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
     return Scene(np.clip(image, 0, 255).astype(np.uint8), masks, boxes, kinds)
+
+
+def coarsen(mask: np.ndarray, cell: int = 8, coverage: float = 0.25) -> np.ndarray:
+    """A coarse annotation of a mask, like polygon labels of large datasets: the mask on a
+    grid of `cell` x `cell` blocks, a block kept when at least `coverage` of it is covered.
+    Thin parts turn into blocky bands and boundaries into staircases."""
+    h, w = mask.shape
+    ph, pw = -h % cell, -w % cell
+    padded = np.pad(mask, ((0, ph), (0, pw)))
+    blocks = padded.reshape(padded.shape[0] // cell, cell, padded.shape[1] // cell, cell).mean(axis=(1, 3))
+    return np.repeat(np.repeat(blocks >= coverage, cell, 0), cell, 1)[:h, :w]

@@ -1,0 +1,132 @@
+"""The two training phases of HQ-SAM on one model, and one optimisation step.
+
+- "sam": the SAM part (image encoder, prompt encoder, SAM mask decoder) trains; the HQ
+  parameters are frozen and unused. Loss on SAM's own mask (`sam_only`) plus the IoU head's
+  regression to the mask's real IoU. This stands in for SAM's pre-training.
+- "hq": everything is frozen but the HQ parameters (HQ token, its MLP, compress_vit_feat,
+  embedding_encoder, embedding_maskfeature), as in the SAM-HQ paper; the encoder then runs
+  without autograd. Loss on the HQ token's mask (`hq_token_only`).
+"""
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+from torch.nn import functional as F
+
+from ..modeling import SamHQModel
+from .losses import mask_iou, mask_loss
+
+PHASES = ("sam", "hq")
+HQ_PARAMETER_PREFIXES = (
+    "mask_decoder.hf_token.",
+    "mask_decoder.hf_mlp.",
+    "mask_decoder.compress_vit_feat.",
+    "mask_decoder.embedding_encoder.",
+    "mask_decoder.embedding_maskfeature.",
+)
+
+
+def is_hq_parameter(name: str) -> bool:
+    return name.startswith(HQ_PARAMETER_PREFIXES)
+
+
+def set_trainable(model: SamHQModel, phase: str) -> List[torch.nn.Parameter]:
+    """Freeze the model for a phase; return the parameters that train."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    if phase == "hq" and not model.mask_decoder.hq:
+        raise ValueError("the 'hq' phase needs an HQ model; this checkpoint is plain SAM")
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(is_hq_parameter(name) == (phase == "hq"))
+        if param.requires_grad:
+            trainable.append(param)
+    return trainable
+
+
+@dataclass
+class Batch:
+    """B images in the model frame, with per image P_b boxes and their target masks.
+
+    pixel_values (B, 3, S, S) as SamHQProcessor makes them; boxes[b] (P_b, 4) xyxy in the
+    S x S frame; targets[b] (P_b, S, S) in [0, 1], zero on the padding.
+    """
+
+    pixel_values: torch.Tensor
+    boxes: List[torch.Tensor]
+    targets: List[torch.Tensor]
+
+
+def phase_logits(model: SamHQModel, phase: str, image_embeddings: torch.Tensor, early: torch.Tensor,
+                 boxes: torch.Tensor) -> torch.Tensor:
+    """Mask logits (P, 1, s, s) and IoU predictions (P,) of one image's boxes, from the mask
+    source that `phase` trains."""
+    out = model(image_embeddings=image_embeddings, intermediate_embeddings=early, input_boxes=boxes[None],
+                multimask_output=False, sam_only=phase == "sam", hq_token_only=phase == "hq",
+                prompt_chunk_size=len(boxes))
+    return out.pred_masks[0], out.iou_scores[0, :, 0]
+
+
+def batch_loss(model: SamHQModel, phase: str, batch: Batch) -> Dict[str, torch.Tensor]:
+    """Loss of one batch for `phase`: {"loss", "mask_loss", "iou_loss", "iou"} (the last is
+    the mean IoU of the thresholded masks, for progress reports)."""
+    size = model.config.vision_config.image_size
+    with torch.set_grad_enabled(phase == "sam" and torch.is_grad_enabled()):
+        embeddings, early = model.get_image_embeddings(batch.pixel_values)
+    mask_losses, iou_losses, ious = [], [], []
+    for b, (boxes, targets) in enumerate(zip(batch.boxes, batch.targets, strict=True)):
+        if len(boxes) == 0:
+            continue
+        low_res, predicted_iou = phase_logits(model, phase, embeddings[b : b + 1], early[b : b + 1], boxes)
+        logits = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)[:, 0]
+        mask_losses.append(mask_loss(logits, targets) * len(boxes))
+        iou = mask_iou(logits.detach(), targets)
+        ious.append(iou)
+        if phase == "sam":
+            iou_losses.append(F.mse_loss(predicted_iou, iou, reduction="sum"))
+    count = sum(len(b) for b in batch.boxes)
+    if count == 0:
+        raise ValueError("batch has no boxes")
+    losses = {"mask_loss": torch.stack(mask_losses).sum() / count}
+    losses["iou_loss"] = torch.stack(iou_losses).sum() / count if iou_losses else torch.zeros(())
+    losses["loss"] = losses["mask_loss"] + losses["iou_loss"]
+    losses["iou"] = torch.cat(ious).mean()
+    return losses
+
+
+def train_phase(model: SamHQModel, phase: str, batches: Iterator[Batch], steps: int, lr: float,
+                weight_decay: float = 0.01, warmup_steps: int = 100, log_every: int = 50,
+                log: Optional[Callable[[str], None]] = None) -> List[Dict[str, float]]:
+    """Train `phase` for `steps` AdamW steps (linear warm-up, cosine decay to zero, gradient
+    norm clipped at 1). Logs the running loss and mask IoU every `log_every` steps with the
+    elapsed time (to stdout unless `log` is given); returns those log records."""
+    log = log or functools.partial(print, flush=True)
+    params = set_trainable(model, phase)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    model.train()
+    records, window, start = [], [], time.perf_counter()
+    for step in range(1, steps + 1):
+        losses = batch_loss(model, phase, next(batches))
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        window.append({k: float(v.detach()) for k, v in losses.items()})
+        if step % log_every == 0 or step == steps:
+            record = {k: sum(r[k] for r in window) / len(window) for k in window[0]}
+            record.update(step=step, seconds=time.perf_counter() - start)
+            records.append(record)
+            log(f"[{phase}] step {step}/{steps}  loss {record['loss']:.4f}  mask IoU {record['iou']:.3f}  "
+                f"{record['seconds']:.0f}s")
+            window = []
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return records

@@ -1,0 +1,93 @@
+"""Training utilities: losses, the coarse-mask generator, the two phases' freezing, the
+SAM-only mask source."""
+
+import numpy as np
+import pytest
+import torch
+
+from samhq_core import SamHQConfig, SamHQModel
+from samhq_core.training.demo_model import demo_config, synthetic_batches
+from samhq_core.training.losses import mask_iou, mask_loss
+from samhq_core.training.recipe import HQ_PARAMETER_PREFIXES, batch_loss, set_trainable, train_phase
+from samhq_core.training.synthetic import coarsen
+
+
+def test_mask_loss_prefers_the_right_mask():
+    target = torch.zeros(2, 16, 16)
+    target[:, 4:12, 4:12] = 1
+    right = (target * 2 - 1) * 10
+    assert mask_loss(right, target) < 0.01 < mask_loss(-right, target)
+    assert mask_iou(right, target).tolist() == [1.0, 1.0]
+    assert mask_iou(-right, target).tolist() == [0.0, 0.0]
+    half = right.clone()
+    half[:, 4:8] = -10  # 32 of 64 pixels missed
+    assert mask_iou(half, target).tolist() == [0.5, 0.5]
+
+
+def test_coarsen_keeps_blocks_by_coverage():
+    mask = np.zeros((16, 16), bool)
+    mask[0:8, 0:2] = True  # 2/8 of block (0, 0): kept at 0.25 coverage
+    mask[8:16, 8:9] = True  # 1/8 of block (1, 1): dropped
+    coarse = coarsen(mask, cell=8, coverage=0.25)
+    assert coarse[0:8, 0:8].all() and not coarse[8:, 8:].any() and not coarse[0:8, 8:].any()
+    assert coarsen(np.ones((10, 13), bool), cell=8).shape == (10, 13)
+
+
+def test_sam_only_is_plain_sam_with_the_same_weights():
+    torch.manual_seed(0)
+    model = SamHQModel(demo_config()).eval()
+    plain_config = SamHQConfig.from_dict({**model.config.to_dict(), "mask_decoder_config": {
+        **model.config.to_dict()["mask_decoder_config"], "hq": False}})
+    plain = SamHQModel(plain_config).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(HQ_PARAMETER_PREFIXES)}
+    plain.load_state_dict(state)
+    pixels, boxes = torch.randn(1, 3, 256, 256), torch.tensor([[[10.0, 20, 120, 200], [50, 50, 60, 90]]])
+    with torch.no_grad():
+        for multimask in (False, True):
+            ours = model(pixel_values=pixels, input_boxes=boxes, multimask_output=multimask, sam_only=True)
+            reference = plain(pixel_values=pixels, input_boxes=boxes, multimask_output=multimask)
+            torch.testing.assert_close(ours.pred_masks, reference.pred_masks)
+            with_hq = model(pixel_values=pixels, input_boxes=boxes, multimask_output=multimask)
+            assert (with_hq.pred_masks - ours.pred_masks).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="exclude each other"):
+        model(pixel_values=pixels, input_boxes=boxes, hq_token_only=True, sam_only=True)
+
+
+@pytest.mark.parametrize("phase", ["sam", "hq"])
+def test_each_phase_trains_exactly_its_parameters(phase):
+    torch.manual_seed(0)
+    model = SamHQModel(demo_config())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    records = train_phase(model, phase, synthetic_batches(0, 2, 256, coarse=phase == "sam"), steps=2, lr=1e-3,
+                          warmup_steps=1, log_every=1, log=lambda message: None)
+    assert [r["step"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
+    for name, value in model.state_dict().items():
+        changed = not torch.equal(value, before[name])
+        hq = name.startswith(HQ_PARAMETER_PREFIXES)
+        if phase == "hq":
+            assert changed == hq, name
+        else:
+            assert not (hq and changed), name
+    trained = [n for n, v in model.state_dict().items() if not torch.equal(v, before[n])]
+    assert len(trained) > (10 if phase == "sam" else 5)
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again afterwards
+
+
+def test_hq_phase_needs_an_hq_model():
+    config = demo_config()
+    config.mask_decoder_config.hq = False
+    with pytest.raises(ValueError, match="plain SAM"):
+        set_trainable(SamHQModel(config), "hq")
+    with pytest.raises(ValueError, match="phase"):
+        set_trainable(SamHQModel(config), "all")
+
+
+def test_batch_loss_targets_follow_the_phase():
+    """The "sam" phase fits SAM's own mask and the IoU head; "hq" only the HQ token's mask."""
+    torch.manual_seed(0)
+    model = SamHQModel(demo_config())
+    batch = next(synthetic_batches(3, 2, 256, coarse=False))
+    sam, hq = batch_loss(model, "sam", batch), batch_loss(model, "hq", batch)
+    assert sam["iou_loss"] > 0 and hq["iou_loss"] == 0
+    assert not torch.isclose(sam["mask_loss"], hq["mask_loss"])
+    assert sam["loss"].requires_grad and hq["loss"].requires_grad

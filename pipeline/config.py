@@ -8,10 +8,11 @@ checked separately (`pipeline.storage.check_reachable`), since it needs the netw
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, Union
 
 import yaml
 
+T = TypeVar("T")
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 DTYPES = ("float32", "bfloat16")
 # Keys that would put credentials into a config file.
@@ -52,7 +53,8 @@ class ModelConfig:
     checkpoint: str  # as SamHQModel.from_pretrained accepts: .pth or HF directory, path or URL
     variant: Optional[str] = None  # vit_b | vit_l | vit_h | vit_tiny; inferred when omitted
     sha256: Optional[str] = None
-    hq_token_only: bool = False
+    hq_token_only: bool = False  # the HQ token's mask alone (default: SAM's mask plus the HQ term)
+    sam_only: bool = False  # SAM's mask without the HQ term: the baseline to compare HQ against
     multimask_output: bool = False  # keep the best of 3 candidates per box (by predicted IoU)
     mask_threshold: float = 0.0  # on the mask logits
     dtype: str = "float32"  # float32 | bfloat16 (autocast; prompt encoder stays fp32)
@@ -92,12 +94,17 @@ class JobConfig:
 
 
 def load_config(path: str, overrides: Optional[List[str]] = None) -> JobConfig:
-    """Read a YAML config and apply `key.sub=value` overrides (values parsed as YAML)."""
+    """Read a YAML job config and apply `key.sub=value` overrides (values parsed as YAML)."""
+    return parse_config(read_yaml(path, overrides))
+
+
+def read_yaml(path: str, overrides: Optional[List[str]] = None) -> Dict[str, Any]:
+    """A YAML mapping of sections, with `key.sub=value` overrides applied."""
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
-    return parse_config(apply_overrides(data, overrides or []))
+    return apply_overrides(data, overrides or [])
 
 
 def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
@@ -123,9 +130,16 @@ def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any
 
 def parse_config(data: Dict[str, Any]) -> JobConfig:
     """Build a JobConfig from plain data, collecting every problem."""
+    return parse_sections(JobConfig, data, _check_values)
+
+
+def parse_sections(config_cls: Type[T], data: Dict[str, Any], check_values: Callable[[Dict[str, Any]], List[str]]) -> T:
+    """Build a config dataclass whose fields are section dataclasses from plain data: every
+    unknown or missing key, wrong type, and problem `check_values` finds in the parsed
+    sections is collected into one ConfigError."""
     problems: List[str] = []
     sections = {}
-    hints = typing.get_type_hints(JobConfig)
+    hints = typing.get_type_hints(config_cls)
     for name in data:
         if name not in hints:
             problems.append(f"unknown section {name!r} (known: {', '.join(hints)})")
@@ -140,10 +154,10 @@ def parse_config(data: Dict[str, Any]) -> JobConfig:
             problems.append(f"{name}: must be a mapping, got {type(section_data).__name__}")
             continue
         sections[name] = _parse_section(name, section_cls, section_data, problems)
-    problems += _check_values(sections)
+    problems += check_values(sections)
     if problems:
         raise ConfigError(problems)
-    return JobConfig(**sections)
+    return config_cls(**sections)
 
 
 def _required_fields(cls: type) -> List[str]:
@@ -232,6 +246,8 @@ def _check_model(model: ModelConfig) -> List[str]:
         problems.append(f"model.variant: must be vit_b, vit_l, vit_h or vit_tiny, got {model.variant!r}")
     if model.box_chunk_size is not None and model.box_chunk_size < 1:
         problems.append("model.box_chunk_size: must be >= 1")
+    if model.hq_token_only and model.sam_only:
+        problems.append("model: hq_token_only and sam_only exclude each other; set at most one")
     return problems
 
 

@@ -73,8 +73,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
@@ -82,7 +80,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .config import StorageConfig
-from .storage import filesystem, list_parquet_files, open_for_write
+from .storage import ParquetInput, filesystem, open_for_write
 
 log = logging.getLogger("pipeline.evaluate")
 
@@ -318,8 +316,8 @@ def evaluate_masks(
                          f"{num_partitions}, {worst}")
     if (overlays_dir is None) != (images is None):
         raise ValueError("overlays_dir and images go together: overlays need the images")
-    gt_files = _Input(ground_truth, storage, "ground truth")
-    pred_files = _Input(predictions, storage, "predictions")
+    gt_files = ParquetInput(ground_truth, storage, "ground truth")
+    pred_files = ParquetInput(predictions, storage, "predictions")
     gt_category = pred_category = None
     if category_column is not None:
         if category_column in gt_files.first_schema().names:
@@ -363,38 +361,7 @@ def write_report(result: EvaluationResult, path: str, storage: StorageConfig = S
     _write_bytes(path, result.render_markdown().encode("utf-8"), storage)
 
 
-class _Input:
-    """The Parquet files of one input, read record batch by record batch over the needed columns."""
-
-    def __init__(self, url: str, storage: StorageConfig, what: str) -> None:
-        self.url, self.what = url, what
-        self.fs, _ = filesystem(url, storage)
-        self.files = list_parquet_files(url, storage)
-
-    def first_schema(self) -> pa.Schema:
-        with self.fs.open(self.files[0], "rb") as f:
-            return pq.ParquetFile(f).schema_arrow
-
-    def rows(self, id_column: str, columns: List[str], category_column: Optional[str],
-             batch_rows: int) -> Iterator[Tuple[Any, ...]]:
-        """Tuples (id, *columns, categories or None)."""
-        wanted = [id_column, *columns] + ([category_column] if category_column is not None else [])
-        for path in self.files:
-            url = self.fs.unstrip_protocol(path)
-            with self.fs.open(path, "rb") as f:
-                parquet = pq.ParquetFile(f)
-                missing = [c for c in wanted if c not in parquet.schema_arrow.names]
-                if missing:
-                    raise ValueError(f"{self.what} {url}: missing column(s) {', '.join(map(repr, missing))} "
-                                     f"(columns present: {', '.join(parquet.schema_arrow.names)})")
-                for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(dict.fromkeys(wanted))):
-                    data = [batch.column(name).to_pylist() for name in wanted]
-                    if category_column is None:
-                        data.append([None] * batch.num_rows)
-                    yield from zip(*data, strict=True)
-
-
-def _id_key(value: Any) -> bytes:
+def id_key(value: Any) -> bytes:
     """A stable byte key of an id: equal ids of one type give equal keys in every process."""
     payload = value if isinstance(value, bytes) else value.encode() if isinstance(value, str) else repr(value).encode()
     return type(value).__name__.encode() + b":" + payload
@@ -417,7 +384,7 @@ class _Spool:
         self.files = []
 
     def write(self, row: Tuple[Any, ...]) -> None:
-        digest = hashlib.blake2b(_id_key(row[0]), digest_size=8).digest()
+        digest = hashlib.blake2b(id_key(row[0]), digest_size=8).digest()
         pickle.dump(row, self.files[int.from_bytes(digest, "little") % len(self.files)], pickle.HIGHEST_PROTOCOL)
 
     def read(self, part: int) -> Iterator[Tuple[Any, ...]]:
@@ -545,13 +512,13 @@ def _category_order(category: Any) -> Tuple[int, Any]:
 def _join_partition(gt_spool: _Spool, pred_spool: _Spool, part: int, id_column: str, state: _State) -> None:
     gt_rows: Dict[bytes, Tuple[Any, ...]] = {}
     for row in gt_spool.read(part):
-        key = _id_key(row[0])
+        key = id_key(row[0])
         if key in gt_rows:
             raise ValueError(f"ground truth: duplicate {id_column} {row[0]!r}")
         gt_rows[key] = row
     seen = set()
     for pred in pred_spool.read(part):
-        key = _id_key(pred[0])
+        key = id_key(pred[0])
         if key in seen:
             raise ValueError(f"predictions: duplicate {id_column} {pred[0]!r}")
         seen.add(key)
@@ -678,13 +645,13 @@ def _write_overlays(worst: List[Tuple[WorstBox, Dict[str, Any], Dict[str, Any]]]
     """One PNG per worst box whose row is in `images`; sets `WorstBox.overlay` (the objects of the result)."""
     wanted: Dict[bytes, List[int]] = {}
     for rank, (w, _, _) in enumerate(worst):
-        wanted.setdefault(_id_key(w.id), []).append(rank)
-    source = _Input(images, storage, "images")
+        wanted.setdefault(id_key(w.id), []).append(rank)
+    source = ParquetInput(images, storage, "images")
     out_fs, out_base = filesystem(overlays_dir, storage)
     if isinstance(out_fs, LocalFileSystem):
         os.makedirs(out_base, exist_ok=True)
     for row_id, data, _ in source.rows(id_column, [image_column], None, max(1, min(batch_rows, 16))):
-        ranks = wanted.pop(_id_key(row_id), None) if row_id is not None else None
+        ranks = wanted.pop(id_key(row_id), None) if row_id is not None else None
         if ranks is None or data is None:
             continue
         if isinstance(data, str):  # a URI

@@ -88,6 +88,18 @@ def parse_boxes(value: Any) -> np.ndarray:
     return boxes
 
 
+def model_pixels(batch: pa.Table, i: int, model: SamHQModel) -> torch.Tensor:
+    """Row i's decoded image (DecodeStage output) → the model's normalised, zero-padded
+    input (3, S, S) on the model's device, as SamHQProcessor makes it."""
+    h, w = batch.column(RESIZED_HW)[i].as_py()
+    size = model.config.vision_config.image_size
+    image = torch.frombuffer(bytearray(batch.column(PIXELS)[i].as_py()), dtype=torch.uint8).view(h, w, 3)
+    image = image.to(model.device, non_blocking=True).permute(2, 0, 1).float()
+    pixels = torch.zeros(3, size, size, device=model.device)
+    pixels[:, :h, :w] = (image - model.pixel_mean) / model.pixel_std
+    return pixels
+
+
 def _failed_row(error: str) -> tuple:
     """A decode result for a row that failed: no pixels, boxes or size, just the error."""
     return None, None, [], None, [], error
@@ -233,13 +245,7 @@ class SamHQStage:
 
     @torch.inference_mode()
     def _encode(self, batch: pa.Table, rows: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        mean, std = self.model.pixel_mean, self.model.pixel_std
-        pixels = torch.zeros(len(rows), 3, self.image_size, self.image_size, device=self.device)
-        for k, i in enumerate(rows):
-            h, w = batch.column(RESIZED_HW)[i].as_py()
-            image = torch.frombuffer(bytearray(batch.column(PIXELS)[i].as_py()), dtype=torch.uint8).view(h, w, 3)
-            image = image.to(self.device, non_blocking=True).permute(2, 0, 1).float()
-            pixels[k, :, :h, :w] = (image - mean) / std
+        pixels = torch.stack([model_pixels(batch, i, self.model) for i in rows])
         with self._autocast():
             return self.model.get_image_embeddings(pixels)
 
@@ -255,6 +261,7 @@ class SamHQStage:
                 out = self.model(
                     image_embeddings=features[0], intermediate_embeddings=features[1], input_boxes=usable.to(self.device),
                     multimask_output=self.config.multimask_output, hq_token_only=self.config.hq_token_only,
+                    sam_only=self.config.sam_only,
                     prompt_chunk_size=self.config.box_chunk_size,
                 )
             stats = [mask_statistics(masks) for masks in upsampled_mask_chunks(

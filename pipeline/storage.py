@@ -5,10 +5,12 @@ environment variables, shared config files and instance roles.
 """
 
 import os
-from typing import IO, Any, Dict, List, Tuple
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 import fsspec
+import pyarrow as pa
 import pyarrow.fs
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from .config import JobConfig, StorageConfig
@@ -93,3 +95,39 @@ def check_reachable(config: JobConfig) -> List[str]:
         except Exception as e:  # noqa: BLE001
             problems.append(f"model.checkpoint: {checkpoint}: {e}")
     return problems
+
+
+class ParquetInput:
+    """The Parquet files of one input (file, directory or glob; local or fsspec URL), read
+    record batch by record batch over the needed columns."""
+
+    def __init__(self, url: str, storage: StorageConfig, what: str) -> None:
+        self.url, self.what = url, what
+        self.fs, _ = filesystem(url, storage)
+        self.files = list_parquet_files(url, storage)
+
+    def first_schema(self) -> pa.Schema:
+        with self.fs.open(self.files[0], "rb") as f:
+            return pq.ParquetFile(f).schema_arrow
+
+    def batches(self, columns: List[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Record batches of `columns`, file by file; a file missing one raises ValueError naming it."""
+        for path in self.files:
+            url = self.fs.unstrip_protocol(path)
+            with self.fs.open(path, "rb") as f:
+                parquet = pq.ParquetFile(f)
+                missing = [c for c in columns if c not in parquet.schema_arrow.names]
+                if missing:
+                    raise ValueError(f"{self.what} {url}: missing column(s) {', '.join(map(repr, missing))} "
+                                     f"(columns present: {', '.join(parquet.schema_arrow.names)})")
+                yield from parquet.iter_batches(batch_size=batch_rows, columns=list(dict.fromkeys(columns)))
+
+    def rows(self, id_column: str, columns: List[str], category_column: Optional[str],
+             batch_rows: int) -> Iterator[Tuple[Any, ...]]:
+        """Tuples (id, *columns, categories or None)."""
+        wanted = [id_column, *columns] + ([category_column] if category_column is not None else [])
+        for batch in self.batches(wanted, batch_rows):
+            data = [batch.column(name).to_pylist() for name in wanted]
+            if category_column is None:
+                data.append([None] * batch.num_rows)
+            yield from zip(*data, strict=True)

@@ -22,7 +22,7 @@ def test_every_problem_is_reported_at_once():
     data = minimal()
     data["input"].update(box_format="yxyx", bogus=1, image_uri_column="uri", passthrough_columns=["a", 2])
     del data["input"]["id_column"]
-    data["model"].update(checkpoint=7, dtype="fp8")
+    data["model"].update(checkpoint=7, dtype="fp8", hq_token_only=True, sam_only=True)
     data["compute"] = {"num_actors": 0, "batch_size": "4"}
     data["storage"] = {"aws_secret_access_key": "hunter2"}
     data["extra"] = {}
@@ -32,10 +32,11 @@ def test_every_problem_is_reported_at_once():
     for expected in ["unknown section 'extra'", "input: unknown key 'bogus'", "missing required key 'id_column'",
                      "input.passthrough_columns: expected a list of a string", "model.checkpoint: expected a string",
                      "exactly one of image_column", "input.box_format", "model.dtype", "compute.num_actors: must be >= 1",
-                     "compute.batch_size: expected an integer", "credentials must not be in the config"]:
+                     "compute.batch_size: expected an integer", "credentials must not be in the config",
+                     "hq_token_only and sam_only exclude each other"]:
         assert expected in problems
     assert "hunter2" not in str(err.value)
-    assert len(err.value.problems) == 11  # one per problem, nothing else
+    assert len(err.value.problems) == 12  # one per problem, nothing else
 
 
 def test_missing_sections_and_defaults():

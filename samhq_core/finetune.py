@@ -228,8 +228,8 @@ def training_batches(source: LabelledImages, split: Optional[str], batch_size: i
 
 
 def _batch(examples: List[Example], device: torch.device) -> Batch:
-    return Batch(torch.stack([e.pixels for e in examples]).to(device), [e.boxes.to(device) for e in examples],
-                 [e.targets.to(device) for e in examples])
+    return Batch(torch.stack([e.pixels for e in examples]), [e.boxes for e in examples],
+                 [e.targets for e in examples]).to(device)
 
 
 @torch.inference_mode()

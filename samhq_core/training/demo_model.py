@@ -27,17 +27,22 @@ from .synthetic import coarsen, make_scene
 SCENE_SIZE = 256
 
 
-def demo_config(image_size: int = SCENE_SIZE) -> SamHQConfig:
-    """A reduced SAM-HQ: 4-block ViT of width 128 (2 windowed, 2 global blocks) and a
-    128-wide decoder, about 2.6M parameters."""
+def demo_config(image_size: int = SCENE_SIZE, encoder: str = "tiny_vit") -> SamHQConfig:
+    """A reduced SAM-HQ with a 128-wide decoder: a small TinyViT (convolutional first stage,
+    as Light HQ-SAM) or a 4-block ViT of width 128 (2 windowed, 2 global blocks)."""
     width = 128
-    vision = SamHQVisionConfig(hidden_size=width, output_channels=width, num_hidden_layers=4, num_attention_heads=4,
-                               image_size=image_size, window_size=8, global_attn_indexes=[1, 3])
+    if encoder == "tiny_vit":
+        vision = SamHQVisionConfig(encoder_type="tiny_vit", output_channels=width, image_size=image_size,
+                                   tiny_embed_dims=[32, 64, width, width], tiny_depths=[1, 2, 2, 1],
+                                   tiny_num_heads=[1, 2, 4, 4], tiny_window_sizes=[8, 8, 16, 16])
+    else:
+        vision = SamHQVisionConfig(hidden_size=width, output_channels=width, num_hidden_layers=4, num_attention_heads=4,
+                                   image_size=image_size, window_size=8, global_attn_indexes=[1, 3])
     return SamHQConfig(
         vision_config=vision,
         prompt_encoder_config=SamHQPromptEncoderConfig(hidden_size=width, image_size=image_size),
         mask_decoder_config=SamHQMaskDecoderConfig(hidden_size=width, mlp_dim=4 * width, iou_head_hidden_dim=width,
-                                                   vit_dim=width),
+                                                   vit_dim=vision.early_dim),
     )
 
 
@@ -62,26 +67,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory for the HF-layout checkpoint and training log")
     parser.add_argument("--image-size", type=int, default=SCENE_SIZE)
-    parser.add_argument("--sam-steps", type=int, default=5000)
+    parser.add_argument("--encoder", choices=("tiny_vit", "vit"), default="tiny_vit")
+    parser.add_argument("--sam-steps", type=int, default=4000)
     parser.add_argument("--hq-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sam-lr", type=float, default=1e-3)
     parser.add_argument("--hq-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads on CPU")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = SamHQModel(demo_config(args.image_size))
+    device = torch.device(args.device)
+    model = SamHQModel(demo_config(args.image_size, args.encoder)).to(device)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, input {args.image_size}")
     start = time.perf_counter()
     log = {"args": vars(args)}
-    log["sam"] = train_phase(model, "sam", synthetic_batches(args.seed, args.batch_size, args.image_size, coarse=True),
-                             args.sam_steps, args.sam_lr)
-    log["hq"] = train_phase(model, "hq", synthetic_batches(args.seed + 1, args.batch_size, args.image_size, coarse=False),
-                            args.hq_steps, args.hq_lr)
+    for phase, seed, steps, lr in (("sam", args.seed, args.sam_steps, args.sam_lr),
+                                   ("hq", args.seed + 1, args.hq_steps, args.hq_lr)):
+        batches = synthetic_batches(seed, args.batch_size, args.image_size, coarse=phase == "sam")
+        log[phase] = train_phase(model, phase, (batch.to(device) for batch in batches), steps, lr)
     log["seconds"] = time.perf_counter() - start
-    model.save_pretrained(args.out)
+    model.cpu().save_pretrained(args.out)
     with open(os.path.join(args.out, "training_log.json"), "w") as f:
         json.dump(log, f, indent=1)
     print(f"saved {args.out} after {log['seconds'] / 60:.1f} min")

@@ -60,6 +60,9 @@ class Batch:
     boxes: List[torch.Tensor]
     targets: List[torch.Tensor]
 
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.pixel_values.to(device), [b.to(device) for b in self.boxes], [t.to(device) for t in self.targets])
+
 
 def phase_logits(model: SamHQModel, phase: str, image_embeddings: torch.Tensor, early: torch.Tensor,
                  boxes: torch.Tensor) -> torch.Tensor:
@@ -109,7 +112,7 @@ def train_phase(model: SamHQModel, phase: str, batches: Iterator[Batch], steps: 
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * step / steps)))
-    model.train()
+    _train_mode(model)
     records, window, start = [], [], time.perf_counter()
     for step in range(1, steps + 1):
         losses = batch_loss(model, phase, next(batches))
@@ -130,3 +133,13 @@ def train_phase(model: SamHQModel, phase: str, batches: Iterator[Batch], steps: 
     for param in model.parameters():
         param.requires_grad_(True)
     return records
+
+
+def _train_mode(model: SamHQModel) -> None:
+    """Train mode for the modules that train; frozen ones stay in eval mode, so that e.g.
+    TinyViT's BatchNorm running statistics do not move while the encoder is frozen."""
+    model.train()
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            module.eval()

@@ -1,7 +1,8 @@
 """Pipeline throughput against a bare loop of samhq_core, same model, data and machine.
 
-Data: `--images` synthetic scenes from `pipeline.demo` (JPEG, 240-480 px sides, 2-4 boxes
-each) in one Parquet file. Model: a randomly initialised vit_tiny SAM-HQ (HF layout), 1024
+Data: `--images` synthetic scenes from `pipeline.demo.write_sample_dataset` (256 x 256 PNG,
+1-4 boxes each) in one Parquet file. (`results/cpu_pipeline.md` was measured on the earlier
+demo data: JPEG scenes of 240-480 px sides with 2-4 boxes each.) Model: a randomly initialised vit_tiny SAM-HQ (HF layout), 1024
 input, multimask off; random weights cost exactly what trained ones do.
 
 1. Bare loop, in this process with `--threads` torch threads: per row, decode the JPEG,

@@ -1,59 +1,56 @@
-"""`python -m pipeline demo`: a small synthetic dataset through the whole pipeline, locally.
-
-Until the project ships a trained demo checkpoint, the model is a randomly initialised
-vit_tiny: its masks are meaningless, and the demo says so.
+"""`python -m pipeline demo`: synthetic scenes through the whole pipeline, locally, with the
+project's demo model (models/samhq-demo-synthetic: a small SAM-HQ trained on synthetic
+scenes, see its model card), then COCO export, evaluation against the exact masks and
+overlay PNGs.
 """
 
 import io
 import os
-from typing import List, Tuple
+from typing import List, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from samhq_core import SamHQConfig, SamHQModel
+from samhq_core.training.synthetic import make_scene
 
 from .config import parse_config
 
+DEMO_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
+                               "samhq-demo-synthetic")
+DEMO_SEED = 2024  # the demo model trained on seeds 0 and 1, and was evaluated on 1000
+SCENE_SIDE = 256
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
 
 
-def synthetic_scene(rng: np.random.Generator, height: int, width: int) -> Tuple[bytes, List[List[float]], List[str]]:
-    """A textured background with a few ellipses and rectangles; boxes are the shapes'
-    bounding boxes with a few pixels of detector-like jitter."""
-    yy, xx = np.mgrid[:height, :width]
-    image = np.stack([xx * 200 // width, yy * 200 // height, 80 + 40 * np.sin(xx / 9.0) * np.cos(yy / 7.0)],
-                     axis=-1).astype(np.uint8)
-    canvas = Image.fromarray(image)
-    draw = ImageDraw.Draw(canvas)
-    boxes, labels = [], []
-    for _ in range(int(rng.integers(2, 5))):
-        w, h = (int(v) for v in rng.integers(width // 8, width // 3, 2))
-        x0, y0 = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
-        kind = "ellipse" if rng.random() < 0.5 else "rectangle"
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        getattr(draw, kind)([x0, y0, x0 + w, y0 + h], fill=fill)
-        jitter = rng.normal(0, 3, 4)
-        boxes.append([float(x0 + jitter[0]), float(y0 + jitter[1]), float(x0 + w + jitter[2]), float(y0 + h + jitter[3])])
-        labels.append(kind)
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="JPEG", quality=92)
-    return buffer.getvalue(), boxes, labels
+def encode_rle(mask: np.ndarray) -> dict:
+    """A bool (H, W) mask as COCO compressed RLE with string counts (the pipeline's format)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
 
 
-def write_sample_dataset(path: str, num_images: int, seed: int = 0) -> None:
+def write_sample_dataset(path: str, num_images: int, seed: int = DEMO_SEED, ground_truth_path: Optional[str] = None,
+                         side: int = SCENE_SIDE) -> None:
+    """Synthetic scenes (`samhq_core.training.synthetic.make_scene`, side x side PNGs) as a
+    pipeline input Parquet: image_id, image, boxes (jittered, xyxy), labels (object kinds).
+    With `ground_truth_path`, also the exact masks there as an evaluation ground truth:
+    image_id, masks (COCO RLE aligned with the boxes), labels."""
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, truth = [], []
     for i in range(num_images):
-        height, width = (int(v) for v in rng.integers(240, 480, 2))
-        data, boxes, labels = synthetic_scene(rng, height, width)
-        rows.append({"image_id": f"demo_{i:04d}", "image": data, "boxes": boxes, "labels": labels})
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
+        scene = make_scene(rng, side, side)
+        buffer = io.BytesIO()
+        Image.fromarray(scene.image).save(buffer, format="PNG")
+        image_id = f"scene_{seed}_{i:05d}"
+        rows.append({"image_id": image_id, "image": buffer.getvalue(), "boxes": scene.boxes.tolist(),
+                     "labels": scene.kinds})
+        truth.append({"image_id": image_id, "masks": [encode_rle(m) for m in scene.masks], "labels": scene.kinds})
+    for target, table in ((path, rows), (ground_truth_path, truth)):
+        if target is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(table), target)
 
 
 def write_overlays(input_path: str, output_dir: str, overlay_dir: str, limit: int = 4) -> List[str]:
@@ -71,45 +68,55 @@ def write_overlays(input_path: str, output_dir: str, overlay_dir: str, limit: in
         image = Image.fromarray(canvas.astype(np.uint8))
         draw = ImageDraw.Draw(image)
         for k, box in enumerate(source["boxes"]):
-            draw.rectangle(box, outline=PALETTE[k % len(PALETTE)], width=2)
+            draw.rectangle(box, outline=PALETTE[k % len(PALETTE)], width=1)
         path = os.path.join(overlay_dir, f"{result['image_id']}.png")
         image.save(path)
         paths.append(path)
     return paths
 
 
-def run_demo(workdir: str, num_images: int = 8) -> int:
+def run_demo(workdir: str, num_images: int = 8, checkpoint: Optional[str] = None) -> int:
     import ray
 
+    from samhq_core.checkpoint import read_config
+
     from .coco import export_coco
+    from .evaluate import evaluate_masks, write_report
     from .job import run_job
 
+    checkpoint = checkpoint or DEMO_CHECKPOINT
+    if not os.path.exists(checkpoint) and "://" not in checkpoint:
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}: the demo model ships in the repository "
+                                "(models/samhq-demo-synthetic); run from a clone, or pass --checkpoint")
     workdir = os.path.abspath(workdir)
-    print("NOTE: the demo model is a RANDOMLY INITIALISED vit_tiny SAM-HQ (no trained weights ship with this\n"
-          "      repository yet): the pipeline runs for real, but its masks are meaningless shapes.")
+    print(f"model: {checkpoint}\n"
+          "      a small SAM-HQ trained by this project on synthetic scenes only (see its README.md):\n"
+          "      a demo of the pipeline, not a model for real images.")
     input_path = os.path.join(workdir, "input", "images.parquet")
-    write_sample_dataset(input_path, num_images)
-    checkpoint = os.path.join(workdir, "checkpoint_random_vit_tiny")
-    torch.manual_seed(0)
-    SamHQModel(SamHQConfig.from_variant("vit_tiny")).save_pretrained(checkpoint)
+    truth_path = os.path.join(workdir, "ground_truth", "masks.parquet")
+    write_sample_dataset(input_path, num_images, ground_truth_path=truth_path)
     output = os.path.join(workdir, "output")
     config = parse_config({
         "input": {"path": input_path, "id_column": "image_id", "image_column": "image", "boxes_column": "boxes",
                   "category_column": "labels"},
         "output": {"path": output, "overwrite": True},
-        "model": {"checkpoint": checkpoint},
-        "compute": {"num_actors": 1, "batch_size": 2, "torch_threads": os.cpu_count() or 1},
+        "model": {"checkpoint": checkpoint, "hq_token_only": True},
+        "compute": {"num_actors": 1, "batch_size": 4, "torch_threads": os.cpu_count() or 1},
     })
     if not ray.is_initialized():
         ray.init()
-    summary = run_job(config, image_size=1024)
+    summary = run_job(config, read_config(checkpoint).vision_config.image_size)
     coco_path = os.path.join(workdir, "instances.json")
     counts = export_coco(output, coco_path, id_column="image_id", category_column="labels")
+    result = evaluate_masks(output, truth_path, id_column="image_id", category_column="labels", worst=5,
+                            overlays_dir=os.path.join(workdir, "worst"), images=input_path)
+    report = os.path.join(workdir, "evaluation.md")
+    write_report(result, report)
     overlays = write_overlays(input_path, output, os.path.join(workdir, "overlays"))
     print(f"job summary: {summary.render()}")
-    print(f"input:    {input_path}")
-    print(f"results:  {output}")
-    print(f"COCO:     {coco_path} ({counts['images']} images, {counts['annotations']} annotations)")
-    print("overlays: " + ", ".join(overlays))
-    print("reminder: random weights — the masks show the pipeline works, not what a trained SAM-HQ produces.")
+    print(f"input:      {input_path}")
+    print(f"results:    {output}")
+    print(f"COCO:       {coco_path} ({counts['images']} images, {counts['annotations']} annotations)")
+    print(f"evaluation: {report}\n{result.metrics_table()}")
+    print("overlays:   " + ", ".join(overlays))
     return 0

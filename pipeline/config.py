@@ -223,12 +223,18 @@ def _check_values(sections: Dict[str, Any]) -> List[str]:
     return problems
 
 
-def _check_input(inp: InputConfig) -> List[str]:
+def check_image_source(inp: InputConfig, section: str) -> List[str]:
+    """Problems with where an input's images and boxes come from, reported under `section`."""
     problems = []
     if (inp.image_column is None) == (inp.image_uri_column is None):
-        problems.append("input: set exactly one of image_column (encoded bytes) or image_uri_column (URIs)")
+        problems.append(f"{section}: set exactly one of image_column (encoded bytes) or image_uri_column (URIs)")
     if inp.box_format not in BOX_FORMATS:
-        problems.append(f"input.box_format: must be one of {', '.join(BOX_FORMATS)}, got {inp.box_format!r}")
+        problems.append(f"{section}.box_format: must be one of {', '.join(BOX_FORMATS)}, got {inp.box_format!r}")
+    return problems
+
+
+def _check_input(inp: InputConfig) -> List[str]:
+    problems = check_image_source(inp, "input")
     if inp.num_blocks is not None and inp.num_blocks < 1:
         problems.append("input.num_blocks: must be >= 1")
     reserved = {"masks", "iou_scores", "mask_areas", "mask_bboxes", "box_errors", "image_size", "error"}

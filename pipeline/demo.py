@@ -17,6 +17,7 @@ from pycocotools import mask as mask_utils
 from samhq_core.training.synthetic import make_scene
 
 from .config import parse_config
+from .evaluate import coco_rle
 
 DEMO_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
                                "samhq-demo-synthetic")
@@ -63,7 +64,7 @@ def write_overlays(input_path: str, output_dir: str, overlay_dir: str, limit: in
         source = images[result["image_id"]]
         canvas = np.asarray(Image.open(io.BytesIO(source["image"])).convert("RGB")).astype(np.float32)
         for k, rle in enumerate(result["masks"]):
-            mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+            mask = mask_utils.decode(coco_rle(rle, result["image_id"], f"mask {k}")).astype(bool)
             canvas[mask] = 0.5 * canvas[mask] + 0.5 * np.array(PALETTE[k % len(PALETTE)])
         image = Image.fromarray(canvas.astype(np.uint8))
         draw = ImageDraw.Draw(image)

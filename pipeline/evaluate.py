@@ -361,10 +361,15 @@ def write_report(result: EvaluationResult, path: str, storage: StorageConfig = S
     _write_bytes(path, result.render_markdown().encode("utf-8"), storage)
 
 
-def id_key(value: Any) -> bytes:
+def _id_key(value: Any) -> bytes:
     """A stable byte key of an id: equal ids of one type give equal keys in every process."""
     payload = value if isinstance(value, bytes) else value.encode() if isinstance(value, str) else repr(value).encode()
     return type(value).__name__.encode() + b":" + payload
+
+
+def stable_hash(value: Any) -> int:
+    """A 64-bit hash of an id that is the same in every process and run (unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(_id_key(value), digest_size=8).digest(), "little")
 
 
 class _Spool:
@@ -384,8 +389,7 @@ class _Spool:
         self.files = []
 
     def write(self, row: Tuple[Any, ...]) -> None:
-        digest = hashlib.blake2b(id_key(row[0]), digest_size=8).digest()
-        pickle.dump(row, self.files[int.from_bytes(digest, "little") % len(self.files)], pickle.HIGHEST_PROTOCOL)
+        pickle.dump(row, self.files[stable_hash(row[0]) % len(self.files)], pickle.HIGHEST_PROTOCOL)
 
     def read(self, part: int) -> Iterator[Tuple[Any, ...]]:
         with open(self.paths[part], "rb") as f:
@@ -512,13 +516,13 @@ def _category_order(category: Any) -> Tuple[int, Any]:
 def _join_partition(gt_spool: _Spool, pred_spool: _Spool, part: int, id_column: str, state: _State) -> None:
     gt_rows: Dict[bytes, Tuple[Any, ...]] = {}
     for row in gt_spool.read(part):
-        key = id_key(row[0])
+        key = _id_key(row[0])
         if key in gt_rows:
             raise ValueError(f"ground truth: duplicate {id_column} {row[0]!r}")
         gt_rows[key] = row
     seen = set()
     for pred in pred_spool.read(part):
-        key = id_key(pred[0])
+        key = _id_key(pred[0])
         if key in seen:
             raise ValueError(f"predictions: duplicate {id_column} {pred[0]!r}")
         seen.add(key)
@@ -569,7 +573,7 @@ def _evaluate_row(key: bytes, gt: Tuple[Any, ...], pred: Tuple[Any, ...], id_col
             continue
         if state.has_categories and (isinstance(category, bool) or not isinstance(category, (str, int))):
             raise ValueError(f"{where}: categories must be names (strings) or integer ids, got {category!r}")
-        gt_rle, pred_rle = _rle(gt_masks[i], where, f"ground truth mask {i}"), _rle(pred_masks[i], where, f"mask {i}")
+        gt_rle, pred_rle = coco_rle(gt_masks[i], where, f"ground truth mask {i}"), coco_rle(pred_masks[i], where, f"mask {i}")
         if gt_rle["size"] != pred_rle["size"]:
             raise ValueError(f"{where}: mask {i} has size {pred_rle['size']}, the ground truth {gt_rle['size']}")
         height, width = gt_rle["size"]
@@ -583,7 +587,8 @@ def _evaluate_row(key: bytes, gt: Tuple[Any, ...], pred: Tuple[Any, ...], id_col
         state.add_box(image, row_id, i, category, gt_rle, pred_rle, float(score), iou, biou)
 
 
-def _rle(value: Any, where: str, what: str) -> Dict[str, Any]:
+def coco_rle(value: Any, where: str, what: str) -> Dict[str, Any]:
+    """A mask value of the Parquet formats as pycocotools takes it; ValueError naming `where` if malformed."""
     size, counts = value.get("size"), value.get("counts")
     if size is None or len(size) != 2 or any(s is None or s < 0 for s in size) or counts is None:
         raise ValueError(f"{where}: {what} must be a COCO RLE {{size: [h, w], counts}}, got {value!r}")
@@ -645,13 +650,13 @@ def _write_overlays(worst: List[Tuple[WorstBox, Dict[str, Any], Dict[str, Any]]]
     """One PNG per worst box whose row is in `images`; sets `WorstBox.overlay` (the objects of the result)."""
     wanted: Dict[bytes, List[int]] = {}
     for rank, (w, _, _) in enumerate(worst):
-        wanted.setdefault(id_key(w.id), []).append(rank)
+        wanted.setdefault(_id_key(w.id), []).append(rank)
     source = ParquetInput(images, storage, "images")
     out_fs, out_base = filesystem(overlays_dir, storage)
     if isinstance(out_fs, LocalFileSystem):
         os.makedirs(out_base, exist_ok=True)
     for row_id, data, _ in source.rows(id_column, [image_column], None, max(1, min(batch_rows, 16))):
-        ranks = wanted.pop(id_key(row_id), None) if row_id is not None else None
+        ranks = wanted.pop(_id_key(row_id), None) if row_id is not None else None
         if ranks is None or data is None:
             continue
         if isinstance(data, str):  # a URI

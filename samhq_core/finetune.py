@@ -18,7 +18,6 @@ config parsing, decoding and metrics (same package), so training sees what infer
 """
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -35,16 +34,18 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.nn import functional as F
 
-from pipeline.config import BOX_FORMATS, ConfigError, InputConfig, StorageConfig, parse_sections, read_yaml
-from pipeline.evaluate import id_key, mask_scores
+from pipeline.config import ConfigError, InputConfig, StorageConfig, check_image_source, parse_sections, read_yaml
+from pipeline.evaluate import coco_rle, mask_scores, stable_hash
 from pipeline.masks import upsampled_mask_chunks
 from pipeline.stages import BOXES, RESIZED_HW, DecodeStage, model_pixels
-from pipeline.storage import ParquetInput, filesystem, storage_options
+from pipeline.storage import ParquetInput, filesystem, open_for_write, storage_options
 
 from .modeling import SamHQModel
 from .training.recipe import Batch, set_trainable, train_phase
 
-SOURCES = {"hq_token_only": {"hq_token_only": True}, "sam_plus_hq": {}, "sam_only": {"sam_only": True}}
+# The mask sources of one checkpoint, as SamHQModel.forward keyword arguments: SAM alone (the
+# baseline), the HQ token alone, SAM's mask plus the HQ term (the official default).
+SOURCES = {"sam_only": {"sam_only": True}, "hq_token_only": {"hq_token_only": True}, "sam_plus_hq": {}}
 
 
 @dataclass
@@ -60,6 +61,12 @@ class DataConfig:
     validation_fraction: float = 0.1  # of train rows, chosen by a hash of the id (stable across runs)
     max_validation_rows: int = 200  # validation rows evaluated (held in memory as compressed RLE)
     shuffle_buffer: int = 256  # training rows shuffled together
+
+    def input_config(self) -> InputConfig:
+        """The pipeline input these columns describe (what DecodeStage reads)."""
+        return InputConfig(path=self.train, id_column=self.id_column, boxes_column=self.boxes_column,
+                           image_column=self.image_column, image_uri_column=self.image_uri_column,
+                           box_format=self.box_format)
 
 
 @dataclass
@@ -98,10 +105,7 @@ def _check_values(sections: Dict[str, Any]) -> List[str]:
     problems = []
     data, training = sections.get("data"), sections.get("training")
     if data is not None:
-        if (data.image_column is None) == (data.image_uri_column is None):
-            problems.append("data: set exactly one of image_column (encoded bytes) or image_uri_column (URIs)")
-        if data.box_format not in BOX_FORMATS:
-            problems.append(f"data.box_format: must be one of {', '.join(BOX_FORMATS)}, got {data.box_format!r}")
+        problems += check_image_source(data.input_config(), "data")
         if data.validation is None and not 0 < data.validation_fraction < 1:
             problems.append("data.validation_fraction: must be in (0, 1) when data.validation is not given")
         if data.max_validation_rows < 1 or data.shuffle_buffer < 1:
@@ -134,10 +138,7 @@ class LabelledImages:
     def __init__(self, url: str, data: DataConfig, storage: StorageConfig, model: SamHQModel) -> None:
         self.data, self.model = data, model
         self.input = ParquetInput(url, storage, "data")
-        inputs = InputConfig(path=url, id_column=data.id_column, boxes_column=data.boxes_column,
-                             image_column=data.image_column, image_uri_column=data.image_uri_column,
-                             box_format=data.box_format)
-        self.decode = DecodeStage(inputs, storage, model.config.vision_config.image_size, batch_size=16)
+        self.decode = DecodeStage(data.input_config(), storage, model.config.vision_config.image_size, batch_size=16)
         self.skipped: Counter = Counter()  # reason -> rows (or boxes) not used
         self.columns = [data.id_column, data.boxes_column, data.masks_column,
                         data.image_column or data.image_uri_column]
@@ -192,20 +193,15 @@ class LabelledImages:
 
     def _targets(self, truth: List[Dict[str, Any]], resized_hw: Tuple[int, int]) -> torch.Tensor:
         size = self.model.config.vision_config.image_size
-        decoded = np.stack([decode_rle(m) for m in truth]).astype(np.float32)
+        decoded = np.stack([mask_utils.decode(coco_rle(m, "data", "mask")) for m in truth]).astype(np.float32)
         resized = F.interpolate(torch.from_numpy(decoded)[:, None], resized_hw, mode="bilinear", antialias=True,
                                 align_corners=False)[:, 0]
         return F.pad(resized, (0, size - resized_hw[1], 0, size - resized_hw[0]))
 
 
-def decode_rle(rle: Dict[str, Any]) -> np.ndarray:
-    counts = rle["counts"]
-    return mask_utils.decode({"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts})
-
-
 def in_validation(row_id: Any, fraction: float) -> bool:
     """Whether an id falls in the held-out validation split (stable across runs and machines)."""
-    return int.from_bytes(hashlib.blake2b(id_key(row_id), digest_size=8).digest(), "big") % 10_000 < fraction * 10_000
+    return stable_hash(row_id) % 10_000 < fraction * 10_000
 
 
 def training_batches(source: LabelledImages, split: Optional[str], batch_size: int, buffer: int,
@@ -237,17 +233,20 @@ def evaluate(model: SamHQModel, examples: List[Example]) -> Dict[str, Dict[str, 
     """mIoU and mBIoU per mask source over the examples' boxes (masks at the original size)."""
     model.eval()
     size = model.config.vision_config.image_size
-    results = {}
-    for name, source in SOURCES.items():
-        scores = []
-        for e in examples:
-            out = model(pixel_values=e.pixels[None].to(model.device), input_boxes=e.boxes[None].to(model.device),
-                        multimask_output=False, **source)
+    scores: Dict[str, List[Tuple[float, float]]] = {name: [] for name in SOURCES}
+    for e in examples:
+        embeddings, early = model.get_image_embeddings(e.pixels[None].to(model.device))
+        truth = [mask_utils.decode(coco_rle(t, str(e.id), "mask")) for t in e.truth]
+        for name, source in SOURCES.items():
+            out = model(image_embeddings=embeddings, intermediate_embeddings=early,
+                        input_boxes=e.boxes[None].to(model.device), multimask_output=False, **source)
             masks = torch.cat(list(upsampled_mask_chunks(out.pred_masks[0, :, 0], size, e.resized_hw, e.original_hw,
                                                          0.0))).cpu().numpy()
-            scores += [mask_scores(decode_rle(t), m) for t, m in zip(e.truth, masks, strict=True)]
-        iou, biou = np.array(scores).reshape(-1, 2).mean(0) if scores else (float("nan"), float("nan"))
-        results[name] = {"miou": float(iou), "mbiou": float(biou), "boxes": len(scores)}
+            scores[name] += [mask_scores(t, m) for t, m in zip(truth, masks, strict=True)]
+    results = {}
+    for name, pairs in scores.items():
+        iou, biou = np.array(pairs).reshape(-1, 2).mean(0) if pairs else (float("nan"), float("nan"))
+        results[name] = {"miou": float(iou), "mbiou": float(biou), "boxes": len(pairs)}
     return results
 
 
@@ -316,9 +315,8 @@ def finetune(config: FinetuneConfig, log=print) -> str:
     save_checkpoint(model.cpu(), config.model.output, config.storage)
     skipped = train_source.skipped + (validation_source.skipped if validation_source is not train_source else Counter())
     text = report(before, after, skipped, config, seconds, trainable)
-    fs, path = filesystem(config.model.output, config.storage)
-    with fs.open(f"{path.rstrip('/')}/finetune_report.md", "w") as f:
-        f.write(text)
+    with open_for_write(f"{config.model.output.rstrip('/')}/finetune_report.md", config.storage) as f:
+        f.write(text.encode("utf-8"))
     return text
 
 

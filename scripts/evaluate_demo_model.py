@@ -31,9 +31,9 @@ from pipeline.demo import DEMO_CHECKPOINT, encode_rle, write_sample_dataset
 from pipeline.evaluate import evaluate_masks, write_report
 from pipeline.job import run_job
 from samhq_core import SamHQModel, SamHQProcessor
+from samhq_core.finetune import SOURCES
 
 HELD_OUT_SEED = 1000
-SOURCES = {"sam_only": {"sam_only": True}, "hq_token_only": {"hq_token_only": True}, "sam_plus_hq": {}}
 
 
 def bare_loop(model: SamHQModel, input_path: str, output_path: str, source: dict) -> None:

@@ -127,7 +127,7 @@ class Example:
     pixels: torch.Tensor  # (3, S, S) normalised
     boxes: torch.Tensor  # (P, 4) xyxy in the S x S frame
     targets: torch.Tensor  # (P, S, S) in [0, 1]: the masks resized like the image, zero-padded
-    truth: List[Dict[str, Any]]  # P COCO RLEs at the original size
+    truth: List[Dict[str, Any]]  # P COCO RLEs at the original size, as pycocotools takes them
     resized_hw: Tuple[int, int]
     original_hw: Tuple[int, int]
 
@@ -170,30 +170,38 @@ class LabelledImages:
             self.skipped["row: masks not aligned with boxes"] += 1
             return None
         usable = torch.tensor(decoded.column(BOXES)[i].as_py(), dtype=torch.float32).view(-1, 4)
-        keep, truth = [], []  # indexes into the usable boxes, their masks
+        keep, truth, pixels = [], [], []  # indexes into the usable boxes, their RLEs and decoded masks
         usable_index = 0
         for mask, reason in zip(masks, box_errors, strict=True):
             if reason is not None:  # not among the usable boxes the model sees
                 self.skipped[f"box: {reason}"] += 1
                 continue
+            usable_index += 1
             if mask is None:
                 self.skipped["box: mask null (not annotated)"] += 1
-            elif list(mask["size"]) != [h, w]:
+                continue
+            try:
+                rle = coco_rle(mask, "data", "mask")
+                mask_pixels = mask_utils.decode(rle)
+            except (ValueError, TypeError):  # pycocotools: "Invalid RLE mask representation"
+                self.skipped["box: mask not a valid COCO RLE"] += 1
+                continue
+            if mask_pixels.shape != (h, w):
                 self.skipped["box: mask size differs from the image"] += 1
-            else:
-                keep.append(usable_index)
-                truth.append(mask)
-            usable_index += 1
+                continue
+            keep.append(usable_index - 1)
+            truth.append(rle)
+            pixels.append(mask_pixels)
         if not keep:
             self.skipped["row: no usable annotated box"] += 1
             return None
         resized_hw = tuple(decoded.column(RESIZED_HW)[i].as_py())
         return Example(decoded.column(self.data.id_column)[i].as_py(), model_pixels(decoded, i, self.model).cpu(),
-                       usable[keep], self._targets(truth, resized_hw), truth, resized_hw, (h, w))
+                       usable[keep], self._targets(pixels, resized_hw), truth, resized_hw, (h, w))
 
-    def _targets(self, truth: List[Dict[str, Any]], resized_hw: Tuple[int, int]) -> torch.Tensor:
+    def _targets(self, masks: List[np.ndarray], resized_hw: Tuple[int, int]) -> torch.Tensor:
         size = self.model.config.vision_config.image_size
-        decoded = np.stack([mask_utils.decode(coco_rle(m, "data", "mask")) for m in truth]).astype(np.float32)
+        decoded = np.stack(masks).astype(np.float32)
         resized = F.interpolate(torch.from_numpy(decoded)[:, None], resized_hw, mode="bilinear", antialias=True,
                                 align_corners=False)[:, 0]
         return F.pad(resized, (0, size - resized_hw[1], 0, size - resized_hw[0]))
@@ -236,7 +244,7 @@ def evaluate(model: SamHQModel, examples: List[Example]) -> Dict[str, Dict[str, 
     scores: Dict[str, List[Tuple[float, float]]] = {name: [] for name in SOURCES}
     for e in examples:
         embeddings, early = model.get_image_embeddings(e.pixels[None].to(model.device))
-        truth = [mask_utils.decode(coco_rle(t, str(e.id), "mask")) for t in e.truth]
+        truth = [mask_utils.decode(t) for t in e.truth]
         for name, source in SOURCES.items():
             out = model(image_embeddings=embeddings, intermediate_embeddings=early,
                         input_boxes=e.boxes[None].to(model.device), multimask_output=False, **source)

@@ -19,14 +19,17 @@ from samhq_core.training.recipe import HQ_PARAMETER_PREFIXES
 
 
 def labelled_parquet(tmp_path, num_images=10):
-    """Synthetic scenes with their masks in one table, plus a corrupt image and a row whose
-    masks are not aligned with its boxes."""
+    """Synthetic scenes with their masks in one table, plus a corrupt image, a row whose
+    masks are not aligned with its boxes and a training row (by its id's hash) with a
+    malformed RLE."""
     images, truth = str(tmp_path / "images.parquet"), str(tmp_path / "truth.parquet")
     write_sample_dataset(images, num_images, seed=7, ground_truth_path=truth)
     masks = {r["image_id"]: r["masks"] for r in pq.read_table(truth).to_pylist()}
     rows = [{**r, "masks": masks[r["image_id"]]} for r in pq.read_table(images).to_pylist()]
     rows.append({**rows[0], "image_id": "corrupt", "image": b"not an image"})
     rows.append({**rows[1], "image_id": "misaligned", "masks": rows[1]["masks"][:-1] + rows[1]["masks"] * 2})
+    malformed = [{**rows[2]["masks"][0], "counts": "not an rle"}] + rows[2]["masks"][1:]
+    rows.append({**rows[2], "image_id": "bad_rle", "masks": malformed})
     path = str(tmp_path / "labelled.parquet")
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path, rows
@@ -83,12 +86,13 @@ def test_finetune_trains_only_hq_parameters_from_s3(s3_endpoint, tmp_path, capsy
     for name in ("hq_token_only", "sam_plus_hq", "sam_only"):
         line = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
-        validation_boxes = sum(len(r["boxes"]) for r in rows[:-2] if in_validation(r["image_id"], 0.3))
+        validation_boxes = sum(len(r["boxes"]) for r in rows[:-3] if in_validation(r["image_id"], 0.3))
         assert int(cells[1]) == validation_boxes
         if name == "sam_only":  # frozen: the baseline does not move
             assert cells[2] == cells[3] and cells[4] == cells[5]
         else:
             assert (cells[2], cells[4]) != (cells[3], cells[5])
     # The bad rows are counted, by reason (each pass over the training rows counts them again).
-    for reason in ("row: image_decode", "row: masks not aligned with boxes"):
+    assert not in_validation("bad_rle", 0.3)
+    for reason in ("row: image_decode", "row: masks not aligned with boxes", "box: mask not a valid COCO RLE"):
         assert reason in report

@@ -7,7 +7,7 @@ import torch
 
 from samhq_core import SamHQConfig, SamHQModel
 from samhq_core.training.demo_model import demo_config, synthetic_batches
-from samhq_core.training.losses import mask_iou, mask_loss
+from samhq_core.training.losses import mask_iou, mask_loss, point_sampled_mask_loss
 from samhq_core.training.recipe import HQ_PARAMETER_PREFIXES, batch_loss, set_trainable, train_phase
 from samhq_core.training.synthetic import coarsen
 
@@ -22,6 +22,25 @@ def test_mask_loss_prefers_the_right_mask():
     half = right.clone()
     half[:, 4:8] = -10  # 32 of 64 pixels missed
     assert mask_iou(half, target).tolist() == [0.5, 0.5]
+
+
+def test_point_sampled_loss_lands_on_uncertain_pixels():
+    """Logits 16 x 16, targets 64 x 64: confident and right everywhere but a ring of
+    undecided logits on the boundary. The point-sampled loss, which puts three quarters of
+    its points where |logit| is smallest, weighs that ring far more than the dense loss."""
+    torch.manual_seed(0)
+    target = torch.zeros(2, 64, 64)
+    target[:, 16:48, 16:48] = 1
+    logits = torch.full((2, 16, 16), -10.0)
+    logits[:, 4:12, 4:12] = 10.0
+    undecided = logits.clone()
+    undecided[:, 3:13, 3:13][:, [0, -1]] = 0.0
+    undecided[:, 3:13, [3, 12]] = 0.0
+    dense = mask_loss(torch.nn.functional.interpolate(undecided[:, None], (64, 64), mode="bilinear")[:, 0], target)
+    sampled = point_sampled_mask_loss(undecided, target, num_points=256)
+    assert sampled > 2 * dense
+    assert point_sampled_mask_loss(logits, target, num_points=256) < 0.5 * sampled
+    assert point_sampled_mask_loss(-logits, target, num_points=256) > 1.0
 
 
 def test_coarsen_keeps_blocks_by_coverage():

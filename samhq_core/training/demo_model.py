@@ -46,14 +46,14 @@ def demo_config(image_size: int = SCENE_SIZE, encoder: str = "tiny_vit") -> SamH
     )
 
 
-def synthetic_batches(seed: int, batch_size: int, image_size: int, coarse: bool) -> Iterator[Batch]:
-    """Endless batches of fresh synthetic scenes; targets are the exact masks, or their
-    coarse version (`coarsen`) when `coarse`."""
+def synthetic_batches(seed: int, batch_size: int, image_size: int, coarse: bool, max_objects: int = 4) -> Iterator[Batch]:
+    """Endless batches of fresh synthetic scenes with up to `max_objects` labelled objects;
+    targets are the exact masks, or their coarse version (`coarsen`) when `coarse`."""
     rng = np.random.default_rng(seed)
     processor = SamHQProcessor(image_size)
     scale = image_size / SCENE_SIZE
     while True:
-        scenes = [make_scene(rng, SCENE_SIZE, SCENE_SIZE) for _ in range(batch_size)]
+        scenes = [make_scene(rng, SCENE_SIZE, SCENE_SIZE, max_objects) for _ in range(batch_size)]
         pixels = torch.stack([processor.preprocess_image(s.image)[0] for s in scenes])
         targets = []
         for s in scenes:
@@ -68,9 +68,12 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="directory for the HF-layout checkpoint and training log")
     parser.add_argument("--image-size", type=int, default=SCENE_SIZE)
     parser.add_argument("--encoder", choices=("tiny_vit", "vit"), default="tiny_vit")
-    parser.add_argument("--sam-steps", type=int, default=5500)
-    parser.add_argument("--hq-steps", type=int, default=1500)
+    parser.add_argument("--sam-steps", type=int, default=5000)
+    parser.add_argument("--hq-steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-objects", type=int, default=8,
+                        help="labelled objects per training scene, at most (evaluation scenes have up to 4): more masks "
+                             "per image make each encoder pass, the cost of a step, teach more")
     parser.add_argument("--sam-lr", type=float, default=1e-3)
     parser.add_argument("--hq-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -86,7 +89,8 @@ def main() -> None:
     log = {"args": vars(args)}
     for phase, seed, steps, lr in (("sam", args.seed, args.sam_steps, args.sam_lr),
                                    ("hq", args.seed + 1, args.hq_steps, args.hq_lr)):
-        batches = synthetic_batches(seed, args.batch_size, args.image_size, coarse=phase == "sam")
+        batches = synthetic_batches(seed, args.batch_size, args.image_size, coarse=phase == "sam",
+                                    max_objects=args.max_objects)
         log[phase] = train_phase(model, phase, (batch.to(device) for batch in batches), steps, lr)
     log["seconds"] = time.perf_counter() - start
     model.cpu().save_pretrained(args.out)

@@ -2,11 +2,13 @@
 
 Data: `--images` synthetic scenes from `pipeline.demo.write_sample_dataset` (256 x 256 PNG,
 1-4 boxes each) in one Parquet file. (`results/cpu_pipeline.md` was measured on the earlier
-demo data: JPEG scenes of 240-480 px sides with 2-4 boxes each.) Model: a randomly initialised vit_tiny SAM-HQ (HF layout), 1024
-input, multimask off; random weights cost exactly what trained ones do.
+demo data: JPEG scenes of 240-480 px sides with 2-4 boxes each.) Model: a randomly
+initialised vit_tiny SAM-HQ (HF layout), 1024 input, multimask off; random weights cost
+exactly what trained ones do.
 
-1. Bare loop, in this process with `--threads` torch threads: per row, decode the JPEG,
-   SamHQProcessor, encoder + decoder on the row's boxes, post_process_masks, pycocotools RLE.
+1. Bare loop (`pipeline.reference.bare_loop`), in this process with `--threads` torch
+   threads: per row, decode the image, SamHQProcessor, encoder + decoder on the row's boxes,
+   post_process_masks, pycocotools RLE.
    The model is loaded before timing starts.
 2. The pipeline (`pipeline.job.run_job`) on a local Ray cluster started beforehand (not
    timed): 1 model actor with `--threads` torch threads, decode and encode tasks beside it.
@@ -19,38 +21,21 @@ Usage: python bench/bench_pipeline.py [--images 48] [--threads 2] [--out bench/r
 
 import argparse
 import datetime
-import io
 import os
 import platform
 import re
 import tempfile
 import time
 
-import numpy as np
 import pyarrow.parquet as pq
 import ray
 import torch
-from PIL import Image
-from pycocotools import mask as mask_utils
 
 from pipeline.config import parse_config
 from pipeline.demo import write_sample_dataset
 from pipeline.job import run_job
-from samhq_core import SamHQConfig, SamHQModel, SamHQProcessor
-
-
-def bare_loop(model: SamHQModel, input_path: str) -> float:
-    processor = SamHQProcessor(model.config.vision_config.image_size)
-    rows = pq.read_table(input_path).to_pylist()
-    start = time.perf_counter()
-    for row in rows:
-        image = Image.open(io.BytesIO(row["image"]))
-        inputs = processor(image, input_boxes=[row["boxes"]])
-        with torch.inference_mode():
-            out = model(**inputs, multimask_output=False)
-        masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])
-        mask_utils.encode(np.asfortranarray(masks[0][:, 0].permute(1, 2, 0).numpy().astype(np.uint8)))
-    return time.perf_counter() - start
+from pipeline.reference import bare_loop
+from samhq_core import SamHQConfig, SamHQModel
 
 
 def cpu_model() -> str:
@@ -74,7 +59,11 @@ def main() -> None:
     model = SamHQModel.from_pretrained(checkpoint)
     boxes = sum(len(b) for b in pq.read_table(input_path, columns=["boxes"]).column("boxes").to_pylist())
 
-    bare_seconds = bare_loop(model, input_path)
+    rows = pq.read_table(input_path).to_pylist()
+    start = time.perf_counter()
+    for _ in bare_loop(model, rows):
+        pass
+    bare_seconds = time.perf_counter() - start
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     config = parse_config({
         "input": {"path": input_path, "id_column": "image_id", "image_column": "image", "boxes_column": "boxes"},
@@ -94,7 +83,7 @@ def main() -> None:
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__}, ray {ray.__version__}",
-        f"- data: {args.images} synthetic JPEG scenes (240-480 px sides), {boxes} boxes; model: random vit_tiny, "
+        f"- data: {args.images} synthetic PNG scenes (256 x 256), {boxes} boxes; model: random vit_tiny, "
         f"1024 input, fp32, {args.threads} torch threads in the bare loop and in the single model actor",
         "",
         "| run | seconds | images/s | boxes/s |",

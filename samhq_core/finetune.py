@@ -170,13 +170,12 @@ class LabelledImages:
             self.skipped["row: masks not aligned with boxes"] += 1
             return None
         usable = torch.tensor(decoded.column(BOXES)[i].as_py(), dtype=torch.float32).view(-1, 4)
-        keep, truth, pixels = [], [], []  # indexes into the usable boxes, their RLEs and decoded masks
-        usable_index = 0
-        for mask, reason in zip(masks, box_errors, strict=True):
-            if reason is not None:  # not among the usable boxes the model sees
+        for reason in box_errors:
+            if reason is not None:  # the box is not among the usable boxes the model sees
                 self.skipped[f"box: {reason}"] += 1
-                continue
-            usable_index += 1
+        usable_masks = [mask for mask, reason in zip(masks, box_errors, strict=True) if reason is None]
+        keep, truth, pixels = [], [], []  # indexes into the usable boxes, their RLEs and decoded masks
+        for index, mask in enumerate(usable_masks):
             if mask is None:
                 self.skipped["box: mask null (not annotated)"] += 1
                 continue
@@ -189,7 +188,7 @@ class LabelledImages:
             if mask_pixels.shape != (h, w):
                 self.skipped["box: mask size differs from the image"] += 1
                 continue
-            keep.append(usable_index - 1)
+            keep.append(index)
             truth.append(rle)
             pixels.append(mask_pixels)
         if not keep:

@@ -2,7 +2,7 @@
 reports its model card quotes.
 
 For each mask source of the same checkpoint (SAM only, HQ token only, SAM + HQ term):
-1. a bare loop in this process: SamHQProcessor → SamHQModel → post_process_masks → RLE;
+1. the bare loop (`pipeline.reference.bare_loop`): SamHQProcessor → SamHQModel → post_process_masks → RLE;
 2. the Ray pipeline (`pipeline.job.run_job`) on a local cluster, same input;
 then `evaluate_masks` of both against the exact masks. A table of all runs goes to
 `<out>/summary.md`, each run's full report to `<out>/<source>_<runner>.md`.
@@ -14,7 +14,6 @@ Usage: python scripts/evaluate_demo_model.py [--images 200] [--checkpoint models
 """
 
 import argparse
-import io
 import os
 import platform
 import tempfile
@@ -24,31 +23,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from PIL import Image
 
 from pipeline.config import parse_config
-from pipeline.demo import DEMO_CHECKPOINT, encode_rle, write_sample_dataset
+from pipeline.demo import DEMO_CHECKPOINT, write_sample_dataset
 from pipeline.evaluate import evaluate_masks, write_report
 from pipeline.job import run_job
-from samhq_core import SamHQModel, SamHQProcessor
+from pipeline.reference import bare_loop
+from samhq_core import SamHQModel
 from samhq_core.finetune import SOURCES
 
 HELD_OUT_SEED = 1000
-
-
-def bare_loop(model: SamHQModel, input_path: str, output_path: str, source: dict) -> None:
-    processor = SamHQProcessor(model.config.vision_config.image_size)
-    results = []
-    for row in pq.read_table(input_path).to_pylist():
-        image = Image.open(io.BytesIO(row["image"]))
-        inputs = processor(image, input_boxes=[row["boxes"]])
-        with torch.inference_mode():
-            out = model(**inputs, multimask_output=False, **source)
-        masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])
-        results.append({"image_id": row["image_id"], "masks": [encode_rle(m.numpy()) for m in masks[0][:, 0]],
-                        "iou_scores": out.iou_scores[0, :, 0].tolist(), "box_errors": [None] * len(row["boxes"]),
-                        "error": None})
-    pq.write_table(pa.Table.from_pylist(results), output_path)
 
 
 def main() -> None:
@@ -75,7 +59,8 @@ def main() -> None:
             start = time.perf_counter()
             if runner == "bare_loop":
                 os.makedirs(output)
-                bare_loop(model, input_path, os.path.join(output, "part.parquet"), source)
+                results = list(bare_loop(model, pq.read_table(input_path).to_pylist(), **source))
+                pq.write_table(pa.Table.from_pylist(results), os.path.join(output, "part.parquet"))
             else:
                 config = parse_config({
                     "input": {"path": input_path, "id_column": "image_id", "image_column": "image",

@@ -12,7 +12,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch.nn import functional as F
@@ -68,7 +68,7 @@ class Batch:
 
 
 def phase_logits(model: SamHQModel, phase: str, image_embeddings: torch.Tensor, early: torch.Tensor,
-                 boxes: torch.Tensor) -> torch.Tensor:
+                 boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mask logits (P, 1, s, s) and IoU predictions (P,) of one image's boxes, from the mask
     source that `phase` trains."""
     out = model(image_embeddings=image_embeddings, intermediate_embeddings=early, input_boxes=boxes[None],

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from samhq_core import SamHQConfig, SamHQModel
-from samhq_core.training.demo_model import demo_config, synthetic_batches
+from samhq_core.training.demo_model import demo_config, prefetched_batches, synthetic_batches
 from samhq_core.training.losses import mask_iou, mask_loss, point_sampled_mask_loss
 from samhq_core.training.recipe import HQ_PARAMETER_PREFIXES, batch_loss, set_trainable, train_phase
 from samhq_core.training.synthetic import coarsen
@@ -52,6 +52,26 @@ def test_coarsen_keeps_blocks_by_coverage():
     assert coarsen(np.ones((10, 13), bool), cell=8).shape == (10, 13)
 
 
+def test_synthetic_batches_coarsen_targets_on_the_given_grid():
+    exact, coarse = next(synthetic_batches(5, 2, 256, None)), next(synthetic_batches(5, 2, 256, coarse_cell=4))
+    torch.testing.assert_close(exact.pixel_values, coarse.pixel_values)
+    for fine, blocky in zip(exact.targets, coarse.targets, strict=True):
+        expected = np.array([coarsen(m, 4) for m in fine.numpy() > 0.5])
+        np.testing.assert_array_equal(blocky.numpy() > 0.5, expected)
+        assert (blocky != fine).any()
+
+
+def test_prefetched_batches_are_the_same_batches_in_the_same_order():
+    args = dict(seed=7, batch_size=2, image_size=256, coarse_cell=4)
+    inline, prefetched = synthetic_batches(**args), prefetched_batches(**args)
+    for _ in range(3):
+        expected, got = next(inline), next(prefetched)
+        torch.testing.assert_close(got.pixel_values, expected.pixel_values, rtol=0, atol=0)
+        for name in ("boxes", "targets"):
+            for a, b in zip(getattr(got, name), getattr(expected, name), strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_sam_only_is_plain_sam_with_the_same_weights():
     torch.manual_seed(0)
     model = SamHQModel(demo_config()).eval()
@@ -77,8 +97,8 @@ def test_each_phase_trains_exactly_its_parameters(phase):
     torch.manual_seed(0)
     model = SamHQModel(demo_config())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    records = train_phase(model, phase, synthetic_batches(0, 2, 256, coarse=phase == "sam"), steps=2, lr=1e-3,
-                          warmup_steps=1, log_every=1, log=lambda message: None)
+    batches = synthetic_batches(0, 2, 256, coarse_cell=4 if phase == "sam" else None)
+    records = train_phase(model, phase, batches, steps=2, lr=1e-3, warmup_steps=1, log_every=1, log=lambda message: None)
     assert [r["step"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
     for name, value in model.state_dict().items():
         changed = not torch.equal(value, before[name])
@@ -105,7 +125,7 @@ def test_batch_loss_targets_follow_the_phase():
     """The "sam" phase fits SAM's own mask and the IoU head; "hq" only the HQ token's mask."""
     torch.manual_seed(0)
     model = SamHQModel(demo_config())
-    batch = next(synthetic_batches(3, 2, 256, coarse=False))
+    batch = next(synthetic_batches(3, 2, 256, coarse_cell=None))
     sam, hq = batch_loss(model, "sam", batch), batch_loss(model, "hq", batch)
     assert sam["iou_loss"] > 0 and hq["iou_loss"] == 0
     assert not torch.isclose(sam["mask_loss"], hq["mask_loss"])

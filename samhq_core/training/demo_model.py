@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import time
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -68,14 +68,14 @@ def synthetic_batches(seed: int, batch_size: int, image_size: int, coarse_cell: 
 
 
 class _SceneStream(IterableDataset):
-    def __init__(self, **batch_args) -> None:
+    def __init__(self, **batch_args: Any) -> None:
         self.batch_args = batch_args
 
     def __iter__(self) -> Iterator[Batch]:
         return synthetic_batches(**self.batch_args)
 
 
-def prefetched_batches(**batch_args) -> Iterator[Batch]:
+def prefetched_batches(**batch_args: Any) -> Iterator[Batch]:
     """`synthetic_batches(**batch_args)`, drawn in a worker process a few batches ahead, so
     that drawing scenes (about a fifth of a CPU step) overlaps training; same batches, same order."""
     return iter(DataLoader(_SceneStream(**batch_args), batch_size=None, num_workers=1, prefetch_factor=4))

@@ -1,10 +1,49 @@
 #!/usr/bin/env bash
-# Development / CI set-up: the project with its test and benchmark extras, on CPU torch.
-# `torch==2.13.0` resolves to the local CPU wheel where one is on pip's find-links (as on the
-# project's CI machines); elsewhere pip picks the default torch 2.13.0 build of the platform.
+# Set-up for development and CI: torch first, in a step of its own, then the project with its
+# test and benchmark extras, then the official SAM-HQ package the parity tests compare against.
+#
+# torch gets its own step because, asked for together with the other packages, pip may
+# backtrack and settle on PyPI's default build, which on Linux is the CUDA one (several GB),
+# also on a machine without a GPU. Which build this step installs:
+#   TORCH_INDEX_URL set    -> torch from that index, e.g. https://download.pytorch.org/whl/cu128
+#                             for a CUDA 12.8 build, or .../whl/cpu for the CPU build
+#   an NVIDIA GPU present  -> PyPI's default build (CUDA on Linux)
+#   no GPU                 -> the CPU build: from the machine's own wheels when pip finds a
+#                             local one (pip's find-links), else from PyTorch's CPU index
+# TORCH_VERSION (default 2.13.0) picks the release. A torch already installed at that release is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet "torch==2.13.0" -e ".[test,bench]"
-# The official SAM-HQ implementation, the parity tests' ground truth. --no-deps: it requires
-# torchvision, which the tests replace with a PIL shim (tests/official.py).
-python3 -m pip install --quiet --no-deps "segment-anything-hq==0.3"
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+step() { printf '\n==> %s\n' "$*"; }
+
+installed_torch=$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+if [[ "${installed_torch%%+*}" == "$TORCH_VERSION" && -z "${TORCH_INDEX_URL:-}" ]]; then
+    step "torch $installed_torch is already installed; keeping it"
+elif [[ -n "${TORCH_INDEX_URL:-}" ]]; then
+    step "torch $TORCH_VERSION from TORCH_INDEX_URL=$TORCH_INDEX_URL"
+    "$PYTHON" -m pip install "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    step "torch $TORCH_VERSION, PyPI's default (CUDA) build: an NVIDIA GPU is present"
+    "$PYTHON" -m pip install "torch==$TORCH_VERSION"
+elif "$PYTHON" -m pip download --no-deps --no-index --dest "$(mktemp -d)" "torch==$TORCH_VERSION" >/dev/null 2>&1; then
+    # A local wheel's version carries its build label (2.13.0+cpu), which pip ranks above the
+    # index's plain 2.13.0, so a plain request takes it.
+    step "torch $TORCH_VERSION, CPU build: no GPU found; using this machine's local wheel"
+    "$PYTHON" -m pip install "torch==$TORCH_VERSION"
+else
+    step "torch $TORCH_VERSION, CPU build: no GPU found; from $TORCH_CPU_INDEX"
+    "$PYTHON" -m pip install "torch==$TORCH_VERSION" --index-url "$TORCH_CPU_INDEX" --extra-index-url https://pypi.org/simple
+fi
+
+step "the project (editable) with its test and bench extras; torch stays as installed above"
+"$PYTHON" -m pip install --progress-bar off -e ".[test,bench]"
+
+# --no-deps: it requires torchvision, which has no build for the CPU torch used here; the tests
+# replace the two torchvision functions it uses with a PIL shim (tests/official.py).
+step "segment-anything-hq 0.3, the official SAM-HQ: the parity tests' ground truth"
+"$PYTHON" -m pip install --progress-bar off --no-deps "segment-anything-hq==0.3"
+
+step "done"
+"$PYTHON" -c 'import torch, ray; print(f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}), ray {ray.__version__}")'

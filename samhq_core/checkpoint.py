@@ -14,10 +14,11 @@ import json
 import os
 import re
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import IO, Dict, List, Optional, Tuple
 
 import fsspec
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from safetensors.torch import load_file, save_file
 
 from .config import SamHQConfig
@@ -68,6 +69,7 @@ _HF_POSITIONAL_ALIAS = "shared_image_embedding.positional_embedding"
 # normalisation constants.
 _UNUSED_KEYS = re.compile(r"^(image_encoder\.(norm_head|head)\.|pixel_mean$|pixel_std$)")
 _HF_WEIGHTS = "model.safetensors"
+_WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 _HF_CONFIG = "config.json"
 
 
@@ -171,15 +173,7 @@ def load_model(
         if actual != sha256.lower():
             raise ValueError(f"sha256 mismatch for {src}: expected {sha256.lower()}, got {actual}")
     state = _read_state_dict(weights, map_location)
-    if _HF_POSITIONAL in state or _HF_POSITIONAL_ALIAS in state:
-        if config is None:
-            raise ValueError(f"{src} holds HF-layout weights without a config.json beside them")
-        model = SamHQModel(config)
-        state = from_hf_state_dict(state, list(model.state_dict()))
-    else:
-        if config is None:
-            config = _config_for(state, variant, src)
-        model = SamHQModel(config)
+    model, state = _model_for(state, config, variant, src, "cpu")
     _check_keys(model, state, src)
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -188,18 +182,131 @@ def load_model(
 def read_config(
     src: str,
     variant: Optional[str] = None,
-    cache_dir: Optional[str] = None,
     storage_options: Optional[dict] = None,
 ) -> SamHQConfig:
-    """The architecture of a checkpoint without loading its weights (tensors are memory-
-    mapped, only their shapes are read)."""
-    local = fetch(src, cache_dir=cache_dir, storage_options=storage_options)
-    if os.path.isdir(local):
-        return SamHQConfig.load(os.path.join(local, _HF_CONFIG))
-    state = _read_state_dict(local, "cpu", mmap=True)
-    if _HF_POSITIONAL in state or _HF_POSITIONAL_ALIAS in state:
-        raise ValueError(f"{src} holds HF-layout weights without a config.json beside them")
-    return _config_for(state, variant, src)
+    """The architecture of a checkpoint, checked against its weights without reading them:
+    the config (an HF directory's `config.json`, else inferred from the tensor shapes or the
+    given variant) and the tensor names and shapes from the weights file's header, which
+    must fit the model exactly. A few KB are read, also from object storage or HTTP; nothing
+    is downloaded or cached.
+
+    Raises FileNotFoundError for a missing source and ValueError for a file that is not a
+    SAM / SAM-HQ checkpoint (naming what it looks like instead, e.g. a JPEG image) or whose
+    tensors do not fit the model."""
+    fs, path = _source_fs(src, storage_options)
+    config: Optional[SamHQConfig] = None
+    weights = path
+    if _is_directory(fs, path):
+        config_path, weights = f"{path.rstrip('/')}/{_HF_CONFIG}", f"{path.rstrip('/')}/{_HF_WEIGHTS}"
+        missing = [name for name, file in ((_HF_CONFIG, config_path), (_HF_WEIGHTS, weights)) if not _exists(fs, file)]
+        if len(missing) == 2:
+            raise FileNotFoundError(f"checkpoint not found: {src} (neither a weights file nor a directory with "
+                                    f"{_HF_CONFIG} and {_HF_WEIGHTS})")
+        if missing:
+            raise FileNotFoundError(f"{src} is a directory without {missing[0]}: an HF-layout checkpoint has "
+                                    f"{_HF_CONFIG} and {_HF_WEIGHTS}")
+        with fs.open(config_path, "r") as f:
+            try:
+                config = SamHQConfig.from_dict(json.load(f))
+            except (ValueError, TypeError, KeyError) as e:
+                raise ValueError(f"{src}: {_HF_CONFIG} is not a SAM-HQ config: {e}") from e
+    with fs.open(weights, "rb", block_size=1 << 16) as f:
+        state = {k: v for k, v in _read_header_tensors(f, src).items() if not _UNUSED_KEYS.match(k)}
+    model, state = _model_for(state, config, variant, src, "meta")
+    _check_keys(model, state, src)
+    return model.config
+
+
+def _model_for(state: Dict[str, torch.Tensor], config: Optional[SamHQConfig], variant: Optional[str], src: str,
+               device: str) -> Tuple[SamHQModel, Dict[str, torch.Tensor]]:
+    """The model (uninitialised, on `device`) that a state dict is for, and the state dict
+    under its key names (HF-layout keys are renamed to the official ones)."""
+    hf_layout = _HF_POSITIONAL in state or _HF_POSITIONAL_ALIAS in state
+    if config is None:
+        if hf_layout:
+            raise ValueError(f"{src} holds HF-layout weights without a config.json beside them")
+        config = _config_for(state, variant, src)
+    with torch.device(device):
+        model = SamHQModel(config)
+    if hf_layout:
+        state = from_hf_state_dict(state, list(model.state_dict()))
+    return model, state
+
+
+def _source_fs(src: str, storage_options: Optional[dict]) -> Tuple[fsspec.AbstractFileSystem, str]:
+    options = (storage_options or {}) if "://" in src else {}
+    fs, path = fsspec.core.url_to_fs(src, **options)
+    if not _is_directory(fs, path) and not _exists(fs, path):  # a directory's files are looked for by the caller
+        raise FileNotFoundError(f"checkpoint not found: {src}")
+    return fs, path
+
+
+def _exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether a file exists, asked with `info` (an HTTP HEAD), not fsspec's HTTP `exists`,
+    which starts downloading the file."""
+    try:
+        fs.info(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _is_directory(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether a checkpoint source is an HF-layout directory. Remote sources are told by name
+    (a weights file's suffix, else a directory), as `fetch` does: asking HTTP whether a URL
+    is a directory downloads it."""
+    if isinstance(fs, LocalFileSystem):
+        return os.path.isdir(path)
+    return not path.endswith(_WEIGHTS_SUFFIXES)
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE = b"\x80"  # torch.save's legacy (pre-zip) format is a pickle (protocol 2 or later)
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+_KNOWN_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"\x1f\x8b": "a gzip file",
+                b"PAR1": "a Parquet file", b"<": "an HTML or XML document", b"{": "a JSON document"}
+
+
+def _weights_format(f: IO[bytes], src: str) -> str:
+    """"torch" (torch.save's zip or legacy pickle format) or "safetensors", from the first
+    bytes; ValueError naming what the file looks like otherwise. Leaves f at offset 0."""
+    head = f.read(16)
+    f.seek(0)
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE):
+        return "torch"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    looks_like = next((what for magic, what in _KNOWN_MAGIC.items() if head.startswith(magic)), None)
+    raise ValueError(f"{src} is not a PyTorch (.pth) or safetensors checkpoint: it starts with bytes "
+                     f"{head[:8].hex(' ') or '(none: the file is empty)'}" + (f", like {looks_like}" if looks_like else ""))
+
+
+def _read_header_tensors(f: IO[bytes], src: str) -> Dict[str, torch.Tensor]:
+    """The tensors of a weights file as meta tensors (shapes and dtypes only)."""
+    if _weights_format(f, src) == "torch":
+        try:
+            state = torch.load(f, map_location="meta", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure means it is not a loadable state dict
+            raise ValueError(f"{src} is not a loadable PyTorch checkpoint: {type(e).__name__}: {e}") from None
+        return _state_dict_of(state, src)
+    header_size = int.from_bytes(f.read(8), "little")
+    try:
+        header = json.loads(f.read(header_size))
+        return {name: torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]], device="meta")
+                for name, entry in header.items() if name != "__metadata__"}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{src} has a malformed safetensors header: {e}") from None
+
+
+def _state_dict_of(state: object, src: str) -> Dict[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint (some wrap it in {"model": ...})."""
+    if isinstance(state, dict) and set(state) in ({"model"}, {"state_dict"}):
+        state = next(iter(state.values()))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{src} is not a state dict of tensors")
+    return state
 
 
 def _config_for(state: Dict[str, torch.Tensor], variant: Optional[str], src: str) -> SamHQConfig:
@@ -212,7 +319,9 @@ def _config_for(state: Dict[str, torch.Tensor], variant: Optional[str], src: str
     try:
         return infer_config(state)
     except (KeyError, IndexError) as e:
-        raise ValueError(f"{src} does not look like a SAM / SAM-HQ checkpoint (no {e}); pass variant=...") from e
+        keys = sorted(state)
+        raise ValueError(f"{src} does not look like a SAM / SAM-HQ checkpoint: it has no tensor {e} (its tensors: "
+                         f"{', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''})") from None
 
 
 def _check_keys(model: SamHQModel, state: Dict[str, torch.Tensor], src: str) -> None:
@@ -230,16 +339,14 @@ def _check_keys(model: SamHQModel, state: Dict[str, torch.Tensor], src: str) -> 
         raise ValueError(f"checkpoint {src} does not fit the model: " + "; ".join(parts))
 
 
-def _read_state_dict(path: str, map_location: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
+def _read_state_dict(path: str, map_location: str) -> Dict[str, torch.Tensor]:
     """The tensors of a weights file, without the keys the model does not use."""
-    if path.endswith(".safetensors"):
+    with open(path, "rb") as f:
+        weights_format = _weights_format(f, path)
+    if weights_format == "safetensors":
         state = load_file(path, device=map_location)
     else:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-        if isinstance(state, dict) and set(state) in ({"model"}, {"state_dict"}):
-            state = next(iter(state.values()))
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"{path} is not a state dict of tensors")
+        state = _state_dict_of(torch.load(path, map_location=map_location, weights_only=True), path)
     return {k: v for k, v in state.items() if not _UNUSED_KEYS.match(k)}
 
 
@@ -271,7 +378,7 @@ def fetch(src: str, cache_dir: Optional[str] = None, storage_options: Optional[d
             raise FileNotFoundError(f"checkpoint not found: {path}")
         return path
     fs, remote = fsspec.core.url_to_fs(src, **(storage_options or {}))
-    is_file = remote.endswith((".pth", ".pt", ".bin", ".safetensors"))
+    is_file = remote.endswith(_WEIGHTS_SUFFIXES)
     names = [os.path.basename(remote)] if is_file else [_HF_CONFIG, _HF_WEIGHTS]
     remote_files = [remote] if is_file else [f"{remote.rstrip('/')}/{name}" for name in names]
     for remote_file in remote_files:

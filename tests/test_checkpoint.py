@@ -4,13 +4,14 @@ import io
 import json
 import os
 import pickle
+import shutil
 
 import fsspec
 import pytest
 import torch
 
 from samhq_core import SamHQConfig, SamHQModel
-from samhq_core.checkpoint import file_sha256, infer_config, to_hf_key
+from samhq_core.checkpoint import file_sha256, infer_config, read_config, to_hf_key
 
 
 def test_variant_inferred_from_shapes(vit_pair, tiny_pair):
@@ -105,6 +106,108 @@ def test_remote_sources_are_cached_once(vit_pair, tmp_path):
     assert torch.equal(replaced.mask_decoder.hf_token.weight, state["mask_decoder.hf_token.weight"])
     with pytest.raises(FileNotFoundError, match="memory://ckpt/other.pth"):
         SamHQModel.from_pretrained("memory://ckpt/other.pth", cache_dir=cache)
+
+
+class _RangeServer:
+    """A real HTTP server on 127.0.0.1 (in a thread) serving a directory with byte-range
+    requests, as object stores and CDNs do, and counting the bytes it sends."""
+
+    def __init__(self, directory):
+        import functools
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send_head(self):
+                path = self.translate_path(self.path)
+                if not os.path.isfile(path):
+                    return super().send_head()
+                size = os.path.getsize(path)
+                start, end = 0, size - 1
+                ranged = self.headers.get("Range", "").startswith("bytes=")
+                if ranged:
+                    first, _, last = self.headers["Range"][len("bytes="):].partition("-")
+                    start, end = int(first or 0), min(int(last) if last else size - 1, size - 1)
+                self.send_response(206 if ranged else 200)
+                self.send_header("Content-Length", str(end - start + 1))
+                self.send_header("Accept-Ranges", "bytes")
+                if ranged:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                self.end_headers()
+                if self.command == "HEAD":
+                    return None
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    return io.BytesIO(f.read(end - start + 1))
+
+            def copyfile(self, source, outputfile):
+                try:
+                    for block in iter(lambda: source.read(1 << 16), b""):
+                        outputfile.write(block)
+                        server.sent += len(block)
+                except (BrokenPipeError, ConnectionResetError):  # the client read what it needed
+                    pass
+
+        self.sent = 0
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     functools.partial(Handler, directory=str(directory)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def test_read_config_reads_headers_not_weights(vit_pair, tmp_path):
+    """Over HTTP, the architecture of a .pth, a .safetensors file and an HF directory comes
+    from a small part of the weights file; nothing is cached or written."""
+    vit_pair.ours.save_pretrained(str(tmp_path / "hf"))
+    shutil.copy(vit_pair.pth, tmp_path / "model.pth")
+    from safetensors.torch import save_file
+
+    save_file(torch.load(vit_pair.pth, weights_only=True), str(tmp_path / "flat.safetensors"))  # official key names
+    server = _RangeServer(tmp_path)
+    home = tmp_path / "home"
+    try:
+        for name in ("model.pth", "hf", "flat.safetensors"):
+            server.sent = 0
+            config = read_config(f"{server.url}/{name}")
+            assert config == vit_pair.ours.config, name
+            size = os.path.getsize(tmp_path / name / "model.safetensors" if name == "hf" else tmp_path / name)
+            assert server.sent < 0.02 * size, (name, server.sent, size)
+    finally:
+        server.close()
+    assert not home.exists() and not os.path.exists(os.path.join(tmp_path, "cache"))
+
+
+def test_read_config_checks_tensor_names_and_shapes(vit_pair, tmp_path):
+    state = torch.load(vit_pair.pth, weights_only=True)
+    state["mask_decoder.hf_token.weight"] = torch.zeros(2, 256)
+    torch.save(state, tmp_path / "reshaped.pth")
+    with pytest.raises(ValueError, match=r"does not fit the model: wrong shape \(1\): mask_decoder.hf_token.weight "
+                                         r"\(2, 256\) != \(1, 256\)$"):
+        read_config(str(tmp_path / "reshaped.pth"))
+    del state["mask_decoder.iou_token.weight"]
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match=r"does not look like a SAM / SAM-HQ checkpoint: it has no tensor "
+                                         r"'mask_decoder.iou_token.weight'"):
+        read_config(str(tmp_path / "broken.pth"))
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="the file is empty"):
+        read_config(str(tmp_path / "empty.pth"))
+    with pytest.raises(FileNotFoundError, match="neither a weights file nor a directory with config.json"):
+        read_config(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="is a directory without config.json: an HF-layout checkpoint has"):
+        read_config(str(tmp_path))
 
 
 def test_hf_positional_matrix_under_either_key(vit_pair, tmp_path):

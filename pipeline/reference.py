@@ -17,7 +17,7 @@ def bare_loop(model: SamHQModel, rows: List[Dict[str, Any]], **forward_kwargs: A
     """Result rows in the pipeline's output format (image_id, masks, iou_scores, box_errors,
     error) for input rows with image_id, image (encoded bytes) and boxes (xyxy);
     `forward_kwargs` go to the model (e.g. hq_token_only=True), single-mask output."""
-    processor = SamHQProcessor(model.config.vision_config.image_size)
+    processor = SamHQProcessor.for_model(model)
     for row in rows:
         inputs = processor(Image.open(io.BytesIO(row["image"])), input_boxes=[row["boxes"]])
         with torch.inference_mode():

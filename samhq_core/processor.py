@@ -12,8 +12,9 @@ import torch
 from PIL import Image, ImageOps
 from torch.nn import functional as F
 
-from .modeling.prompt_encoder import LABEL_PAD
-from .modeling.sam_hq import PIXEL_MEAN, PIXEL_STD
+from .checkpoint import read_config
+from .modeling.prompt_encoder import LABEL_NEGATIVE, LABEL_PAD, LABEL_POSITIVE
+from .modeling.sam_hq import PIXEL_MEAN, PIXEL_STD, SamHQModel
 
 ImageInput = Union[Image.Image, np.ndarray, torch.Tensor]
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -99,6 +100,19 @@ class SamHQProcessor:
         self.pixel_mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
         self.pixel_std = torch.tensor(PIXEL_STD).view(3, 1, 1)
 
+    @classmethod
+    def from_pretrained(cls, src: str, variant: Optional[str] = None,
+                        storage_options: Optional[dict] = None) -> "SamHQProcessor":
+        """The processor for the checkpoint at `src` (what `SamHQModel.from_pretrained` takes):
+        the input size comes from its config, read from the checkpoint's header without its
+        weights (`samhq_core.checkpoint.read_config`)."""
+        return cls(read_config(src, variant, storage_options=storage_options).vision_config.image_size)
+
+    @classmethod
+    def for_model(cls, model: SamHQModel) -> "SamHQProcessor":
+        """The processor for a loaded model (its input size)."""
+        return cls(model.config.vision_config.image_size)
+
     def __call__(
         self,
         images: Union[ImageInput, Sequence[ImageInput]],
@@ -177,42 +191,63 @@ class SamHQProcessor:
 
     def _points(self, points: Any, labels: Any, sizes: List[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
         points = _per_image("input_points", points, len(sizes))
+        depth = _nesting_depth(points)
+        if depth not in (3, 4):
+            raise ValueError(f"input_points: expected {_POINTS_NESTING}; got {depth} levels: {_short(points)}")
         labels = _per_image("input_labels", labels, len(sizes)) if labels is not None else None
-        if _nesting_depth(points[0]) == 2:  # image → points: one prompt per image
+        if depth == 3:  # image → points: one prompt per image
             points = [[p] for p in points]
             labels = None if labels is None else [[label] for label in labels]
         num_prompts = _same_count("input_points", [len(p) for p in points])
-        max_points = max((len(prompt) for image in points for prompt in image), default=0)
+        coords = [[[_numbers("input_points", f"image {b}, prompt {p}, point {i}", point, 2, "[x, y]")
+                    for i, point in enumerate(_sequence("input_points", f"image {b}, prompt {p}", prompt))]
+                   for p, prompt in enumerate(image)] for b, image in enumerate(points)]
+        max_points = max(len(prompt) for image in coords for prompt in image)
         if max_points == 0:
             raise ValueError("input_points has no points: give at least one (x, y) per prompt")
-        coords = np.zeros((len(sizes), num_prompts, max_points, 2))
+        out = np.zeros((len(sizes), num_prompts, max_points, 2))
         label_array = np.full((len(sizes), num_prompts, max_points), LABEL_PAD, dtype=np.int64)
-        for b, image_points in enumerate(points):
-            for p, prompt in enumerate(image_points):
-                prompt = np.asarray(prompt, dtype=np.float64).reshape(-1, 2) if len(prompt) else np.zeros((0, 2))
-                if not np.isfinite(prompt).all():
-                    raise ValueError(f"input_points of image {b}, prompt {p} contain NaN or infinite values")
-                coords[b, p, : len(prompt)] = self.scale_coords(prompt, sizes[b])
+        for b, image in enumerate(coords):
+            for p, prompt in enumerate(image):
+                for i, (x, y) in enumerate(prompt):
+                    _check_inside("input_points", f"image {b}, prompt {p}, point {i} ({x:g}, {y:g})", x, y, x, y,
+                                  sizes[b])
+                if not prompt:
+                    continue
+                out[b, p, : len(prompt)] = self.scale_coords(np.array(prompt), sizes[b])
                 if labels is None:
-                    label_array[b, p, : len(prompt)] = 1
-                else:
-                    prompt_labels = np.asarray(labels[b][p], dtype=np.int64).reshape(-1)
-                    if len(prompt_labels) != len(prompt):
-                        raise ValueError(f"image {b}, prompt {p}: {len(prompt)} points but {len(prompt_labels)} labels")
-                    label_array[b, p, : len(prompt)] = prompt_labels
-        return torch.from_numpy(coords).float(), torch.from_numpy(label_array)
+                    label_array[b, p, : len(prompt)] = LABEL_POSITIVE
+                    continue
+                prompt_labels = _sequence("input_labels", f"image {b}, prompt {p}",
+                                          _sequence("input_labels", f"image {b}", labels[b])[p]
+                                          if p < len(labels[b]) else None)
+                if len(prompt_labels) != len(prompt):
+                    raise ValueError(f"image {b}, prompt {p}: {len(prompt)} points but {len(prompt_labels)} labels")
+                for i, label in enumerate(prompt_labels):
+                    if label not in (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_PAD) or isinstance(label, bool):
+                        raise ValueError(f"input_labels: image {b}, prompt {p}, label {i} is {label!r}; labels are "
+                                         "1 (foreground), 0 (background) or -1 (padding)")
+                    label_array[b, p, i] = label
+        return torch.from_numpy(out).float(), torch.from_numpy(label_array)
 
     def _boxes(self, boxes: Any, sizes: List[Tuple[int, int]]) -> torch.Tensor:
         boxes = _per_image("input_boxes", boxes, len(sizes))
-        num_prompts = _same_count("input_boxes", [len(b) for b in boxes])
+        depth = _nesting_depth(boxes)
+        if depth != 3 and not all(len(image) == 0 for image in boxes):
+            hint = "; for one image's boxes, wrap them in one more list" if depth == 2 else ""
+            raise ValueError(f"input_boxes: expected {_BOXES_NESTING}; got {depth} levels: {_short(boxes)}{hint}")
+        num_prompts = _same_count("input_boxes", [len(_sequence("input_boxes", f"image {b}", image))
+                                                  for b, image in enumerate(boxes)])
         out = np.zeros((len(sizes), num_prompts, 4))
         for b, image_boxes in enumerate(boxes):
-            array = np.asarray(image_boxes, dtype=np.float64).reshape(-1, 4) if len(image_boxes) else np.zeros((0, 4))
-            if not np.isfinite(array).all():
-                raise ValueError(f"input_boxes of image {b} contain NaN or infinite values")
+            array = np.array([_numbers("input_boxes", f"image {b}, box {i}", box, 4, "[x1, y1, x2, y2]")
+                              for i, box in enumerate(image_boxes)], dtype=np.float64)
             inverted = (array[:, 2] < array[:, 0]) | (array[:, 3] < array[:, 1])
             if inverted.any():
                 raise ValueError(f"input_boxes of image {b}: boxes {np.flatnonzero(inverted).tolist()} have x2 < x1 or y2 < y1")
+            for i, (x1, y1, x2, y2) in enumerate(array):
+                _check_inside("input_boxes", f"image {b}, box {i} ({x1:g}, {y1:g}, {x2:g}, {y2:g})", x1, y1, x2, y2,
+                              sizes[b], overlap=True)
             out[b] = self.scale_coords(array.reshape(-1, 2, 2), sizes[b]).reshape(-1, 4)
         return torch.from_numpy(out).float()
 
@@ -222,7 +257,8 @@ class SamHQProcessor:
         out = torch.zeros(len(sizes), num_prompts, self.mask_size, self.mask_size)
         for b, image_masks in enumerate(masks):
             for p, mask in enumerate(image_masks):
-                mask = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+                mask = (mask.detach().cpu().float() if isinstance(mask, torch.Tensor)
+                        else torch.as_tensor(np.asarray(mask, dtype=np.float32)))
                 if mask.shape == (self.mask_size, self.mask_size):
                     out[b, p] = mask
                 elif mask.shape == tuple(sizes[b]):
@@ -262,11 +298,69 @@ class SamHQProcessor:
         return results
 
 
+_BOXES_NESTING = "per image, a list of [x1, y1, x2, y2] boxes, 3 levels: [[[x1, y1, x2, y2], ...], ...]"
+_POINTS_NESTING = ("per image, per prompt, a list of [x, y] points, 4 levels: [[[[x, y], ...], ...], ...] (or 3 "
+                   "levels, one prompt per image: [[[x, y], ...], ...])")
+
+
+def _as_list(value: Any) -> Any:
+    """Nested lists of a numpy array or tensor (detached), else the value."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
 def _per_image(name: str, values: Any, batch: int) -> List[Any]:
-    values = values.tolist() if isinstance(values, (np.ndarray, torch.Tensor)) else list(values)
+    values = _as_list(values)
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name} must be nested lists (or an array), per image first; got {type(values).__name__}")
+    values = [_as_list(v) for v in values]
     if len(values) != batch:
         raise ValueError(f"{name} has entries for {len(values)} images, but {batch} images were given")
-    return [v.tolist() if isinstance(v, (np.ndarray, torch.Tensor)) else v for v in values]
+    return values
+
+
+def _sequence(name: str, where: str, value: Any) -> List[Any]:
+    value = _as_list(value)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name}: {where} is {_short(value)}, where a list is expected")
+    return list(value)
+
+
+def _numbers(name: str, where: str, value: Any, length: int, form: str) -> List[float]:
+    """`value` as exactly `length` finite real numbers, else a ValueError saying what it is."""
+    value = _as_list(value)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name}: {where} is {_short(value)}; expected {form} (one level of nesting short?)")
+    if any(isinstance(v, (list, tuple)) for v in value):
+        raise ValueError(f"{name}: {where} is {_short(value)}; expected {form} (one level of nesting too many?)")
+    if len(value) != length:
+        raise ValueError(f"{name}: {where} has {len(value)} values ({_short(value)}); expected {form}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name}: {where} holds {v!r} ({type(v).__name__}); coordinates must be numbers")
+        if not np.isfinite(v):
+            raise ValueError(f"{name}: {where} contains NaN or infinite values")
+    return [float(v) for v in value]
+
+
+def _check_inside(name: str, what: str, x1: float, y1: float, x2: float, y2: float, size: Tuple[int, int],
+                  overlap: bool = False) -> None:
+    """A point must lie within the image; a box must overlap it (it may reach past the border,
+    as detector boxes do)."""
+    h, w = size
+    outside = (x1 >= w or y1 >= h or x2 <= 0 or y2 <= 0) if overlap else not (0 <= x1 <= w and 0 <= y1 <= h)
+    if outside:
+        where = "lies entirely outside" if overlap else "lies outside"
+        raise ValueError(f"{name}: {what} {where} the {w} x {h} image (width x height); coordinates are pixels of the "
+                         "original image, x first")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _nesting_depth(value: Any) -> int:

@@ -84,12 +84,12 @@ def test_processor_rescales_prompts_and_pads(processor):
 def test_input_masks_at_image_size_are_resized(processor):
     mask = np.zeros((100, 50), np.float32)
     mask[:50] = 1.0
-    out = processor(_rgb(100, 50), input_boxes=[[0, 0, 10, 10]], input_masks=[[mask]])
+    out = processor(_rgb(100, 50), input_boxes=[[[0, 0, 10, 10]]], input_masks=[[mask]])
     low_res = out["input_masks"][0, 0]
     assert low_res.shape == (64, 64)
     assert low_res[:30, :30].min() == 1.0 and low_res[34:, :32].max() == 0.0
     assert low_res[:, 32:].abs().max() == 0  # padding
-    same = processor(_rgb(100, 50), input_boxes=[[0, 0, 10, 10]], segmentation_maps=[[low_res.numpy()]])
+    same = processor(_rgb(100, 50), input_boxes=[[[0, 0, 10, 10]]], segmentation_maps=[[low_res.numpy()]])
     assert torch.equal(same["input_masks"][0, 0], low_res)
 
 
@@ -108,6 +108,64 @@ def test_input_masks_at_image_size_are_resized(processor):
 def test_processor_rejects_bad_prompts(processor, kwargs, match):
     with pytest.raises(ValueError, match=match):
         processor([_rgb()], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        # the commonest mistake: one image's boxes without the per-image list (was: one box read 4 times)
+        (dict(input_boxes=[[10, 20, 50, 60]]), "input_boxes: expected per image, a list of [x1, y1, x2, y2] boxes, 3 "
+         "levels: [[[x1, y1, x2, y2], ...], ...]; got 2 levels: [[10, 20, 50, 60]]; for one image's boxes, wrap them "
+         "in one more list"),
+        (dict(input_boxes=[[[[10, 20, 50, 60]]]]), "input_boxes: expected per image, a list of [x1, y1, x2, y2] "
+         "boxes, 3 levels: [[[x1, y1, x2, y2], ...], ...]; got 4 levels: [[[[10, 20, 50, 60]]]]"),
+        (dict(input_boxes=[[[10, 20, 50]]]), "input_boxes: image 0, box 0 has 3 values ([10, 20, 50]); expected "
+         "[x1, y1, x2, y2]"),
+        (dict(input_boxes=[[["a", 1, 2, 3]]]), "input_boxes: image 0, box 0 holds 'a' (str); coordinates must be "
+         "numbers"),
+        (dict(input_boxes=[[[0, 0, 5, 5], [70, 0, 90, 10]]]), "input_boxes: image 0, box 1 (70, 0, 90, 10) lies "
+         "entirely outside the 60 x 40 image (width x height); coordinates are pixels of the original image, x first"),
+        (dict(input_points=[[45, 30]]), "input_points: expected per image, per prompt, a list of [x, y] points, 4 "
+         "levels: [[[[x, y], ...], ...], ...] (or 3 levels, one prompt per image: [[[x, y], ...], ...]); got 2 "
+         "levels: [[45, 30]]"),
+        (dict(input_points=[[[[[1, 2]]]]]), "got 5 levels: [[[[[1, 2]]]]]"),
+        (dict(input_points=[[[1, 2, 3]]]), "input_points: image 0, prompt 0, point 0 has 3 values ([1, 2, 3]); "
+         "expected [x, y]"),
+        (dict(input_points=[[[[5, 5], [61, 20]]]]), "input_points: image 0, prompt 0, point 1 (61, 20) lies outside "
+         "the 60 x 40 image (width x height)"),
+        (dict(input_points=[[[[5, 5]]]], input_labels=[[[2]]]), "input_labels: image 0, prompt 0, label 0 is 2; "
+         "labels are 1 (foreground), 0 (background) or -1 (padding)"),
+        (dict(input_points=[[[[5, 5]]]], input_labels=[[1]]), "input_labels: image 0, prompt 0 is 1, where a list is "
+         "expected"),
+    ],
+)
+def test_processor_names_wrong_shapes(processor, kwargs, message):
+    with pytest.raises(ValueError) as info:
+        processor([_rgb()], **kwargs)
+    assert message in str(info.value), str(info.value)
+
+
+def test_points_and_boxes_at_the_border_are_accepted(processor):
+    """A box may reach past the image (detectors' boxes do); points on the border are inside."""
+    out = processor([_rgb()], input_boxes=[[[-5, -5, 70, 50]]], input_points=[[[[0, 0], [60, 40]]]])
+    assert out["input_boxes"].shape == (1, 1, 4) and out["input_points"].shape == (1, 1, 2, 2)
+
+
+def test_processor_for_a_checkpoint(vit_pair, tmp_path):
+    assert SamHQProcessor.from_pretrained(vit_pair.pth).image_size == 256
+    assert SamHQProcessor.for_model(vit_pair.ours).image_size == 256
+    vit_pair.ours.save_pretrained(str(tmp_path / "hf"))
+    assert SamHQProcessor.from_pretrained(str(tmp_path / "hf")).image_size == 256
+
+
+def test_mask_prompts_may_require_grad(processor, vit_pair):
+    """An earlier output's logits, still attached to the graph, are a valid mask prompt."""
+    model = vit_pair.ours
+    inputs = processor(_rgb(), input_boxes=[[[5, 5, 40, 30]]])
+    previous = model(**inputs, multimask_output=False).pred_masks[0, :, 0]
+    assert previous.requires_grad
+    again = processor(_rgb(), input_boxes=[[[5, 5, 40, 30]]], input_masks=[list(previous)])
+    assert torch.equal(again["input_masks"][0], previous.detach())
 
 
 def test_processor_rejects_ragged_prompt_counts(processor):

@@ -1,0 +1,90 @@
+"""Processes a test starts and ends itself, by id: each runs in a session of its own, and
+stopping it ends exactly the processes of that session (what it started, and what those
+started), never another Ray cluster or server on the machine."""
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60.0, process: Optional["OwnedProcess"] = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process is not None and process.process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.process.returncode} before listening on "
+                               f"{port}:\n{process.output_tail()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def session_members(session_id: int) -> List[int]:
+    """Ids of the live processes in a session (zombies excluded)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, sid = fields[0], int(fields[3])
+        if sid == session_id and state != "Z":
+            members.append(int(entry))
+    return members
+
+
+class OwnedProcess:
+    """A subprocess in a new session; `stop()` ends every live process of that session."""
+
+    def __init__(self, args: Sequence[str], env: Optional[Dict[str, str]] = None, **kwargs) -> None:
+        self.args = list(args)
+        self.log = tempfile.TemporaryFile()  # stdout and stderr, for the message when it fails
+        self.process = subprocess.Popen(self.args, env=env, start_new_session=True, stdout=self.log,
+                                        stderr=subprocess.STDOUT, **kwargs)
+        self.session_id = self.process.pid
+
+    def output_tail(self, limit: int = 3000) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-limit:]
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM to the session's processes, SIGKILL to those left after `grace` seconds;
+        returns once none is alive."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+            for pid in session_members(self.session_id):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + wait
+            while time.time() < deadline:
+                if self.process.poll() is None:
+                    time.sleep(0.2)
+                    continue
+                if not session_members(self.session_id):
+                    return
+                time.sleep(0.2)
+        left = session_members(self.session_id)
+        self.log.close()
+        if left:
+            raise RuntimeError(f"{self.args[0]}: processes {left} of session {self.session_id} survived SIGKILL")
+
+    def __enter__(self) -> "OwnedProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

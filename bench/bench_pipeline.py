@@ -64,14 +64,14 @@ def main() -> None:
     for _ in bare_loop(model, rows):
         pass
     bare_seconds = time.perf_counter() - start
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     config = parse_config({
         "input": {"path": input_path, "id_column": "image_id", "image_column": "image", "boxes_column": "boxes"},
         "output": {"path": os.path.join(work, "output"), "overwrite": True},
         "model": {"checkpoint": checkpoint},
         "compute": {"num_actors": 1, "batch_size": 1, "decode_batch_size": 4, "torch_threads": args.threads},
     })
-    summary = run_job(config, image_size=1024)
+    summary = run_job(config)
     ray.shutdown()
 
     bare_rate, pipe_rate = args.images / bare_seconds, args.images / summary.seconds

@@ -1,57 +1,93 @@
-"""Command line: `python -m pipeline {run,validate,export-coco,evaluate,demo} ...`."""
+"""Command line: `python -m pipeline {run,validate,export-coco,evaluate,finetune,demo} ...`."""
 
 import argparse
 import logging
+import os
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-from .config import ConfigError, JobConfig, load_config
+from .config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from .preflight import JobPlan
 
 log = logging.getLogger("pipeline")
 
 
-def _load_checked(args: argparse.Namespace) -> JobConfig:
-    from .storage import check_reachable
+def _plan(args: argparse.Namespace) -> "JobPlan":
+    from .preflight import plan_job
 
-    config = load_config(args.config, args.set)
-    problems = check_reachable(config)
-    if problems:
-        raise ConfigError(problems)
-    return config
+    return plan_job(load_config(args.config, args.set), relative_to=args.relative_to)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    _load_checked(args)
-    print(f"config OK: {args.config} (input and checkpoint reachable)")
+    import ray
+
+    from .job import describe_model, plural
+    from .preflight import check_resources, cluster_resources, local_resources
+    from .stages import DecodeStage
+
+    plan = _plan(args)
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if os.environ.get("RAY_ADDRESS"):
+        from .cluster import quiet_ray_logging
+
+        quiet_ray_logging(verbose=False)
+        ray.init(logging_level=logging.WARNING)  # the cluster in RAY_ADDRESS
+        resources = cluster_resources()
+    else:
+        resources = local_resources()
+    problems = check_resources(plan.config, resources, DecodeStage.memory_for(plan.config.compute.decode_batch_size))
+    if problems:
+        raise ConfigError(problems)
+    print(f"config OK: {args.config}: {plural(plan.scan.num_rows, 'row')} in "
+          f"{plural(len(plan.scan.files), 'file')}, model "
+          f"{describe_model(plan.model_config)}, output {plan.config.output.path}; fits {resources.describe()}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import ray
-
-    from samhq_core.checkpoint import read_config
-
+    from .cluster import connect
     from .job import run_job
-    from .storage import storage_options
 
-    config = _load_checked(args)
-    model_config = read_config(config.model.checkpoint, config.model.variant,
-                               storage_options=storage_options(config.storage))
-    ray.init()  # joins the cluster in RAY_ADDRESS (as under `ray job submit`), else starts a local one
-    summary = run_job(config, model_config.vision_config.image_size)
-    print(summary.stats)
+    plan = _plan(args)
+    stderr = connect(verbose=args.verbose)
+    try:
+        summary = run_job(plan.config, plan, verbose=args.verbose, progress_interval=args.progress_interval)
+    finally:
+        stderr.stop()
+    if args.verbose:
+        print(summary.stats)
     print(f"job summary: {summary.render()}")
-    print(f"results: {config.output.path}")
+    print(f"results: {plan.config.output.path}")
     return 0
 
 
 def cmd_export_coco(args: argparse.Namespace) -> int:
     from .coco import export_coco
     from .config import StorageConfig
+    from .output_files import JOB_FILE, read_job_description
 
-    storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region)
-    counts = export_coco(args.input, args.output, id_column=args.id_column, category_column=args.category_column,
-                         storage=storage)
+    if args.config:
+        config = load_config(args.config)
+        job, storage, source = config.to_dict(), config.storage, args.config
+    else:
+        storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region)
+        description = read_job_description(args.input, storage)
+        job = description["config"] if description else None
+        source = f"{args.input.rstrip('/')}/{JOB_FILE}"
+    columns = job["input"] if job else {}
+    id_column = args.id_column or columns.get("id_column")
+    if id_column is None:
+        raise ConfigError([f"--id-column: {args.input} has no {JOB_FILE} (written by the job) and no --config was "
+                           "given: name the id column (the job's input.id_column)"])
+    category_column = args.category_column or columns.get("category_column")
+    image_column = args.image_column or columns.get("image_uri_column")
+    if job:
+        print(f"columns from {source}: id {id_column!r}, categories {category_column!r}, image paths {image_column!r}")
+    counts = export_coco(args.input, args.output, id_column=id_column, category_column=category_column,
+                         storage=storage, image_path_column=image_column, min_score=args.min_score)
     print(f"wrote {args.output}: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     return 0
 
@@ -75,6 +111,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .config import read_yaml
+    from .finetune import finetune, parse_finetune_config
+
+    config = parse_finetune_config(read_yaml(args.config, args.set))
+    print(finetune(config, log=lambda message: print(message, flush=True), relative_to=args.relative_to))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -89,12 +134,27 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--config", required=True, help="job YAML (see configs/)")
         cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config key, e.g. --set compute.num_actors=4 (repeatable)")
+        cmd.add_argument("--relative-to", default=None, metavar="DIR",
+                         help="resolve the config's relative local paths against DIR (default: the working "
+                              "directory); under `ray job submit` on this machine: --relative-to \"$PWD\"")
         cmd.set_defaults(fn=fn)
+    run_cmd = sub.choices["run"]
+    run_cmd.add_argument("--verbose", action="store_true",
+                         help="Ray's own logs and progress bars, and Ray Data's per-stage stats at the end")
+    run_cmd.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
+                         help="seconds between progress lines (default: 10)")
     coco = sub.add_parser("export-coco", help="write a COCO instances file from a job's output")
     coco.add_argument("--input", required=True, help="the job's output Parquet (file, directory or glob)")
     coco.add_argument("--output", required=True, help="instances JSON path")
-    coco.add_argument("--id-column", default="id", help="the job's input.id_column (default: id)")
-    coco.add_argument("--category-column", default=None, help="the job's input.category_column, if any")
+    coco.add_argument("--config", default=None,
+                      help="the job's YAML, for its columns and storage (default: the _samhq_job.json the job wrote "
+                           "next to its results)")
+    coco.add_argument("--id-column", default=None, help="the job's input.id_column (default: from the job)")
+    coco.add_argument("--category-column", default=None, help="the job's input.category_column (default: from the job)")
+    coco.add_argument("--image-column", default=None,
+                      help="column of image URIs or paths for file_name (default: the job's input.image_uri_column)")
+    coco.add_argument("--min-score", type=float, default=None,
+                      help="leave out masks whose predicted IoU is below this")
     coco.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint, as storage.endpoint_url")
     coco.add_argument("--region", default=None)
     coco.set_defaults(fn=cmd_export_coco)
@@ -115,6 +175,13 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint, as storage.endpoint_url")
     ev.add_argument("--region", default=None)
     ev.set_defaults(fn=cmd_evaluate)
+    tune = sub.add_parser("finetune", help="train the HQ parameters of a checkpoint on labelled images")
+    tune.add_argument("--config", required=True, help="fine-tuning YAML (see configs/finetune_example.yaml)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, e.g. --set training.steps=200 (repeatable)")
+    tune.add_argument("--relative-to", default=None, metavar="DIR",
+                      help="resolve the config's relative local paths against DIR (default: the working directory)")
+    tune.set_defaults(fn=cmd_finetune)
     demo = sub.add_parser("demo", help="build a sample dataset and run the whole pipeline locally")
     demo.add_argument("--workdir", default="demo_output", help="where the sample data and results go")
     demo.add_argument("--num-images", type=int, default=8)
@@ -125,12 +192,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+        # The local cluster `run` starts gets token authentication, as Ray 2.60 gives local
+        # clusters anyway; said explicitly, before Ray is imported (Ray reads it once, at
+        # import), Ray does not warn about it.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for problem in e.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        if args.command not in ("export-coco", "evaluate"):
+            raise
+        print(f"error: {e}", file=sys.stderr)  # their inputs' problems, each named by the message
         return 2
 
 

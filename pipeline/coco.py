@@ -40,6 +40,8 @@ def export_coco(
     category_column: Optional[str] = None,
     storage: StorageConfig = StorageConfig(),  # noqa: B008 - a frozen-in-practice default, never mutated
     batch_rows: int = 256,
+    image_path_column: Optional[str] = None,
+    min_score: Optional[float] = None,
 ) -> Dict[str, int]:
     """Write the pipeline's result Parquet as a COCO instances JSON file.
 
@@ -53,15 +55,20 @@ def export_coco(
             list aligned with the boxes of category names (strings) or integer ids.
         storage: object-store settings (S3 endpoint, region, anonymous) for both paths.
         batch_rows: rows per record batch read from Parquet.
+        image_path_column: the run's ``input.image_uri_column``, or None: each image's
+            ``file_name`` is then its URI or path (what COCO tools open), else ``str(id)``.
+        min_score: leave out masks whose predicted IoU is below this (counted in
+            ``skipped_boxes``).
 
     Output:
         - images: one per row that succeeded (``error`` null and ``image_size`` non-null):
-          ``{"id": 1-based running index, "file_name": str(id), "height", "width",
-          "source_id": the row's id as a JSON value}``. Other rows, and rows with a null id,
+          ``{"id": 1-based running index, "file_name": the image's URI or path (with
+          ``image_path_column``) else str(id), "height", "width", "source_id": the row's id
+          as a JSON value}``. Other rows, and rows with a null id,
           are skipped and counted in ``skipped_rows`` (their boxes are not counted).
         - annotations: one per box of an exported image whose ``box_errors`` entry is null,
-          whose mask is non-empty (``mask_areas[i] > 0``), whose score is finite and whose
-          category is non-null: ``{"id": running index from 1, "image_id", "category_id",
+          whose mask is non-empty (``mask_areas[i] > 0``), whose score is finite (and at least
+          ``min_score``) and whose category is non-null: ``{"id": running index from 1, "image_id", "category_id",
           "segmentation": the mask's RLE {"size": [h, w], "counts": str}, "area",
           "bbox": [x, y, w, h], "iscrowd": 0, "score": the predicted IoU}``. Other boxes are
           counted in ``skipped_boxes``.
@@ -85,7 +92,9 @@ def export_coco(
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     fs, _ = filesystem(input_path, storage)
     files = list_parquet_files(input_path, storage)
-    state = _State(category_column is not None)
+    if min_score is not None and not math.isfinite(min_score):
+        raise ValueError(f"min_score must be a finite number, got {min_score}")
+    state = _State(category_column is not None, image_path_column, min_score)
     with tempfile.TemporaryDirectory(prefix="coco_export_") as tmp:
         images_path, annotations_path = os.path.join(tmp, "images.json"), os.path.join(tmp, "annotations.json")
         with open(images_path, "w", encoding="utf-8") as images, open(annotations_path, "w", encoding="utf-8") as anns:
@@ -111,8 +120,10 @@ def export_coco(
 class _State:
     """Running ids, counts, the category table and the spool files of one export."""
 
-    def __init__(self, has_categories: bool) -> None:
+    def __init__(self, has_categories: bool, image_path_column: Optional[str], min_score: Optional[float]) -> None:
         self.has_categories = has_categories
+        self.image_path_column = image_path_column
+        self.min_score = min_score
         self.num_images = 0
         self.num_annotations = 0
         self.skipped_rows = 0
@@ -169,7 +180,7 @@ def _export_file(fs: fsspec.AbstractFileSystem, path: str, id_column: str, categ
     url = fs.unstrip_protocol(path)
     with fs.open(path, "rb") as f:
         parquet = pq.ParquetFile(f)
-        columns = _check_schema(parquet.schema_arrow, url, id_column, category_column)
+        columns = _check_schema(parquet.schema_arrow, url, id_column, category_column, state.image_path_column)
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
             data = {name: batch.column(name).to_pylist() for name in columns}
             for row in range(batch.num_rows):
@@ -177,14 +188,18 @@ def _export_file(fs: fsspec.AbstractFileSystem, path: str, id_column: str, categ
                             state)
 
 
-def _check_schema(schema: pa.Schema, url: str, id_column: str, category_column: Optional[str]) -> List[str]:
+def _check_schema(schema: pa.Schema, url: str, id_column: str, category_column: Optional[str],
+                  image_path_column: Optional[str]) -> List[str]:
     """The columns to read; ValueError naming every missing column."""
     names = set(schema.names)
     problems = []
-    missing_config = [c for c in (id_column, category_column) if c is not None and c not in names]
+    named_by = [(id_column, "--id-column", "input.id_column"), (category_column, "--category-column",
+                                                                 "input.category_column"),
+                (image_path_column, "--image-column", "input.image_uri_column")]
+    missing_config = [f"{column!r} ({flag}: the run's {key})" for column, flag, key in named_by
+                      if column is not None and column not in names]
     if missing_config:
-        problems.append(f"missing column(s) {', '.join(repr(c) for c in missing_config)}: --id-column / "
-                        "--category-column must match the run's config (input.id_column / input.category_column)")
+        problems.append(f"missing column(s) {', '.join(missing_config)}")
     missing_result = [c for c in _RESULT_COLUMNS if c not in names]
     if missing_result:
         problems.append(f"missing result column(s) {', '.join(repr(c) for c in missing_result)}: "
@@ -197,10 +212,7 @@ def _check_schema(schema: pa.Schema, url: str, id_column: str, category_column: 
                 or pa.types.is_fixed_size_list(category_type)):
             raise ValueError(f"{url}: category column {category_column!r} must hold a list per row (one category "
                              f"per box), got type {category_type}")
-    columns = [id_column, *_RESULT_COLUMNS]
-    if category_column is not None and category_column not in columns:
-        columns.append(category_column)
-    return columns
+    return list(dict.fromkeys(c for c in (id_column, *_RESULT_COLUMNS, category_column, image_path_column) if c))
 
 
 def _export_row(row: Dict[str, Any], url: str, id_column: str, category_column: Optional[str],
@@ -230,13 +242,15 @@ def _export_row(row: Dict[str, Any], url: str, id_column: str, category_column: 
 
     source_id = _json_value(row_id)
     image_id = state.num_images + 1
-    state.write_image({"id": image_id, "file_name": str(source_id), "height": height, "width": width,
-                       "source_id": source_id})
+    file_name = row[state.image_path_column] if state.image_path_column else None
+    state.write_image({"id": image_id, "file_name": str(file_name if file_name else source_id), "height": height,
+                       "width": width, "source_id": source_id})
     for i in range(num_boxes):
         mask, area, score = per_box["masks"][i], per_box["mask_areas"][i], per_box["iou_scores"][i]
         category_id = category_ids[i] if category_ids is not None else DEFAULT_CATEGORY["id"]
         if (per_box["box_errors"][i] is not None or mask is None or area is None or area <= 0
-                or score is None or not math.isfinite(score) or category_id is None):
+                or score is None or not math.isfinite(score) or category_id is None
+                or (state.min_score is not None and score < state.min_score)):
             state.skipped_boxes += 1
             continue
         if mask["size"] is None or list(mask["size"]) != [height, width]:

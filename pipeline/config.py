@@ -2,15 +2,18 @@
 
 Every problem in a config (unknown keys, wrong types, missing required keys, bad values) is
 reported at once in one `ConfigError`. Reachability of the input and the checkpoint is
-checked separately (`pipeline.storage.check_reachable`), since it needs the network.
+checked separately (`pipeline.preflight`), since it needs the network.
 """
 
 import dataclasses
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, Union
 
 import yaml
+
+from .schema import RESULT_COLUMNS
 
 T = TypeVar("T")
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
@@ -99,12 +102,30 @@ def load_config(path: str, overrides: Optional[List[str]] = None) -> JobConfig:
 
 
 def read_yaml(path: str, overrides: Optional[List[str]] = None) -> Dict[str, Any]:
-    """A YAML mapping of sections, with `key.sub=value` overrides applied."""
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    """A YAML mapping of sections, with `key.sub=value` overrides applied. A missing,
+    unreadable or malformed file is a ConfigError (with line and column for YAML errors)."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError([f"config file not found: {path}"]) from None
+    except OSError as e:
+        raise ConfigError([f"cannot read config file {path}: {e.strerror or e}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {_yaml_problem(e)}"]) from None
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+        raise ConfigError([f"{path}: the top level must be a mapping of sections, got {type(data).__name__}"])
     return apply_overrides(data, overrides or [])
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """'line L, column C: problem' (1-based) for a parser error, else its text."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    if mark is None:
+        return problem
+    context = getattr(error, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
 
 
 def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
@@ -122,7 +143,10 @@ def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any
                 problems.append(f"--set {item!r}: {part} is not a section")
                 break
         else:
-            node[leaf] = yaml.safe_load(raw)
+            try:
+                node[leaf] = yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                problems.append(f"--set {item!r}: the value is not valid YAML: {_yaml_problem(e)}")
     if problems:
         raise ConfigError(problems)
     return data
@@ -213,7 +237,9 @@ def _type_name(hint: Any) -> str:
 def _check_values(sections: Dict[str, Any]) -> List[str]:
     """Value checks of every section that is a mapping."""
     problems: List[str] = []
-    inp, model, compute = (sections.get(name) for name in ("input", "model", "compute"))
+    inp, model, compute, storage = (sections.get(name) for name in ("input", "model", "compute", "storage"))
+    if storage is not None:
+        problems += check_storage(storage)
     if inp is not None:
         problems += _check_input(inp)
     if model is not None:
@@ -233,12 +259,32 @@ def check_image_source(inp: InputConfig, section: str) -> List[str]:
     return problems
 
 
+def check_storage(storage: StorageConfig) -> List[str]:
+    """Problems with the object-store settings: an endpoint URL that is not http(s) or that
+    carries credentials (user:password@host, which would end up in logs and job metadata)."""
+    problems: List[str] = []
+    if storage.endpoint_url is None:
+        return problems
+    parts = urllib.parse.urlsplit(storage.endpoint_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"storage.endpoint_url: expected http://host[:port] or https://host[:port], got "
+                        f"{_without_userinfo(parts)!r}")
+    if parts.username is not None or parts.password is not None:
+        problems.append("storage.endpoint_url: holds credentials (user:password@...); remove them and set "
+                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment or use an instance role")
+    return problems
+
+
+def _without_userinfo(parts: urllib.parse.SplitResult) -> str:
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
 def _check_input(inp: InputConfig) -> List[str]:
     problems = check_image_source(inp, "input")
     if inp.num_blocks is not None and inp.num_blocks < 1:
         problems.append("input.num_blocks: must be >= 1")
-    reserved = {"masks", "iou_scores", "mask_areas", "mask_bboxes", "box_errors", "image_size", "error"}
-    clashes = sorted(reserved & set(inp.passthrough_columns))
+    clashes = sorted(set(RESULT_COLUMNS) & set(inp.passthrough_columns))
     if clashes:
         problems.append(f"input.passthrough_columns: {', '.join(clashes)} clash with output columns")
     return problems

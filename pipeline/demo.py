@@ -33,11 +33,14 @@ def encode_rle(mask: np.ndarray) -> dict:
 
 
 def write_sample_dataset(path: str, num_images: int, seed: int = DEMO_SEED, ground_truth_path: Optional[str] = None,
-                         side: int = SCENE_SIDE) -> None:
+                         side: int = SCENE_SIDE, images_dir: Optional[str] = None,
+                         labelled_path: Optional[str] = None) -> None:
     """Synthetic scenes (`samhq_core.training.synthetic.make_scene`, side x side PNGs) as a
     pipeline input Parquet: image_id, image, boxes (jittered, xyxy), labels (object kinds).
     With `ground_truth_path`, also the exact masks there as an evaluation ground truth:
-    image_id, masks (COCO RLE aligned with the boxes), labels."""
+    image_id, masks (COCO RLE aligned with the boxes), labels. With `images_dir`, the PNGs
+    are also written there as files, and the input gets their absolute paths (image_path).
+    With `labelled_path`, the input rows with their masks, as fine-tuning reads them."""
     rng = np.random.default_rng(seed)
     rows, truth = [], []
     for i in range(num_images):
@@ -45,10 +48,16 @@ def write_sample_dataset(path: str, num_images: int, seed: int = DEMO_SEED, grou
         buffer = io.BytesIO()
         Image.fromarray(scene.image).save(buffer, format="PNG")
         image_id = f"scene_{seed}_{i:05d}"
-        rows.append({"image_id": image_id, "image": buffer.getvalue(), "boxes": scene.boxes.tolist(),
-                     "labels": scene.kinds})
+        row = {"image_id": image_id, "image": buffer.getvalue(), "boxes": scene.boxes.tolist(), "labels": scene.kinds}
+        if images_dir is not None:
+            os.makedirs(images_dir, exist_ok=True)
+            row["image_path"] = os.path.join(os.path.abspath(images_dir), f"{image_id}.png")
+            with open(row["image_path"], "wb") as f:
+                f.write(buffer.getvalue())
+        rows.append(row)
         truth.append({"image_id": image_id, "masks": [encode_rle(m) for m in scene.masks], "labels": scene.kinds})
-    for target, table in ((path, rows), (ground_truth_path, truth)):
+    labelled = [{**row, "masks": t["masks"]} for row, t in zip(rows, truth, strict=True)]
+    for target, table in ((path, rows), (ground_truth_path, truth), (labelled_path, labelled)):
         if target is not None:
             os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
             pq.write_table(pa.Table.from_pylist(table), target)
@@ -77,10 +86,7 @@ def write_overlays(input_path: str, output_dir: str, overlay_dir: str, limit: in
 
 
 def run_demo(workdir: str, num_images: int = 8, checkpoint: Optional[str] = None) -> int:
-    import ray
-
-    from samhq_core.checkpoint import read_config
-
+    from .cluster import connect
     from .coco import export_coco
     from .evaluate import evaluate_masks, write_report
     from .job import run_job
@@ -95,7 +101,9 @@ def run_demo(workdir: str, num_images: int = 8, checkpoint: Optional[str] = None
           "      a demo of the pipeline, not a model for real images.")
     input_path = os.path.join(workdir, "input", "images.parquet")
     truth_path = os.path.join(workdir, "ground_truth", "masks.parquet")
-    write_sample_dataset(input_path, num_images, ground_truth_path=truth_path)
+    labelled_path = os.path.join(workdir, "labelled", "train.parquet")
+    write_sample_dataset(input_path, num_images, ground_truth_path=truth_path, images_dir=os.path.join(workdir, "images"),
+                         labelled_path=labelled_path)
     output = os.path.join(workdir, "output")
     config = parse_config({
         "input": {"path": input_path, "id_column": "image_id", "image_column": "image", "boxes_column": "boxes",
@@ -104,9 +112,11 @@ def run_demo(workdir: str, num_images: int = 8, checkpoint: Optional[str] = None
         "model": {"checkpoint": checkpoint, "hq_token_only": True},
         "compute": {"num_actors": 1, "batch_size": 4, "torch_threads": os.cpu_count() or 1},
     })
-    if not ray.is_initialized():
-        ray.init()
-    summary = run_job(config, read_config(checkpoint).vision_config.image_size)
+    stderr = connect()
+    try:
+        summary = run_job(config)
+    finally:
+        stderr.stop()
     coco_path = os.path.join(workdir, "instances.json")
     counts = export_coco(output, coco_path, id_column="image_id", category_column="labels")
     result = evaluate_masks(output, truth_path, id_column="image_id", category_column="labels", worst=5,
@@ -115,7 +125,8 @@ def run_demo(workdir: str, num_images: int = 8, checkpoint: Optional[str] = None
     write_report(result, report)
     overlays = write_overlays(input_path, output, os.path.join(workdir, "overlays"))
     print(f"job summary: {summary.render()}")
-    print(f"input:      {input_path}")
+    print(f"input:      {input_path} (images also as PNG files in {os.path.join(workdir, 'images')})")
+    print(f"labelled:   {labelled_path} (images, boxes and exact masks, for fine-tuning)")
     print(f"results:    {output}")
     print(f"COCO:       {coco_path} ({counts['images']} images, {counts['annotations']} annotations)")
     print(f"evaluation: {report}\n{result.metrics_table()}")

@@ -1,4 +1,4 @@
-"""HQ fine-tuning on your own labelled data: `python -m samhq_core.finetune --config finetune.yaml`.
+"""HQ fine-tuning on your own labelled data: `python -m pipeline finetune --config finetune.yaml`.
 
 Trains only the HQ parameters of a SAM-HQ checkpoint (the paper's recipe: HQ token, its MLP,
 compress_vit_feat, embedding_encoder, embedding_maskfeature; everything else frozen) on a
@@ -13,20 +13,18 @@ original image size (null: not annotated). Rows are decoded exactly as the pipel
 them. A row that cannot be used (undecodable image, bad boxes, masks not aligned with the
 boxes or of another size) is skipped and counted by reason in the report, never silently.
 
-This command lives in samhq_core because it produces checkpoints; it reuses the pipeline's
-config parsing, decoding and metrics (same package), so training sees what inference sees.
+It reuses the job's config parsing, checks, decoding and metrics, so that training sees what
+inference sees; the training loop itself is samhq_core's (`samhq_core.training.recipe`).
 """
 
-import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -34,14 +32,15 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.nn import functional as F
 
-from pipeline.config import ConfigError, InputConfig, StorageConfig, check_image_source, parse_sections, read_yaml
-from pipeline.evaluate import coco_rle, mask_scores, stable_hash
-from pipeline.masks import upsampled_mask_chunks
-from pipeline.stages import BOXES, RESIZED_HW, DecodeStage, model_pixels
-from pipeline.storage import ParquetInput, filesystem, open_for_write, storage_options
+from samhq_core import SamHQModel
+from samhq_core.training.recipe import Batch, set_trainable, train_phase
 
-from .modeling import SamHQModel
-from .training.recipe import Batch, set_trainable, train_phase
+from .config import InputConfig, StorageConfig, check_image_source, check_storage, parse_sections
+from .evaluate import coco_rle, mask_scores, stable_hash
+from .masks import upsampled_mask_chunks
+from .preflight import plan_finetune
+from .stages import BOXES, RESIZED_HW, DecodeStage, model_pixels
+from .storage import ParquetInput, filesystem, open_for_write, storage_options
 
 # The mask sources of one checkpoint, as SamHQModel.forward keyword arguments: SAM alone (the
 # baseline), the HQ token alone, SAM's mask plus the HQ term (the official default).
@@ -103,7 +102,9 @@ def parse_finetune_config(data: Dict[str, Any]) -> FinetuneConfig:
 
 def _check_values(sections: Dict[str, Any]) -> List[str]:
     problems = []
-    data, training = sections.get("data"), sections.get("training")
+    data, training, storage = sections.get("data"), sections.get("training"), sections.get("storage")
+    if storage is not None:
+        problems += check_storage(storage)
     if data is not None:
         problems += check_image_source(data.input_config(), "data")
         if data.validation is None and not 0 < data.validation_fraction < 1:
@@ -285,8 +286,12 @@ def report(before: Dict[str, Dict[str, float]], after: Dict[str, Dict[str, float
     return "\n".join(lines) + "\n"
 
 
-def finetune(config: FinetuneConfig, log=print) -> str:
-    """Run a fine-tuning job; returns the Markdown report (also written next to the checkpoint)."""
+def finetune(config: FinetuneConfig, log: Callable[[str], None] = print, relative_to: Optional[str] = None) -> str:
+    """Run a fine-tuning job; returns the Markdown report (also written next to the checkpoint).
+
+    The checks of `pipeline.preflight.plan_finetune` run first: ConfigError, before anything
+    is loaded or written, for every problem they find."""
+    config, _ = plan_finetune(config, relative_to)
     t = config.training
     torch.manual_seed(t.seed)
     if t.torch_threads:
@@ -325,22 +330,3 @@ def finetune(config: FinetuneConfig, log=print) -> str:
     with open_for_write(f"{config.model.output.rstrip('/')}/finetune_report.md", config.storage) as f:
         f.write(text.encode("utf-8"))
     return text
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m samhq_core.finetune", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="fine-tuning YAML (see configs/finetune_example.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set training.steps=200 (repeatable)")
-    args = parser.parse_args(argv)
-    try:
-        config = parse_finetune_config(read_yaml(args.config, args.set))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(finetune(config, log=lambda message: print(message, flush=True)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,152 +1,282 @@
-"""Build and run the annotation job on Ray Data, then summarise what it wrote."""
+"""Build and run the annotation job on Ray Data, then summarise what it wrote.
+
+`run_job` first runs every check of `pipeline.preflight` (nothing is read, written or
+deleted when one fails), then checks the cluster's resources, says in one line per stage
+what will run where, reports progress while the job runs, and ends with a summary read
+back from the output.
+"""
 
 import collections
 import math
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional
 
 import pyarrow.parquet as pq
 import ray
 
+from samhq_core import SamHQConfig
+
 from .config import ConfigError, JobConfig
+from .output_files import ResultFilenames, job_files, write_job_description
+from .preflight import JobPlan, Resources, check_resources, cluster_resources, num_gpus_per_actor, plan_job
 from .schema import ERROR_KINDS
 from .stages import DecodeStage, EncodeStage, SamHQStage
 from .storage import arrow_filesystem, filesystem, list_parquet_files
+
+Log = Callable[[str], None]
+# Under xyxy, [x, y, w, h] boxes come out inverted whenever w < x or h < y: a share of inverted
+# boxes this large is rarely anything else.
+_INVERTED_HINT_SHARE = 0.25
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
 
 
 @dataclass
 class JobSummary:
     rows_in: int = 0
     rows_out: int = 0
-    boxes: int = 0
+    boxes: int = 0  # every input box, those of failed rows included
     masks: int = 0
-    unusable_boxes: int = 0
-    errors: Dict[str, int] = field(default_factory=dict)
+    box_reasons: Dict[str, int] = field(default_factory=dict)  # why boxes got no mask, with counts
+    errors: Dict[str, int] = field(default_factory=dict)  # rows with an error, by kind
+    box_format: str = "xyxy"
     seconds: float = 0.0
     stats: str = ""  # Ray Data's per-stage execution stats
+
+    @property
+    def unusable_boxes(self) -> int:
+        return self.boxes - self.masks
 
     @property
     def images_per_second(self) -> float:
         return self.rows_out / self.seconds if self.seconds else 0.0
 
+    def warnings(self) -> List[str]:
+        """What in the counts points at a wrong config rather than bad rows."""
+        found = []
+        inverted = sum(n for reason, n in self.box_reasons.items() if reason.startswith("inverted box"))
+        if self.box_format == "xyxy" and self.boxes and inverted >= _INVERTED_HINT_SHARE * self.boxes:
+            found.append(f"{inverted} of {self.boxes} boxes ({inverted / self.boxes:.0%}) are inverted under "
+                         "input.box_format: xyxy, as [x, y, width, height] boxes read as xyxy are; if the input "
+                         "is xywh, set input.box_format: xywh and run again")
+        if self.boxes and self.unusable_boxes > self.boxes / 2:
+            found.append(f"most boxes could not be used ({self.unusable_boxes} of {self.boxes}): check "
+                         f"input.box_format (now {self.box_format}) and that boxes are in absolute pixels of the "
+                         "image")
+        return found
+
     def render(self) -> str:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none"
-        return (
+        lines = [
             f"rows in: {self.rows_in}, rows out: {self.rows_out}, boxes: {self.boxes} "
             f"(masks: {self.masks}, unusable: {self.unusable_boxes}), rows with errors: {errors}, "
             f"{self.seconds:.1f} s, {self.images_per_second:.2f} images/s"
-        )
+        ]
+        if self.box_reasons:
+            lines.append("  boxes without a mask: " + "; ".join(
+                f"{reason}: {n}" for reason, n in sorted(self.box_reasons.items(), key=lambda kv: (-kv[1], kv[0]))))
+        lines += [f"  warning: {w}" for w in self.warnings()]
+        return "\n".join(lines)
 
 
-def resolve_num_gpus(config: JobConfig) -> float:
-    """GPUs per model actor: as configured, else 1 when the cluster has GPUs, else 0.
+@ray.remote(num_cpus=0)
+class RowCounter:
+    """Rows the encode tasks have finished, for progress lines on the driver."""
 
-    Raises ConfigError when the actors would take every CPU of the cluster: the read, decode
-    and encode tasks would then wait forever.
-    """
-    resources = ray.cluster_resources()
-    compute = config.compute
-    num_gpus = compute.num_gpus_per_actor
-    if num_gpus is None:
-        num_gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
-    actor_cpus = compute.num_actors * compute.num_cpus_per_actor
-    if actor_cpus > resources.get("CPU", 0) - 1:
-        raise ConfigError([
-            f"compute: {compute.num_actors} actors x {compute.num_cpus_per_actor} CPUs leave less than one of the "
-            f"cluster's {resources.get('CPU', 0):g} CPUs for reading, decoding and encoding; lower compute.num_actors "
-            "or compute.num_cpus_per_actor (on CPU, compute.torch_threads sets an actor's threads independently)"
-        ])
-    return num_gpus
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+
+    def value(self) -> int:
+        return self.rows
 
 
-def build_dataset(config: JobConfig, image_size: int) -> Tuple[ray.data.Dataset, int]:
-    """read Parquet → decode (CPU tasks) → SAM-HQ (actor pool) → RLE encode (CPU tasks);
-    returns the dataset and the number of input rows."""
-    inp = config.input
-    files = list_parquet_files(inp.path, config.storage)
-    read_fs, _ = arrow_filesystem(inp.path, config.storage)
+class ProgressReporter:
+    """A driver thread that logs rows done / total, images/s and the time left, every
+    `interval` seconds, whether or not stdout is a terminal."""
+
+    def __init__(self, counter: "ray.actor.ActorHandle", total: int, interval: float, log: Log) -> None:
+        self.counter, self.total, self.interval, self.log = counter, total, interval, log
+        self.start = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def __enter__(self) -> "ProgressReporter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                done = ray.get(self.counter.value.remote(), timeout=self.interval)
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+                continue  # a busy or restarting cluster; the next interval tries again
+            self.log(progress_line(done, self.total, time.perf_counter() - self.start))
+
+
+def progress_line(done: int, total: int, seconds: float) -> str:
+    rate = done / seconds if seconds > 0 else 0.0
+    share = f" ({done / total:.0%})" if total else ""
+    eta = f", about {_duration((total - done) / rate)} left" if rate > 0 and total > done else ""
+    return f"progress: {done} / {total} rows{share} after {_duration(seconds)}, {rate:.2f} images/s{eta}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe_model(config: SamHQConfig) -> str:
+    v = config.vision_config
+    if v.encoder_type == "tiny_vit":
+        encoder = "vit_tiny"
+    else:
+        encoder = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}.get(v.hidden_size, f"ViT {v.hidden_size}x{v.num_hidden_layers}")
+    kind = "SAM-HQ" if config.mask_decoder_config.hq else "SAM"
+    return f"{encoder} {kind} at {v.image_size} px"
+
+
+def mask_source(config: JobConfig) -> str:
+    if config.model.sam_only:
+        return "SAM's mask only (model.sam_only)"
+    if config.model.hq_token_only:
+        return "the HQ token's mask (model.hq_token_only)"
+    return "SAM's mask plus the HQ term (as official)"
+
+
+def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None,
+                  log: Log = _print, verbose: bool = False) -> ray.data.Dataset:
+    """read Parquet → decode (CPU tasks) → SAM-HQ (actor pool) → RLE encode (CPU tasks)."""
+    config = plan.config
+    inp, compute = config.input, config.compute
     keep = [inp.id_column, *inp.passthrough_columns]
-    if inp.category_column and inp.category_column not in keep:
-        keep.append(inp.category_column)
-    image_source = inp.image_column or inp.image_uri_column
+    for extra in (inp.category_column, inp.image_uri_column):
+        if extra:
+            keep.append(extra)
     if config.output.include_image_bytes and inp.image_column:
         keep.append(inp.image_column)
-    read_columns = list(dict.fromkeys([*keep, image_source, inp.boxes_column]))
-    rows = _size_blocks(config, files, read_columns)
-    ds = ray.data.read_parquet(files, filesystem=read_fs, columns=read_columns)
+    keep = list(dict.fromkeys(keep))
+    read_columns = list(dict.fromkeys([*keep, inp.image_column or inp.image_uri_column, inp.boxes_column]))
+    read_fs, _ = arrow_filesystem(inp.path, config.storage)
+    ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(read_columns)
+    num_blocks = inp.num_blocks or 4 * compute.num_actors
+    _size_blocks(ds, plan, num_blocks)
+    ds.context.enable_progress_bars = verbose
 
-    decode = DecodeStage(inp, config.storage, image_size, config.compute.decode_batch_size,
+    decode = DecodeStage(inp, config.storage, plan.image_size, compute.decode_batch_size,
                          keep_image=inp.image_column in keep)
+    num_gpus = num_gpus_per_actor(config, resources)
+    device = "GPU" if num_gpus > 0 else "CPU"
+    log(f"input:   {plural(len(plan.scan.files), 'Parquet file')}, {plural(plan.scan.num_rows, 'row')}, "
+        f"{_size(plan.scan.read_bytes)} to read, in about {num_blocks} blocks (input.num_blocks)")
+    log(f"decode:  CPU tasks of {compute.decode_batch_size} images (1 CPU, {decode.memory() / 2**20:.0f} MiB each): "
+        f"read, decode, resize to {plan.image_size} px, check boxes ({inp.box_format})")
+    log(f"model:   {plural(compute.num_actors, 'actor')} "
+        f"({compute.num_cpus_per_actor:g} CPU, {num_gpus:g} GPU each) on {device}: {describe_model(plan.model_config)}, "
+        f"batches of {compute.batch_size}, {config.model.dtype}, {mask_source(config)}")
+    log(f"encode:  CPU tasks (1 CPU each): COCO RLE, then Parquet to {config.output.path}")
+    log(f"cluster: {resources.describe()}")
     ds = ds.map_batches(decode, **decode.map_batches_kwargs())
-    ds = ds.map_batches(
-        SamHQStage,
-        **SamHQStage.map_batches_kwargs(config.model, config.storage, config.compute, resolve_num_gpus(config)),
-    )
-    encode = EncodeStage(keep)
-    return ds.map_batches(encode, **encode.map_batches_kwargs()), rows
+    ds = ds.map_batches(SamHQStage, **SamHQStage.map_batches_kwargs(config.model, config.storage, compute, num_gpus,
+                                                                    plan.image_size))
+    encode = EncodeStage(keep, counter)
+    return ds.map_batches(encode, **encode.map_batches_kwargs())
 
 
-def _size_blocks(config: JobConfig, files: List[str], columns: List[str]) -> int:
-    """Make Ray Data cut the input into about `input.num_blocks` blocks (default 4 per
-    actor). Its Parquet reader ignores override_num_blocks and packs small files into one
-    block, which one actor then processes alone; blocks are cut by size, so the target
-    block size is set from the rows' average size in the Parquet footers (halved: a block
-    is cut once it exceeds the target, so blocks come out between 1 and 2 targets big).
-    Returns the number of input rows."""
-    fs, _ = filesystem(config.input.path, config.storage)
-    rows, size = 0, 0
-    for name in files:
-        metadata = pq.ParquetFile(fs.open(name, "rb")).metadata
-        rows += metadata.num_rows
-        for g in range(metadata.num_row_groups):
-            group = metadata.row_group(g)
-            for c in range(group.num_columns):
-                if group.column(c).path_in_schema.split(".")[0] in columns:
-                    size += group.column(c).total_uncompressed_size
-    num_blocks = config.input.num_blocks or 4 * config.compute.num_actors
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _size_blocks(ds: ray.data.Dataset, plan: JobPlan, num_blocks: int) -> None:
+    """Make Ray Data cut the input into about `num_blocks` blocks. Its Parquet reader ignores
+    override_num_blocks and packs small files into one block, which one actor then processes
+    alone; blocks are cut by size, so this dataset's target block size is set from the rows'
+    average size in the Parquet footers (halved: a block is cut once it exceeds the target, so
+    blocks come out between 1 and 2 targets big)."""
+    rows = plan.scan.num_rows
     rows_per_block = max(1, math.ceil(rows / num_blocks))
-    row_bytes = max(1, size // max(rows, 1))
-    ray.data.DataContext.get_current().target_max_block_size = max(1024, row_bytes * rows_per_block // 2)
-    return rows
+    row_bytes = max(1, plan.scan.read_bytes // max(rows, 1))
+    ds.context.target_max_block_size = max(1024, row_bytes * rows_per_block // 2)
 
 
-def run_job(config: JobConfig, image_size: int) -> JobSummary:
-    """Run the job to completion and return its summary (read back from the output)."""
+def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print, verbose: bool = False,
+            progress_interval: float = 10.0) -> JobSummary:
+    """Run the job to completion and return its summary (read back from the output).
+
+    Runs the preflight checks first (or takes the `plan` they returned) and then checks the
+    connected Ray cluster's resources: ConfigError before anything is written. Joins the
+    connected cluster (`ray.init` first, else Ray Data starts a local one)."""
     start = time.perf_counter()
+    plan = plan or plan_job(config)
+    config = plan.config
+    for warning in plan.warnings:
+        log(f"warning: {warning}")
+    resources = cluster_resources()
+    decode_memory = DecodeStage.memory_for(config.compute.decode_batch_size)
+    problems = check_resources(config, resources, decode_memory)
+    if problems:
+        raise ConfigError(problems)
+    fs, _ = filesystem(config.output.path, config.storage)
+    for path in job_files(config.output.path, config.storage):  # only with output.overwrite (checked in the plan)
+        fs.rm(path)
+    write_job_description(config.output.path, config.storage, config.to_dict(), plan.scan.num_rows)
+    counter = RowCounter.remote()
+    dataset = build_dataset(plan, resources, counter, log, verbose)
     out_fs, out_path = arrow_filesystem(config.output.path, config.storage)
-    fs, path = filesystem(config.output.path, config.storage)
-    if fs.exists(path) and fs.find(path):
-        if not config.output.overwrite:
-            raise FileExistsError(f"output.path {config.output.path} is not empty; set output.overwrite: true to replace it")
-        fs.rm(path, recursive=True)
-    dataset, rows_in = build_dataset(config, image_size)
-    dataset.write_parquet(out_path, filesystem=out_fs)
+    with ProgressReporter(counter, plan.scan.num_rows, progress_interval, log):
+        dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=ResultFilenames())
+    ray.kill(counter)
     summary = summarize_output(config)
     summary.stats = dataset.stats()
-    summary.rows_in = rows_in
+    summary.rows_in = plan.scan.num_rows
     summary.seconds = time.perf_counter() - start
     return summary
 
 
 def summarize_output(config: JobConfig) -> JobSummary:
     """Counts over the written result columns (reads only the small columns)."""
-    summary = JobSummary()
+    summary = JobSummary(box_format=config.input.box_format)
     errors: Dict[str, int] = collections.Counter()
+    reasons: Dict[str, int] = collections.Counter()
     fs, _ = filesystem(config.output.path, config.storage)
     for name in list_parquet_files(config.output.path, config.storage):
-        table = pq.read_table(fs.open(name, "rb"), columns=["error", "box_errors"])
+        table = pq.read_table(fs.open(name, "rb"), columns=["error", "box_errors", "num_boxes"])
         summary.rows_out += table.num_rows
-        for error in table.column("error").to_pylist():
+        for error, box_errors, num_boxes in zip(*(table.column(c).to_pylist() for c in table.column_names),
+                                                strict=True):
+            summary.boxes += num_boxes or 0
             if error is not None:
                 kind = error.split(":", 1)[0]
-                errors[kind if kind in ERROR_KINDS else "other"] += 1
-        for reasons in table.column("box_errors").to_pylist():
-            reasons = reasons or []
-            summary.boxes += len(reasons)
-            unusable = sum(r is not None for r in reasons)
-            summary.unusable_boxes += unusable
-            summary.masks += len(reasons) - unusable
-    summary.errors = dict(errors)
+                kind = kind if kind in ERROR_KINDS else "other"
+                errors[kind] += 1
+                if num_boxes:
+                    reasons[f"row failed ({kind})"] += num_boxes
+                continue
+            for reason in box_errors or []:
+                if reason is None:
+                    summary.masks += 1
+                else:
+                    reasons[reason] += 1
+    summary.errors, summary.box_reasons = dict(errors), dict(reasons)
     return summary
-

@@ -10,6 +10,8 @@ column, when configured), then:
 - mask_bboxes: per box, the mask's tight bounding box in COCO xywh ([0, 0, 0, 0] if empty)
 - box_errors: per box, null, or why the box was not used (non-finite, inverted, empty
   after clipping to the image); boxes partly outside the image are clipped and used
+- num_boxes: how many boxes the input row had (also for a failed row, whose per-box lists
+  are empty); null when the row's boxes could not be read
 - error: null when the row succeeded, else "<kind>: <message>" (kinds: image_read,
   image_decode, boxes, model); a failed row keeps its id and passthrough columns with
   empty per-box lists
@@ -27,6 +29,7 @@ RESULT_FIELDS = [
     pa.field("mask_bboxes", pa.list_(pa.list_(pa.float32()))),
     pa.field("box_errors", pa.list_(pa.string())),
     pa.field("error", pa.string()),
+    pa.field("num_boxes", pa.int32()),
 ]
 RESULT_COLUMNS = [f.name for f in RESULT_FIELDS]
 ERROR_KINDS = ("image_read", "image_decode", "boxes", "model")

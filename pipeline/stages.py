@@ -28,7 +28,12 @@ PIXELS = "__pixels"  # resized uint8 RGB image bytes, row-major (h, w, 3)
 RESIZED_HW = "__resized_hw"
 BOXES = "__boxes"  # usable boxes in the model's input frame, flattened xyxy
 RUN_LENGTHS = "__run_lengths"  # per usable box, uncompressed COCO RLE counts
-_DECODE_BYTES_PER_IMAGE = 50 << 20
+# A decode task's memory, sized from bench/results/decode_memory.md for images up to 4K: the
+# worker process with its imports and first decoded image, plus what each further image of
+# the batch keeps (its resized copy and encoded bytes), with the 25% headroom Ray Data asks
+# for before it warns that a task outgrew its reservation.
+_DECODE_WORKER_BYTES = 700 << 20
+_DECODE_BYTES_PER_IMAGE = 8 << 20
 
 
 def _check_rows(stage: str, batch: pa.Table, out: pa.Table) -> pa.Table:
@@ -100,9 +105,10 @@ def model_pixels(batch: pa.Table, i: int, model: SamHQModel) -> torch.Tensor:
     return pixels
 
 
-def _failed_row(error: str) -> tuple:
-    """A decode result for a row that failed: no pixels, boxes or size, just the error."""
-    return None, None, [], None, [], error
+def _failed_row(error: str, num_boxes: Optional[int]) -> tuple:
+    """A decode result for a row that failed: no pixels, boxes or size, the error, and how
+    many boxes the row had (None when its boxes could not be read)."""
+    return None, None, [], None, [], error, num_boxes
 
 
 @dataclass
@@ -116,12 +122,18 @@ class DecodeStage:
     batch_size: int
     keep_image: bool = False  # copy the image bytes column to the output
 
+    @staticmethod
+    def memory_for(batch_size: int) -> int:
+        """Bytes a decode task of `batch_size` images reserves."""
+        return _DECODE_WORKER_BYTES + batch_size * _DECODE_BYTES_PER_IMAGE
+
+    def memory(self) -> int:
+        return self.memory_for(self.batch_size)
+
     def map_batches_kwargs(self) -> Dict[str, Any]:
-        # The memory reservation covers a batch of decoded images (up to ~50 MB each for
-        # 4K RGB plus its resized copy); having it also keeps Ray Data from fusing decoding
-        # into the model actors, whose remote args differ, so the model never waits on it.
-        return dict(batch_format="pyarrow", batch_size=self.batch_size, num_cpus=1,
-                    memory=self.batch_size * _DECODE_BYTES_PER_IMAGE)
+        # Having a memory reservation also keeps Ray Data from fusing decoding into the
+        # model actors, whose remote args differ, so the model never waits on it.
+        return dict(batch_format="pyarrow", batch_size=self.batch_size, num_cpus=1, memory=self.memory())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [self._row(i, batch) for i in range(batch.num_rows)]
@@ -132,6 +144,7 @@ class DecodeStage:
             "image_size": pa.array([r[3] for r in rows], pa.list_(pa.int32())),
             "box_errors": pa.array([r[4] for r in rows], pa.list_(pa.string())),
             "error": pa.array([r[5] for r in rows], pa.string()),
+            "num_boxes": pa.array([r[6] for r in rows], pa.int32()),
         }
         out = _with_columns(batch, columns)
         if self.inputs.image_column and not self.keep_image:
@@ -143,24 +156,24 @@ class DecodeStage:
         try:
             boxes = boxes_to_xyxy(parse_boxes(boxes_value), self.inputs.box_format)
         except ValueError as e:
-            return _failed_row(f"boxes: {e}")
+            return _failed_row(f"boxes: {e}", None)
         try:
             data = self._image_bytes(i, batch)
         except Exception as e:  # noqa: BLE001 - any read failure belongs to this row
-            return _failed_row(f"image_read: {type(e).__name__}: {e}")
+            return _failed_row(f"image_read: {type(e).__name__}: {e}", len(boxes))
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 array = to_rgb_array(image)
         except Exception as e:  # noqa: BLE001 - corrupt, truncated or unsupported images
-            return _failed_row(f"image_decode: {type(e).__name__}: {e}")
+            return _failed_row(f"image_decode: {type(e).__name__}: {e}", len(boxes))
         h, w = array.shape[:2]
         resized = resize_longest_side(array, self.image_size)
         new_h, new_w = resized.shape[:2]
         clipped, reasons = check_boxes(boxes, h, w)
         usable = clipped[[r is None for r in reasons]]
         scaled = usable * np.array([new_w / w, new_h / h, new_w / w, new_h / h])
-        return resized.tobytes(), [new_h, new_w], scaled.reshape(-1).tolist(), [h, w], reasons, None
+        return resized.tobytes(), [new_h, new_w], scaled.reshape(-1).tolist(), [h, w], reasons, None, len(boxes)
 
     def _image_bytes(self, i: int, batch: pa.Table) -> bytes:
         if self.inputs.image_column:
@@ -181,7 +194,8 @@ class SamHQStage:
     the HQ decoder on all usable boxes of each image (in bounded chunks), and upsamples,
     thresholds and run-length-codes the masks on the actor's device."""
 
-    def __init__(self, model: ModelConfig, storage: StorageConfig, torch_threads: Optional[int] = None) -> None:
+    def __init__(self, model: ModelConfig, storage: StorageConfig, image_size: int,
+                 torch_threads: Optional[int] = None) -> None:
         self.config = model
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if torch_threads:
@@ -190,9 +204,13 @@ class SamHQStage:
             model.checkpoint, variant=model.variant, sha256=model.sha256, storage_options=storage_options(storage)
         ).to(self.device)
         self.image_size = self.model.config.vision_config.image_size
+        if self.image_size != image_size:  # the decode tasks resized every image for `image_size`
+            raise ValueError(f"{model.checkpoint} loaded a model of input size {self.image_size}, but the job "
+                             f"resizes images for {image_size}: was the checkpoint replaced while the job started?")
 
     @staticmethod
-    def map_batches_kwargs(model: ModelConfig, storage: StorageConfig, compute: ComputeConfig, num_gpus: float) -> Dict[str, Any]:
+    def map_batches_kwargs(model: ModelConfig, storage: StorageConfig, compute: ComputeConfig, num_gpus: float,
+                           image_size: int) -> Dict[str, Any]:
         from ray.data import ActorPoolStrategy
 
         return dict(
@@ -201,7 +219,8 @@ class SamHQStage:
             compute=ActorPoolStrategy(size=compute.num_actors),
             num_gpus=num_gpus,
             num_cpus=compute.num_cpus_per_actor,
-            fn_constructor_kwargs=dict(model=model, storage=storage, torch_threads=compute.torch_threads),
+            fn_constructor_kwargs=dict(model=model, storage=storage, image_size=image_size,
+                                       torch_threads=compute.torch_threads),
             # On CPU the actors share cores with the decode and encode tasks; spinning OpenMP
             # threads would burn the time slices those need (bench/results/cpu_pipeline.md).
             runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
@@ -290,9 +309,11 @@ class SamHQStage:
 @dataclass
 class EncodeStage:
     """CPU tasks: compress run lengths into pycocotools RLE strings and shape the output
-    columns (id, passthrough, results)."""
+    columns (id, passthrough, results); counts finished rows on `row_counter` (an actor with
+    an `add` method) when given."""
 
     keep_columns: List[str]
+    row_counter: Any = None
 
     def map_batches_kwargs(self) -> Dict[str, Any]:
         return dict(batch_format="pyarrow", num_cpus=1)
@@ -311,4 +332,7 @@ class EncodeStage:
         columns = {name: batch.column(name) for name in self.keep_columns}
         for field in RESULT_FIELDS:
             columns[field.name] = batch.column(field.name).cast(field.type)
-        return _check_rows("encode", batch, pa.table(columns))
+        out = _check_rows("encode", batch, pa.table(columns))
+        if self.row_counter is not None:
+            self.row_counter.add.remote(out.num_rows)
+        return out

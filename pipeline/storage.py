@@ -13,7 +13,7 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from .config import JobConfig, StorageConfig
+from .config import StorageConfig
 
 
 def storage_options(storage: StorageConfig) -> Dict[str, Any]:
@@ -69,32 +69,11 @@ def list_parquet_files(url: str, storage: StorageConfig) -> List[str]:
     elif fs.exists(path):
         files = [path]
     else:
-        raise FileNotFoundError(f"input.path not found: {url}")
+        raise FileNotFoundError(f"not found: {url}")
     files = sorted(f for f in files if f.endswith(".parquet") and not fs.isdir(f))
     if not files:
-        raise FileNotFoundError(f"input.path has no .parquet files: {url}")
+        raise FileNotFoundError(f"no .parquet files in {url}")
     return files
-
-
-def check_reachable(config: JobConfig) -> List[str]:
-    """Problems reaching the input files and the checkpoint (empty when all is well)."""
-    problems = []
-    try:
-        list_parquet_files(config.input.path, config.storage)
-    except Exception as e:  # noqa: BLE001 - any failure to list is a reachability problem to report
-        problems.append(f"input.path: {e}")
-    checkpoint = config.model.checkpoint
-    if "://" not in checkpoint:
-        if not os.path.exists(checkpoint):
-            problems.append(f"model.checkpoint: not found: {checkpoint}")
-    else:
-        try:
-            fs, path = filesystem(checkpoint, config.storage)
-            if not fs.exists(path):
-                problems.append(f"model.checkpoint: not found: {checkpoint}")
-        except Exception as e:  # noqa: BLE001
-            problems.append(f"model.checkpoint: {checkpoint}: {e}")
-    return problems
 
 
 class ParquetInput:
@@ -104,7 +83,10 @@ class ParquetInput:
     def __init__(self, url: str, storage: StorageConfig, what: str) -> None:
         self.url, self.what = url, what
         self.fs, _ = filesystem(url, storage)
-        self.files = list_parquet_files(url, storage)
+        try:
+            self.files = list_parquet_files(url, storage)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{what}: {e}") from None
 
     def first_schema(self) -> pa.Schema:
         with self.fs.open(self.files[0], "rb") as f:

@@ -27,10 +27,10 @@ import torch
 from pipeline.config import parse_config
 from pipeline.demo import DEMO_CHECKPOINT, write_sample_dataset
 from pipeline.evaluate import evaluate_masks, write_report
+from pipeline.finetune import SOURCES
 from pipeline.job import run_job
 from pipeline.reference import bare_loop
 from samhq_core import SamHQModel
-from samhq_core.finetune import SOURCES
 
 HELD_OUT_SEED = 1000
 
@@ -45,7 +45,7 @@ def main() -> None:
     input_path, truth_path = os.path.join(work, "input.parquet"), os.path.join(work, "truth.parquet")
     write_sample_dataset(input_path, args.images, seed=HELD_OUT_SEED, ground_truth_path=truth_path)
     model = SamHQModel.from_pretrained(args.checkpoint)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     os.makedirs(args.out, exist_ok=True)
     lines = [
         f"# Demo model on {args.images} held-out synthetic scenes (seed {HELD_OUT_SEED})", "",
@@ -69,7 +69,7 @@ def main() -> None:
                     "model": {"checkpoint": args.checkpoint, **source},
                     "compute": {"num_actors": 1, "batch_size": 4, "torch_threads": 1},
                 })
-                run_job(config, model.config.vision_config.image_size)
+                run_job(config)
             seconds = time.perf_counter() - start
             result = evaluate_masks(output, truth_path, id_column="image_id", category_column="labels", worst=10)
             write_report(result, os.path.join(args.out, f"{name}_{runner}.md"))

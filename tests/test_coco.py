@@ -228,9 +228,9 @@ def test_s3_input_and_output(s3_endpoint, string_results, tmp_path):
 
 def test_missing_columns(string_results, tmp_path):
     out = tmp_path / "coco.json"
-    with pytest.raises(ValueError, match=r"'image_id'.*--id-column / --category-column must match"):
+    with pytest.raises(ValueError, match=r"missing column\(s\) 'image_id' \(--id-column: the run's input.id_column\) "):
         export_coco(string_results, str(out), id_column="image_id", category_column="cat")
-    with pytest.raises(ValueError, match=r"'label'.*--category-column"):
+    with pytest.raises(ValueError, match=r"'label' \(--category-column: the run's input.category_column\)"):
         export_coco(string_results, str(out), id_column="id", category_column="label")
     table = pq.read_table(string_results).drop_columns(["masks", "error"])
     pq.write_table(table, str(tmp_path / "partial.parquet"))
@@ -266,3 +266,31 @@ def test_scores_are_finite_json(string_results, tmp_path):
     with open(out) as f:
         data = json.load(f, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert all(math.isfinite(a["score"]) for a in data["annotations"])
+
+
+def test_export_knows_the_job_from_its_output(tmp_path, capsys):
+    """With the job's description beside its results, the CLI needs no column flags; file_name
+    is each image's path; --min-score leaves out the low-scored masks."""
+    from pipeline.__main__ import main
+    from pipeline.output_files import write_job_description
+
+    rows = [{**row, "image_id": row.pop("id"), "image_path": f"/data/images/{i}.jpg"}
+            for i, row in enumerate(string_category_rows())]
+    output = tmp_path / "results"
+    schema = pa.schema([pa.field("image_id", pa.string()), pa.field("image_path", pa.string()),
+                        pa.field("cat", pa.list_(pa.string())), *RESULT_FIELDS])
+    output.mkdir()
+    pq.write_table(pa.Table.from_pylist([{**r, "num_boxes": len(r["masks"])} for r in rows], schema=schema),
+                   output / "masks-0-000000-0.parquet")
+    config = {"input": {"id_column": "image_id", "category_column": "cat", "image_uri_column": "image_path"}}
+    write_job_description(str(output), StorageConfig(), config, rows_in=len(rows))
+    coco_path = tmp_path / "coco.json"
+    assert main(["export-coco", "--input", str(output), "--output", str(coco_path), "--min-score", "0.6"]) == 0
+    assert "columns from" in capsys.readouterr().out
+    coco = json.load(open(coco_path))
+    assert [im["file_name"] for im in coco["images"]] == ["/data/images/0.jpg", "/data/images/1.jpg"]
+    assert [a["score"] for a in coco["annotations"]] == pytest.approx([0.91, 0.75])  # 0.5 of img-b's box 1 is below 0.6
+
+    os.remove(output / "_samhq_job.json")
+    assert main(["export-coco", "--input", str(output), "--output", str(coco_path)]) == 2
+    assert "error: --id-column: " in capsys.readouterr().err

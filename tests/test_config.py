@@ -2,14 +2,12 @@
 
 import glob
 import os
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_config, parse_config, read_yaml
-from samhq_core.finetune import parse_finetune_config
+from pipeline.finetune import parse_finetune_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,26 +61,3 @@ def test_shipped_configs_are_valid(path):
         parse_finetune_config(read_yaml(path))
     else:
         load_config(path)
-
-
-def test_cli_validate(tmp_path, vit_pair):
-    path = tmp_path / "job.yaml"
-    data = minimal()
-    data["input"]["path"] = str(tmp_path / "nowhere")
-    data["model"]["checkpoint"] = vit_pair.pth
-    path.write_text(yaml.safe_dump(data))
-    run = subprocess.run([sys.executable, "-m", "pipeline", "validate", "--config", str(path)], cwd=ROOT,
-                         capture_output=True, text=True)
-    assert run.returncode == 2 and "input.path: input.path not found" in run.stderr
-    (tmp_path / "nowhere").mkdir()
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"id": ["a"]}), str(tmp_path / "nowhere" / "x.parquet"))
-    run = subprocess.run([sys.executable, "-m", "pipeline", "validate", "--config", str(path), "--set",
-                          "compute.batch_size=0"], cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 2 and "compute.batch_size: must be >= 1" in run.stderr
-    run = subprocess.run([sys.executable, "-m", "pipeline", "validate", "--config", str(path)], cwd=ROOT,
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert "config OK" in run.stdout

@@ -8,8 +8,8 @@ from test_finetune import labelled_parquet
 
 from pipeline.config import StorageConfig
 from pipeline.demo import DEMO_CHECKPOINT
+from pipeline.finetune import DataConfig, LabelledImages, evaluate
 from samhq_core import SamHQModel
-from samhq_core.finetune import DataConfig, LabelledImages, evaluate
 
 
 def test_checkpoint_layout_and_card():

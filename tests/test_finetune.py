@@ -1,4 +1,4 @@
-"""`python -m samhq_core.finetune`: HQ-only fine-tuning from a Parquet of images, boxes and
+"""`python -m pipeline finetune`: HQ-only fine-tuning from a Parquet of images, boxes and
 masks on S3 (moto), with bad rows counted, a before/after report and a checkpoint the
 pipeline loads."""
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 
+from pipeline.__main__ import main
 from pipeline.config import ConfigError
 from pipeline.demo import write_sample_dataset
+from pipeline.finetune import in_validation, parse_finetune_config
 from samhq_core import SamHQModel
-from samhq_core.finetune import in_validation, main, parse_finetune_config
 from samhq_core.training.demo_model import demo_config
 from samhq_core.training.recipe import HQ_PARAMETER_PREFIXES
 
@@ -72,7 +73,7 @@ def test_finetune_trains_only_hq_parameters_from_s3(s3_endpoint, tmp_path, capsy
     }
     config_path = tmp_path / "finetune.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    assert main(["--config", str(config_path), "--set", "training.lr=0.002"]) == 0
+    assert main(["finetune", "--config", str(config_path), "--set", "training.lr=0.002"]) == 0
     printed = capsys.readouterr().out
     assert "[hq] step 4/4" in printed
 

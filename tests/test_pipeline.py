@@ -24,7 +24,7 @@ from samhq_core import SamHQModel, SamHQProcessor
 
 @pytest.fixture(scope="module")
 def ray_cluster(s3_endpoint):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -53,7 +53,7 @@ def read_output(path):
 
 def expected_masks(model, image_bytes, boxes):
     """samhq_core run directly: processor → model → post_process_masks."""
-    processor = SamHQProcessor(model.config.vision_config.image_size)
+    processor = SamHQProcessor.for_model(model)
     inputs = processor(Image.open(io.BytesIO(image_bytes)), input_boxes=[boxes])
     with torch.no_grad():
         out = model(**inputs, multimask_output=False)
@@ -93,12 +93,14 @@ def test_every_row_comes_out_and_masks_match_samhq_core(ray_cluster, checkpoint,
     os.makedirs(tmp_path / "input")
     write_rows(str(tmp_path / "input" / "part-0.parquet"), rows[:7], row_group_size=3)
     write_rows(str(tmp_path / "input" / "part-1.parquet"), rows[7:])
-    summary = run_job(job_config(tmp_path, checkpoint), image_size=256)
+    summary = run_job(job_config(tmp_path, checkpoint))
     out = read_output(str(tmp_path / "output"))
 
     assert set(out) == {r["id"] for r in rows}
     assert summary.rows_in == summary.rows_out == len(rows)
     assert summary.errors == {"image_decode": 2, "image_read": 1, "boxes": 1}
+    # 2 + 1 boxes of the undecodable and unreadable rows; the short box's row has none countable
+    assert summary.box_reasons["row failed (image_decode)"] == 2 and summary.box_reasons["row failed (image_read)"] == 1
     for row in rows:
         got = out[row["id"]]
         assert got["source"] == row["source"] and got["labels"] == row["labels"]
@@ -141,7 +143,7 @@ def test_blocks_outnumber_actors(ray_cluster, checkpoint, tmp_path):
     write_rows(str(tmp_path / "input" / "one.parquet"), sample_rows(num_good=8)[:8], row_group_size=8)
     config = job_config(tmp_path, checkpoint, compute={"num_actors": 2, "num_cpus_per_actor": 0.5,
                                                        "batch_size": 1, "torch_threads": 1})
-    summary = run_job(config, image_size=256)
+    summary = run_job(config)
     assert summary.rows_out == 8
     read_blocks = int(re.search(r"ReadFilesParquetV2: \d+ tasks executed, (\d+) blocks produced", summary.stats).group(1))
     model_tasks = int(re.search(r"MapBatches\(SamHQStage\): (\d+) tasks executed", summary.stats).group(1))
@@ -177,7 +179,7 @@ def test_s3_image_uris_checkpoint_and_output(ray_cluster, checkpoint, s3_endpoin
         "compute": {"num_actors": 1, "batch_size": 2, "torch_threads": 2},
         "storage": {"endpoint_url": s3_endpoint},
     })
-    summary = run_job(config, image_size=256)
+    summary = run_job(config)
     assert summary.rows_out == 4 and summary.errors == {"image_read": 1}
     out = {}
     for name in fs.glob("annotate/output/*.parquet"):
@@ -187,25 +189,65 @@ def test_s3_image_uris_checkpoint_and_output(ray_cluster, checkpoint, s3_endpoin
     assert all(out[r["id"]]["error"] is None and len(out[r["id"]]["masks"]) == len(r["boxes"]) for r in rows)
 
 
-def test_existing_output_needs_overwrite(ray_cluster, checkpoint, tmp_path):
+def test_overwrite_replaces_only_the_jobs_own_files(ray_cluster, checkpoint, tmp_path):
     os.makedirs(tmp_path / "input")
-    os.makedirs(tmp_path / "output")
-    (tmp_path / "output" / "old.parquet").write_bytes(b"x")
-    write_rows(str(tmp_path / "input" / "a.parquet"), sample_rows(num_good=1)[:1])
-    with pytest.raises(FileExistsError, match="output.overwrite"):
-        run_job(job_config(tmp_path, checkpoint), image_size=256)
-    summary = run_job(job_config(tmp_path, checkpoint, output={"overwrite": True}), image_size=256)
-    assert summary.rows_out == 1 and not (tmp_path / "output" / "old.parquet").exists()
+    write_rows(str(tmp_path / "input" / "a.parquet"), sample_rows(num_good=2)[:2])
+    run_job(job_config(tmp_path, checkpoint))
+    first = sorted(os.listdir(tmp_path / "output"))
+    assert "_samhq_job.json" in first and all(re.match(r"masks-[0-9a-f]+-\d{6}-\d+\.parquet$", name)
+                                              for name in first if name != "_samhq_job.json")
+    with pytest.raises(ConfigError, match="is not empty .*set output.overwrite: true"):
+        run_job(job_config(tmp_path, checkpoint))
+    summary = run_job(job_config(tmp_path, checkpoint, output={"overwrite": True}))
+    assert summary.rows_out == 2 and not set(first) - {"_samhq_job.json"} & set(os.listdir(tmp_path / "output"))
+
+    (tmp_path / "output" / "notes.txt").write_text("mine")
+    before = sorted(os.listdir(tmp_path / "output"))
+    with pytest.raises(ConfigError, match="holds 1 entries this pipeline did not write \\(notes.txt\\)"):
+        run_job(job_config(tmp_path, checkpoint, output={"overwrite": True}))
+    assert sorted(os.listdir(tmp_path / "output")) == before  # nothing deleted, the user's file included
 
 
 def test_actors_may_not_take_every_cpu(ray_cluster, checkpoint, tmp_path):
     os.makedirs(tmp_path / "input")
     write_rows(str(tmp_path / "input" / "a.parquet"), sample_rows(num_good=1)[:1])
-    with pytest.raises(ConfigError, match="leave less than one"):
-        run_job(job_config(tmp_path, checkpoint, compute={"num_actors": 2}), image_size=256)
+    with pytest.raises(ConfigError, match=r"2 model actors x 1 CPUs = 2 CPUs, plus 1 for the read, decode and write "
+                                          r"tasks, is more than the cluster's 2 CPUs"):
+        run_job(job_config(tmp_path, checkpoint, compute={"num_actors": 2}))
 
 
 def test_loaded_model_matches_fixture(vit_pair):
     """The pipeline loads checkpoints through samhq_core; the fixture model is the reference."""
     model = SamHQModel.from_pretrained(vit_pair.pth)
     assert model.config == vit_pair.ours.config
+
+
+def test_summary_counts_why_boxes_got_no_mask_and_warns_of_xywh_boxes(ray_cluster, checkpoint, tmp_path):
+    """Detector boxes in [x, y, w, h] read as xyxy: the job still runs, and its summary counts
+    the inverted boxes, the boxes of a failed row, and says to set input.box_format."""
+    rng = np.random.default_rng(1)
+    good = sample_rows(num_good=1)[0]
+    h, w = Image.open(io.BytesIO(good["image"])).size[::-1]
+    rows = []
+    for i in range(4):
+        boxes = [[float(rng.uniform(0.3, 0.5) * w), float(rng.uniform(0.3, 0.5) * h), 20.0, 15.0] for _ in range(4)]
+        rows.append({**good, "id": f"xywh{i}", "boxes": boxes, "labels": ["a"] * 4})
+    rows.append({**good, "id": "broken", "image": good["image"][:100], "boxes": [[1.0, 1.0, 5.0, 5.0]] * 2,
+                 "labels": ["a", "a"]})
+    os.makedirs(tmp_path / "input")
+    write_rows(str(tmp_path / "input" / "part-0.parquet"), rows)
+    lines = []
+    summary = run_job(job_config(tmp_path, checkpoint), log=lines.append, progress_interval=0.5)
+    assert summary.boxes == 18 and summary.masks == 0
+    assert summary.box_reasons == {"inverted box (x2 < x1 or y2 < y1)": 16, "row failed (image_decode)": 2}
+    (xywh, most) = summary.warnings()
+    assert xywh.startswith("16 of 18 boxes (89%) are inverted under input.box_format: xyxy") and "xywh" in xywh
+    assert most.startswith("most boxes could not be used (18 of 18)")
+    rendered = summary.render()
+    assert "boxes without a mask: inverted box (x2 < x1 or y2 < y1): 16; row failed (image_decode): 2" in rendered
+    assert "  warning: 16 of 18 boxes" in rendered
+    assert lines[0].startswith("warning: input.box_format is xyxy, but 16 of 18 boxes in the first rows of ")
+    assert [line.split(":")[0] for line in lines[1:6]] == ["input", "decode", "model", "encode", "cluster"]
+    assert any(re.match(r"progress: \d+ / 5 rows \(\d+%\) after \d+ s, [0-9.]+ images/s", line) for line in lines)
+    assert {r["id"]: r["num_boxes"] for r in read_output(str(tmp_path / "output")).values()} == {
+        "xywh0": 4, "xywh1": 4, "xywh2": 4, "xywh3": 4, "broken": 2}

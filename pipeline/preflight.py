@@ -1,0 +1,559 @@
+"""Checks that run before any work starts, shared by `validate`, `run` and fine-tuning.
+
+A job that would fail once Ray is up (a misspelt column, a checkpoint that is not a model, an
+output that would overwrite someone's files or its own input, more actors than the cluster
+can place) fails here instead, with every problem named at once in one `ConfigError`.
+
+What is read: each input file's Parquet footer (in parallel threads; the row counts and column
+sizes also size the read blocks), the first rows of the boxes column of one file (the
+box-format check), the checkpoint's header (no weights are downloaded), and a listing of the
+output directory.
+"""
+
+import concurrent.futures
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from samhq_core import SamHQConfig
+from samhq_core.checkpoint import read_config
+
+from .config import ConfigError, JobConfig, StorageConfig
+from .output_files import JOB_FILE, is_job_file
+from .storage import filesystem, list_parquet_files, storage_options
+
+# Set by `ray job submit` in the driver's environment: the job runs in a temporary copy of the
+# submitted working directory, so relative local paths would point into it.
+_JOB_SUBMIT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+_FOOTER_THREADS = 32
+
+if TYPE_CHECKING:
+    from .finetune import FinetuneConfig
+_BOX_SAMPLE_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input Parquet file, from its footer."""
+
+    path: str  # within the input's filesystem
+    url: str  # for messages: the local path, or the URL with its protocol
+    num_rows: int
+    read_bytes: int  # uncompressed bytes of the columns the job reads
+    schema: pa.Schema
+
+
+@dataclass
+class InputScan:
+    url: str
+    files: List[InputFile]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(f.num_rows for f in self.files)
+
+    @property
+    def read_bytes(self) -> int:
+        return sum(f.read_bytes for f in self.files)
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """A column a config names, and what it must hold."""
+
+    key: str  # the config key that names it, e.g. "input.boxes_column"
+    column: str
+    kind: str  # see _KIND_CHECKS
+
+
+@dataclass
+class JobPlan:
+    """What the checks found: the input's files, the model's architecture, and warnings
+    (things that look wrong but may be intended)."""
+
+    config: JobConfig
+    scan: InputScan
+    model_config: SamHQConfig
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def image_size(self) -> int:
+        return self.model_config.vision_config.image_size
+
+
+def plan_job(config: JobConfig, relative_to: Optional[str] = None) -> JobPlan:
+    """Every check that needs no Ray cluster; ConfigError listing every problem found.
+    Relative local paths are resolved (see `resolve_local_paths`) in the returned plan."""
+    config, problems = resolve_job_paths(config, relative_to)
+    unresolved = {problem.split(":", 1)[0] for problem in problems}
+    scan: Optional[InputScan] = None
+    warnings: List[str] = []
+    if "input.path" not in unresolved:
+        try:
+            scan = scan_input(config.input.path, config.storage, "input.path", read_columns(config))
+        except ConfigError as e:
+            problems += e.problems
+    if scan is not None:
+        column_problems = check_columns(scan, input_rules(config), "input.path")
+        problems += column_problems
+        if not column_problems:
+            warnings += box_format_warnings(scan, config.input.boxes_column, config.input.box_format, config.storage)
+    model_config: Optional[SamHQConfig] = None
+    if "model.checkpoint" not in unresolved:
+        model_config, found = check_checkpoint(config.model.checkpoint, config.model.variant, config.storage,
+                                               "model.checkpoint")
+        problems += found
+    if not unresolved & {"input.path", "output.path"}:
+        problems += check_output(config.output.path, config.input.path, config.output.overwrite, config.storage)
+    if problems:
+        raise ConfigError(problems)
+    assert scan is not None and model_config is not None
+    return JobPlan(config, scan, model_config, warnings)
+
+
+def read_columns(config: JobConfig) -> List[str]:
+    """The input columns the job reads, each once: id, passthrough, category, image, boxes."""
+    inp = config.input
+    image = inp.image_column or inp.image_uri_column
+    return list(dict.fromkeys([inp.id_column, *inp.passthrough_columns,
+                               *([inp.category_column] if inp.category_column else []), image, inp.boxes_column]))
+
+
+def input_rules(config: JobConfig) -> List[ColumnRule]:
+    inp = config.input
+    rules = [ColumnRule("input.id_column", inp.id_column, "id"), ColumnRule("input.boxes_column", inp.boxes_column, "boxes")]
+    if inp.image_column:
+        rules.append(ColumnRule("input.image_column", inp.image_column, "image_bytes"))
+    if inp.image_uri_column:
+        rules.append(ColumnRule("input.image_uri_column", inp.image_uri_column, "image_uri"))
+    if inp.category_column:
+        rules.append(ColumnRule("input.category_column", inp.category_column, "categories"))
+    rules += [ColumnRule("input.passthrough_columns", name, "any") for name in inp.passthrough_columns]
+    return rules
+
+
+# --- paths ------------------------------------------------------------------------------
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def resolve_local_path(value: str, key: str, relative_to: Optional[str]) -> Tuple[str, List[str]]:
+    """An absolute form of a local path (URLs are returned as they are), or a problem.
+
+    Relative paths resolve against `relative_to` when given, else against the working
+    directory, except under `ray job submit`: the driver then runs in Ray's temporary copy of
+    the submitted working directory, deleted with the job, so a relative path is refused."""
+    if not is_local(value):
+        return value, []
+    path = value[len("file://"):] if value.startswith("file://") else value
+    if os.path.isabs(path):
+        return value, []
+    if relative_to is not None:
+        return os.path.normpath(os.path.join(os.path.abspath(relative_to), path)), []
+    if _JOB_SUBMIT_ENV in os.environ:
+        return value, [f"{key}: the relative path {value!r} would resolve inside Ray's temporary copy of the "
+                       "working directory under `ray job submit` (deleted with the job); use an absolute path on a "
+                       "filesystem every node sees, object storage (s3://...), or add --relative-to \"$PWD\" to the "
+                       "entrypoint when the cluster runs on this machine"]
+    return os.path.abspath(path), []
+
+
+def resolve_job_paths(config: JobConfig, relative_to: Optional[str]) -> Tuple[JobConfig, List[str]]:
+    """The config with its local input, output and checkpoint paths made absolute."""
+    problems: List[str] = []
+    resolved = {}
+    for key, section, name in (("input.path", "input", "path"), ("output.path", "output", "path"),
+                               ("model.checkpoint", "model", "checkpoint")):
+        value, found = resolve_local_path(getattr(getattr(config, section), name), key, relative_to)
+        problems += found
+        resolved[section] = dataclasses.replace(resolved.get(section, getattr(config, section)), **{name: value})
+    return dataclasses.replace(config, **resolved), problems
+
+
+def _location(url: str, storage: StorageConfig) -> Tuple[str, str]:
+    """(filesystem, normalised path) of a URL, so that two spellings of one place compare equal."""
+    fs, path = filesystem(url, storage)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return "file", os.path.realpath(path)
+    return protocol, path.rstrip("/")
+
+
+def _root_of(path: str) -> str:
+    """The directory part of a glob (input.path may be one)."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if any(ch in part for ch in "*?["):
+            return "/".join(parts[:i]) or "/"
+    return path
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+# --- input ------------------------------------------------------------------------------
+
+def scan_input(scan_url: str, storage: StorageConfig, key: str, columns: Sequence[str]) -> InputScan:
+    """The input's files with their footers, read in parallel; ConfigError (under `key`)
+    when nothing is there or a file is not readable Parquet."""
+    try:
+        paths = list_parquet_files(scan_url, storage)
+    except FileNotFoundError as e:
+        raise ConfigError([f"{key}: {e}"]) from None
+    except Exception as e:  # noqa: BLE001 - permissions, endpoints, credentials: report what the store said
+        raise ConfigError([f"{key}: cannot list {scan_url}: {type(e).__name__}: {e}"]) from None
+    fs, _ = filesystem(scan_url, storage)
+    wanted = set(columns)
+
+    def footer(path: str) -> Tuple[Optional[InputFile], Optional[str]]:
+        url = path if is_local(scan_url) else fs.unstrip_protocol(path)
+        try:
+            with fs.open(path, "rb") as f:
+                parquet = pq.ParquetFile(f)
+                metadata = parquet.metadata
+                size = sum(group.column(c).total_uncompressed_size
+                           for group in (metadata.row_group(g) for g in range(metadata.num_row_groups))
+                           for c in range(group.num_columns)
+                           if group.column(c).path_in_schema.split(".")[0] in wanted)
+                return InputFile(path, url, metadata.num_rows, size, parquet.schema_arrow), None
+        except Exception as e:  # noqa: BLE001 - a corrupt, truncated or empty file
+            return None, f"{key}: {url} is not a readable Parquet file: {type(e).__name__}: {e}"
+
+    with concurrent.futures.ThreadPoolExecutor(min(_FOOTER_THREADS, len(paths))) as pool:
+        results = list(pool.map(footer, paths))
+    problems = [problem for _, problem in results if problem]
+    if problems:
+        raise ConfigError(problems)
+    return InputScan(scan_url, [f for f, _ in results if f is not None])
+
+
+def type_name(t: pa.DataType) -> str:
+    """An Arrow type as a short readable name: list<list<double>>, not Parquet's
+    list<element: list<element: double>>."""
+    if pa.types.is_fixed_size_list(t):
+        return f"list<{type_name(t.value_type)}>[{t.list_size}]"
+    if _is_list(t):
+        return f"list<{type_name(t.value_type)}>"
+    if pa.types.is_struct(t):
+        return "struct<" + ", ".join(f"{t.field(i).name}: {type_name(t.field(i).type)}" for i in range(t.num_fields)) + ">"
+    return str(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+
+
+def _check_boxes_type(t: pa.DataType) -> Optional[str]:
+    if pa.types.is_null(t):
+        return None
+    if _is_list(t) and _is_list(t.value_type):
+        box = t.value_type
+        if pa.types.is_fixed_size_list(box) and box.list_size != 4:
+            return f"boxes of {box.list_size} values; each box needs 4"
+        if _is_number(box.value_type):
+            return None
+        return f"box values of type {box.value_type}; they must be numbers (integers or floats)"
+    return "one box list per row is expected: a list of [4 numbers] (list<list<double>>)"
+
+
+def _check_masks_type(t: pa.DataType) -> Optional[str]:
+    if pa.types.is_null(t):
+        return None
+    if _is_list(t) and pa.types.is_struct(t.value_type):
+        names = {t.value_type.field(i).name for i in range(t.value_type.num_fields)}
+        if {"size", "counts"} <= names:
+            return None
+    return "per row, a list of COCO RLE masks {size: [h, w], counts} (one per box) is expected"
+
+
+_KIND_CHECKS = {
+    "any": lambda t: None,
+    "id": lambda t: None if not (pa.types.is_nested(t) or pa.types.is_null(t))
+    else "ids must be single values (strings or integers)",
+    "image_bytes": lambda t: None if (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_null(t))
+    else ("it holds strings: if they are image paths or URIs, set image_uri_column instead of image_column"
+          if _is_string(t) else "encoded image bytes (binary) are expected"),
+    "image_uri": lambda t: None if _is_string(t)
+    else ("it holds bytes: if they are encoded images, set image_column instead of image_uri_column"
+          if pa.types.is_binary(t) or pa.types.is_large_binary(t) else "image paths or URIs (strings) are expected"),
+    "boxes": _check_boxes_type,
+    "categories": lambda t: None if pa.types.is_null(t) or (_is_list(t) and (_is_string(t.value_type) or
+                                                                           _is_number(t.value_type)))
+    else "per row, a list of categories (names or integer ids, one per box) is expected",
+    "masks": _check_masks_type,
+}
+
+
+def check_columns(scan: InputScan, rules: Iterable[ColumnRule], key: str) -> List[str]:
+    """Problems with the configured columns, per distinct schema among the input's files:
+    missing columns (with the columns present), wrong types, and a column whose type differs
+    between files (Ray Data cannot merge those)."""
+    by_schema: Dict[pa.Schema, List[InputFile]] = {}
+    for file in scan.files:
+        by_schema.setdefault(file.schema, []).append(file)
+    total = len(scan.files)
+
+    def where(files: List[InputFile]) -> str:
+        return f"in {files[0].url}" if total == 1 else f"in {len(files)} of {total} files (e.g. {files[0].url})"
+
+    problems = []
+    for rule in rules:
+        types: Dict[str, List[InputFile]] = {}
+        for schema, files in by_schema.items():
+            if rule.column not in schema.names:
+                present = ", ".join(schema.names)
+                problems.append(f"{rule.key}: no column {rule.column!r} {where(files)}; columns present: {present}")
+                continue
+            column_type = schema.field(rule.column).type
+            reason = _KIND_CHECKS[rule.kind](column_type)
+            if reason:
+                problems.append(f"{rule.key}: column {rule.column!r} has type {type_name(column_type)} {where(files)}: "
+                                f"{reason}")
+            types.setdefault(type_name(column_type), []).extend(files)
+        concrete = {t: files for t, files in types.items() if t != "null"}
+        if len(concrete) > 1:
+            listing = "; ".join(f"{t} {where(files)}" for t, files in concrete.items())
+            problems.append(f"{rule.key}: column {rule.column!r} has different types across files ({listing}); "
+                            "Ray Data cannot combine them: write the column with one type in every file")
+    return problems
+
+
+def box_format_warnings(scan: InputScan, boxes_column: str, box_format: str, storage: StorageConfig) -> List[str]:
+    """Warnings from the first rows of one file: boxes inverted under xyxy (the usual sign of
+    xywh boxes read as xyxy), or every coordinate within [0, 1] (normalised boxes, where the
+    pipeline takes absolute pixels)."""
+    fs, _ = filesystem(scan.url, storage)
+    first = next((f for f in scan.files if f.num_rows), None)
+    if first is None:
+        return []
+    with fs.open(first.path, "rb") as f:
+        batch = next(pq.ParquetFile(f).iter_batches(batch_size=_BOX_SAMPLE_ROWS, columns=[boxes_column]), None)
+    boxes = [box for row in (batch.column(0).to_pylist() if batch is not None else []) if isinstance(row, list)
+             for box in row if isinstance(box, list) and len(box) == 4
+             and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)]
+    if not boxes:
+        return []
+    warnings = []
+    sample = f"{len(boxes)} boxes in the first rows of {first.url}"
+    if box_format == "xyxy":
+        inverted = sum(b[2] < b[0] or b[3] < b[1] for b in boxes)
+        if inverted >= max(1, 0.25 * len(boxes)):
+            warnings.append(f"input.box_format is xyxy, but {inverted} of {sample} have x2 < x1 or y2 < y1, as "
+                            "[x, y, width, height] boxes read as xyxy do; if the boxes are xywh, set "
+                            "input.box_format: xywh")
+    if all(0.0 <= v <= 1.0 for b in boxes for v in b) and any(v > 0 for b in boxes for v in b):
+        warnings.append(f"every coordinate of {sample} lies within [0, 1]: the pipeline takes boxes in absolute "
+                        "pixels; scale normalised boxes by the image width and height first")
+    return warnings
+
+
+# --- checkpoint -------------------------------------------------------------------------
+
+def check_checkpoint(checkpoint: str, variant: Optional[str], storage: StorageConfig,
+                     key: str) -> Tuple[Optional[SamHQConfig], List[str]]:
+    """The checkpoint's architecture from its header (nothing downloaded), or the problem."""
+    try:
+        return read_config(checkpoint, variant, storage_options=storage_options(storage)), []
+    except (FileNotFoundError, ValueError) as e:
+        return None, [f"{key}: {e}"]
+    except Exception as e:  # noqa: BLE001 - permissions, endpoints, network: report what the store said
+        return None, [f"{key}: cannot read {checkpoint}: {type(e).__name__}: {e}"]
+
+
+# --- output -----------------------------------------------------------------------------
+
+def check_output(output: str, input_url: str, overwrite: bool, storage: StorageConfig,
+                 output_key: str = "output.path", input_key: str = "input.path") -> List[str]:
+    """Problems with where results go: the input's place (equal, inside or around it), and a
+    non-empty directory, which only `overwrite` may write into and only when everything in
+    it is the job's own (result Parquet and job description): nothing else is ever deleted."""
+    out_place, in_place = _location(output, storage), _location(input_url, storage)
+    in_root = (in_place[0], _root_of(in_place[1]))
+    if out_place[0] == in_root[0] and (_within(out_place[1], in_root[1]) or _within(in_root[1], out_place[1])):
+        relation = ("is" if out_place[1] == in_root[1] else
+                    "is inside" if _within(out_place[1], in_root[1]) else "contains")
+        return [f"{output_key}: {output} {relation} {input_key} {input_url}; the job would read its own results or "
+                "replace its input: write the results elsewhere"]
+    fs, path = filesystem(output, storage)
+    try:
+        if not fs.exists(path):
+            return []
+        if not fs.isdir(path):
+            return [f"{output_key}: {output} is a file; the results go into a directory"]
+        entries = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
+    except Exception as e:  # noqa: BLE001 - permissions, endpoints, network
+        return [f"{output_key}: cannot list {output}: {type(e).__name__}: {e}"]
+    if not entries:
+        return []
+    if not overwrite:
+        return [f"{output_key}: {output} is not empty ({_some(entries)}); set output.overwrite: true to replace "
+                "the results of an earlier run there, or choose another path"]
+    foreign = [e for e in entries if not is_job_file(e)]
+    if foreign:
+        return [f"{output_key}: {output} holds {len(foreign)} entries this pipeline did not write ({_some(foreign)}); "
+                "output.overwrite only replaces the pipeline's own files (masks-*.parquet and "
+                f"{JOB_FILE}): move them away or choose another path"]
+    return []
+
+
+def _some(names: List[str], limit: int = 3) -> str:
+    shown = ", ".join(sorted(names)[:limit])
+    return f"{len(names)} entries: {shown}{', ...' if len(names) > limit else ''}" if len(names) > 1 else shown
+
+
+# --- cluster ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float
+    gpus: float
+    memory: float  # bytes Ray may reserve for tasks and actors
+    where: str  # what the numbers describe, for messages
+
+    def describe(self) -> str:
+        return f"{self.cpus:g} CPUs, {self.gpus:g} GPUs, {self.memory / 2**30:.1f} GiB of task memory ({self.where})"
+
+
+def check_resources(config: JobConfig, resources: Resources, decode_memory: float) -> List[str]:
+    """Problems placing the job's actors and tasks on these resources: actors must leave at
+    least one CPU for the read, decode and write tasks, GPU actors need the GPUs, and a decode
+    task's memory reservation must fit. Any of these would make Ray wait forever."""
+    compute = config.compute
+    problems = []
+    actor_cpus = compute.num_actors * compute.num_cpus_per_actor
+    if actor_cpus + 1 > resources.cpus:
+        problems.append(
+            f"compute: {compute.num_actors} model actors x {compute.num_cpus_per_actor:g} CPUs = {actor_cpus:g} CPUs, "
+            f"plus 1 for the read, decode and write tasks, is more than the cluster's {resources.describe()}; lower "
+            "compute.num_actors or compute.num_cpus_per_actor (on CPU, compute.torch_threads sets an actor's threads "
+            "independently)")
+    gpus = num_gpus_per_actor(config, resources)
+    if gpus * compute.num_actors > resources.gpus:
+        problems.append(f"compute: {compute.num_actors} model actors x {gpus:g} GPUs need {gpus * compute.num_actors:g} "
+                        f"GPUs; the cluster has {resources.describe()}; lower compute.num_actors or "
+                        "compute.num_gpus_per_actor (fractions share a GPU)")
+    if decode_memory > resources.memory:
+        problems.append(f"compute.decode_batch_size: a decode task of {compute.decode_batch_size} images reserves "
+                        f"{decode_memory / 2**20:.0f} MiB, more than the cluster's {resources.describe()}; lower it")
+    return problems
+
+
+def num_gpus_per_actor(config: JobConfig, resources: Resources) -> float:
+    """As configured, else 1 when the cluster has GPUs, else 0."""
+    if config.compute.num_gpus_per_actor is not None:
+        return config.compute.num_gpus_per_actor
+    return 1.0 if resources.gpus > 0 else 0.0
+
+
+def local_resources() -> Resources:
+    """What `ray.init()` would start a local cluster with on this machine."""
+    import ray._private.utils as ray_utils
+    import torch
+
+    try:
+        cpus = float(ray_utils.get_num_cpus())
+    except Exception:  # noqa: BLE001 - a private helper; the machine's count is the same on most hosts
+        cpus = float(os.cpu_count() or 1)
+    try:
+        memory = float(ray_utils.get_system_memory()) * 0.7  # Ray leaves ~30% to its object store
+    except Exception:  # noqa: BLE001
+        memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) * 0.7
+    return Resources(cpus, float(torch.cuda.device_count()), memory, "a local Ray cluster on this machine")
+
+
+def cluster_resources() -> Resources:
+    """The connected Ray cluster's total resources."""
+    import ray
+
+    total = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return Resources(float(total.get("CPU", 0)), float(total.get("GPU", 0)), float(total.get("memory", 0)),
+                     f"{nodes} node{'s' if nodes != 1 else ''}")
+
+
+# --- fine-tuning ------------------------------------------------------------------------
+
+# What a fine-tuning run writes into model.output, the only files it may replace there.
+FINETUNE_FILES = ("config.json", "model.safetensors", "finetune_report.md")
+
+
+def plan_finetune(config: "FinetuneConfig", relative_to: Optional[str] = None) -> Tuple["FinetuneConfig", SamHQConfig]:
+    """The checks of `plan_job`, for a fine-tuning config (`pipeline.finetune.FinetuneConfig`)
+    under its own key names: the data's files and columns (masks included), the checkpoint,
+    and a model.output that replaces neither the checkpoint nor files a fine-tuning run did
+    not write. Returns the config with local paths resolved and the model's architecture;
+    ConfigError listing every problem."""
+    data, model = config.data, config.model
+    problems: List[str] = []
+    resolved: Dict[str, Any] = {}
+    for key, section, name in (("data.train", "data", "train"), ("data.validation", "data", "validation"),
+                               ("model.checkpoint", "model", "checkpoint"), ("model.output", "model", "output")):
+        value = getattr(getattr(config, section), name)
+        if value is None:
+            continue
+        value, found = resolve_local_path(value, key, relative_to)
+        problems += found
+        resolved[section] = dataclasses.replace(resolved.get(section, getattr(config, section)), **{name: value})
+    config = dataclasses.replace(config, **resolved)
+    unresolved = {problem.split(":", 1)[0] for problem in problems}
+    data, model = config.data, config.model
+    rules = [ColumnRule("data.id_column", data.id_column, "id"), ColumnRule("data.boxes_column", data.boxes_column, "boxes"),
+             ColumnRule("data.masks_column", data.masks_column, "masks")]
+    if data.image_column:
+        rules.append(ColumnRule("data.image_column", data.image_column, "image_bytes"))
+    if data.image_uri_column:
+        rules.append(ColumnRule("data.image_uri_column", data.image_uri_column, "image_uri"))
+    columns = [r.column for r in rules]
+    for key, url in (("data.train", data.train), ("data.validation", data.validation)):
+        if url is None or key in unresolved:
+            continue
+        try:
+            problems += check_columns(scan_input(url, config.storage, key, columns), rules, key)
+        except ConfigError as e:
+            problems += e.problems
+    model_config: Optional[SamHQConfig] = None
+    if "model.checkpoint" not in unresolved:
+        model_config, found = check_checkpoint(model.checkpoint, model.variant, config.storage, "model.checkpoint")
+        problems += found
+    if not unresolved & {"model.checkpoint", "model.output"}:
+        problems += _check_finetune_output(model.output, model.checkpoint, config.storage)
+    if problems:
+        raise ConfigError(problems)
+    assert model_config is not None
+    return config, model_config
+
+
+def _check_finetune_output(output: str, checkpoint: str, storage: StorageConfig) -> List[str]:
+    out_place, checkpoint_place = _location(output, storage), _location(checkpoint, storage)
+    if out_place == checkpoint_place:
+        return [f"model.output: {output} is model.checkpoint; the fine-tuned model would replace the one it starts "
+                "from: write it elsewhere"]
+    fs, path = filesystem(output, storage)
+    try:
+        if not fs.exists(path):
+            return []
+        if not fs.isdir(path):
+            return [f"model.output: {output} is a file; the fine-tuned checkpoint is a directory"]
+        entries = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
+    except Exception as e:  # noqa: BLE001 - permissions, endpoints, network
+        return [f"model.output: cannot list {output}: {type(e).__name__}: {e}"]
+    foreign = [e for e in entries if e not in FINETUNE_FILES]
+    if entries and (foreign or "finetune_report.md" not in entries):
+        return [f"model.output: {output} is not empty and not an earlier fine-tuning run's output "
+                f"({_some(foreign or entries)}); choose a new directory (nothing there is replaced or deleted)"]
+    return []

@@ -1,0 +1,111 @@
+"""The README's code blocks, run as written, in document order, in a copy of the repository
+(so that what they write lands there): the bash blocks in one bash session, each run of
+consecutive Python blocks as one script. A block preceded by `<!-- readme-test: skip (why) -->`
+is not run; the reason is required.
+
+The `ray job submit` block starts a Ray head with `ray start`: the whole session runs in a
+process session of its own, and the test ends exactly that session's processes afterwards
+(tests/owned_processes.py), whatever the blocks left running."""
+
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from typing import List, Optional, Tuple
+
+import pytest
+from owned_processes import OwnedProcess, session_members
+
+pytestmark = pytest.mark.e2e
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP = re.compile(r"<!-- readme-test: skip \((?P<reason>[^)]+)\) -->\s*$")
+FENCE = re.compile(r"^```(\w*)\s*$")
+# Run by CI before this test (the set-up) or being this very run (the tests).
+ALREADY_RUN = {"bash scripts/setup.sh", "python3 -m pytest -q"}
+RAY_PORTS = (6379, 8265)  # the README's `ray start --head` uses Ray's default ports
+
+
+def code_blocks(text: str) -> List[Tuple[str, str, Optional[str]]]:
+    """(language, code, skip reason or None) for every fenced block."""
+    blocks, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        match = FENCE.match(lines[i])
+        if not match:
+            i += 1
+            continue
+        previous = next((line for line in reversed(lines[:i]) if line.strip()), "")
+        skip = SKIP.match(previous)
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+        blocks.append((match.group(1), "\n".join(lines[i + 1:end]), skip.group("reason") if skip else None))
+        i = end + 1
+    return blocks
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_every_block_is_run_or_says_why_not():
+    blocks = code_blocks(open(os.path.join(ROOT, "README.md")).read())
+    assert len(blocks) >= 8
+    for language, code, reason in blocks:
+        assert language in ("bash", "python"), f"untagged or unknown block language {language!r}:\n{code}"
+        assert reason is None or len(reason) > 10, code
+
+
+def test_readme_blocks_run_as_written(tmp_path):
+    busy = [p for p in RAY_PORTS if _port_in_use(p)]
+    if busy:
+        pytest.skip(f"ports {busy} are taken (another Ray cluster on this machine?); the README's `ray start` needs them")
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".git", "demo_output", "__pycache__", "*.egg-info",
+                                                              ".pytest_cache", "build"))
+    script = ["set -euo pipefail"]
+    python: List[str] = []
+
+    def flush_python() -> None:
+        if python:
+            path = tmp_path / f"readme_python_{len(script)}.py"
+            path.write_text("\n\n".join(python) + "\n")
+            script.append(f"echo '--- README python blocks ({path.name})'\npython {path}")
+            python.clear()
+
+    for language, code, reason in code_blocks((repo / "README.md").read_text()):
+        if reason is not None or code.strip() in ALREADY_RUN:
+            continue
+        if language == "python":
+            python.append(code)
+            continue
+        flush_python()
+        script.append(f"echo '--- README block: {code.splitlines()[0][:80]}'\n{code}")
+    flush_python()
+    (tmp_path / "readme.sh").write_text("\n".join(script) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # Ray's state (sessions, the address file `ray.init()` looks for) in a directory of the
+    # test's own, short for Ray's socket paths: nothing of it outlives the test or reaches
+    # another Ray user of this machine.
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env.update(PYTHONPATH=str(repo), RAY_TMPDIR=ray_tmp)
+    session = OwnedProcess(["bash", str(tmp_path / "readme.sh")], env=env, cwd=repo)
+    try:
+        deadline = time.time() + 900
+        while session.process.poll() is None and time.time() < deadline:
+            time.sleep(1)
+        output = session.output_tail(200_000)
+        (tmp_path / "output.log").write_text(output)
+        assert session.process.returncode == 0, output[-20000:]
+    finally:
+        session.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not session_members(session.session_id)
+    # What the blocks produced, checked beyond their exit status:
+    assert re.search(r"rows in: 8, rows out: 8", output), output  # the demo, the example run and the submitted job
+    assert output.count("rows in: 8, rows out: 8") >= 3, output
+    assert "Job 'raysubmit_" in output and "succeeded" in output, output
+    assert (repo / "demo_output" / "example_instances.json").exists()
+    assert (repo / "demo_output" / "finetuned" / "model.safetensors").exists()
+    assert "torch.Size([1, 3, 256, 256]) torch.Size([1, 1, 3])" in output

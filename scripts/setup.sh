@@ -41,7 +41,7 @@ step "the project (editable) with its test and bench extras; torch stays as inst
 "$PYTHON" -m pip install --progress-bar off -e ".[test,bench]"
 
 # --no-deps: it requires torchvision, which has no build for the CPU torch used here; the tests
-# replace the two torchvision functions it uses with a PIL shim (tests/official.py).
+# replace the two torchvision functions it uses with a PIL shim (tests/helpers/official.py).
 step "segment-anything-hq 0.3, the official SAM-HQ: the parity tests' ground truth"
 "$PYTHON" -m pip install --progress-bar off --no-deps "segment-anything-hq==0.3"
 

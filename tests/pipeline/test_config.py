@@ -5,11 +5,10 @@ import os
 
 import pytest
 import yaml
+from helpers.paths import ROOT
 
 from pipeline.config import ConfigError, load_config, parse_config, read_yaml
 from pipeline.finetune import parse_finetune_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def minimal():

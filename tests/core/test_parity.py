@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import Pair
+from helpers.models import Pair
 
 from samhq_core import SamHQModel, SamHQProcessor
 
@@ -169,7 +169,7 @@ def test_hf_layout_round_trip_matches_official(vit_pair, tiny_pair, tmp_path):
 
 def test_end_to_end_matches_official_predictor(vit_pair):
     """Raw odd-sized, non-square image → post-processed masks, against SamPredictor."""
-    import official
+    from helpers import official
 
     rng = np.random.default_rng(7)
     image = rng.integers(0, 256, (301, 203, 3), dtype=np.uint8)

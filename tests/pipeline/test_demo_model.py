@@ -4,7 +4,7 @@ are really good on synthetic scenes it never saw (bare loop and metrics of the p
 import os
 
 import pytest
-from test_finetune import labelled_parquet
+from helpers.pipeline_data import labelled_parquet
 
 from pipeline.config import StorageConfig
 from pipeline.demo import DEMO_CHECKPOINT

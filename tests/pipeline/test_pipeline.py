@@ -11,15 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
+from helpers.models import samhq_core_masks
+from helpers.pipeline_data import sample_rows, write_rows
 from PIL import Image
-from pipeline_data import sample_rows, write_rows
 from pycocotools import mask as mask_utils
 
 from pipeline.config import ConfigError, parse_config
 from pipeline.job import run_job
 from pipeline.masks import mask_statistics
 from pipeline.stages import boxes_to_xyxy, check_boxes
-from samhq_core import SamHQModel, SamHQProcessor
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +49,6 @@ def job_config(tmp_path, checkpoint, **sections):
 
 def read_output(path):
     return {row["id"]: row for row in pq.read_table(path).to_pylist()}
-
-
-def expected_masks(model, image_bytes, boxes):
-    """samhq_core run directly: processor → model → post_process_masks."""
-    processor = SamHQProcessor.for_model(model)
-    inputs = processor(Image.open(io.BytesIO(image_bytes)), input_boxes=[boxes])
-    with torch.no_grad():
-        out = model(**inputs, multimask_output=False)
-    masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])[0]
-    return masks[:, 0].numpy(), out.iou_scores[0, :, 0].numpy()
 
 
 def test_box_conversion_and_checks():
@@ -125,7 +115,7 @@ def test_every_row_comes_out_and_masks_match_samhq_core(ray_cluster, checkpoint,
         got = out[row["id"]]
         usable = [b for b, e in zip(row["boxes"], got["box_errors"], strict=True) if e is None]
         clipped = [[max(0.0, b[0]), max(0.0, b[1]), b[2], b[3]] for b in usable]
-        masks, scores = expected_masks(model, row["image"], clipped)
+        masks, scores = samhq_core_masks(model, row["image"], clipped)
         decoded = [mask_utils.decode({"size": m["size"], "counts": m["counts"].encode()}).astype(bool)
                    for m, e in zip(got["masks"], got["box_errors"], strict=True) if e is None]
         for mask, expected in zip(decoded, masks, strict=True):
@@ -214,12 +204,6 @@ def test_actors_may_not_take_every_cpu(ray_cluster, checkpoint, tmp_path):
     with pytest.raises(ConfigError, match=r"2 model actors x 1 CPUs = 2 CPUs, plus 1 for the read, decode and write "
                                           r"tasks, is more than the cluster's 2 CPUs"):
         run_job(job_config(tmp_path, checkpoint, compute={"num_actors": 2}))
-
-
-def test_loaded_model_matches_fixture(vit_pair):
-    """The pipeline loads checkpoints through samhq_core; the fixture model is the reference."""
-    model = SamHQModel.from_pretrained(vit_pair.pth)
-    assert model.config == vit_pair.ours.config
 
 
 def test_summary_counts_why_boxes_got_no_mask_and_warns_of_xywh_boxes(ray_cluster, checkpoint, tmp_path):

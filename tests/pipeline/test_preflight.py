@@ -13,12 +13,11 @@ import pytest
 import ray
 import torch
 import yaml
+from helpers.paths import ROOT
+from helpers.pipeline_data import sample_rows, write_rows
 from PIL import Image
-from pipeline_data import sample_rows, write_rows
 
 from pipeline.__main__ import main
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture

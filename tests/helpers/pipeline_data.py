@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.demo import write_sample_dataset
+
 INPUT_SCHEMA = pa.schema([
     pa.field("id", pa.string()),
     pa.field("image", pa.binary()),
@@ -61,3 +63,20 @@ def sample_rows(num_good: int = 6, seed: int = 0) -> List[Dict]:
 def write_rows(path: str, rows: List[Dict], row_group_size: int = 64, filesystem=None) -> None:
     table = pa.Table.from_pylist(rows, schema=INPUT_SCHEMA)
     pq.write_table(table, path, row_group_size=row_group_size, filesystem=filesystem)
+
+
+def labelled_parquet(tmp_path, num_images=10):
+    """Synthetic scenes with their masks in one table, plus a corrupt image, a row whose
+    masks are not aligned with its boxes and a training row (by its id's hash) with a
+    malformed RLE."""
+    images, truth = str(tmp_path / "images.parquet"), str(tmp_path / "truth.parquet")
+    write_sample_dataset(images, num_images, seed=7, ground_truth_path=truth)
+    masks = {r["image_id"]: r["masks"] for r in pq.read_table(truth).to_pylist()}
+    rows = [{**r, "masks": masks[r["image_id"]]} for r in pq.read_table(images).to_pylist()]
+    rows.append({**rows[0], "image_id": "corrupt", "image": b"not an image"})
+    rows.append({**rows[1], "image_id": "misaligned", "masks": rows[1]["masks"][:-1] + rows[1]["masks"] * 2})
+    malformed = [{**rows[2]["masks"][0], "counts": "not an rle"}] + rows[2]["masks"][1:]
+    rows.append({**rows[2], "image_id": "bad_rle", "masks": malformed})
+    path = str(tmp_path / "labelled.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path, rows

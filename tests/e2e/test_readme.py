@@ -5,7 +5,7 @@ is not run; the reason is required.
 
 The `ray job submit` block starts a Ray head with `ray start`: the whole session runs in a
 process session of its own, and the test ends exactly that session's processes afterwards
-(tests/owned_processes.py), whatever the blocks left running."""
+(tests/helpers/owned_processes.py), whatever the blocks left running."""
 
 import os
 import re
@@ -16,11 +16,9 @@ import time
 from typing import List, Optional, Tuple
 
 import pytest
-from owned_processes import OwnedProcess, session_members
+from helpers.owned_processes import OwnedProcess, session_members
+from helpers.paths import ROOT
 
-pytestmark = pytest.mark.e2e
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = re.compile(r"<!-- readme-test: skip \((?P<reason>[^)]+)\) -->\s*$")
 FENCE = re.compile(r"^```(\w*)\s*$")
 # Run by CI before this test (the set-up) or being this very run (the tests).

@@ -13,8 +13,8 @@ import sys
 from typing import Dict, Iterator, Set, Tuple
 
 import tomllib
+from helpers.paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_DIRS = ("samhq_core", "pipeline", "tests", "bench", "scripts")
 
 
@@ -43,8 +43,10 @@ def first_party_modules() -> Set[str]:
     """Packages and modules of this repository (test helpers and scripts included)."""
     names = {"samhq_core", "pipeline"}
     for folder in SOURCE_DIRS:
-        for _, _, files in os.walk(os.path.join(ROOT, folder)):
+        for directory, _, files in os.walk(os.path.join(ROOT, folder)):
             names |= {f[:-3] for f in files if f.endswith(".py")}
+            if "__init__.py" in files:
+                names.add(os.path.basename(directory))
     return names
 
 

@@ -4,36 +4,17 @@ pipeline loads."""
 
 import os
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from helpers.pipeline_data import labelled_parquet
 
 from pipeline.__main__ import main
 from pipeline.config import ConfigError
-from pipeline.demo import write_sample_dataset
 from pipeline.finetune import in_validation, parse_finetune_config
 from samhq_core import SamHQModel
 from samhq_core.training.demo_model import demo_config
 from samhq_core.training.recipe import HQ_PARAMETER_PREFIXES
-
-
-def labelled_parquet(tmp_path, num_images=10):
-    """Synthetic scenes with their masks in one table, plus a corrupt image, a row whose
-    masks are not aligned with its boxes and a training row (by its id's hash) with a
-    malformed RLE."""
-    images, truth = str(tmp_path / "images.parquet"), str(tmp_path / "truth.parquet")
-    write_sample_dataset(images, num_images, seed=7, ground_truth_path=truth)
-    masks = {r["image_id"]: r["masks"] for r in pq.read_table(truth).to_pylist()}
-    rows = [{**r, "masks": masks[r["image_id"]]} for r in pq.read_table(images).to_pylist()]
-    rows.append({**rows[0], "image_id": "corrupt", "image": b"not an image"})
-    rows.append({**rows[1], "image_id": "misaligned", "masks": rows[1]["masks"][:-1] + rows[1]["masks"] * 2})
-    malformed = [{**rows[2]["masks"][0], "counts": "not an rle"}] + rows[2]["masks"][1:]
-    rows.append({**rows[2], "image_id": "bad_rle", "masks": malformed})
-    path = str(tmp_path / "labelled.parquet")
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path, rows
 
 
 def test_config_problems_are_collected():

@@ -1,0 +1,105 @@
+"""Official SAM-HQ models with perturbed random weights (the parity tests' reference), and
+pairs of an official model with samhq_core's model loaded from the checkpoint it was saved to."""
+
+import io
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from helpers import official
+from samhq_core import SamHQModel, SamHQProcessor
+
+# Reduced ViT: keeps windowed blocks (with window padding: a 16x16 grid in 14x14 windows)
+# and global blocks, at a quarter of the input size.
+SMALL_VIT = dict(img_size=256, embed_dim=64, depth=4, num_heads=2, global_attn_indexes=(1, 3), window_size=14)
+
+
+def perturb(model: torch.nn.Module, seed: int) -> None:
+    """Random, non-trivial values for every parameter and buffer (zero-initialised biases,
+    LayerNorm affines, position tables, BatchNorm statistics included)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            if not tensor.is_floating_point() or name.endswith(("pixel_mean", "pixel_std")):
+                continue
+            noise = torch.randn(tensor.shape, generator=gen)
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + noise.abs())
+            else:
+                tensor.add_(0.1 * noise)
+    # Official TinyViT caches its attention bias table in .eval(); refresh it from the new weights.
+    model.eval()
+
+
+def official_vit(hq: bool = True, seed: int = 0) -> torch.nn.Module:
+    cfg = SMALL_VIT
+    grid = cfg["img_size"] // 16
+    encoder = official.ImageEncoderViT(
+        depth=cfg["depth"], embed_dim=cfg["embed_dim"], img_size=cfg["img_size"], mlp_ratio=4,
+        norm_layer=lambda dim: torch.nn.LayerNorm(dim, eps=1e-6), num_heads=cfg["num_heads"], patch_size=16,
+        qkv_bias=True, use_rel_pos=True, global_attn_indexes=cfg["global_attn_indexes"],
+        window_size=cfg["window_size"], out_chans=256,
+    )
+    return _official_sam(encoder, grid, cfg["img_size"], cfg["embed_dim"], hq, seed)
+
+
+def official_tiny(hq: bool = True, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = official.sam_model_registry["vit_tiny"]()
+    if not hq:
+        model = _official_sam(model.image_encoder, 64, 1024, 160, hq, seed)
+    perturb(model, seed)
+    return model
+
+
+def _official_sam(encoder, grid, img_size, vit_dim, hq, seed):
+    torch.manual_seed(seed)
+    transformer = official.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)
+    if hq:
+        decoder = official.MaskDecoderHQ(
+            num_multimask_outputs=3, transformer=transformer, transformer_dim=256,
+            iou_head_depth=3, iou_head_hidden_dim=256, vit_dim=vit_dim,
+        )
+    else:
+        decoder = official.MaskDecoder(
+            num_multimask_outputs=3, transformer=transformer, transformer_dim=256,
+            iou_head_depth=3, iou_head_hidden_dim=256,
+        )
+    model = official.Sam(
+        image_encoder=encoder,
+        prompt_encoder=official.PromptEncoder(
+            embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=16
+        ),
+        mask_decoder=decoder,
+    )
+    perturb(model, seed)
+    return model
+
+
+@dataclass
+class Pair:
+    """An official model, the `.pth` it was saved to, and samhq_core's model loaded from it."""
+
+    official: torch.nn.Module
+    ours: SamHQModel
+    pth: str
+
+
+def make_pair(official_model, tmp_path_factory, name) -> Pair:
+    path = str(tmp_path_factory.mktemp(name) / f"{name}.pth")
+    torch.save(official_model.state_dict(), path)
+    return Pair(official_model, SamHQModel.from_pretrained(path), path)
+
+
+def samhq_core_masks(model: SamHQModel, image_bytes: bytes, boxes: List[List[float]]) -> Tuple[np.ndarray, np.ndarray]:
+    """samhq_core run directly on one encoded image, no pipeline: processor → model →
+    post_process_masks; (boxes, H, W) bool masks and (boxes,) predicted IoUs."""
+    processor = SamHQProcessor.for_model(model)
+    inputs = processor(Image.open(io.BytesIO(image_bytes)), input_boxes=[boxes])
+    with torch.no_grad():
+        out = model(**inputs, multimask_output=False)
+    masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])[0]
+    return masks[:, 0].numpy(), out.iou_scores[0, :, 0].numpy()

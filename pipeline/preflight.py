@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence,
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from samhq_core import SamHQConfig
-from samhq_core.checkpoint import read_config
+from samhq_core import SamHQConfig, SamHQModel
 
 from .config import ConfigError, JobConfig, StorageConfig
 from .output_files import JOB_FILE, is_job_file
@@ -368,7 +367,7 @@ def check_checkpoint(checkpoint: str, variant: Optional[str], storage: StorageCo
                      key: str) -> Tuple[Optional[SamHQConfig], List[str]]:
     """The checkpoint's architecture from its header (nothing downloaded), or the problem."""
     try:
-        return read_config(checkpoint, variant, storage_options=storage_options(storage)), []
+        return SamHQModel.config_from_pretrained(checkpoint, variant, storage_options=storage_options(storage)), []
     except (FileNotFoundError, ValueError) as e:
         return None, [f"{key}: {e}"]
     except Exception as e:  # noqa: BLE001 - permissions, endpoints, network: report what the store said

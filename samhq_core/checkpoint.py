@@ -14,15 +14,15 @@ import json
 import os
 import re
 import tempfile
-from typing import IO, Dict, List, Optional, Tuple
+from typing import IO, Dict, List, Optional, Tuple, Type, TypeVar
 
 import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .config import SamHQConfig
-from .modeling.sam_hq import SamHQModel
 
 # Official key fragment → HF key fragment, applied in order as plain substring replacements.
 _HF_RENAMES: List[Tuple[str, str]] = [
@@ -145,92 +145,120 @@ def _count(state: Dict[str, torch.Tensor], pattern: str) -> int:
     return max(indexes) + 1 if indexes else 0
 
 
-def load_model(
-    src: str,
-    variant: Optional[str] = None,
-    sha256: Optional[str] = None,
-    cache_dir: Optional[str] = None,
-    storage_options: Optional[dict] = None,
-    map_location: str = "cpu",
-) -> SamHQModel:
-    """Load a SamHQModel from `src` (path or fsspec URL of a `.pth`/`.safetensors` file or an
-    HF-layout directory).
-
-    variant: "vit_b" | "vit_l" | "vit_h" | "vit_tiny" for a `.pth`; inferred from the tensor
-      shapes when omitted (plain SAM checkpoints are recognised by their missing HQ weights).
-    sha256: expected hex digest of the weights file; a mismatch raises ValueError.
-    cache_dir: where remote files are cached (default ~/.cache/samhq_core).
-    storage_options: fsspec options for remote sources (e.g. {"endpoint_url": ...} for S3).
-    """
-    local = fetch(src, cache_dir=cache_dir, storage_options=storage_options)
-    config: Optional[SamHQConfig] = None
-    weights = local
-    if os.path.isdir(local):
-        weights = os.path.join(local, _HF_WEIGHTS)
-        config = SamHQConfig.load(os.path.join(local, _HF_CONFIG))
-    if sha256 is not None:
-        actual = file_sha256(weights)
-        if actual != sha256.lower():
-            raise ValueError(f"sha256 mismatch for {src}: expected {sha256.lower()}, got {actual}")
-    state = _read_state_dict(weights, map_location)
-    model, state = _model_for(state, config, variant, src, "cpu")
-    _check_keys(model, state, src)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+M = TypeVar("M", bound="PretrainedModel")
 
 
-def read_config(
-    src: str,
-    variant: Optional[str] = None,
-    storage_options: Optional[dict] = None,
-) -> SamHQConfig:
-    """The architecture of a checkpoint, checked against its weights without reading them:
-    the config (an HF directory's `config.json`, else inferred from the tensor shapes or the
-    given variant) and the tensor names and shapes from the weights file's header, which
-    must fit the model exactly. A few KB are read, also from object storage or HTTP; nothing
-    is downloaded or cached.
+class PretrainedModel(nn.Module):
+    """A model built from a `SamHQConfig`, with weights in this module's checkpoint formats:
+    the loading and saving half of `SamHQModel`, which subclasses it. Kept here, not in
+    modeling/, so that the model and the checkpoint code do not import each other."""
 
-    Raises FileNotFoundError for a missing source and ValueError for a file that is not a
-    SAM / SAM-HQ checkpoint (naming what it looks like instead, e.g. a JPEG image) or whose
-    tensors do not fit the model."""
-    fs, path = _source_fs(src, storage_options)
-    config: Optional[SamHQConfig] = None
-    weights = path
-    if _is_directory(fs, path):
-        config_path, weights = f"{path.rstrip('/')}/{_HF_CONFIG}", f"{path.rstrip('/')}/{_HF_WEIGHTS}"
-        missing = [name for name, file in ((_HF_CONFIG, config_path), (_HF_WEIGHTS, weights)) if not _exists(fs, file)]
-        if len(missing) == 2:
-            raise FileNotFoundError(f"checkpoint not found: {src} (neither a weights file nor a directory with "
-                                    f"{_HF_CONFIG} and {_HF_WEIGHTS})")
-        if missing:
-            raise FileNotFoundError(f"{src} is a directory without {missing[0]}: an HF-layout checkpoint has "
-                                    f"{_HF_CONFIG} and {_HF_WEIGHTS}")
-        with fs.open(config_path, "r") as f:
-            try:
-                config = SamHQConfig.from_dict(json.load(f))
-            except (ValueError, TypeError, KeyError) as e:
-                raise ValueError(f"{src}: {_HF_CONFIG} is not a SAM-HQ config: {e}") from e
-    with fs.open(weights, "rb", block_size=1 << 16) as f:
-        state = {k: v for k, v in _read_header_tensors(f, src).items() if not _UNUSED_KEYS.match(k)}
-    model, state = _model_for(state, config, variant, src, "meta")
-    _check_keys(model, state, src)
-    return model.config
+    config: SamHQConfig
 
+    def __init__(self, config: SamHQConfig) -> None:
+        super().__init__()
+        self.config = config
 
-def _model_for(state: Dict[str, torch.Tensor], config: Optional[SamHQConfig], variant: Optional[str], src: str,
-               device: str) -> Tuple[SamHQModel, Dict[str, torch.Tensor]]:
-    """The model (uninitialised, on `device`) that a state dict is for, and the state dict
-    under its key names (HF-layout keys are renamed to the official ones)."""
-    hf_layout = _HF_POSITIONAL in state or _HF_POSITIONAL_ALIAS in state
-    if config is None:
+    @classmethod
+    def from_pretrained(
+        cls: Type[M],
+        src: str,
+        variant: Optional[str] = None,
+        sha256: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        storage_options: Optional[dict] = None,
+        map_location: str = "cpu",
+    ) -> M:
+        """Load from `src`: a path or fsspec URL of an official `.pth` / `.safetensors` file,
+        or of an HF-layout directory (`config.json` + `model.safetensors`).
+
+        variant: "vit_b" | "vit_l" | "vit_h" | "vit_tiny" for a `.pth`; inferred from the
+          tensor shapes when omitted (plain SAM checkpoints are recognised by their missing HQ
+          weights).
+        sha256: expected hex digest of the weights file; a mismatch raises ValueError.
+        cache_dir: where remote files are cached (default ~/.cache/samhq_core); a file is
+          downloaded once per version (size, ETag or modification time).
+        storage_options: fsspec options for remote sources (e.g. {"client_kwargs":
+          {"endpoint_url": ...}} for an S3-compatible store).
+        map_location: where the tensors are read to before the model takes them.
+        """
+        local = fetch(src, cache_dir=cache_dir, storage_options=storage_options)
+        config: Optional[SamHQConfig] = None
+        weights = local
+        if os.path.isdir(local):
+            weights = os.path.join(local, _HF_WEIGHTS)
+            config = SamHQConfig.load(os.path.join(local, _HF_CONFIG))
+        if sha256 is not None:
+            actual = file_sha256(weights)
+            if actual != sha256.lower():
+                raise ValueError(f"sha256 mismatch for {src}: expected {sha256.lower()}, got {actual}")
+        state = _read_state_dict(weights, map_location)
+        model, state = cls._model_for(state, config, variant, src, "cpu")
+        _check_keys(model, state, src)
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+    @classmethod
+    def config_from_pretrained(cls, src: str, variant: Optional[str] = None,
+                               storage_options: Optional[dict] = None) -> SamHQConfig:
+        """The architecture of the checkpoint at `src`, checked against its weights without
+        reading them: the config (an HF directory's `config.json`, else inferred from the
+        tensor shapes or the given variant) and the tensor names and shapes from the weights
+        file's header, which must fit the model exactly. A few KB are read, also from object
+        storage or HTTP; nothing is downloaded or cached.
+
+        Raises FileNotFoundError for a missing source and ValueError for a file that is not a
+        SAM / SAM-HQ checkpoint (naming what it looks like instead, e.g. a JPEG image) or
+        whose tensors do not fit the model."""
+        fs, path = _source_fs(src, storage_options)
+        config: Optional[SamHQConfig] = None
+        weights = path
+        if _is_directory(fs, path):
+            config_path, weights = f"{path.rstrip('/')}/{_HF_CONFIG}", f"{path.rstrip('/')}/{_HF_WEIGHTS}"
+            missing = [name for name, file in ((_HF_CONFIG, config_path), (_HF_WEIGHTS, weights))
+                       if not _exists(fs, file)]
+            if len(missing) == 2:
+                raise FileNotFoundError(f"checkpoint not found: {src} (neither a weights file nor a directory with "
+                                        f"{_HF_CONFIG} and {_HF_WEIGHTS})")
+            if missing:
+                raise FileNotFoundError(f"{src} is a directory without {missing[0]}: an HF-layout checkpoint has "
+                                        f"{_HF_CONFIG} and {_HF_WEIGHTS}")
+            with fs.open(config_path, "r") as f:
+                try:
+                    config = SamHQConfig.from_dict(json.load(f))
+                except (ValueError, TypeError, KeyError) as e:
+                    raise ValueError(f"{src}: {_HF_CONFIG} is not a SAM-HQ config: {e}") from e
+        with fs.open(weights, "rb", block_size=1 << 16) as f:
+            state = {k: v for k, v in _read_header_tensors(f, src).items() if not _UNUSED_KEYS.match(k)}
+        model, state = cls._model_for(state, config, variant, src, "meta")
+        _check_keys(model, state, src)
+        return model.config
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write `config.json` + `model.safetensors` in the HF layout, with transformers' key
+        names (what `from_pretrained` and transformers' SamHQModel load)."""
+        os.makedirs(directory, exist_ok=True)
+        state = {to_hf_key(k): v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state[_HF_POSITIONAL_ALIAS] = state[_HF_POSITIONAL].clone()
+        save_file(state, os.path.join(directory, _HF_WEIGHTS))
+        with open(os.path.join(directory, _HF_CONFIG), "w") as f:
+            json.dump(self.config.to_dict(), f, indent=2, sort_keys=True)
+
+    @classmethod
+    def _model_for(cls: Type[M], state: Dict[str, torch.Tensor], config: Optional[SamHQConfig],
+                   variant: Optional[str], src: str, device: str) -> Tuple[M, Dict[str, torch.Tensor]]:
+        """The model (uninitialised, on `device`) that a state dict is for, and the state dict
+        under its key names (HF-layout keys are renamed to the official ones)."""
+        hf_layout = _HF_POSITIONAL in state or _HF_POSITIONAL_ALIAS in state
+        if config is None:
+            if hf_layout:
+                raise ValueError(f"{src} holds HF-layout weights without a config.json beside them")
+            config = _config_for(state, variant, src)
+        with torch.device(device):
+            model = cls(config)
         if hf_layout:
-            raise ValueError(f"{src} holds HF-layout weights without a config.json beside them")
-        config = _config_for(state, variant, src)
-    with torch.device(device):
-        model = SamHQModel(config)
-    if hf_layout:
-        state = from_hf_state_dict(state, list(model.state_dict()))
-    return model, state
+            state = from_hf_state_dict(state, list(model.state_dict()))
+        return model, state
 
 
 def _source_fs(src: str, storage_options: Optional[dict]) -> Tuple[fsspec.AbstractFileSystem, str]:
@@ -324,7 +352,7 @@ def _config_for(state: Dict[str, torch.Tensor], variant: Optional[str], src: str
                          f"{', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''})") from None
 
 
-def _check_keys(model: SamHQModel, state: Dict[str, torch.Tensor], src: str) -> None:
+def _check_keys(model: nn.Module, state: Dict[str, torch.Tensor], src: str) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -348,16 +376,6 @@ def _read_state_dict(path: str, map_location: str) -> Dict[str, torch.Tensor]:
     else:
         state = _state_dict_of(torch.load(path, map_location=map_location, weights_only=True), path)
     return {k: v for k, v in state.items() if not _UNUSED_KEYS.match(k)}
-
-
-def save_model(model: SamHQModel, directory: str) -> None:
-    """Write `config.json` + `model.safetensors` with transformers' key names."""
-    os.makedirs(directory, exist_ok=True)
-    state = {to_hf_key(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    state[_HF_POSITIONAL_ALIAS] = state[_HF_POSITIONAL].clone()
-    save_file(state, os.path.join(directory, _HF_WEIGHTS))
-    with open(os.path.join(directory, _HF_CONFIG), "w") as f:
-        json.dump(model.config.to_dict(), f, indent=2, sort_keys=True)
 
 
 def file_sha256(path: str) -> str:

@@ -12,7 +12,6 @@ import torch
 from PIL import Image, ImageOps
 from torch.nn import functional as F
 
-from .checkpoint import read_config
 from .modeling.prompt_encoder import LABEL_NEGATIVE, LABEL_PAD, LABEL_POSITIVE
 from .modeling.sam_hq import PIXEL_MEAN, PIXEL_STD, SamHQModel
 
@@ -105,8 +104,9 @@ class SamHQProcessor:
                         storage_options: Optional[dict] = None) -> "SamHQProcessor":
         """The processor for the checkpoint at `src` (what `SamHQModel.from_pretrained` takes):
         the input size comes from its config, read from the checkpoint's header without its
-        weights (`samhq_core.checkpoint.read_config`)."""
-        return cls(read_config(src, variant, storage_options=storage_options).vision_config.image_size)
+        weights (`SamHQModel.config_from_pretrained`)."""
+        config = SamHQModel.config_from_pretrained(src, variant, storage_options=storage_options)
+        return cls(config.vision_config.image_size)
 
     @classmethod
     def for_model(cls, model: SamHQModel) -> "SamHQProcessor":

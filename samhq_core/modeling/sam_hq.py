@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..checkpoint import PretrainedModel
 from ..config import SamHQConfig
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoderHQ
@@ -61,13 +62,14 @@ def build_image_encoder(config: SamHQConfig) -> nn.Module:
     )
 
 
-class SamHQModel(nn.Module):
-    """SAM-HQ (or plain SAM when `config.mask_decoder_config.hq` is False)."""
+class SamHQModel(PretrainedModel):
+    """SAM-HQ (or plain SAM when `config.mask_decoder_config.hq` is False). Loading and
+    saving (`from_pretrained`, `config_from_pretrained`, `save_pretrained`) come from
+    `samhq_core.checkpoint.PretrainedModel`."""
 
     def __init__(self, config: SamHQConfig) -> None:
-        super().__init__()
         config.validate()
-        self.config = config
+        super().__init__(config)
         p, d = config.prompt_encoder_config, config.mask_decoder_config
         self.image_encoder = build_image_encoder(config)
         self.prompt_encoder = PromptEncoder(
@@ -97,20 +99,6 @@ class SamHQModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
-
-    @classmethod
-    def from_pretrained(cls, src: str, **kwargs) -> "SamHQModel":
-        """Load an official `.pth` or an HF-layout directory from a path or fsspec URL.
-        See `samhq_core.checkpoint.load_model` for the keyword arguments."""
-        from ..checkpoint import load_model
-
-        return load_model(src, **kwargs)
-
-    def save_pretrained(self, directory: str) -> None:
-        """Write `config.json` + `model.safetensors` in the HF layout."""
-        from ..checkpoint import save_model
-
-        save_model(self, directory)
 
     def get_image_embeddings(self, pixel_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """pixel_values (B, 3, S, S) from SamHQProcessor → image embeddings (B, 256, S/16, S/16)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from samhq_core import SamHQConfig, SamHQModel
-from samhq_core.checkpoint import file_sha256, infer_config, read_config, to_hf_key
+from samhq_core.checkpoint import file_sha256, infer_config, to_hf_key
 
 
 def test_variant_inferred_from_shapes(vit_pair, tiny_pair):
@@ -166,7 +166,7 @@ class _RangeServer:
         self.thread.join()
 
 
-def test_read_config_reads_headers_not_weights(vit_pair, tmp_path):
+def test_config_from_pretrained_reads_headers_not_weights(vit_pair, tmp_path):
     """Over HTTP, the architecture of a .pth, a .safetensors file and an HF directory comes
     from a small part of the weights file; nothing is cached or written."""
     vit_pair.ours.save_pretrained(str(tmp_path / "hf"))
@@ -179,7 +179,7 @@ def test_read_config_reads_headers_not_weights(vit_pair, tmp_path):
     try:
         for name in ("model.pth", "hf", "flat.safetensors"):
             server.sent = 0
-            config = read_config(f"{server.url}/{name}")
+            config = SamHQModel.config_from_pretrained(f"{server.url}/{name}")
             assert config == vit_pair.ours.config, name
             size = os.path.getsize(tmp_path / name / "model.safetensors" if name == "hf" else tmp_path / name)
             assert server.sent < 0.02 * size, (name, server.sent, size)
@@ -188,26 +188,26 @@ def test_read_config_reads_headers_not_weights(vit_pair, tmp_path):
     assert not home.exists() and not os.path.exists(os.path.join(tmp_path, "cache"))
 
 
-def test_read_config_checks_tensor_names_and_shapes(vit_pair, tmp_path):
+def test_config_from_pretrained_checks_tensor_names_and_shapes(vit_pair, tmp_path):
     state = torch.load(vit_pair.pth, weights_only=True)
     state["mask_decoder.hf_token.weight"] = torch.zeros(2, 256)
     torch.save(state, tmp_path / "reshaped.pth")
     with pytest.raises(ValueError, match=r"does not fit the model: wrong shape \(1\): mask_decoder.hf_token.weight "
                                          r"\(2, 256\) != \(1, 256\)$"):
-        read_config(str(tmp_path / "reshaped.pth"))
+        SamHQModel.config_from_pretrained(str(tmp_path / "reshaped.pth"))
     del state["mask_decoder.iou_token.weight"]
     torch.save(state, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match=r"does not look like a SAM / SAM-HQ checkpoint: it has no tensor "
                                          r"'mask_decoder.iou_token.weight'"):
-        read_config(str(tmp_path / "broken.pth"))
+        SamHQModel.config_from_pretrained(str(tmp_path / "broken.pth"))
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(ValueError, match="the file is empty"):
-        read_config(str(tmp_path / "empty.pth"))
+        SamHQModel.config_from_pretrained(str(tmp_path / "empty.pth"))
     with pytest.raises(FileNotFoundError, match="neither a weights file nor a directory with config.json"):
-        read_config(str(tmp_path))
+        SamHQModel.config_from_pretrained(str(tmp_path))
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="is a directory without config.json: an HF-layout checkpoint has"):
-        read_config(str(tmp_path))
+        SamHQModel.config_from_pretrained(str(tmp_path))
 
 
 def test_hf_positional_matrix_under_either_key(vit_pair, tmp_path):

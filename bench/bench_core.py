@@ -56,7 +56,6 @@ import transformers
 
 import samhq_core
 from samhq_core.config import SamHQVisionConfig
-from samhq_core.modeling.sam_hq import PIXEL_MEAN, PIXEL_STD
 
 IMAGE_SIZE = 1024
 NUM_SHAPES = 16
@@ -125,10 +124,8 @@ def synthetic_scene(seed: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def pixel_values(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) → normalised (1, 3, H, W), as SamHQProcessor gives for a square 1024 image."""
-    pixels = torch.from_numpy(image).permute(2, 0, 1).float()
-    mean, std = torch.tensor(PIXEL_MEAN).view(3, 1, 1), torch.tensor(PIXEL_STD).view(3, 1, 1)
-    return ((pixels - mean) / std)[None]
+    """A square uint8 (S, S, 3) image of the model's size → its input (1, 3, S, S)."""
+    return samhq_core.SamHQProcessor(image.shape[0]).model_input(torch.from_numpy(image))[None]
 
 
 def box_prompts(shape_boxes: np.ndarray, count: int, seed: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     from .job import describe_model, plural
     from .preflight import check_resources, cluster_resources, local_resources
-    from .stages import DecodeStage
+    from .stages import decode_memory
 
     plan = _plan(args)
     for warning in plan.warnings:
@@ -38,7 +38,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         resources = cluster_resources()
     else:
         resources = local_resources()
-    problems = check_resources(plan.config, resources, DecodeStage.memory_for(plan.config.compute.decode_batch_size))
+    problems = check_resources(plan.config, resources, decode_memory(plan.config.compute.decode_batch_size))
     if problems:
         raise ConfigError(problems)
     print(f"config OK: {args.config}: {plural(plan.scan.num_rows, 'row')} in "

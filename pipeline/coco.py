@@ -24,6 +24,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import rle
 from .config import StorageConfig
 from .storage import filesystem, list_parquet_files, open_for_write
 
@@ -262,7 +263,7 @@ def _export_row(row: Dict[str, Any], url: str, id_column: str, category_column: 
             "id": state.num_annotations + 1,
             "image_id": image_id,
             "category_id": category_id,
-            "segmentation": {"size": [height, width], "counts": _counts_str(mask["counts"])},
+            "segmentation": {"size": [height, width], "counts": rle.counts_text(mask["counts"])},
             "area": float(area),
             "bbox": [float(v) for v in bbox],
             "iscrowd": 0,
@@ -287,10 +288,6 @@ def _copy(src: str, out: IO[bytes]) -> None:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-def _counts_str(counts: Any) -> str:
-    return counts.decode("ascii") if isinstance(counts, bytes) else str(counts)
 
 
 def _json_value(value: Any) -> Any:

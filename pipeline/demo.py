@@ -12,24 +12,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 
 from samhq_core.training.synthetic import make_scene
 
+from . import rle
 from .config import parse_config
-from .evaluate import coco_rle
 
 DEMO_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
                                "samhq-demo-synthetic")
 DEMO_SEED = 2024  # the demo model trained on seeds 0 and 1, and was evaluated on 1000
 SCENE_SIDE = 256
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """A bool (H, W) mask as COCO compressed RLE with string counts (the pipeline's format)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
 
 
 def write_sample_dataset(path: str, num_images: int, seed: int = DEMO_SEED, ground_truth_path: Optional[str] = None,
@@ -55,7 +48,7 @@ def write_sample_dataset(path: str, num_images: int, seed: int = DEMO_SEED, grou
             with open(row["image_path"], "wb") as f:
                 f.write(buffer.getvalue())
         rows.append(row)
-        truth.append({"image_id": image_id, "masks": [encode_rle(m) for m in scene.masks], "labels": scene.kinds})
+        truth.append({"image_id": image_id, "masks": [rle.encode(m) for m in scene.masks], "labels": scene.kinds})
     labelled = [{**row, "masks": t["masks"]} for row, t in zip(rows, truth, strict=True)]
     for target, table in ((path, rows), (ground_truth_path, truth), (labelled_path, labelled)):
         if target is not None:
@@ -72,8 +65,8 @@ def write_overlays(input_path: str, output_dir: str, overlay_dir: str, limit: in
     for result in results:
         source = images[result["image_id"]]
         canvas = np.asarray(Image.open(io.BytesIO(source["image"])).convert("RGB")).astype(np.float32)
-        for k, rle in enumerate(result["masks"]):
-            mask = mask_utils.decode(coco_rle(rle, result["image_id"], f"mask {k}")).astype(bool)
+        for k, stored in enumerate(result["masks"]):
+            mask = rle.decode(stored, result["image_id"], f"mask {k}")
             canvas[mask] = 0.5 * canvas[mask] + 0.5 * np.array(PALETTE[k % len(PALETTE)])
         image = Image.fromarray(canvas.astype(np.uint8))
         draw = ImageDraw.Draw(image)

@@ -79,6 +79,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from . import rle
 from .config import StorageConfig
 from .storage import ParquetInput, filesystem, open_for_write
 
@@ -573,7 +574,8 @@ def _evaluate_row(key: bytes, gt: Tuple[Any, ...], pred: Tuple[Any, ...], id_col
             continue
         if state.has_categories and (isinstance(category, bool) or not isinstance(category, (str, int))):
             raise ValueError(f"{where}: categories must be names (strings) or integer ids, got {category!r}")
-        gt_rle, pred_rle = coco_rle(gt_masks[i], where, f"ground truth mask {i}"), coco_rle(pred_masks[i], where, f"mask {i}")
+        gt_rle = rle.for_pycocotools(gt_masks[i], where, f"ground truth mask {i}")
+        pred_rle = rle.for_pycocotools(pred_masks[i], where, f"mask {i}")
         if gt_rle["size"] != pred_rle["size"]:
             raise ValueError(f"{where}: mask {i} has size {pred_rle['size']}, the ground truth {gt_rle['size']}")
         height, width = gt_rle["size"]
@@ -585,14 +587,6 @@ def _evaluate_row(key: bytes, gt: Tuple[Any, ...], pred: Tuple[Any, ...], id_col
                              f"{[image.height, image.width]})")
         iou, biou = mask_scores(mask_utils.decode(gt_rle), mask_utils.decode(pred_rle), dilation_pixels(height, width))
         state.add_box(image, row_id, i, category, gt_rle, pred_rle, float(score), iou, biou)
-
-
-def coco_rle(value: Any, where: str, what: str) -> Dict[str, Any]:
-    """A mask value of the Parquet formats as pycocotools takes it; ValueError naming `where` if malformed."""
-    size, counts = value.get("size"), value.get("counts")
-    if size is None or len(size) != 2 or any(s is None or s < 0 for s in size) or counts is None:
-        raise ValueError(f"{where}: {what} must be a COCO RLE {{size: [h, w], counts}}, got {value!r}")
-    return {"size": [int(size[0]), int(size[1])], "counts": counts.encode() if isinstance(counts, str) else counts}
 
 
 def _coco_ap(images: Sequence[_Image], has_categories: bool) -> Tuple[Tuple[float, float, float], Dict[Any, float]]:
@@ -609,9 +603,9 @@ def _coco_ap(images: Sequence[_Image], has_categories: bool) -> Tuple[Tuple[floa
         gt_rles, pred_rles = [b[1] for b in im.boxes], [b[2] for b in im.boxes]
         for rles, out in ((gt_rles, gts), (pred_rles, dets)):
             areas, bboxes = mask_utils.area(rles), mask_utils.toBbox(rles)
-            for (category, _, _, score), rle, area, bbox in zip(im.boxes, rles, areas, bboxes, strict=True):
+            for (category, _, _, score), stored, area, bbox in zip(im.boxes, rles, areas, bboxes, strict=True):
                 ann = {"id": len(out) + 1, "image_id": image_id, "category_id": category_ids[category],
-                       "segmentation": rle, "area": float(area), "bbox": [float(v) for v in bbox], "iscrowd": 0}
+                       "segmentation": stored, "area": float(area), "bbox": [float(v) for v in bbox], "iscrowd": 0}
                 if out is dets:
                     ann["score"] = score
                 out.append(ann)

@@ -29,17 +29,16 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 import torch
-from pycocotools import mask as mask_utils
-from torch.nn import functional as F
 
-from samhq_core import SamHQModel
+from samhq_core import SamHQModel, SamHQProcessor
 from samhq_core.training.recipe import Batch, set_trainable, train_phase
 
+from . import rle
 from .config import InputConfig, StorageConfig, check_image_source, check_storage, parse_sections
-from .evaluate import coco_rle, mask_scores, stable_hash
-from .masks import upsampled_mask_chunks
+from .evaluate import mask_scores, stable_hash
 from .preflight import plan_finetune
-from .stages import BOXES, RESIZED_HW, DecodeStage, model_pixels
+from .schema import BOX_ERRORS, BOXES, ERROR, IMAGE_SIZE, PIXELS, RESIZED_HW, error_kind
+from .stages import DecodeUDF
 from .storage import ParquetInput, filesystem, open_for_write, storage_options
 
 # The mask sources of one checkpoint, as SamHQModel.forward keyword arguments: SAM alone (the
@@ -62,7 +61,7 @@ class DataConfig:
     shuffle_buffer: int = 256  # training rows shuffled together
 
     def input_config(self) -> InputConfig:
-        """The pipeline input these columns describe (what DecodeStage reads)."""
+        """The pipeline input these columns describe (what the decode stage reads)."""
         return InputConfig(path=self.train, id_column=self.id_column, boxes_column=self.boxes_column,
                            image_column=self.image_column, image_uri_column=self.image_uri_column,
                            box_format=self.box_format)
@@ -134,12 +133,13 @@ class Example:
 
 
 class LabelledImages:
-    """Examples from a Parquet of images, boxes and masks, decoded by the pipeline's DecodeStage."""
+    """Examples from a Parquet of images, boxes and masks, decoded by the pipeline's decode stage."""
 
     def __init__(self, url: str, data: DataConfig, storage: StorageConfig, model: SamHQModel) -> None:
         self.data, self.model = data, model
+        self.processor = SamHQProcessor.for_model(model)
         self.input = ParquetInput(url, storage, "data")
-        self.decode = DecodeStage(data.input_config(), storage, model.config.vision_config.image_size, batch_size=16)
+        self.decode = DecodeUDF(data.input_config(), storage, self.processor.image_size, keep_image=False)
         self.skipped: Counter = Counter()  # reason -> rows (or boxes) not used
         self.columns = [data.id_column, data.boxes_column, data.masks_column,
                         data.image_column or data.image_uri_column]
@@ -160,12 +160,12 @@ class LabelledImages:
                     yield example
 
     def _example(self, decoded: pa.Table, i: int) -> Optional[Example]:
-        error = decoded.column("error")[i].as_py()
-        if error is not None:
-            self.skipped[f"row: {error.split(':')[0]}"] += 1
+        kind = error_kind(decoded.column(ERROR)[i].as_py())
+        if kind is not None:
+            self.skipped[f"row: {kind}"] += 1
             return None
-        h, w = decoded.column("image_size")[i].as_py()
-        box_errors = decoded.column("box_errors")[i].as_py()
+        h, w = decoded.column(IMAGE_SIZE)[i].as_py()
+        box_errors = decoded.column(BOX_ERRORS)[i].as_py()
         masks = decoded.column(self.data.masks_column)[i].as_py()
         if masks is None or len(masks) != len(box_errors):
             self.skipped["row: masks not aligned with boxes"] += 1
@@ -181,8 +181,8 @@ class LabelledImages:
                 self.skipped["box: mask null (not annotated)"] += 1
                 continue
             try:
-                rle = coco_rle(mask, "data", "mask")
-                mask_pixels = mask_utils.decode(rle)
+                stored = rle.for_pycocotools(mask, "data", "mask")
+                mask_pixels = rle.decode(stored, "data", "mask")
             except (ValueError, TypeError):  # pycocotools: "Invalid RLE mask representation"
                 self.skipped["box: mask not a valid COCO RLE"] += 1
                 continue
@@ -190,21 +190,16 @@ class LabelledImages:
                 self.skipped["box: mask size differs from the image"] += 1
                 continue
             keep.append(index)
-            truth.append(rle)
+            truth.append(stored)
             pixels.append(mask_pixels)
         if not keep:
             self.skipped["row: no usable annotated box"] += 1
             return None
-        resized_hw = tuple(decoded.column(RESIZED_HW)[i].as_py())
-        return Example(decoded.column(self.data.id_column)[i].as_py(), model_pixels(decoded, i, self.model).cpu(),
-                       usable[keep], self._targets(pixels, resized_hw), truth, resized_hw, (h, w))
-
-    def _targets(self, masks: List[np.ndarray], resized_hw: Tuple[int, int]) -> torch.Tensor:
-        size = self.model.config.vision_config.image_size
-        decoded = np.stack(masks).astype(np.float32)
-        resized = F.interpolate(torch.from_numpy(decoded)[:, None], resized_hw, mode="bilinear", antialias=True,
-                                align_corners=False)[:, 0]
-        return F.pad(resized, (0, size - resized_hw[1], 0, size - resized_hw[0]))
+        rh, rw = decoded.column(RESIZED_HW)[i].as_py()
+        image = torch.frombuffer(bytearray(decoded.column(PIXELS)[i].as_py()), dtype=torch.uint8).view(rh, rw, 3)
+        targets = self.processor.target_masks(torch.from_numpy(np.stack(pixels).astype(np.float32)), (rh, rw))
+        return Example(decoded.column(self.data.id_column)[i].as_py(), self.processor.model_input(image),
+                       usable[keep], targets, truth, (rh, rw), (h, w))
 
 
 def in_validation(row_id: Any, fraction: float) -> bool:
@@ -240,16 +235,16 @@ def _batch(examples: List[Example], device: torch.device) -> Batch:
 def evaluate(model: SamHQModel, examples: List[Example]) -> Dict[str, Dict[str, float]]:
     """mIoU and mBIoU per mask source over the examples' boxes (masks at the original size)."""
     model.eval()
-    size = model.config.vision_config.image_size
+    processor = SamHQProcessor.for_model(model)
     scores: Dict[str, List[Tuple[float, float]]] = {name: [] for name in SOURCES}
     for e in examples:
         embeddings, early = model.get_image_embeddings(e.pixels[None].to(model.device))
-        truth = [mask_utils.decode(t) for t in e.truth]
+        truth = [rle.decode(t, "validation", "mask") for t in e.truth]
         for name, source in SOURCES.items():
             out = model(image_embeddings=embeddings, intermediate_embeddings=early,
                         input_boxes=e.boxes[None].to(model.device), multimask_output=False, **source)
-            masks = torch.cat(list(upsampled_mask_chunks(out.pred_masks[0, :, 0], size, e.resized_hw, e.original_hw,
-                                                         0.0))).cpu().numpy()
+            masks = torch.cat(list(processor.masks_at_original_size(out.pred_masks[0, :, 0], e.resized_hw,
+                                                                    e.original_hw))).cpu().numpy()
             scores[name] += [mask_scores(t, m) for t, m in zip(truth, masks, strict=True)]
     results = {}
     for name, pairs in scores.items():

@@ -20,9 +20,9 @@ from samhq_core import SamHQConfig
 
 from .config import ConfigError, JobConfig
 from .output_files import ResultFilenames, job_files, write_job_description
-from .preflight import JobPlan, Resources, check_resources, cluster_resources, num_gpus_per_actor, plan_job
-from .schema import ERROR_KINDS
-from .stages import DecodeStage, EncodeStage, SamHQStage
+from .preflight import JobPlan, Resources, check_resources, cluster_resources, num_gpus_per_actor, plan_job, read_columns
+from .schema import BOX_ERRORS, ERROR, NUM_BOXES, error_kind
+from .stages import Stage, check_column_flow, decode_memory, decode_stage, encode_stage, model_stage
 from .storage import arrow_filesystem, filesystem, list_parquet_files
 
 Log = Callable[[str], None]
@@ -149,51 +149,51 @@ def describe_model(config: SamHQConfig) -> str:
     return f"{encoder} {kind} at {v.image_size} px"
 
 
-def mask_source(config: JobConfig) -> str:
-    if config.model.sam_only:
-        return "SAM's mask only (model.sam_only)"
-    if config.model.hq_token_only:
-        return "the HQ token's mask (model.hq_token_only)"
-    return "SAM's mask plus the HQ term (as official)"
-
-
-def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None,
-                  log: Log = _print, verbose: bool = False) -> ray.data.Dataset:
-    """read Parquet → decode (CPU tasks) → SAM-HQ (actor pool) → RLE encode (CPU tasks)."""
-    config = plan.config
-    inp, compute = config.input, config.compute
+def output_columns(config: JobConfig) -> List[str]:
+    """The input columns the output keeps: id, passthrough, category, image URIs, and the
+    image bytes with output.include_image_bytes."""
+    inp = config.input
     keep = [inp.id_column, *inp.passthrough_columns]
     for extra in (inp.category_column, inp.image_uri_column):
         if extra:
             keep.append(extra)
     if config.output.include_image_bytes and inp.image_column:
         keep.append(inp.image_column)
-    keep = list(dict.fromkeys(keep))
-    read_columns = list(dict.fromkeys([*keep, inp.image_column or inp.image_uri_column, inp.boxes_column]))
-    read_fs, _ = arrow_filesystem(inp.path, config.storage)
-    ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(read_columns)
-    num_blocks = inp.num_blocks or 4 * compute.num_actors
+    return list(dict.fromkeys(keep))
+
+
+def job_stages(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None) -> List[Stage]:
+    """decode (CPU tasks) → SAM-HQ (actor pool) → RLE encode (CPU tasks)."""
+    config = plan.config
+    keep = output_columns(config)
+    return [
+        decode_stage(config.input, config.storage, plan.image_size, config.compute.decode_batch_size,
+                     keep_image=config.input.image_column in keep),
+        model_stage(config.model, config.storage, config.compute, num_gpus_per_actor(config, resources),
+                    plan.image_size, describe_model(plan.model_config)),
+        encode_stage(keep, config.output.path, counter),
+    ]
+
+
+def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None,
+                  log: Log = _print, verbose: bool = False) -> ray.data.Dataset:
+    """read Parquet, then the job's stages in turn."""
+    config = plan.config
+    stages = job_stages(plan, resources, counter)
+    columns = read_columns(config)
+    check_column_flow(stages, columns)
+    read_fs, _ = arrow_filesystem(config.input.path, config.storage)
+    ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(columns)
+    num_blocks = config.input.num_blocks or 4 * config.compute.num_actors
     _size_blocks(ds, plan, num_blocks)
     ds.context.enable_progress_bars = verbose
-
-    decode = DecodeStage(inp, config.storage, plan.image_size, compute.decode_batch_size,
-                         keep_image=inp.image_column in keep)
-    num_gpus = num_gpus_per_actor(config, resources)
-    device = "GPU" if num_gpus > 0 else "CPU"
     log(f"input:   {plural(len(plan.scan.files), 'Parquet file')}, {plural(plan.scan.num_rows, 'row')}, "
         f"{_size(plan.scan.read_bytes)} to read, in about {num_blocks} blocks (input.num_blocks)")
-    log(f"decode:  CPU tasks of {compute.decode_batch_size} images (1 CPU, {decode.memory() / 2**20:.0f} MiB each): "
-        f"read, decode, resize to {plan.image_size} px, check boxes ({inp.box_format})")
-    log(f"model:   {plural(compute.num_actors, 'actor')} "
-        f"({compute.num_cpus_per_actor:g} CPU, {num_gpus:g} GPU each) on {device}: {describe_model(plan.model_config)}, "
-        f"batches of {compute.batch_size}, {config.model.dtype}, {mask_source(config)}")
-    log(f"encode:  CPU tasks (1 CPU each): COCO RLE, then Parquet to {config.output.path}")
+    for stage in stages:
+        log(f"{stage.name + ':':<8} {stage.description}")
+        ds = stage.apply(ds)
     log(f"cluster: {resources.describe()}")
-    ds = ds.map_batches(decode, **decode.map_batches_kwargs())
-    ds = ds.map_batches(SamHQStage, **SamHQStage.map_batches_kwargs(config.model, config.storage, compute, num_gpus,
-                                                                    plan.image_size))
-    encode = EncodeStage(keep, counter)
-    return ds.map_batches(encode, **encode.map_batches_kwargs())
+    return ds
 
 
 def plural(n: int, noun: str) -> str:
@@ -233,8 +233,7 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
     for warning in plan.warnings:
         log(f"warning: {warning}")
     resources = cluster_resources()
-    decode_memory = DecodeStage.memory_for(config.compute.decode_batch_size)
-    problems = check_resources(config, resources, decode_memory)
+    problems = check_resources(config, resources, decode_memory(config.compute.decode_batch_size))
     if problems:
         raise ConfigError(problems)
     fs, _ = filesystem(config.output.path, config.storage)
@@ -261,14 +260,13 @@ def summarize_output(config: JobConfig) -> JobSummary:
     reasons: Dict[str, int] = collections.Counter()
     fs, _ = filesystem(config.output.path, config.storage)
     for name in list_parquet_files(config.output.path, config.storage):
-        table = pq.read_table(fs.open(name, "rb"), columns=["error", "box_errors", "num_boxes"])
+        table = pq.read_table(fs.open(name, "rb"), columns=[ERROR, BOX_ERRORS, NUM_BOXES])
         summary.rows_out += table.num_rows
         for error, box_errors, num_boxes in zip(*(table.column(c).to_pylist() for c in table.column_names),
                                                 strict=True):
             summary.boxes += num_boxes or 0
-            if error is not None:
-                kind = error.split(":", 1)[0]
-                kind = kind if kind in ERROR_KINDS else "other"
+            kind = error_kind(error)
+            if kind is not None:
                 errors[kind] += 1
                 if num_boxes:
                     reasons[f"row failed ({kind})"] += num_boxes

@@ -10,7 +10,7 @@ from PIL import Image
 
 from samhq_core import SamHQModel, SamHQProcessor
 
-from .demo import encode_rle
+from . import rle
 
 
 def bare_loop(model: SamHQModel, rows: List[Dict[str, Any]], **forward_kwargs: Any) -> Iterator[Dict[str, Any]]:
@@ -23,5 +23,5 @@ def bare_loop(model: SamHQModel, rows: List[Dict[str, Any]], **forward_kwargs: A
         with torch.inference_mode():
             out = model(**inputs, multimask_output=False, **forward_kwargs)
         masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])
-        yield {"image_id": row["image_id"], "masks": [encode_rle(m.numpy()) for m in masks[0][:, 0]],
+        yield {"image_id": row["image_id"], "masks": [rle.encode(m.numpy()) for m in masks[0][:, 0]],
                "iou_scores": out.iou_scores[0, :, 0].tolist(), "box_errors": [None] * len(row["boxes"]), "error": None}

@@ -1,7 +1,8 @@
-"""Arrow types of the pipeline's result columns.
+"""Every column the pipeline writes or passes between its stages: names, Arrow types, and the
+kinds of row errors. Nothing else in the package spells a column name.
 
-One output row per input row: the id column, the passthrough columns (and the category
-column, when configured), then:
+Result columns: one output row per input row: the id column, the passthrough columns (and
+the category and image-URI columns, when configured), then:
 - image_size: [h, w] of the decoded image (EXIF orientation applied); null if it failed
 - masks: per input box, a COCO RLE {size: [h, w], counts: compressed string}, aligned with
   the boxes; a box that could not be used (see box_errors) gets an empty mask
@@ -10,26 +11,77 @@ column, when configured), then:
 - mask_bboxes: per box, the mask's tight bounding box in COCO xywh ([0, 0, 0, 0] if empty)
 - box_errors: per box, null, or why the box was not used (non-finite, inverted, empty
   after clipping to the image); boxes partly outside the image are clipped and used
+- error: null when the row succeeded, else "<kind>: <message>" (kinds: ERROR_KINDS); a
+  failed row keeps its id and passthrough columns with empty per-box lists
 - num_boxes: how many boxes the input row had (also for a failed row, whose per-box lists
   are empty); null when the row's boxes could not be read
-- error: null when the row succeeded, else "<kind>: <message>" (kinds: image_read,
-  image_decode, boxes, model); a failed row keeps its id and passthrough columns with
-  empty per-box lists
+
+Internal columns (prefixed `__`) exist only between stages and never reach the output.
+
+The evaluation ground truth and fine-tuning data hold their masks in a `masks` column of the
+same RLE type (`GROUND_TRUTH_MASKS`).
 """
+
+from typing import Optional
 
 import pyarrow as pa
 
-RLE_TYPE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
+IMAGE_SIZE = "image_size"
+MASKS = "masks"
+IOU_SCORES = "iou_scores"
+MASK_AREAS = "mask_areas"
+MASK_BBOXES = "mask_bboxes"
+BOX_ERRORS = "box_errors"
+ERROR = "error"
+NUM_BOXES = "num_boxes"
 
+RLE_TYPE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 RESULT_FIELDS = [
-    pa.field("image_size", pa.list_(pa.int32())),
-    pa.field("masks", pa.list_(RLE_TYPE)),
-    pa.field("iou_scores", pa.list_(pa.float32())),
-    pa.field("mask_areas", pa.list_(pa.int64())),
-    pa.field("mask_bboxes", pa.list_(pa.list_(pa.float32()))),
-    pa.field("box_errors", pa.list_(pa.string())),
-    pa.field("error", pa.string()),
-    pa.field("num_boxes", pa.int32()),
+    pa.field(IMAGE_SIZE, pa.list_(pa.int32())),
+    pa.field(MASKS, pa.list_(RLE_TYPE)),
+    pa.field(IOU_SCORES, pa.list_(pa.float32())),
+    pa.field(MASK_AREAS, pa.list_(pa.int64())),
+    pa.field(MASK_BBOXES, pa.list_(pa.list_(pa.float32()))),
+    pa.field(BOX_ERRORS, pa.list_(pa.string())),
+    pa.field(ERROR, pa.string()),
+    pa.field(NUM_BOXES, pa.int32()),
 ]
 RESULT_COLUMNS = [f.name for f in RESULT_FIELDS]
+RESULT_TYPES = {f.name: f.type for f in RESULT_FIELDS}
+# Lists aligned with the row's boxes, one entry per box.
+PER_BOX_COLUMNS = (MASKS, IOU_SCORES, MASK_AREAS, MASK_BBOXES, BOX_ERRORS)
+
+PIXELS = "__pixels"  # resized uint8 RGB image bytes, row-major (h, w, 3)
+RESIZED_HW = "__resized_hw"  # [h, w] of the resized image, in the model's input frame
+BOXES = "__boxes"  # usable boxes in the model's input frame, flattened xyxy
+RUN_LENGTHS = "__run_lengths"  # per box: uncompressed COCO RLE counts (an empty mask's for unusable boxes)
+INTERNAL_TYPES = {
+    PIXELS: pa.binary(),
+    RESIZED_HW: pa.list_(pa.int32()),
+    BOXES: pa.list_(pa.float32()),
+    RUN_LENGTHS: pa.list_(pa.list_(pa.int64())),
+}
+COLUMN_TYPES = {**RESULT_TYPES, **INTERNAL_TYPES}
+
+GROUND_TRUTH_MASKS = MASKS
+
 ERROR_KINDS = ("image_read", "image_decode", "boxes", "model")
+
+
+def row_error(kind: str, detail: str) -> str:
+    """The `error` value of a row that failed: "<kind>: <detail>"."""
+    assert kind in ERROR_KINDS, kind
+    return f"{kind}: {detail}"
+
+
+def exception_detail(exception: BaseException) -> str:
+    """"<exception type>: <message>", the detail of most row errors."""
+    return f"{type(exception).__name__}: {exception}"
+
+
+def error_kind(error: Optional[str]) -> Optional[str]:
+    """The kind of a row's `error` (one of ERROR_KINDS, "other" for anything else), or None."""
+    if error is None:
+        return None
+    kind = error.split(":", 1)[0]
+    return kind if kind in ERROR_KINDS else "other"

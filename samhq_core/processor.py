@@ -1,11 +1,20 @@
-"""SamHQProcessor: images and prompts in, model inputs out; and masks back to images.
+"""SamHQProcessor: images and prompts in, model inputs out; and masks back to images. It
+owns every transform between an image and the model, for the API, the pipeline, the
+benchmarks and fine-tuning alike.
 
 Matches the official SamPredictor's preprocessing: the longest side is resized to the
 model's input size with PIL bilinear, pixels are normalised, then zero-padded to a square
-at the bottom/right; prompt coordinates are scaled by the same factors.
+at the bottom/right; prompt coordinates are scaled by the same factors. Masks go back the
+same way: the low-res logits are upsampled to the input frame, the padding is cropped, and
+the rest is resized to the original image size.
+
+The steps are also entry points of their own, for callers that run them apart (the
+pipeline resizes on CPU workers and normalises on the model's device):
+`resize_image` (CPU) → `model_input` (any device) for images, `scale_boxes` for boxes, and
+`masks_at_original_size` (any device, in bounded chunks) for masks.
 """
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,6 +26,8 @@ from .modeling.sam_hq import PIXEL_MEAN, PIXEL_STD, SamHQModel
 
 ImageInput = Union[Image.Image, np.ndarray, torch.Tensor]
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# Full-resolution logits held at once when masks are upsampled, in pixels (x4 bytes).
+MAX_PIXELS_PER_CHUNK = 1 << 26
 
 
 class ProcessorOutput(dict):
@@ -172,13 +183,34 @@ class SamHQProcessor:
 
     def preprocess_image(self, image: ImageInput) -> Tuple[torch.Tensor, Tuple[int, int], Tuple[int, int]]:
         """One image → normalised, padded (3, S, S) tensor, original (h, w), resized (h, w)."""
+        resized, original = self.resize_image(image)
+        return self.model_input(torch.from_numpy(resized)), original, (resized.shape[0], resized.shape[1])
+
+    def resize_image(self, image: ImageInput) -> Tuple[np.ndarray, Tuple[int, int]]:
+        """Any supported image → uint8 RGB (h, w, 3) resized so that its longest side is the
+        model's input size (PIL bilinear, as official), and the original (h, w)."""
         array = to_rgb_array(image)
-        h, w = array.shape[:2]
-        resized = resize_longest_side(array, self.image_size)
-        new_h, new_w = resized.shape[:2]
-        pixels = (torch.from_numpy(resized).permute(2, 0, 1).float() - self.pixel_mean) / self.pixel_std
-        pixels = F.pad(pixels, (0, self.image_size - new_w, 0, self.image_size - new_h))
-        return pixels, (h, w), (new_h, new_w)
+        return resize_longest_side(array, self.image_size), (array.shape[0], array.shape[1])
+
+    def model_input(self, resized: torch.Tensor) -> torch.Tensor:
+        """A resized uint8 RGB image (h, w, 3) on any device → the model's input (3, S, S) on
+        that device: normalised, zero-padded at the bottom and right."""
+        h, w = resized.shape[:2]
+        mean, std = self.pixel_mean.to(resized.device), self.pixel_std.to(resized.device)
+        pixels = torch.zeros(3, self.image_size, self.image_size, device=resized.device)
+        pixels[:, :h, :w] = (resized.permute(2, 0, 1).float() - mean) / std
+        return pixels
+
+    def target_masks(self, masks: torch.Tensor, resized_size: Tuple[int, int]) -> torch.Tensor:
+        """Masks (P, H, W) in [0, 1] at the original size → the model's input frame (P, S, S),
+        resized as the image was (bilinear, antialiased) and zero-padded: training targets."""
+        resized = F.interpolate(masks.float()[:, None], resized_size, mode="bilinear", antialias=True,
+                                align_corners=False)[:, 0]
+        return F.pad(resized, (0, self.image_size - resized_size[1], 0, self.image_size - resized_size[0]))
+
+    def scale_boxes(self, boxes: np.ndarray, original_size: Tuple[int, int]) -> np.ndarray:
+        """(N, 4) xyxy boxes in original pixels → the model's input frame."""
+        return self.scale_coords(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
 
     def scale_coords(self, coords: np.ndarray, original_size: Tuple[int, int]) -> np.ndarray:
         """(..., 2) pixel (x, y) in the original image → the model's input frame."""
@@ -288,14 +320,32 @@ class SamHQProcessor:
             raise ValueError(f"masks must be (batch, prompts, masks, h, w), got {tuple(masks.shape)}")
         results = []
         for b in range(masks.shape[0]):
-            h, w = (int(x) for x in original_sizes[b])
-            rh, rw = (int(x) for x in reshaped_input_sizes[b])
-            logits = masks[b].flatten(0, 1)[:, None].float()
-            logits = F.interpolate(logits, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-            logits = F.interpolate(logits[..., :rh, :rw], (h, w), mode="bilinear", align_corners=False)
-            logits = logits.view(masks.shape[1], masks.shape[2], h, w)
-            results.append(logits > mask_threshold if binarize else logits)
+            original = (int(original_sizes[b][0]), int(original_sizes[b][1]))
+            resized = (int(reshaped_input_sizes[b][0]), int(reshaped_input_sizes[b][1]))
+            chunks = self.masks_at_original_size(masks[b].flatten(0, 1), resized, original, mask_threshold, binarize)
+            results.append(torch.cat(list(chunks)).view(masks.shape[1], masks.shape[2], *original))
         return results
+
+    def masks_at_original_size(
+        self,
+        low_res: torch.Tensor,
+        resized_size: Tuple[int, int],
+        original_size: Tuple[int, int],
+        mask_threshold: float = 0.0,
+        binarize: bool = True,
+        max_pixels: int = MAX_PIXELS_PER_CHUNK,
+    ) -> Iterator[torch.Tensor]:
+        """Low-res logits (n, s, s) of one image → (k, H, W) masks at its original size, k at a
+        time so that at most about `max_pixels` full-resolution logits exist at once: bool
+        (thresholded) unless binarize is False. Runs on the logits' device."""
+        h, w = original_size
+        chunk = max(1, max_pixels // max(h * w, self.image_size * self.image_size))
+        for start in range(0, low_res.shape[0], chunk):
+            logits = low_res[start : start + chunk, None].float()
+            logits = F.interpolate(logits, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            logits = logits[..., : resized_size[0], : resized_size[1]]
+            logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)[:, 0]
+            yield logits > mask_threshold if binarize else logits
 
 
 _BOXES_NESTING = "per image, a list of [x1, y1, x2, y2] boxes, 3 levels: [[[x1, y1, x2, y2], ...], ...]"

@@ -18,7 +18,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.config import ConfigError, parse_config
 from pipeline.job import run_job
-from pipeline.masks import mask_statistics
+from pipeline.rle import run_lengths
 from pipeline.stages import boxes_to_xyxy, check_boxes
 
 
@@ -61,7 +61,7 @@ def test_box_conversion_and_checks():
                        "empty after clipping to the image"]
 
 
-def test_mask_statistics_match_pycocotools():
+def test_run_lengths_match_pycocotools():
     rng = np.random.default_rng(0)
     masks = np.zeros((6, 37, 53), bool)
     masks[0, 5:20, 10:30] = True
@@ -69,7 +69,7 @@ def test_mask_statistics_match_pycocotools():
     masks[2, 0, 0] = True  # a run of ones first
     masks[4] = True  # full; masks[3] stays empty
     masks[5, 36, 52] = True
-    counts, areas, boxes = mask_statistics(torch.from_numpy(masks))
+    counts, areas, boxes = run_lengths(torch.from_numpy(masks))
     for i, mask in enumerate(masks):
         reference = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
         ours = mask_utils.frPyObjects({"counts": counts[i].tolist(), "size": [37, 53]}, 37, 53)
@@ -136,7 +136,7 @@ def test_blocks_outnumber_actors(ray_cluster, checkpoint, tmp_path):
     summary = run_job(config)
     assert summary.rows_out == 8
     read_blocks = int(re.search(r"ReadFilesParquetV2: \d+ tasks executed, (\d+) blocks produced", summary.stats).group(1))
-    model_tasks = int(re.search(r"MapBatches\(SamHQStage\): (\d+) tasks executed", summary.stats).group(1))
+    model_tasks = int(re.search(r"MapBatches\(ModelUDF\): (\d+) tasks executed", summary.stats).group(1))
     # about input.num_blocks = 4 per actor (blocks are cut by bytes, rows differ in size)
     assert read_blocks >= 2 * 2 and model_tasks >= 2 * 2
 

@@ -1,0 +1,171 @@
+"""The decode stage (CPU tasks): read and decode each image, resize it for the model, and
+check, convert and rescale its boxes (the processor's transforms, as the official
+preprocessing does them)."""
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from samhq_core import SamHQProcessor
+
+from ..config import InputConfig, StorageConfig
+from ..schema import BOXES, PIXELS, RESIZED_HW, exception_detail, row_error
+from ..storage import filesystem
+from .base import Stage, StageUDF, column
+
+# A decode task's memory, sized from bench/results/decode_memory.md for images up to 4K: the
+# worker process with its imports and first decoded image, plus what each further image of
+# the batch keeps (its resized copy and encoded bytes), with the 25% headroom Ray Data asks
+# for before it warns that a task outgrew its reservation.
+_DECODE_WORKER_BYTES = 700 << 20
+_DECODE_BYTES_PER_IMAGE = 8 << 20
+
+
+@dataclass
+class DecodedImage:
+    """One row, decoded: the image resized for the model, its usable boxes in the model's
+    frame, and what the output reports about it."""
+
+    pixels: Optional[bytes] = column(PIXELS, default=None)
+    resized_hw: Optional[List[int]] = column(RESIZED_HW, default=None)
+    boxes: List[float] = column(BOXES, default_factory=list)
+    image_size: Optional[List[int]] = None
+    box_errors: List[Optional[str]] = field(default_factory=list)
+    error: Optional[str] = None
+    num_boxes: Optional[int] = None
+
+    @classmethod
+    def passthrough(cls) -> "DecodedImage":
+        return cls()
+
+    @classmethod
+    def failed(cls, error: str, num_boxes: Optional[int]) -> "DecodedImage":
+        """A row that failed here: the error, and how many boxes it had (None when its boxes
+        could not be read)."""
+        return cls(error=error, num_boxes=num_boxes)
+
+
+def boxes_to_xyxy(boxes: np.ndarray, box_format: str) -> np.ndarray:
+    """(N, 4) boxes in xyxy, xywh or cxcywh → xyxy."""
+    if box_format == "xywh":
+        return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    if box_format == "cxcywh":
+        return np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], axis=1)
+    return boxes
+
+
+def check_boxes(boxes: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, List[Optional[str]]]:
+    """Clip xyxy boxes to the image; return them with a reason per box that cannot be used."""
+    clipped = boxes.copy()
+    clipped[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
+    clipped[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
+    reasons: List[Optional[str]] = []
+    for box, clip in zip(boxes, clipped, strict=True):
+        if not np.isfinite(box).all():
+            reasons.append("non-finite coordinates")
+        elif box[2] < box[0] or box[3] < box[1]:
+            reasons.append("inverted box (x2 < x1 or y2 < y1)")
+        elif clip[2] <= clip[0] or clip[3] <= clip[1]:
+            reasons.append("empty after clipping to the image")
+        else:
+            reasons.append(None)
+    return clipped, reasons
+
+
+def parse_boxes(value: Any) -> np.ndarray:
+    """A row's boxes (null, or a list of 4-number lists) → float64 (N, 4)."""
+    if value is None:
+        return np.zeros((0, 4))
+    try:
+        boxes = np.array([[np.nan if v is None else v for v in box] for box in value], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"boxes must be a list of [4 numbers]: {e}") from None
+    if boxes.size == 0:
+        return np.zeros((0, 4))
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be a list of [4 numbers], got shape {boxes.shape}")
+    return boxes
+
+
+class DecodeUDF(StageUDF):
+    """Per row: the image read (bytes column or URI) and decoded, resized by the processor,
+    and its boxes parsed, converted to xyxy, clipped to the image, checked and scaled into
+    the model's frame. A row whose boxes, image read or image decode fail gets its `error`."""
+
+    result_type = DecodedImage
+
+    def __init__(self, inputs: InputConfig, storage: StorageConfig, image_size: int, keep_image: bool) -> None:
+        super().__init__(inputs=inputs, storage=storage, image_size=image_size, keep_image=keep_image)
+        self.inputs, self.storage = inputs, storage
+        self.processor = SamHQProcessor(image_size)
+
+    @classmethod
+    def required_columns(cls, inputs: InputConfig, **_: Any) -> Tuple[str, ...]:
+        image = inputs.image_column or inputs.image_uri_column
+        assert image is not None
+        return (image, inputs.boxes_column)
+
+    @classmethod
+    def dropped_columns(cls, inputs: InputConfig, keep_image: bool, **_: Any) -> Tuple[str, ...]:
+        return (inputs.image_column,) if inputs.image_column and not keep_image else ()
+
+    def process(self, batch: pa.Table) -> List[DecodedImage]:
+        return [self._row(batch, i) for i in range(batch.num_rows)]
+
+    def _row(self, batch: pa.Table, i: int) -> DecodedImage:
+        try:
+            boxes = boxes_to_xyxy(parse_boxes(batch.column(self.inputs.boxes_column)[i].as_py()), self.inputs.box_format)
+        except ValueError as e:
+            return DecodedImage.failed(row_error("boxes", str(e)), None)
+        try:
+            data = self._image_bytes(batch, i)
+        except Exception as e:  # noqa: BLE001 - any read failure belongs to this row
+            return DecodedImage.failed(row_error("image_read", exception_detail(e)), len(boxes))
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                resized, (h, w) = self.processor.resize_image(image)
+        except Exception as e:  # noqa: BLE001 - corrupt, truncated or unsupported images
+            return DecodedImage.failed(row_error("image_decode", exception_detail(e)), len(boxes))
+        clipped, reasons = check_boxes(boxes, h, w)
+        usable = self.processor.scale_boxes(clipped[[r is None for r in reasons]], (h, w))
+        return DecodedImage(resized.tobytes(), [resized.shape[0], resized.shape[1]], usable.reshape(-1).tolist(),
+                            [h, w], reasons, None, len(boxes))
+
+    def _image_bytes(self, batch: pa.Table, i: int) -> bytes:
+        if self.inputs.image_column:
+            data = batch.column(self.inputs.image_column)[i].as_py()
+            if data is None:
+                raise ValueError(f"{self.inputs.image_column} is null")
+            return data
+        assert self.inputs.image_uri_column is not None
+        uri = batch.column(self.inputs.image_uri_column)[i].as_py()
+        if not uri:
+            raise ValueError(f"{self.inputs.image_uri_column} is empty")
+        fs, path = filesystem(uri, self.storage)
+        with fs.open(path, "rb") as f:
+            return f.read()
+
+
+def decode_memory(batch_size: int) -> int:
+    """Bytes a decode task of `batch_size` images reserves."""
+    return _DECODE_WORKER_BYTES + batch_size * _DECODE_BYTES_PER_IMAGE
+
+
+def decode_stage(inputs: InputConfig, storage: StorageConfig, image_size: int, batch_size: int,
+                 keep_image: bool) -> Stage:
+    memory = decode_memory(batch_size)
+    return Stage(
+        name="decode",
+        udf=DecodeUDF,
+        constructor_kwargs=dict(inputs=inputs, storage=storage, image_size=image_size, keep_image=keep_image),
+        # Having a memory reservation also keeps Ray Data from fusing decoding into the model
+        # actors, whose remote args differ, so the model never waits on it.
+        map_batches_kwargs=dict(batch_format="pyarrow", batch_size=batch_size, num_cpus=1, memory=memory),
+        description=f"CPU tasks of {batch_size} images (1 CPU, {memory / 2**20:.0f} MiB each): read, decode, resize to "
+                    f"{image_size} px, check boxes ({inputs.box_format})",
+    )

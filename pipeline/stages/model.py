@@ -1,0 +1,178 @@
+"""The model stage (actors): one SAM-HQ replica each. Runs the image encoder on the batch's
+images, the HQ decoder on all usable boxes of each image (in bounded chunks), and upsamples,
+thresholds and run-length-codes the masks on the actor's device, so that only run
+boundaries, scores, areas and boxes leave it."""
+
+from dataclasses import dataclass, field
+from typing import Any, ContextManager, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import torch
+from ray.data import ActorPoolStrategy
+
+from samhq_core import SamHQModel, SamHQProcessor
+
+from .. import rle
+from ..config import ComputeConfig, ModelConfig, StorageConfig
+from ..schema import BOX_ERRORS, BOXES, IMAGE_SIZE, PIXELS, RESIZED_HW, RUN_LENGTHS, exception_detail, row_error
+from ..storage import storage_options
+from .base import Stage, StageUDF, column
+
+
+@dataclass
+class MaskResult:
+    """One row's masks, as run lengths, with their scores, areas and boxes (per input box)."""
+
+    run_lengths: List[List[int]] = column(RUN_LENGTHS, default_factory=list)
+    iou_scores: List[float] = field(default_factory=list)
+    mask_areas: List[int] = field(default_factory=list)
+    mask_bboxes: List[List[float]] = field(default_factory=list)
+    error: Optional[str] = None
+
+    @classmethod
+    def passthrough(cls) -> "MaskResult":
+        return cls()
+
+
+@dataclass
+class _Image:
+    """A decoded row as the model stage reads it."""
+
+    pixels: bytes
+    resized_hw: Tuple[int, int]
+    original_hw: Tuple[int, int]
+    boxes: torch.Tensor  # (1, n, 4) usable boxes in the model's frame
+    box_errors: List[Optional[str]]
+
+
+class ModelUDF(StageUDF):
+    """A model replica on the actor's device (CUDA when present)."""
+
+    result_type = MaskResult
+
+    def __init__(self, model: ModelConfig, storage: StorageConfig, image_size: int,
+                 torch_threads: Optional[int] = None) -> None:
+        super().__init__(model=model, storage=storage, image_size=image_size, torch_threads=torch_threads)
+        self.config = model
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.model = SamHQModel.from_pretrained(
+            model.checkpoint, variant=model.variant, sha256=model.sha256, storage_options=storage_options(storage)
+        ).to(self.device)
+        self.processor = SamHQProcessor.for_model(self.model)
+        if self.processor.image_size != image_size:  # the decode tasks resized every image for `image_size`
+            raise ValueError(f"{model.checkpoint} loaded a model of input size {self.processor.image_size}, but the "
+                             f"job resizes images for {image_size}: did the checkpoint change after the job's checks?")
+
+    @classmethod
+    def required_columns(cls, **_: Any) -> Tuple[str, ...]:
+        return (PIXELS, RESIZED_HW, BOXES, IMAGE_SIZE, BOX_ERRORS)
+
+    @classmethod
+    def dropped_columns(cls, **_: Any) -> Tuple[str, ...]:
+        return (PIXELS, BOXES)
+
+    def process(self, batch: pa.Table) -> List[MaskResult]:
+        images = [self._image(batch, i) for i in range(batch.num_rows)]
+        results: List[Optional[MaskResult]] = [None] * len(images)
+        for i, image in enumerate(images):
+            if not image.boxes.shape[1]:
+                results[i] = self._masks(image, None)
+        todo = [i for i, image in enumerate(images) if image.boxes.shape[1]]
+        embeddings = None
+        if todo:
+            try:
+                embeddings = self._encode([images[i] for i in todo])
+            except Exception:  # noqa: BLE001 - isolate the failing image below, one at a time
+                embeddings = None
+        for k, i in enumerate(todo):
+            try:
+                features = ((embeddings[0][k : k + 1], embeddings[1][k : k + 1]) if embeddings
+                            else self._encode([images[i]]))
+                results[i] = self._masks(images[i], features)
+            except Exception as e:  # noqa: BLE001 - a bad row never kills the job
+                results[i] = MaskResult(error=row_error("model", exception_detail(e)))
+        return [r if r is not None else MaskResult() for r in results]
+
+    def _image(self, batch: pa.Table, i: int) -> _Image:
+        h, w = batch.column(IMAGE_SIZE)[i].as_py()
+        rh, rw = batch.column(RESIZED_HW)[i].as_py()
+        boxes = torch.tensor(batch.column(BOXES)[i].as_py(), dtype=torch.float32).view(1, -1, 4)
+        return _Image(batch.column(PIXELS)[i].as_py(), (rh, rw), (h, w), boxes, batch.column(BOX_ERRORS)[i].as_py())
+
+    def _autocast(self) -> ContextManager[Any]:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.dtype == "bfloat16")
+
+    @torch.inference_mode()
+    def _encode(self, images: Sequence[_Image]) -> Tuple[torch.Tensor, torch.Tensor]:
+        pixels = []
+        for image in images:
+            resized = torch.frombuffer(bytearray(image.pixels), dtype=torch.uint8).view(*image.resized_hw, 3)
+            pixels.append(self.processor.model_input(resized.to(self.device, non_blocking=True)))
+        with self._autocast():
+            return self.model.get_image_embeddings(torch.stack(pixels))
+
+    @torch.inference_mode()
+    def _masks(self, image: _Image, features: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> MaskResult:
+        h, w = image.original_hw
+        counts: List[np.ndarray] = []
+        scores, areas = np.zeros(0, np.float32), np.zeros(0, np.int64)
+        boxes = np.zeros((0, 4), np.float32)
+        if features is not None:
+            with self._autocast():
+                out = self.model(
+                    image_embeddings=features[0], intermediate_embeddings=features[1],
+                    input_boxes=image.boxes.to(self.device), multimask_output=self.config.multimask_output,
+                    hq_token_only=self.config.hq_token_only, sam_only=self.config.sam_only,
+                    prompt_chunk_size=self.config.box_chunk_size,
+                )
+            stats = [rle.run_lengths(masks) for masks in self.processor.masks_at_original_size(
+                out.pred_masks[0, :, 0], image.resized_hw, image.original_hw, self.config.mask_threshold)]
+            counts = [c for chunk in stats for c in chunk[0]]
+            areas = np.concatenate([chunk[1] for chunk in stats])
+            boxes = np.concatenate([chunk[2] for chunk in stats])
+            scores = out.iou_scores[0, :, 0].float().cpu().numpy()
+        # Boxes that could not be used get an empty mask, NaN score, zero area and box.
+        result, k = MaskResult(), 0
+        for reason in image.box_errors:
+            if reason is None:
+                result.run_lengths.append(counts[k])
+                result.iou_scores.append(float(scores[k]))
+                result.mask_areas.append(int(areas[k]))
+                result.mask_bboxes.append(boxes[k].tolist())
+                k += 1
+            else:
+                result.run_lengths.append(rle.empty_run_lengths(h, w))
+                result.iou_scores.append(float("nan"))
+                result.mask_areas.append(0)
+                result.mask_bboxes.append([0.0, 0.0, 0.0, 0.0])
+        return result
+
+
+def model_stage(model: ModelConfig, storage: StorageConfig, compute: ComputeConfig, num_gpus: float, image_size: int,
+                describe_model: str) -> Stage:
+    device = "GPU" if num_gpus > 0 else "CPU"
+    actors = f"{compute.num_actors} actor{'s' if compute.num_actors != 1 else ''}"
+    source = ("SAM's mask only (model.sam_only)" if model.sam_only else
+              "the HQ token's mask (model.hq_token_only)" if model.hq_token_only else
+              "SAM's mask plus the HQ term (as official)")
+    return Stage(
+        name="model",
+        udf=ModelUDF,
+        constructor_kwargs=dict(model=model, storage=storage, image_size=image_size,
+                                torch_threads=compute.torch_threads),
+        map_batches_kwargs=dict(
+            batch_format="pyarrow",
+            batch_size=compute.batch_size,
+            compute=ActorPoolStrategy(size=compute.num_actors),
+            num_gpus=num_gpus,
+            num_cpus=compute.num_cpus_per_actor,
+            # On CPU the actors share cores with the decode and encode tasks; spinning OpenMP
+            # threads would burn the time slices those need (bench/results/cpu_pipeline.md).
+            runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+        ),
+        description=f"{actors} ({compute.num_cpus_per_actor:g} CPU, {num_gpus:g} GPU each) on {device}: "
+                    f"{describe_model}, batches of {compute.batch_size}, {model.dtype}, {source}",
+    )

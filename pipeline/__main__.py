@@ -94,7 +94,7 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import StorageConfig
-    from .evaluate import evaluate_masks, write_report
+    from .evaluation import evaluate_masks, write_report
 
     if (args.overlays_dir is None) != (args.images is None):
         print("error: --overlays-dir and --images go together (the overlays are drawn on the images)", file=sys.stderr)

@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 
 from . import rle
 from .config import StorageConfig
+from .schema import BOX_ERRORS, ERROR, IMAGE_SIZE, IOU_SCORES, MASK_AREAS, MASK_BBOXES, MASKS, PER_BOX_COLUMNS
 from .storage import filesystem, list_parquet_files, open_for_write
 
-# Result columns the export reads (besides the id and the category column).
-_RESULT_COLUMNS = ("image_size", "masks", "iou_scores", "mask_areas", "mask_bboxes", "box_errors", "error")
-_PER_BOX = ("masks", "iou_scores", "mask_areas", "mask_bboxes", "box_errors")
+# Result columns the export reads (besides the id, category and image-path columns).
+_RESULT_COLUMNS = (IMAGE_SIZE, *PER_BOX_COLUMNS, ERROR)
 DEFAULT_CATEGORY = {"id": 1, "name": "object"}
 
 
@@ -224,15 +224,15 @@ def _export_row(row: Dict[str, Any], url: str, id_column: str, category_column: 
     if category_column is not None and row[category_column] is not None:
         # Every row's categories, failed rows' included, so that ids do not depend on failures.
         category_ids = state.register_categories(row[category_column], category_column, where)
-    size = row["image_size"]
-    if row["error"] is not None or size is None or row_id is None:
+    size = row[IMAGE_SIZE]
+    if row[ERROR] is not None or size is None or row_id is None:
         state.skipped_rows += 1
         return
     if len(size) != 2 or any(s is None or s < 1 for s in size):
         raise ValueError(f"{where}: image_size must be [height, width] > 0, got {size!r}")
     height, width = int(size[0]), int(size[1])
-    per_box = {name: row[name] if row[name] is not None else [] for name in _PER_BOX}
-    num_boxes = len(per_box["masks"])
+    per_box = {name: row[name] if row[name] is not None else [] for name in PER_BOX_COLUMNS}
+    num_boxes = len(per_box[MASKS])
     lengths = {name: len(values) for name, values in per_box.items()}
     if category_column is not None:
         if category_ids is None:  # a null list: every box's category is null
@@ -247,16 +247,16 @@ def _export_row(row: Dict[str, Any], url: str, id_column: str, category_column: 
     state.write_image({"id": image_id, "file_name": str(file_name if file_name else source_id), "height": height,
                        "width": width, "source_id": source_id})
     for i in range(num_boxes):
-        mask, area, score = per_box["masks"][i], per_box["mask_areas"][i], per_box["iou_scores"][i]
+        mask, area, score = per_box[MASKS][i], per_box[MASK_AREAS][i], per_box[IOU_SCORES][i]
         category_id = category_ids[i] if category_ids is not None else DEFAULT_CATEGORY["id"]
-        if (per_box["box_errors"][i] is not None or mask is None or area is None or area <= 0
+        if (per_box[BOX_ERRORS][i] is not None or mask is None or area is None or area <= 0
                 or score is None or not math.isfinite(score) or category_id is None
                 or (state.min_score is not None and score < state.min_score)):
             state.skipped_boxes += 1
             continue
         if mask["size"] is None or list(mask["size"]) != [height, width]:
             raise ValueError(f"{where}: mask {i} has size {mask['size']!r}, not the image_size {[height, width]}")
-        bbox = per_box["mask_bboxes"][i]
+        bbox = per_box[MASK_BBOXES][i]
         if bbox is None or len(bbox) != 4:
             raise ValueError(f"{where}: mask_bboxes[{i}] must be [x, y, w, h], got {bbox!r}")
         state.write_annotation({

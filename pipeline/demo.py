@@ -17,6 +17,7 @@ from samhq_core.training.synthetic import make_scene
 
 from . import rle
 from .config import parse_config
+from .schema import GROUND_TRUTH_MASKS, MASKS
 
 DEMO_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
                                "samhq-demo-synthetic")
@@ -48,8 +49,9 @@ def write_sample_dataset(path: str, num_images: int, seed: int = DEMO_SEED, grou
             with open(row["image_path"], "wb") as f:
                 f.write(buffer.getvalue())
         rows.append(row)
-        truth.append({"image_id": image_id, "masks": [rle.encode(m) for m in scene.masks], "labels": scene.kinds})
-    labelled = [{**row, "masks": t["masks"]} for row, t in zip(rows, truth, strict=True)]
+        truth.append({"image_id": image_id, GROUND_TRUTH_MASKS: [rle.encode(m) for m in scene.masks],
+                      "labels": scene.kinds})
+    labelled = [{**row, GROUND_TRUTH_MASKS: t[GROUND_TRUTH_MASKS]} for row, t in zip(rows, truth, strict=True)]
     for target, table in ((path, rows), (ground_truth_path, truth), (labelled_path, labelled)):
         if target is not None:
             os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
@@ -65,7 +67,7 @@ def write_overlays(input_path: str, output_dir: str, overlay_dir: str, limit: in
     for result in results:
         source = images[result["image_id"]]
         canvas = np.asarray(Image.open(io.BytesIO(source["image"])).convert("RGB")).astype(np.float32)
-        for k, stored in enumerate(result["masks"]):
+        for k, stored in enumerate(result[MASKS]):
             mask = rle.decode(stored, result["image_id"], f"mask {k}")
             canvas[mask] = 0.5 * canvas[mask] + 0.5 * np.array(PALETTE[k % len(PALETTE)])
         image = Image.fromarray(canvas.astype(np.uint8))
@@ -81,7 +83,7 @@ def write_overlays(input_path: str, output_dir: str, overlay_dir: str, limit: in
 def run_demo(workdir: str, num_images: int = 8, checkpoint: Optional[str] = None) -> int:
     from .cluster import connect
     from .coco import export_coco
-    from .evaluate import evaluate_masks, write_report
+    from .evaluation import evaluate_masks, write_report
     from .job import run_job
 
     checkpoint = checkpoint or DEMO_CHECKPOINT

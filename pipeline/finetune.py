@@ -4,7 +4,7 @@ Trains only the HQ parameters of a SAM-HQ checkpoint (the paper's recipe: HQ tok
 compress_vit_feat, embedding_encoder, embedding_maskfeature; everything else frozen) on a
 Parquet of images, boxes and ground-truth masks, local or on object storage, and saves an
 HF-layout checkpoint that the pipeline loads. Before and after training it reports mIoU and
-boundary IoU (`pipeline.evaluate`'s definitions) on a validation split, for the HQ-token
+boundary IoU (`pipeline.evaluation`'s definitions) on a validation split, for the HQ-token
 output that it trains, for the SAM + HQ output, and for SAM alone as the baseline.
 
 Data (the pipeline's input columns plus the evaluation ground truth's `masks`): per row an
@@ -35,9 +35,10 @@ from samhq_core.training.recipe import Batch, set_trainable, train_phase
 
 from . import rle
 from .config import InputConfig, StorageConfig, check_image_source, check_storage, parse_sections
-from .evaluate import mask_scores, stable_hash
+from .evaluation import mask_scores
+from .ids import stable_hash
 from .preflight import plan_finetune
-from .schema import BOX_ERRORS, BOXES, ERROR, IMAGE_SIZE, PIXELS, RESIZED_HW, error_kind
+from .schema import BOX_ERRORS, BOXES, ERROR, GROUND_TRUTH_MASKS, IMAGE_SIZE, PIXELS, RESIZED_HW, error_kind
 from .stages import DecodeUDF
 from .storage import ParquetInput, filesystem, open_for_write, storage_options
 
@@ -51,7 +52,7 @@ class DataConfig:
     train: str  # Parquet file, directory or glob; local or fsspec URL
     id_column: str
     boxes_column: str  # per row, boxes in absolute pixels
-    masks_column: str = "masks"  # per row, a COCO RLE mask per box (aligned), null = not annotated
+    masks_column: str = GROUND_TRUTH_MASKS  # per row, a COCO RLE mask per box (aligned), null = not annotated
     image_column: Optional[str] = None  # encoded image bytes
     image_uri_column: Optional[str] = None  # or image URIs, read through fsspec
     box_format: str = "xyxy"  # xyxy | xywh | cxcywh

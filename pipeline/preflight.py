@@ -294,7 +294,7 @@ _KIND_CHECKS = {
     "categories": lambda t: None if pa.types.is_null(t) or (_is_list(t) and (_is_string(t.value_type) or
                                                                            _is_number(t.value_type)))
     else "per row, a list of categories (names or integer ids, one per box) is expected",
-    "masks": _check_masks_type,
+    "rle_masks": _check_masks_type,
 }
 
 
@@ -512,7 +512,7 @@ def plan_finetune(config: "FinetuneConfig", relative_to: Optional[str] = None) -
     unresolved = {problem.split(":", 1)[0] for problem in problems}
     data, model = config.data, config.model
     rules = [ColumnRule("data.id_column", data.id_column, "id"), ColumnRule("data.boxes_column", data.boxes_column, "boxes"),
-             ColumnRule("data.masks_column", data.masks_column, "masks")]
+             ColumnRule("data.masks_column", data.masks_column, "rle_masks")]
     if data.image_column:
         rules.append(ColumnRule("data.image_column", data.image_column, "image_bytes"))
     if data.image_uri_column:

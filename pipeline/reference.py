@@ -11,6 +11,7 @@ from PIL import Image
 from samhq_core import SamHQModel, SamHQProcessor
 
 from . import rle
+from .schema import BOX_ERRORS, ERROR, IOU_SCORES, MASKS
 
 
 def bare_loop(model: SamHQModel, rows: List[Dict[str, Any]], **forward_kwargs: Any) -> Iterator[Dict[str, Any]]:
@@ -23,5 +24,5 @@ def bare_loop(model: SamHQModel, rows: List[Dict[str, Any]], **forward_kwargs: A
         with torch.inference_mode():
             out = model(**inputs, multimask_output=False, **forward_kwargs)
         masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])
-        yield {"image_id": row["image_id"], "masks": [rle.encode(m.numpy()) for m in masks[0][:, 0]],
-               "iou_scores": out.iou_scores[0, :, 0].tolist(), "box_errors": [None] * len(row["boxes"]), "error": None}
+        yield {"image_id": row["image_id"], MASKS: [rle.encode(m.numpy()) for m in masks[0][:, 0]],
+               IOU_SCORES: out.iou_scores[0, :, 0].tolist(), BOX_ERRORS: [None] * len(row["boxes"]), ERROR: None}

@@ -1,4 +1,4 @@
-"""Measure the demo model on held-out synthetic scenes with `pipeline.evaluate`, writing the
+"""Measure the demo model on held-out synthetic scenes with `pipeline.evaluation`, writing the
 reports its model card quotes.
 
 For each mask source of the same checkpoint (SAM only, HQ token only, SAM + HQ term):
@@ -26,7 +26,7 @@ import torch
 
 from pipeline.config import parse_config
 from pipeline.demo import DEMO_CHECKPOINT, write_sample_dataset
-from pipeline.evaluate import evaluate_masks, write_report
+from pipeline.evaluation import evaluate_masks, write_report
 from pipeline.finetune import SOURCES
 from pipeline.job import run_job
 from pipeline.reference import bare_loop

@@ -124,3 +124,18 @@ def test_no_import_cycles():
 
 def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_column_names_are_spelled_only_in_the_schema():
+    """No module of the job but pipeline/schema.py writes a column's name as a string."""
+    from pipeline import schema
+
+    names = set(schema.COLUMN_TYPES)
+    found = []
+    for module, path in modules("pipeline").items():
+        if module == "pipeline.schema":
+            continue
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}: {node.value!r}")
+    assert not found, found

@@ -1,4 +1,4 @@
-"""Mask-quality evaluation (`pipeline.evaluate`): hand-computed IoU / boundary IoU, the boundary against a
+"""Mask-quality evaluation (`pipeline.evaluation`): hand-computed IoU / boundary IoU, the boundary against a
 scipy reference, COCO AP against pycocotools' COCOeval run directly, the streaming join, S3 and the CLI."""
 
 import dataclasses
@@ -21,7 +21,8 @@ from scipy import ndimage
 
 from pipeline.__main__ import main
 from pipeline.config import StorageConfig
-from pipeline.evaluate import _Spool, boundary, dilation_pixels, erode, evaluate_masks, mask_scores, write_report
+from pipeline.evaluation import boundary, dilation_pixels, erode, evaluate_masks, mask_scores, write_report
+from pipeline.evaluation.join import Spool
 from pipeline.schema import RESULT_FIELDS, RLE_TYPE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -423,7 +424,7 @@ def test_streaming_join_does_not_change_results(tmp_path):
     ids = [i for i, _, _, _ in scenes]
     homes = []
     for _ in range(2):
-        with _Spool(str(tmp_path), f"probe{len(homes)}", 4) as spool:
+        with Spool(str(tmp_path), f"probe{len(homes)}", 4) as spool:
             for i in ids:
                 spool.write((i, None))
         homes.append({row[0]: part for part in range(4) for row in spool.read(part)})

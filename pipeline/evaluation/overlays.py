@@ -1,0 +1,75 @@
+"""Overlay PNGs of the worst boxes: the image with the ground truth only in green, the
+prediction only in red and their overlap in yellow, alpha-blended."""
+
+import io
+import logging
+import os
+import re
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+from PIL import Image, ImageOps
+from pycocotools import mask as mask_utils
+
+from ..config import StorageConfig
+from ..ids import id_key
+from ..storage import ParquetInput, filesystem
+from .report import WorstBox, write_bytes
+
+log = logging.getLogger("pipeline.evaluation")
+
+GT_ONLY_COLOR, PRED_ONLY_COLOR, OVERLAP_COLOR = (0, 200, 0), (230, 0, 0), (255, 215, 0)
+
+
+OVERLAY_ALPHA = 0.5
+
+
+def write_overlays(worst: List[Tuple[WorstBox, Dict[str, Any], Dict[str, Any]]], images: str, id_column: str,
+                    image_column: str, overlays_dir: str, storage: StorageConfig, batch_rows: int) -> None:
+    """One PNG per worst box whose row is in `images`; sets `WorstBox.overlay` (the objects of the result)."""
+    wanted: Dict[bytes, List[int]] = {}
+    for rank, (w, _, _) in enumerate(worst):
+        wanted.setdefault(id_key(w.id), []).append(rank)
+    source = ParquetInput(images, storage, "images")
+    out_fs, out_base = filesystem(overlays_dir, storage)
+    if isinstance(out_fs, LocalFileSystem):
+        os.makedirs(out_base, exist_ok=True)
+    for row_id, data, _ in source.rows(id_column, [image_column], None, max(1, min(batch_rows, 16))):
+        ranks = wanted.pop(id_key(row_id), None) if row_id is not None else None
+        if ranks is None or data is None:
+            continue
+        if isinstance(data, str):  # a URI
+            fs, path = filesystem(data, storage)
+            with fs.open(path, "rb") as f:
+                data = f.read()
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+        pixels = np.asarray(image)
+        for rank in ranks:
+            w, gt, pred = worst[rank]
+            gt_mask, pred_mask = mask_utils.decode(gt).astype(bool), mask_utils.decode(pred).astype(bool)
+            if gt_mask.shape != pixels.shape[:2]:
+                log.warning("overlay of %r box %d skipped: image is %s, masks %s", w.id, w.box_index,
+                            list(pixels.shape[:2]), list(gt_mask.shape))
+                continue
+            name = f"worst_{rank + 1:03d}_{_safe_name(w.id)}_box{w.box_index}.png"
+            buffer = io.BytesIO()
+            Image.fromarray(overlay(pixels, gt_mask, pred_mask)).save(buffer, format="PNG")
+            url = (os.path.join(overlays_dir, name) if isinstance(out_fs, LocalFileSystem)
+                   else overlays_dir.rstrip("/") + "/" + name)
+            write_bytes(url, buffer.getvalue(), storage)
+            w.overlay = url
+        if not wanted:
+            break
+
+
+def overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """RGB uint8 image with the ground truth only in green, the prediction only in red, both in yellow."""
+    canvas = image.astype(np.float32)
+    for region, color in ((gt & ~pred, GT_ONLY_COLOR), (pred & ~gt, PRED_ONLY_COLOR), (gt & pred, OVERLAP_COLOR)):
+        canvas[region] = (1 - alpha) * canvas[region] + alpha * np.asarray(color, np.float32)
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def _safe_name(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value))[:60] or "id"

@@ -1,4 +1,5 @@
-"""Command line: `python -m pipeline {run,validate,export-coco,evaluate,finetune,demo} ...`."""
+"""Command line: `python -m pipeline {run,validate,export-coco,evaluate,finetune,schema,demo} ...`
+(also installed as `samhq-annotate`)."""
 
 import argparse
 import logging
@@ -120,6 +121,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_schema(kind: str) -> str:
+    """The JSON Schema of a job ("job") or fine-tuning ("finetune") config, as committed in
+    configs/<kind>.schema.json for editors."""
+    import json
+
+    from .config import JobConfig
+    from .finetune import FinetuneConfig
+
+    model = {"job": JobConfig, "finetune": FinetuneConfig}[kind]
+    return json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(config_schema(args.kind))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -182,6 +200,9 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--relative-to", default=None, metavar="DIR",
                       help="resolve the config's relative local paths against DIR (default: the working directory)")
     tune.set_defaults(fn=cmd_finetune)
+    schema = sub.add_parser("schema", help="print the JSON Schema of the config files (for editors)")
+    schema.add_argument("kind", nargs="?", choices=("job", "finetune"), default="job")
+    schema.set_defaults(fn=cmd_schema)
     demo = sub.add_parser("demo", help="build a sample dataset and run the whole pipeline locally")
     demo.add_argument("--workdir", default="demo_output", help="where the sample data and results go")
     demo.add_argument("--num-images", type=int, default=8)

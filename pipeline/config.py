@@ -1,26 +1,37 @@
-"""Typed job configuration, read from YAML and validated before any work starts.
+"""Typed job configuration (pydantic), read from YAML and validated before any work starts.
 
-Every problem in a config (unknown keys, wrong types, missing required keys, bad values) is
-reported at once in one `ConfigError`. Reachability of the input and the checkpoint is
-checked separately (`pipeline.preflight`), since it needs the network.
+Every problem in a config (unknown sections or keys, wrong types, missing required keys, bad
+values, keys that contradict each other, credentials) is reported at once in one
+`ConfigError`, each as `section.key: what is wrong`. Reachability of the input and the
+checkpoint is checked separately (`pipeline.preflight`), since it needs the network. Every
+key carries a description, which `python -m pipeline schema` turns into a JSON Schema for
+editors (`configs/*.schema.json`).
+
+The sections that say where images and boxes come from (`ImageSourceConfig`) and how to
+reach object storage (`StorageConfig`) are shared with fine-tuning (`pipeline.finetune`).
 """
 
-import dataclasses
-import typing
 import urllib.parse
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Type, TypeVar, Union
+from typing import Any, ClassVar, Dict, List, Literal, Mapping, Optional, Tuple, Type, TypeVar
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from samhq_core.config import VARIANTS
 
 from .schema import RESULT_COLUMNS
 
-T = TypeVar("T")
-BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
-DTYPES = ("float32", "bfloat16")
+S = TypeVar("S", bound="Section")
+C = TypeVar("C", bound="Sections")
+BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
+DType = Literal["float32", "bfloat16"]
 # Keys that would put credentials into a config file.
 _CREDENTIAL_KEYS = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
                     "access_key", "secret_key", "password"}
+_CROSS_CHECK = "cross_check"
+_EXPECTED = {"string_type": "a string", "int_type": "an integer", "float_type": "a number", "bool_type": "true/false",
+             "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 
 
 class ConfigError(ValueError):
@@ -31,74 +42,236 @@ class ConfigError(ValueError):
         super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-@dataclass
-class InputConfig:
-    path: str  # Parquet file, directory or glob; local or any fsspec URL
-    id_column: str
-    boxes_column: str  # per row, a list of boxes in absolute pixels
-    image_column: Optional[str] = None  # encoded image bytes (PNG, JPEG, ...)
-    image_uri_column: Optional[str] = None  # image URIs, read through fsspec
-    box_format: str = "xyxy"  # xyxy | xywh | cxcywh
-    passthrough_columns: List[str] = field(default_factory=list)
-    category_column: Optional[str] = None  # per row, a category per box (for COCO export)
-    num_blocks: Optional[int] = None  # read parallelism; default: 4 blocks per model actor
+class Section(BaseModel):
+    """One section of a config file (`section` names it there). Keys are strictly typed (no
+    "4" for 4) and unknown keys are errors. `cross_checks` finds what single keys cannot say
+    (keys that contradict each other); it also runs on the raw mapping when some keys are
+    wrong, so that every problem is reported at once."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    section: ClassVar[str]
+
+    @classmethod
+    def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
+        return []
+
+    @model_validator(mode="after")
+    def _check_together(self: S) -> S:
+        problems = type(self).cross_checks(self.model_dump())
+        if problems:
+            raise PydanticCustomError(_CROSS_CHECK, "; ".join(problems))
+        return self
 
 
-@dataclass
-class OutputConfig:
-    path: str  # directory for the result Parquet files; local or any fsspec URL
-    include_image_bytes: bool = False  # copy the image column into the output
-    overwrite: bool = False  # replace existing Parquet files at output.path
+class ImageSourceConfig(Section):
+    """Where a Parquet input's images and boxes are (shared by the job's input and
+    fine-tuning's data)."""
+
+    id_column: str = Field(description="Column identifying each row; copied to the output.")
+    boxes_column: str = Field(description="Column with a list of boxes per row, in absolute pixels.")
+    image_column: Optional[str] = Field(None, description="Column of encoded image bytes (PNG, JPEG, ...); set this "
+                                                          "or image_uri_column.")
+    image_uri_column: Optional[str] = Field(None, description="Column of image paths or URIs (any fsspec URL), read "
+                                                              "by the decode tasks; set this or image_column.")
+    box_format: BoxFormat = Field("xyxy", description="Box coordinates: xyxy (x1, y1, x2, y2), xywh (x, y, width, "
+                                                      "height) or cxcywh (centre x, centre y, width, height).")
+
+    @classmethod
+    def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
+        if (values.get("image_column") is None) == (values.get("image_uri_column") is None):
+            return [f"{cls.section}: set exactly one of image_column (encoded bytes) or image_uri_column (URIs)"]
+        return []
 
 
-@dataclass
-class ModelConfig:
-    checkpoint: str  # as SamHQModel.from_pretrained accepts: .pth or HF directory, path or URL
-    variant: Optional[str] = None  # vit_b | vit_l | vit_h | vit_tiny; inferred when omitted
-    sha256: Optional[str] = None
-    hq_token_only: bool = False  # the HQ token's mask alone (default: SAM's mask plus the HQ term)
-    sam_only: bool = False  # SAM's mask without the HQ term: the baseline to compare HQ against
-    multimask_output: bool = False  # keep the best of 3 candidates per box (by predicted IoU)
-    mask_threshold: float = 0.0  # on the mask logits
-    dtype: str = "float32"  # float32 | bfloat16 (autocast; prompt encoder stays fp32)
-    box_chunk_size: Optional[int] = None  # boxes decoded at once; default 64 on GPU, 1 on CPU
+class InputConfig(ImageSourceConfig):
+    section: ClassVar[str] = "input"
+    path: str = Field(description="Parquet file, directory (read recursively) or glob; local path or any fsspec URL.")
+    passthrough_columns: List[str] = Field(default_factory=list, description="Input columns copied unchanged to the "
+                                                                             "output.")
+    category_column: Optional[str] = Field(None, description="Column with a category per box (names or integer ids), "
+                                                             "copied to the output and used by export-coco.")
+    num_blocks: Optional[int] = Field(None, ge=1, description="Read parallelism: blocks the input is cut into; "
+                                                              "default 4 per model actor.")
+
+    @classmethod
+    def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
+        problems = super().cross_checks(values)
+        passthrough = values.get("passthrough_columns")
+        if isinstance(passthrough, list):
+            clashes = sorted(set(RESULT_COLUMNS) & {c for c in passthrough if isinstance(c, str)})
+            if clashes:
+                problems.append(f"input.passthrough_columns: {', '.join(clashes)} clash with output columns")
+        return problems
 
 
-@dataclass
-class ComputeConfig:
-    num_actors: int = 1  # model replicas (actor pool size)
-    num_gpus_per_actor: Optional[float] = None  # fractional allowed; default 1 if the cluster has GPUs, else 0
-    num_cpus_per_actor: float = 1.0
-    torch_threads: Optional[int] = None  # intra-op threads per actor on CPU; default: Ray's (num_cpus_per_actor)
-    batch_size: int = 4  # images per model batch
-    decode_batch_size: int = 8  # images per CPU decode task batch
+class OutputConfig(Section):
+    section: ClassVar[str] = "output"
+    path: str = Field(description="Directory for the result Parquet files; local path or any fsspec URL.")
+    include_image_bytes: bool = Field(False, description="Copy the image bytes column into the output (with "
+                                                         "input.image_column).")
+    overwrite: bool = Field(False, description="Replace the files an earlier run of the job wrote at path "
+                                               "(masks-*.parquet, _samhq_job.json); never any other file.")
 
 
-@dataclass
-class StorageConfig:
+class ModelConfig(Section):
+    section: ClassVar[str] = "model"
+    checkpoint: str = Field(description="Official .pth or HF-layout directory (config.json + model.safetensors); "
+                                        "local path or any fsspec URL.")
+    variant: Optional[str] = Field(None, description=f"One of {', '.join(VARIANTS)}; inferred from the checkpoint's "
+                                                     "tensor shapes when omitted.")
+    sha256: Optional[str] = Field(None, description="Expected hex digest of the weights file, checked before loading.")
+    hq_token_only: bool = Field(False, description="The HQ token's mask alone (default: SAM's mask plus the HQ term, "
+                                                   "as official).")
+    sam_only: bool = Field(False, description="SAM's mask without the HQ term: the baseline to compare HQ against.")
+    multimask_output: bool = Field(False, description="Keep the best of 3 candidate masks per box by predicted IoU.")
+    mask_threshold: float = Field(0.0, description="Threshold on the mask logits.")
+    dtype: DType = Field("float32", description="float32, or bfloat16 autocast (the prompt encoder stays in fp32).")
+    box_chunk_size: Optional[int] = Field(None, ge=1, description="Boxes decoded at once per image; default 64 on a "
+                                                                  "GPU, 1 on CPU.")
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in VARIANTS:
+            raise PydanticCustomError("variant", "must be one of {variants}, got {value!r}",
+                                      {"variants": ", ".join(VARIANTS), "value": value})
+        return value
+
+    @classmethod
+    def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
+        if values.get("hq_token_only") is True and values.get("sam_only") is True:
+            return ["model: hq_token_only and sam_only exclude each other; set at most one"]
+        return []
+
+
+class ComputeConfig(Section):
+    section: ClassVar[str] = "compute"
+    num_actors: int = Field(1, ge=1, description="Model replicas (the actor pool's size).")
+    num_gpus_per_actor: Optional[float] = Field(None, ge=0, description="GPUs per model actor, fractions allowed; "
+                                                                        "default 1 when the cluster has GPUs, else 0.")
+    num_cpus_per_actor: float = Field(1.0, ge=0, description="CPUs each model actor reserves.")
+    torch_threads: Optional[int] = Field(None, ge=1, description="Intra-op threads per actor on CPU; default: Ray's "
+                                                                 "(num_cpus_per_actor).")
+    batch_size: int = Field(4, ge=1, description="Images per model call.")
+    decode_batch_size: int = Field(8, ge=1, description="Images per CPU decode task.")
+
+
+class StorageConfig(Section):
     """Object-store settings; credentials come only from the standard AWS environment
-    variables or instance roles."""
+    variables, shared config files or instance roles, never from a config."""
 
-    endpoint_url: Optional[str] = None  # S3-compatible endpoint (MinIO, SeaweedFS, R2, ...)
-    region: Optional[str] = None
-    anonymous: bool = False  # unsigned requests (public buckets)
+    section: ClassVar[str] = "storage"
+    endpoint_url: Optional[str] = Field(None, description="S3-compatible endpoint (MinIO, SeaweedFS, R2, ...), "
+                                                          "http(s)://host[:port], without credentials.")
+    region: Optional[str] = Field(None, description="Object-store region.")
+    anonymous: bool = Field(False, description="Unsigned requests (public buckets).")
+
+    @classmethod
+    def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
+        endpoint = values.get("endpoint_url")
+        if not isinstance(endpoint, str):
+            return []
+        problems = []
+        parts = urllib.parse.urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            host = parts.netloc.rsplit("@", 1)[-1]
+            shown = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+            problems.append(f"storage.endpoint_url: expected http://host[:port] or https://host[:port], got {shown!r}")
+        if parts.username is not None or parts.password is not None:
+            problems.append("storage.endpoint_url: holds credentials (user:password@...); remove them and set "
+                            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment or use an instance role")
+        return problems
 
 
-@dataclass
-class JobConfig:
-    input: InputConfig
-    output: OutputConfig
-    model: ModelConfig
-    compute: ComputeConfig = field(default_factory=ComputeConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
+class Sections(BaseModel):
+    """A config file: a mapping of sections (each a `Section` field)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
+
+    @classmethod
+    def parse(cls: Type[C], data: Mapping[str, Any]) -> C:
+        """From plain data (as read from YAML), with every problem collected into one ConfigError."""
+        problems: List[str] = []
+        sections: Dict[str, Section] = {}
+        known = cls.model_fields
+        for name in data:
+            if name not in known:
+                problems.append(f"unknown section {name!r} (known: {', '.join(known)})")
+        for name, info in known.items():
+            section_cls = info.annotation
+            assert isinstance(section_cls, type) and issubclass(section_cls, Section)
+            raw = data.get(name)
+            if raw is None:
+                if info.is_required():
+                    required = [k for k, f in section_cls.model_fields.items() if f.is_required()]
+                    problems.append(f"missing section {name!r} (required keys: {', '.join(required)})")
+                    continue
+                raw = {}
+            if not isinstance(raw, dict):
+                problems.append(f"{name}: must be a mapping, got {type(raw).__name__}")
+                continue
+            parsed, found = _parse_section(section_cls, raw)
+            problems += found
+            if parsed is not None:
+                sections[name] = parsed
+        if problems:
+            raise ConfigError(problems)
+        return cls(**sections)
+
+
+def _parse_section(cls: Type[Section], raw: Dict[str, Any]) -> Tuple[Optional[Section], List[str]]:
+    problems = []
+    if cls is StorageConfig:
+        for key in [k for k in raw if isinstance(k, str) and k.lower() in _CREDENTIAL_KEYS]:
+            problems.append(f"storage.{key}: credentials must not be in the config; set AWS_ACCESS_KEY_ID / "
+                            "AWS_SECRET_ACCESS_KEY in the environment or use an instance role")
+            raw = {k: v for k, v in raw.items() if k != key}
+    try:
+        parsed: Optional[Section] = cls.model_validate(raw)
+    except ValidationError as e:
+        parsed = None
+        problems += [_problem(cls, error) for error in e.errors() if error["type"] != _CROSS_CHECK]
+    return parsed, problems + cls.cross_checks(raw)
+
+
+def _problem(cls: Type[Section], error: Any) -> str:
+    """One pydantic error as `section.key: what is wrong`."""
+    loc, kind, section = error["loc"], error["type"], cls.section
+    where = f"{section}.{loc[0]}" + "".join(f"[{part}]" for part in loc[1:]) if loc else section
+    if kind == "missing":
+        return f"{section}: missing required key {loc[0]!r}"
+    if kind == "extra_forbidden":
+        return f"{section}: unknown key {loc[0]!r} (known: {', '.join(cls.model_fields)})"
+    if kind in _EXPECTED:
+        return f"{where}: expected {_EXPECTED[kind]}, got {error['input']!r}"
+    if kind == "literal_error":
+        return f"{where}: must be one of {error['ctx']['expected']}, got {error['input']!r}"
+    if kind == "greater_than_equal":
+        return f"{where}: must be >= {error['ctx']['ge']}"
+    if kind == "greater_than":
+        return f"{where}: must be > {error['ctx']['gt']}"
+    return f"{where}: {error['msg']}"
+
+
+class JobConfig(Sections):
+    input: InputConfig = Field(description="Where the images and boxes are.")
+    output: OutputConfig = Field(description="Where the results go.")
+    model: ModelConfig = Field(description="The SAM-HQ checkpoint and how its masks are made.")
+    compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Actors, GPUs, CPUs and batch sizes.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Object-store settings.")
 
 
 def load_config(path: str, overrides: Optional[List[str]] = None) -> JobConfig:
     """Read a YAML job config and apply `key.sub=value` overrides (values parsed as YAML)."""
     return parse_config(read_yaml(path, overrides))
+
+
+def parse_config(data: Mapping[str, Any]) -> JobConfig:
+    """Build a JobConfig from plain data, collecting every problem."""
+    return JobConfig.parse(data)
 
 
 def read_yaml(path: str, overrides: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -150,166 +323,3 @@ def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any
     if problems:
         raise ConfigError(problems)
     return data
-
-
-def parse_config(data: Dict[str, Any]) -> JobConfig:
-    """Build a JobConfig from plain data, collecting every problem."""
-    return parse_sections(JobConfig, data, _check_values)
-
-
-def parse_sections(config_cls: Type[T], data: Dict[str, Any], check_values: Callable[[Dict[str, Any]], List[str]]) -> T:
-    """Build a config dataclass whose fields are section dataclasses from plain data: every
-    unknown or missing key, wrong type, and problem `check_values` finds in the parsed
-    sections is collected into one ConfigError."""
-    problems: List[str] = []
-    sections = {}
-    hints = typing.get_type_hints(config_cls)
-    for name in data:
-        if name not in hints:
-            problems.append(f"unknown section {name!r} (known: {', '.join(hints)})")
-    for name, section_cls in hints.items():
-        section_data = data.get(name)
-        if section_data is None:
-            if _required_fields(section_cls):
-                problems.append(f"missing section {name!r} (required keys: {', '.join(_required_fields(section_cls))})")
-                continue
-            section_data = {}
-        if not isinstance(section_data, dict):
-            problems.append(f"{name}: must be a mapping, got {type(section_data).__name__}")
-            continue
-        sections[name] = _parse_section(name, section_cls, section_data, problems)
-    problems += check_values(sections)
-    if problems:
-        raise ConfigError(problems)
-    return config_cls(**sections)
-
-
-def _required_fields(cls: type) -> List[str]:
-    return [f.name for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-
-
-def _parse_section(name: str, cls: type, data: Dict[str, Any], problems: List[str]) -> Any:
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in data.items():
-        if name == "storage" and key.lower() in _CREDENTIAL_KEYS:
-            problems.append(f"storage.{key}: credentials must not be in the config; set AWS_ACCESS_KEY_ID / "
-                            "AWS_SECRET_ACCESS_KEY in the environment or use an instance role")
-        elif key not in hints:
-            problems.append(f"{name}: unknown key {key!r} (known: {', '.join(hints)})")
-        elif not _type_ok(value, hints[key]):
-            problems.append(f"{name}.{key}: expected {_type_name(hints[key])}, got {value!r}")
-        else:
-            values[key] = float(value) if hints[key] in (float, Optional[float]) and value is not None else value
-    for key in _required_fields(cls):
-        if key not in data:
-            problems.append(f"{name}: missing required key {key!r}")
-    # Missing required keys (already reported) become None so the value checks still run.
-    return cls(**{**{key: None for key in _required_fields(cls)}, **values})
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is Union:
-        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin in (list, List):
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is Union:
-        return f"{_type_name(args[0])} or null"
-    if typing.get_origin(hint) in (list, List):
-        return f"a list of {_type_name(args[0])}"
-    return {str: "a string", int: "an integer", float: "a number", bool: "true/false"}.get(hint, str(hint))
-
-
-def _check_values(sections: Dict[str, Any]) -> List[str]:
-    """Value checks of every section that is a mapping."""
-    problems: List[str] = []
-    inp, model, compute, storage = (sections.get(name) for name in ("input", "model", "compute", "storage"))
-    if storage is not None:
-        problems += check_storage(storage)
-    if inp is not None:
-        problems += _check_input(inp)
-    if model is not None:
-        problems += _check_model(model)
-    if compute is not None:
-        problems += _check_compute(compute)
-    return problems
-
-
-def check_image_source(inp: InputConfig, section: str) -> List[str]:
-    """Problems with where an input's images and boxes come from, reported under `section`."""
-    problems = []
-    if (inp.image_column is None) == (inp.image_uri_column is None):
-        problems.append(f"{section}: set exactly one of image_column (encoded bytes) or image_uri_column (URIs)")
-    if inp.box_format not in BOX_FORMATS:
-        problems.append(f"{section}.box_format: must be one of {', '.join(BOX_FORMATS)}, got {inp.box_format!r}")
-    return problems
-
-
-def check_storage(storage: StorageConfig) -> List[str]:
-    """Problems with the object-store settings: an endpoint URL that is not http(s) or that
-    carries credentials (user:password@host, which would end up in logs and job metadata)."""
-    problems: List[str] = []
-    if storage.endpoint_url is None:
-        return problems
-    parts = urllib.parse.urlsplit(storage.endpoint_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        problems.append(f"storage.endpoint_url: expected http://host[:port] or https://host[:port], got "
-                        f"{_without_userinfo(parts)!r}")
-    if parts.username is not None or parts.password is not None:
-        problems.append("storage.endpoint_url: holds credentials (user:password@...); remove them and set "
-                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment or use an instance role")
-    return problems
-
-
-def _without_userinfo(parts: urllib.parse.SplitResult) -> str:
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
-def _check_input(inp: InputConfig) -> List[str]:
-    problems = check_image_source(inp, "input")
-    if inp.num_blocks is not None and inp.num_blocks < 1:
-        problems.append("input.num_blocks: must be >= 1")
-    clashes = sorted(set(RESULT_COLUMNS) & set(inp.passthrough_columns))
-    if clashes:
-        problems.append(f"input.passthrough_columns: {', '.join(clashes)} clash with output columns")
-    return problems
-
-
-def _check_model(model: ModelConfig) -> List[str]:
-    problems = []
-    if model.dtype not in DTYPES:
-        problems.append(f"model.dtype: must be one of {', '.join(DTYPES)}, got {model.dtype!r}")
-    if model.variant is not None and model.variant not in ("vit_b", "vit_l", "vit_h", "vit_tiny"):
-        problems.append(f"model.variant: must be vit_b, vit_l, vit_h or vit_tiny, got {model.variant!r}")
-    if model.box_chunk_size is not None and model.box_chunk_size < 1:
-        problems.append("model.box_chunk_size: must be >= 1")
-    if model.hq_token_only and model.sam_only:
-        problems.append("model: hq_token_only and sam_only exclude each other; set at most one")
-    return problems
-
-
-def _check_compute(compute: ComputeConfig) -> List[str]:
-    problems = []
-    for key in ("num_actors", "batch_size", "decode_batch_size"):
-        if getattr(compute, key) < 1:
-            problems.append(f"compute.{key}: must be >= 1")
-    if compute.torch_threads is not None and compute.torch_threads < 1:
-        problems.append("compute.torch_threads: must be >= 1")
-    if compute.num_gpus_per_actor is not None and compute.num_gpus_per_actor < 0:
-        problems.append("compute.num_gpus_per_actor: must be >= 0")
-    return problems

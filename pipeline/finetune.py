@@ -23,18 +23,19 @@ import random
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import torch
+from pydantic import Field
 
 from samhq_core import SamHQModel, SamHQProcessor
 from samhq_core.training.recipe import Batch, set_trainable, train_phase
 
 from . import rle
-from .config import InputConfig, StorageConfig, check_image_source, check_storage, parse_sections
+from .config import ImageSourceConfig, Section, Sections, StorageConfig
 from .evaluation import mask_scores
 from .ids import stable_hash
 from .preflight import plan_finetune
@@ -47,77 +48,58 @@ from .storage import ParquetInput, filesystem, open_for_write, storage_options
 SOURCES = {"sam_only": {"sam_only": True}, "hq_token_only": {"hq_token_only": True}, "sam_plus_hq": {}}
 
 
-@dataclass
-class DataConfig:
-    train: str  # Parquet file, directory or glob; local or fsspec URL
-    id_column: str
-    boxes_column: str  # per row, boxes in absolute pixels
-    masks_column: str = GROUND_TRUTH_MASKS  # per row, a COCO RLE mask per box (aligned), null = not annotated
-    image_column: Optional[str] = None  # encoded image bytes
-    image_uri_column: Optional[str] = None  # or image URIs, read through fsspec
-    box_format: str = "xyxy"  # xyxy | xywh | cxcywh
-    validation: Optional[str] = None  # separate validation Parquet; default: hold out part of train
-    validation_fraction: float = 0.1  # of train rows, chosen by a hash of the id (stable across runs)
-    max_validation_rows: int = 200  # validation rows evaluated (held in memory as compressed RLE)
-    shuffle_buffer: int = 256  # training rows shuffled together
+class DataConfig(ImageSourceConfig):
+    section: ClassVar[str] = "data"
+    train: str = Field(description="Training Parquet: file, directory or glob; local path or any fsspec URL.")
+    masks_column: str = Field(GROUND_TRUTH_MASKS, description="Column with a COCO RLE mask per box, aligned with the "
+                                                              "boxes; a null mask is not annotated.")
+    validation: Optional[str] = Field(None, description="A separate validation Parquet; default: hold out "
+                                                        "validation_fraction of the training rows.")
+    validation_fraction: float = Field(0.1, description="Share of the training rows held out for validation, chosen "
+                                                        "by a hash of the id (the same across runs).")
+    max_validation_rows: int = Field(200, ge=1, description="Validation rows evaluated (held in memory as compressed "
+                                                            "RLE).")
+    shuffle_buffer: int = Field(256, ge=1, description="Training rows shuffled together.")
 
-    def input_config(self) -> InputConfig:
-        """The pipeline input these columns describe (what the decode stage reads)."""
-        return InputConfig(path=self.train, id_column=self.id_column, boxes_column=self.boxes_column,
-                           image_column=self.image_column, image_uri_column=self.image_uri_column,
-                           box_format=self.box_format)
-
-
-@dataclass
-class ModelSection:
-    checkpoint: str  # .pth or HF directory, path or URL (as SamHQModel.from_pretrained)
-    output: str  # directory for the fine-tuned HF-layout checkpoint; local or fsspec URL
-    variant: Optional[str] = None
-
-
-@dataclass
-class TrainingConfig:
-    steps: int = 1000
-    batch_size: int = 4  # images per step
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    seed: int = 0
-    log_every: int = 50
-    torch_threads: Optional[int] = None  # CPU only
-
-
-@dataclass
-class FinetuneConfig:
-    data: DataConfig
-    model: ModelSection
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-
-
-def parse_finetune_config(data: Dict[str, Any]) -> FinetuneConfig:
-    """Build a FinetuneConfig from plain data, collecting every problem into one ConfigError."""
-    return parse_sections(FinetuneConfig, data, _check_values)
-
-
-def _check_values(sections: Dict[str, Any]) -> List[str]:
-    problems = []
-    data, training, storage = sections.get("data"), sections.get("training"), sections.get("storage")
-    if storage is not None:
-        problems += check_storage(storage)
-    if data is not None:
-        problems += check_image_source(data.input_config(), "data")
-        if data.validation is None and not 0 < data.validation_fraction < 1:
+    @classmethod
+    def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
+        problems = super().cross_checks(values)
+        fraction = values.get("validation_fraction", 0.1)
+        if values.get("validation") is None and isinstance(fraction, (int, float)) and not 0 < fraction < 1:
             problems.append("data.validation_fraction: must be in (0, 1) when data.validation is not given")
-        if data.max_validation_rows < 1 or data.shuffle_buffer < 1:
-            problems.append("data.max_validation_rows and data.shuffle_buffer: must be >= 1")
-    if training is not None:
-        for key in ("steps", "batch_size", "log_every"):
-            if getattr(training, key) < 1:
-                problems.append(f"training.{key}: must be >= 1")
-        if training.lr <= 0 or training.weight_decay < 0 or training.warmup_steps < 0:
-            problems.append("training: lr must be > 0, weight_decay and warmup_steps >= 0")
-    return problems
+        return problems
+
+
+class FinetuneModelConfig(Section):
+    section: ClassVar[str] = "model"
+    checkpoint: str = Field(description="The checkpoint to start from: .pth or HF-layout directory, path or URL.")
+    output: str = Field(description="New directory for the fine-tuned HF-layout checkpoint; local path or fsspec URL.")
+    variant: Optional[str] = Field(None, description="The checkpoint's variant; inferred from its tensor shapes when "
+                                                     "omitted.")
+
+
+class TrainingConfig(Section):
+    section: ClassVar[str] = "training"
+    steps: int = Field(1000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(4, ge=1, description="Images per step.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate, after a linear warm-up, with cosine decay.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(100, ge=0, description="Steps of linear warm-up.")
+    seed: int = Field(0, description="Seed of the initialisation and the shuffling.")
+    log_every: int = Field(50, ge=1, description="Steps between log lines.")
+    torch_threads: Optional[int] = Field(None, ge=1, description="Intra-op threads on CPU.")
+
+
+class FinetuneConfig(Sections):
+    data: DataConfig = Field(description="The labelled images: images, boxes and masks.")
+    model: FinetuneModelConfig = Field(description="The checkpoint to start from and where the result goes.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="The optimisation.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Object-store settings.")
+
+
+def parse_finetune_config(data: Mapping[str, Any]) -> FinetuneConfig:
+    """Build a FinetuneConfig from plain data, collecting every problem into one ConfigError."""
+    return FinetuneConfig.parse(data)
 
 
 @dataclass
@@ -140,7 +122,7 @@ class LabelledImages:
         self.data, self.model = data, model
         self.processor = SamHQProcessor.for_model(model)
         self.input = ParquetInput(url, storage, "data")
-        self.decode = DecodeUDF(data.input_config(), storage, self.processor.image_size, keep_image=False)
+        self.decode = DecodeUDF(data, storage, self.processor.image_size, keep_image=False)
         self.skipped: Counter = Counter()  # reason -> rows (or boxes) not used
         self.columns = [data.id_column, data.boxes_column, data.masks_column,
                         data.image_column or data.image_uri_column]

@@ -11,7 +11,6 @@ output directory.
 """
 
 import concurrent.futures
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -171,8 +170,8 @@ def resolve_job_paths(config: JobConfig, relative_to: Optional[str]) -> Tuple[Jo
                                ("model.checkpoint", "model", "checkpoint")):
         value, found = resolve_local_path(getattr(getattr(config, section), name), key, relative_to)
         problems += found
-        resolved[section] = dataclasses.replace(resolved.get(section, getattr(config, section)), **{name: value})
-    return dataclasses.replace(config, **resolved), problems
+        resolved[section] = resolved.get(section, getattr(config, section)).model_copy(update={name: value})
+    return config.model_copy(update=resolved), problems
 
 
 def _location(url: str, storage: StorageConfig) -> Tuple[str, str]:
@@ -507,8 +506,8 @@ def plan_finetune(config: "FinetuneConfig", relative_to: Optional[str] = None) -
             continue
         value, found = resolve_local_path(value, key, relative_to)
         problems += found
-        resolved[section] = dataclasses.replace(resolved.get(section, getattr(config, section)), **{name: value})
-    config = dataclasses.replace(config, **resolved)
+        resolved[section] = resolved.get(section, getattr(config, section)).model_copy(update={name: value})
+    config = config.model_copy(update=resolved)
     unresolved = {problem.split(":", 1)[0] for problem in problems}
     data, model = config.data, config.model
     rules = [ColumnRule("data.id_column", data.id_column, "id"), ColumnRule("data.boxes_column", data.boxes_column, "boxes"),

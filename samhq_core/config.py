@@ -119,6 +119,13 @@ class SamHQConfig:
         if v.encoder_type == "vit":
             if not v.global_attn_indexes or max(v.global_attn_indexes) >= v.num_hidden_layers:
                 problems.append("vision_config.global_attn_indexes must be non-empty block indexes < num_hidden_layers")
+        # Fixed by SAM's architecture (HF configs carry them); other values would be ignored.
+        if v.num_pos_feats != p.hidden_size // 2:
+            problems.append(f"vision_config.num_pos_feats ({v.num_pos_feats}) must be half the prompt encoder's "
+                            f"hidden_size ({p.hidden_size // 2}): SAM's positional encoding has that many features")
+        if p.num_point_embeddings != 4:
+            problems.append(f"prompt_encoder_config.num_point_embeddings ({p.num_point_embeddings}) must be 4: SAM has "
+                            "four point embeddings (background, foreground, two box corners)")
         if problems:
             raise ValueError("invalid SamHQConfig: " + "; ".join(problems))
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from samhq_core import SamHQProcessor
 
-from ..config import InputConfig, StorageConfig
+from ..config import ImageSourceConfig, StorageConfig
 from ..schema import BOXES, PIXELS, RESIZED_HW, exception_detail, row_error
 from ..storage import filesystem
 from .base import Stage, StageUDF, column
@@ -98,19 +98,19 @@ class DecodeUDF(StageUDF):
 
     result_type = DecodedImage
 
-    def __init__(self, inputs: InputConfig, storage: StorageConfig, image_size: int, keep_image: bool) -> None:
+    def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, keep_image: bool) -> None:
         super().__init__(inputs=inputs, storage=storage, image_size=image_size, keep_image=keep_image)
         self.inputs, self.storage = inputs, storage
         self.processor = SamHQProcessor(image_size)
 
     @classmethod
-    def required_columns(cls, inputs: InputConfig, **_: Any) -> Tuple[str, ...]:
+    def required_columns(cls, inputs: ImageSourceConfig, **_: Any) -> Tuple[str, ...]:
         image = inputs.image_column or inputs.image_uri_column
         assert image is not None
         return (image, inputs.boxes_column)
 
     @classmethod
-    def dropped_columns(cls, inputs: InputConfig, keep_image: bool, **_: Any) -> Tuple[str, ...]:
+    def dropped_columns(cls, inputs: ImageSourceConfig, keep_image: bool, **_: Any) -> Tuple[str, ...]:
         return (inputs.image_column,) if inputs.image_column and not keep_image else ()
 
     def process(self, batch: pa.Table) -> List[DecodedImage]:
@@ -156,7 +156,7 @@ def decode_memory(batch_size: int) -> int:
     return _DECODE_WORKER_BYTES + batch_size * _DECODE_BYTES_PER_IMAGE
 
 
-def decode_stage(inputs: InputConfig, storage: StorageConfig, image_size: int, batch_size: int,
+def decode_stage(inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, batch_size: int,
                  keep_image: bool) -> Stage:
     memory = decode_memory(batch_size)
     return Stage(

@@ -239,6 +239,12 @@ def test_config_validation_and_json(tmp_path):
     del data["vision_config"]["bogus"]
     with pytest.raises(ValueError, match="vit_dim"):
         SamHQConfig.from_dict(data)
+    # Keys that SAM's architecture fixes are checked, not silently ignored.
+    data = config.to_dict()
+    data["vision_config"]["num_pos_feats"] = 64
+    data["prompt_encoder_config"]["num_point_embeddings"] = 5
+    with pytest.raises(ValueError, match=r"num_pos_feats \(64\) must be half .*num_point_embeddings \(5\) must be 4"):
+        SamHQConfig.from_dict(data)
 
 
 def test_bf16_autocast_is_dtype_clean(vit_pair):

@@ -169,3 +169,12 @@ def test_demo_command(tmp_path):
     report = (tmp_path / "demo" / "evaluation.md").read_text()
     miou = float(re.search(r"\| mIoU \| ([0-9.]+) \|", report).group(1))
     assert miou > 0.5, report  # measured 0.79 on these scenes; a random model scores about 0.03
+
+
+def test_console_script_is_the_cli():
+    """`samhq-annotate`, installed with the project, is `python -m pipeline`."""
+    from pipeline.__main__ import config_schema
+
+    script = shutil.which("samhq-annotate") or os.path.join(os.path.dirname(sys.executable), "samhq-annotate")
+    proc = run([script, "schema", "finetune"])
+    assert proc.stdout == config_schema("finetune")

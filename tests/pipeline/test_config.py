@@ -28,7 +28,7 @@ def test_every_problem_is_reported_at_once():
         parse_config(data)
     problems = "\n".join(err.value.problems)
     for expected in ["unknown section 'extra'", "input: unknown key 'bogus'", "missing required key 'id_column'",
-                     "input.passthrough_columns: expected a list of a string", "model.checkpoint: expected a string",
+                     "input.passthrough_columns[1]: expected a string, got 2", "model.checkpoint: expected a string",
                      "exactly one of image_column", "input.box_format", "model.dtype", "compute.num_actors: must be >= 1",
                      "compute.batch_size: expected an integer", "credentials must not be in the config",
                      "hq_token_only and sam_only exclude each other"]:
@@ -60,3 +60,30 @@ def test_shipped_configs_are_valid(path):
         parse_finetune_config(read_yaml(path))
     else:
         load_config(path)
+
+
+@pytest.mark.parametrize("kind", ["job", "finetune"])
+def test_committed_json_schema_is_current_and_agrees_with_the_parser(kind):
+    """configs/<kind>.schema.json is what `python -m pipeline schema` prints; the shipped
+    examples pass it, and a config the parser rejects for a wrong type or key fails it too."""
+    import json
+
+    import jsonschema
+
+    from pipeline.__main__ import config_schema
+
+    generated = config_schema(kind)
+    with open(os.path.join(ROOT, "configs", f"{kind}.schema.json")) as f:
+        assert f.read() == generated, "run: python -m pipeline schema {kind} > configs/{kind}.schema.json"
+    schema = json.loads(generated)
+    assert all("description" in p for d in schema["$defs"].values() for p in d["properties"].values())
+    examples = [p for p in glob.glob(os.path.join(ROOT, "configs", "*.yaml"))
+                if os.path.basename(p).startswith("finetune") == (kind == "finetune")]
+    assert examples
+    for path in examples:
+        jsonschema.validate(read_yaml(path), schema)
+    bad = read_yaml(examples[0])
+    section = "training" if kind == "finetune" else "compute"
+    bad.setdefault(section, {})["batch_size"] = "4"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)

@@ -5,7 +5,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Type
 
 from .config import ConfigError, load_config
 
@@ -70,6 +70,7 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
     from .config import StorageConfig
     from .output_files import JOB_FILE, read_job_description
 
+    job: Optional[Dict[str, Any]]
     if args.config:
         config = load_config(args.config)
         job, storage, source = config.to_dict(), config.storage, args.config
@@ -126,11 +127,11 @@ def config_schema(kind: str) -> str:
     configs/<kind>.schema.json for editors."""
     import json
 
-    from .config import JobConfig
+    from .config import JobConfig, Sections
     from .finetune import FinetuneConfig
 
-    model = {"job": JobConfig, "finetune": FinetuneConfig}[kind]
-    return json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
+    models: Dict[str, Type[Sections]] = {"job": JobConfig, "finetune": FinetuneConfig}
+    return json.dumps(models[kind].model_json_schema(), indent=2, sort_keys=True) + "\n"
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

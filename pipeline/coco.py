@@ -151,7 +151,7 @@ class _State:
                 raise ValueError(f"{where}: category column {column!r} mixes category names (strings) and integer "
                                  f"ids (got {value!r} after {self._kind_name()}); use one or the other")
             if value not in self.category_ids:
-                self.category_ids[value] = len(self.category_ids) + 1 if kind is str else value
+                self.category_ids[value] = len(self.category_ids) + 1 if isinstance(value, str) else value
             ids.append(self.category_ids[value])
         return ids
 

@@ -76,6 +76,13 @@ class ImageSourceConfig(Section):
     box_format: BoxFormat = Field("xyxy", description="Box coordinates: xyxy (x1, y1, x2, y2), xywh (x, y, width, "
                                                       "height) or cxcywh (centre x, centre y, width, height).")
 
+    @property
+    def image_source_column(self) -> str:
+        """The column the images come from (encoded bytes or URIs)."""
+        column = self.image_column or self.image_uri_column
+        assert column is not None  # exactly one is set (cross_checks)
+        return column
+
     @classmethod
     def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
         if (values.get("image_column") is None) == (values.get("image_uri_column") is None):

@@ -124,8 +124,7 @@ class LabelledImages:
         self.input = ParquetInput(url, storage, "data")
         self.decode = DecodeUDF(data, storage, self.processor.image_size, keep_image=False)
         self.skipped: Counter = Counter()  # reason -> rows (or boxes) not used
-        self.columns = [data.id_column, data.boxes_column, data.masks_column,
-                        data.image_column or data.image_uri_column]
+        self.columns = [data.id_column, data.boxes_column, data.masks_column, data.image_source_column]
 
     def examples(self, split: Optional[str]) -> Iterator[Example]:
         """One pass over the usable rows; split "train" / "validation" keeps that side of the

@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, cast
 
 import pyarrow.parquet as pq
 import ray
@@ -83,7 +83,6 @@ class JobSummary:
         return "\n".join(lines)
 
 
-@ray.remote(num_cpus=0)
 class RowCounter:
     """Rows the encode tasks have finished, for progress lines on the driver."""
 
@@ -118,7 +117,8 @@ class ProgressReporter:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                done = ray.get(self.counter.value.remote(), timeout=self.interval)
+                reply: Any = self.counter.value.remote()
+                done = int(ray.get(reply, timeout=self.interval))
             except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
                 continue  # a busy or restarting cluster; the next interval tries again
             self.log(progress_line(done, self.total, time.perf_counter() - self.start))
@@ -240,7 +240,8 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
     for path in job_files(config.output.path, config.storage):  # only with output.overwrite (checked in the plan)
         fs.rm(path)
     write_job_description(config.output.path, config.storage, config.to_dict(), plan.scan.num_rows)
-    counter = RowCounter.remote()
+    # Ray's stubs type .remote() of an actor class as "handle or class"; it is the handle.
+    counter = cast("ray.actor.ActorHandle", ray.remote(num_cpus=0)(RowCounter).remote())
     dataset = build_dataset(plan, resources, counter, log, verbose)
     out_fs, out_path = arrow_filesystem(config.output.path, config.storage)
     with ProgressReporter(counter, plan.scan.num_rows, progress_interval, log):

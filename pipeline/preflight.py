@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from samhq_core import SamHQConfig, SamHQModel
 
-from .config import ConfigError, JobConfig, StorageConfig
+from .config import ConfigError, JobConfig, Section, StorageConfig
 from .output_files import JOB_FILE, is_job_file
 from .storage import filesystem, list_parquet_files, storage_options
 
@@ -117,9 +117,9 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None) -> JobPlan:
 def read_columns(config: JobConfig) -> List[str]:
     """The input columns the job reads, each once: id, passthrough, category, image, boxes."""
     inp = config.input
-    image = inp.image_column or inp.image_uri_column
     return list(dict.fromkeys([inp.id_column, *inp.passthrough_columns,
-                               *([inp.category_column] if inp.category_column else []), image, inp.boxes_column]))
+                               *([inp.category_column] if inp.category_column else []), inp.image_source_column,
+                               inp.boxes_column]))
 
 
 def input_rules(config: JobConfig) -> List[ColumnRule]:
@@ -165,7 +165,7 @@ def resolve_local_path(value: str, key: str, relative_to: Optional[str]) -> Tupl
 def resolve_job_paths(config: JobConfig, relative_to: Optional[str]) -> Tuple[JobConfig, List[str]]:
     """The config with its local input, output and checkpoint paths made absolute."""
     problems: List[str] = []
-    resolved = {}
+    resolved: Dict[str, Section] = {}
     for key, section, name in (("input.path", "input", "path"), ("output.path", "output", "path"),
                                ("model.checkpoint", "model", "checkpoint")):
         value, found = resolve_local_path(getattr(getattr(config, section), name), key, relative_to)
@@ -387,17 +387,9 @@ def check_output(output: str, input_url: str, overwrite: bool, storage: StorageC
                     "is inside" if _within(out_place[1], in_root[1]) else "contains")
         return [f"{output_key}: {output} {relation} {input_key} {input_url}; the job would read its own results or "
                 "replace its input: write the results elsewhere"]
-    fs, path = filesystem(output, storage)
-    try:
-        if not fs.exists(path):
-            return []
-        if not fs.isdir(path):
-            return [f"{output_key}: {output} is a file; the results go into a directory"]
-        entries = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
-    except Exception as e:  # noqa: BLE001 - permissions, endpoints, network
-        return [f"{output_key}: cannot list {output}: {type(e).__name__}: {e}"]
-    if not entries:
-        return []
+    entries, problems = _directory_entries(output, storage, output_key, "the results go into a directory")
+    if problems or not entries:
+        return problems
     if not overwrite:
         return [f"{output_key}: {output} is not empty ({_some(entries)}); set output.overwrite: true to replace "
                 "the results of an earlier run there, or choose another path"]
@@ -407,6 +399,20 @@ def check_output(output: str, input_url: str, overwrite: bool, storage: StorageC
                 "output.overwrite only replaces the pipeline's own files (masks-*.parquet and "
                 f"{JOB_FILE}): move them away or choose another path"]
     return []
+
+
+def _directory_entries(url: str, storage: StorageConfig, key: str, why_directory: str) -> Tuple[List[str], List[str]]:
+    """The names in the directory a job writes to ([] when it does not exist yet), or the
+    problem: it is a file, or it cannot be listed."""
+    fs, path = filesystem(url, storage)
+    try:
+        if not fs.exists(path):
+            return [], []
+        if not fs.isdir(path):
+            return [], [f"{key}: {url} is a file; {why_directory}"]
+        return [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)], []
+    except Exception as e:  # noqa: BLE001 - permissions, endpoints, network
+        return [], [f"{key}: cannot list {url}: {type(e).__name__}: {e}"]
 
 
 def _some(names: List[str], limit: int = 3) -> str:
@@ -541,15 +547,9 @@ def _check_finetune_output(output: str, checkpoint: str, storage: StorageConfig)
     if out_place == checkpoint_place:
         return [f"model.output: {output} is model.checkpoint; the fine-tuned model would replace the one it starts "
                 "from: write it elsewhere"]
-    fs, path = filesystem(output, storage)
-    try:
-        if not fs.exists(path):
-            return []
-        if not fs.isdir(path):
-            return [f"model.output: {output} is a file; the fine-tuned checkpoint is a directory"]
-        entries = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
-    except Exception as e:  # noqa: BLE001 - permissions, endpoints, network
-        return [f"model.output: cannot list {output}: {type(e).__name__}: {e}"]
+    entries, problems = _directory_entries(output, storage, "model.output", "the fine-tuned checkpoint is a directory")
+    if problems:
+        return problems
     foreign = [e for e in entries if e not in FINETUNE_FILES]
     if entries and (foreign or "finetune_report.md" not in entries):
         return [f"model.output: {output} is not empty and not an earlier fine-tuning run's output "

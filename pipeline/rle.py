@@ -6,13 +6,14 @@ zeros).
 A stored mask is `{"size": [h, w], "counts": str}` (`pipeline.schema.RLE_TYPE`).
 """
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
 Rle = Dict[str, Any]
+RunLengths = Union[np.ndarray, List[int]]  # uncompressed counts of one mask
 
 
 def run_lengths(masks: torch.Tensor) -> Tuple[List[np.ndarray], np.ndarray, np.ndarray]:
@@ -49,7 +50,7 @@ def empty_run_lengths(height: int, width: int) -> List[int]:
     return [height * width]
 
 
-def compress(counts: List[List[int]], height: int, width: int) -> List[Rle]:
+def compress(counts: List[RunLengths], height: int, width: int) -> List[Rle]:
     """Uncompressed run lengths of masks of one image → their stored COCO RLEs."""
     if not counts:
         return []

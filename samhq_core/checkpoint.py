@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
-from typing import IO, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import IO, Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 import fsspec
 import torch
@@ -94,13 +95,14 @@ def from_hf_state_dict(state: Dict[str, torch.Tensor], model_keys: List[str]) ->
 def infer_config(state: Dict[str, torch.Tensor]) -> SamHQConfig:
     """Derive the architecture of an official-layout state dict from its tensor shapes."""
     hq = "mask_decoder.hf_token.weight" in state
-    decoder = dict(
+    decoder: Dict[str, Any] = dict(
         hidden_size=state["mask_decoder.iou_token.weight"].shape[1],
         num_multimask_outputs=state["mask_decoder.mask_tokens.weight"].shape[0] - 1,
         num_hidden_layers=_count(state, r"mask_decoder\.transformer\.layers\.(\d+)\."),
         mlp_dim=state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
         hq=hq,
     )
+    vision: Dict[str, Any]
     if "image_encoder.patch_embed.seq.0.c.weight" in state:
         dims = [state[f"image_encoder.layers.{i}.blocks.0.conv1.c.weight"].shape[1] if i == 0 else
                 state[f"image_encoder.layers.{i}.blocks.0.attn.qkv.weight"].shape[1] for i in range(4)]
@@ -133,7 +135,7 @@ def infer_config(state: Dict[str, torch.Tensor]) -> SamHQConfig:
         )
     base = SamHQConfig.from_variant("vit_tiny" if vision.get("encoder_type") == "tiny_vit" else "vit_b")
     data = base.to_dict()
-    data["vision_config"].update(vision)
+    data["vision_config"].update(vision, num_pos_feats=decoder["hidden_size"] // 2)
     data["prompt_encoder_config"].update(image_size=data["vision_config"]["image_size"], hidden_size=decoder["hidden_size"])
     vit_dim = vision["tiny_embed_dims"][2] if "tiny_embed_dims" in vision else vision["hidden_size"]
     data["mask_decoder_config"].update(decoder, vit_dim=vit_dim)
@@ -412,8 +414,7 @@ def fetch(src: str, cache_dir: Optional[str] = None, storage_options: Optional[d
             continue
         with tempfile.NamedTemporaryFile(dir=target, delete=False) as tmp:
             with fs.open(remote_file, "rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 22), b""):
-                    tmp.write(block)
+                shutil.copyfileobj(f, tmp, 1 << 22)
         os.replace(tmp.name, local)  # atomic: a cut-off download never looks cached
     return os.path.join(target, names[0]) if is_file else target
 

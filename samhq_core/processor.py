@@ -48,7 +48,7 @@ def resize_longest_side(array: np.ndarray, long_side: int) -> np.ndarray:
     """uint8 RGB (H, W, 3) → resized so that its longest side is `long_side`, with PIL
     bilinear as the official preprocessing (torchvision's resize of a PIL image)."""
     new_h, new_w = preprocess_shape(array.shape[0], array.shape[1], long_side)
-    return np.array(Image.fromarray(array).resize((new_w, new_h), Image.BILINEAR))
+    return np.array(Image.fromarray(array).resize((new_w, new_h), Image.Resampling.BILINEAR))
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:

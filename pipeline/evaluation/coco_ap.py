@@ -35,7 +35,9 @@ def coco_ap(images: Sequence[EvaluatedImage], has_categories: bool) -> Tuple[Tup
     ordered = sorted(images, key=lambda im: im.key)  # image ids independent of the partitioning
     categories = sorted({c for im in ordered for c, _, _, _ in im.boxes}, key=category_order)
     category_ids = {c: i + 1 for i, c in enumerate(categories)}
-    coco_images, gts, dets = [], [], []
+    coco_images: List[Dict[str, Any]] = []
+    gts: List[Dict[str, Any]] = []
+    dets: List[Dict[str, Any]] = []
     for image_id, im in enumerate(ordered, 1):
         coco_images.append({"id": image_id, "height": im.height, "width": im.width})
         gt_rles, pred_rles = [b[1] for b in im.boxes], [b[2] for b in im.boxes]

@@ -32,8 +32,8 @@ def _column_of(field: "dataclasses.Field[Any]") -> str:
 
 class StageUDF:
     """Base of every stage's UDF. Subclasses set `result_type`, may name the columns they
-    need and drop (`required_columns`, `dropped_columns`, given the constructor kwargs) and
-    implement `process`."""
+    need and drop (`required_columns`, `dropped_columns`, from the constructor kwargs, so that
+    the job can check the stages' columns before building anything) and implement `process`."""
 
     result_type: ClassVar[Type[Any]]  # a dataclass with a `passthrough()` classmethod
 
@@ -41,11 +41,11 @@ class StageUDF:
         self.constructor_kwargs = constructor_kwargs
 
     @classmethod
-    def required_columns(cls, **constructor_kwargs: Any) -> Tuple[str, ...]:
+    def required_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
         return ()
 
     @classmethod
-    def dropped_columns(cls, **constructor_kwargs: Any) -> Tuple[str, ...]:
+    def dropped_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
         return ()
 
     @classmethod
@@ -59,11 +59,11 @@ class StageUDF:
     def shape(self, batch: pa.Table) -> pa.Table:
         """The batch this stage hands on, from the input with the results added (default:
         without the dropped columns)."""
-        return batch.drop_columns([c for c in self.dropped_columns(**self.constructor_kwargs) if c in batch.column_names])
+        return batch.drop_columns([c for c in self.dropped_columns(self.constructor_kwargs) if c in batch.column_names])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         name = type(self).__name__
-        missing = [c for c in self.required_columns(**self.constructor_kwargs) if c not in batch.column_names]
+        missing = [c for c in self.required_columns(self.constructor_kwargs) if c not in batch.column_names]
         if missing:
             raise ValueError(f"{name}: input batch lacks column(s) {missing} (has {batch.column_names})")
         errors: List[Optional[str]] = (batch.column(ERROR).to_pylist() if ERROR in batch.column_names
@@ -125,7 +125,7 @@ class Stage:
 
     @property
     def required_columns(self) -> Tuple[str, ...]:
-        return self.udf.required_columns(**self.constructor_kwargs)
+        return self.udf.required_columns(self.constructor_kwargs)
 
     @property
     def added_columns(self) -> Tuple[str, ...]:
@@ -133,7 +133,7 @@ class Stage:
 
     @property
     def dropped_columns(self) -> Tuple[str, ...]:
-        return self.udf.dropped_columns(**self.constructor_kwargs)
+        return self.udf.dropped_columns(self.constructor_kwargs)
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         if "compute" in self.map_batches_kwargs:

@@ -4,7 +4,7 @@ preprocessing does them)."""
 
 import io
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -104,14 +104,14 @@ class DecodeUDF(StageUDF):
         self.processor = SamHQProcessor(image_size)
 
     @classmethod
-    def required_columns(cls, inputs: ImageSourceConfig, **_: Any) -> Tuple[str, ...]:
-        image = inputs.image_column or inputs.image_uri_column
-        assert image is not None
-        return (image, inputs.boxes_column)
+    def required_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
+        inputs: ImageSourceConfig = constructor_kwargs["inputs"]
+        return (inputs.image_source_column, inputs.boxes_column)
 
     @classmethod
-    def dropped_columns(cls, inputs: ImageSourceConfig, keep_image: bool, **_: Any) -> Tuple[str, ...]:
-        return (inputs.image_column,) if inputs.image_column and not keep_image else ()
+    def dropped_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
+        inputs: ImageSourceConfig = constructor_kwargs["inputs"]
+        return (inputs.image_column,) if inputs.image_column and not constructor_kwargs["keep_image"] else ()
 
     def process(self, batch: pa.Table) -> List[DecodedImage]:
         return [self._row(batch, i) for i in range(batch.num_rows)]

@@ -2,7 +2,7 @@
 shape the output rows (id, passthrough and result columns, `pipeline.schema`)."""
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import pyarrow as pa
 
@@ -31,8 +31,8 @@ class EncodeUDF(StageUDF):
         self.keep_columns, self.row_counter = list(keep_columns), row_counter
 
     @classmethod
-    def required_columns(cls, keep_columns: Sequence[str], **_: Any) -> Tuple[str, ...]:
-        return (*keep_columns, IMAGE_SIZE, RUN_LENGTHS)
+    def required_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
+        return (*constructor_kwargs["keep_columns"], IMAGE_SIZE, RUN_LENGTHS)
 
     def process(self, batch: pa.Table) -> List[EncodedMasks]:
         sizes, counts = batch.column(IMAGE_SIZE).to_pylist(), batch.column(RUN_LENGTHS).to_pylist()

@@ -4,7 +4,7 @@ thresholds and run-length-codes the masks on the actor's device, so that only ru
 boundaries, scores, areas and boxes leave it."""
 
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,7 @@ from .base import Stage, StageUDF, column
 class MaskResult:
     """One row's masks, as run lengths, with their scores, areas and boxes (per input box)."""
 
-    run_lengths: List[List[int]] = column(RUN_LENGTHS, default_factory=list)
+    run_lengths: List[rle.RunLengths] = column(RUN_LENGTHS, default_factory=list)
     iou_scores: List[float] = field(default_factory=list)
     mask_areas: List[int] = field(default_factory=list)
     mask_bboxes: List[List[float]] = field(default_factory=list)
@@ -67,11 +67,11 @@ class ModelUDF(StageUDF):
                              f"job resizes images for {image_size}: did the checkpoint change after the job's checks?")
 
     @classmethod
-    def required_columns(cls, **_: Any) -> Tuple[str, ...]:
+    def required_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
         return (PIXELS, RESIZED_HW, BOXES, IMAGE_SIZE, BOX_ERRORS)
 
     @classmethod
-    def dropped_columns(cls, **_: Any) -> Tuple[str, ...]:
+    def dropped_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
         return (PIXELS, BOXES)
 
     def process(self, batch: pa.Table) -> List[MaskResult]:

@@ -93,10 +93,10 @@ class MaskDecoderHQ(nn.Module):
         by IoU with multimask_output (the first is the official output), else K = 1.
         """
         n = sparse_prompt_embeddings.shape[0]
-        output_tokens = [self.iou_token.weight, self.mask_tokens.weight]
+        token_weights = [self.iou_token.weight, self.mask_tokens.weight]
         if self.hq and not sam_only:  # without the HQ token in the sequence this is exactly SAM
-            output_tokens.append(self.hf_token.weight)
-        output_tokens = torch.cat(output_tokens).to(sparse_prompt_embeddings.dtype)
+            token_weights.append(self.hf_token.weight)
+        output_tokens = torch.cat(token_weights).to(sparse_prompt_embeddings.dtype)
         tokens = torch.cat([output_tokens.expand(n, -1, -1), sparse_prompt_embeddings], dim=1)
 
         hs, keys = self.transformer(image_embedding, image_pe, tokens)
@@ -150,7 +150,9 @@ class MaskDecoderHQ(nn.Module):
         taps = torch.einsum("no,oikl->nikl", hyper, kernel).reshape(n, c_hidden, -1)  # n x C/4 x 9
         tap_maps = (_pixels_by_channels(hidden) @ taps).view(n, h, w, 3, 3)
         tap_maps = F.pad(tap_maps, (0, 0, 0, 0, 1, 1, 1, 1))  # zero padding of the 3x3 conv
-        masks = sum(tap_maps[:, i : i + h, j : j + w, i, j] for i in range(3) for j in range(3))
+        masks = tap_maps[:, :h, :w, 0, 0]
+        for i, j in [(i, j) for i in range(3) for j in range(3)][1:]:  # the taps in order, as a running sum
+            masks = masks + tap_maps[:, i : i + h, j : j + w, i, j]
         bias = hyper @ last_conv.bias.to(hyper.dtype)  # n
         shared = hyper @ _pixels_by_channels(hq_features)[0].T.to(hyper.dtype)  # n x HW
         return (masks.reshape(n, h * w) + shared + bias[:, None]).view(n, 1, h, w)

@@ -21,6 +21,8 @@ LABEL_POSITIVE = 1
 class PositionEmbeddingRandom(nn.Module):
     """Positional encoding with random spatial frequencies (a fixed Gaussian matrix)."""
 
+    positional_encoding_gaussian_matrix: torch.Tensor  # (2, num_pos_feats), a buffer
+
     def __init__(self, num_pos_feats: int) -> None:
         super().__init__()
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn((2, num_pos_feats)))
@@ -90,8 +92,8 @@ class PromptEncoder(nn.Module):
             labels == LABEL_PAD,
             self.not_a_point_embed.weight,
             embedding
-            + (labels == LABEL_NEGATIVE) * self.point_embeddings[0].weight
-            + (labels == LABEL_POSITIVE) * self.point_embeddings[1].weight,
+            + (labels == LABEL_NEGATIVE) * self._point_embedding(0)
+            + (labels == LABEL_POSITIVE) * self._point_embedding(1),
         )
         if pad:
             pad_token = self.not_a_point_embed.weight.expand(*embedding.shape[:-2], 1, -1)
@@ -102,8 +104,14 @@ class PromptEncoder(nn.Module):
         """boxes (..., 4) as x1, y1, x2, y2 in the input frame → corner tokens (..., 2, C)."""
         corners = (boxes + 0.5).reshape(*boxes.shape[:-1], 2, 2)
         embedding = self.pe_layer(corners, self.input_image_size)
-        corner_types = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
+        corner_types = torch.cat([self._point_embedding(2), self._point_embedding(3)])
         return embedding + corner_types
+
+    def _point_embedding(self, kind: int) -> torch.Tensor:
+        """(1, C): 0 background point, 1 foreground point, 2 and 3 a box's corners."""
+        embedding = self.point_embeddings[kind]
+        assert isinstance(embedding, nn.Embedding)
+        return embedding.weight
 
     def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
         """Low-res mask logits (N, 1, 4h, 4w) → dense embeddings (N, C, h, w)."""

@@ -23,12 +23,13 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 class SamHQOutput:
     """pred_masks: (B, P, K, 4h, 4w) low-res mask logits (256 x 256 for 1024 inputs);
     iou_scores: (B, P, K) predicted IoU; K is 3 with multimask_output (sorted by IoU,
-    best first) unless hq_token_only, else 1. The image embeddings are returned for reuse."""
+    best first) unless hq_token_only, else 1. The image embeddings are returned for reuse
+    (the intermediate ones are None when plain SAM was given only image embeddings)."""
 
     pred_masks: torch.Tensor
     iou_scores: torch.Tensor
     image_embeddings: torch.Tensor
-    intermediate_embeddings: torch.Tensor
+    intermediate_embeddings: Optional[torch.Tensor]
 
 
 def build_image_encoder(config: SamHQConfig) -> nn.Module:
@@ -93,6 +94,8 @@ class SamHQModel(PretrainedModel):
             vit_dim=d.vit_dim,
             hq=d.hq,
         )
+        self.pixel_mean: torch.Tensor  # (3, 1, 1) buffers, so that .to(device) moves them and `device` reads them
+        self.pixel_std: torch.Tensor
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
 
@@ -138,7 +141,7 @@ class SamHQModel(PretrainedModel):
         the decoder's tokens and no HQ term (the baseline of the paper's comparisons).
         Prompts of one image are decoded `prompt_chunk_size` at a time, which bounds memory
         (roughly 0.1 GB of fp32 activations per prompt): by default 64 on accelerators and 1 on CPU,
-        where one prompt's 256 x 256 activations stay in cache (measured 3x faster than 64).
+        where one prompt's 256 x 256 activations stay in cache.
         original_sizes and reshaped_input_sizes are accepted, and unused, so that the
         processor's whole output can be passed as `model(**inputs)`; post_process_masks
         needs them.
@@ -153,6 +156,7 @@ class SamHQModel(PretrainedModel):
             raise ValueError("hq_token_only=True needs an HQ checkpoint; this model is plain SAM")
         if hq_token_only and sam_only:
             raise ValueError("hq_token_only and sam_only exclude each other: pick one mask source")
+        assert image_embeddings is not None  # one of the two inputs, checked above
         if prompt_chunk_size is None:
             prompt_chunk_size = 1 if image_embeddings.is_cpu else 64
         if prompt_chunk_size < 1:
@@ -171,6 +175,7 @@ class SamHQModel(PretrainedModel):
         for b in range(batch):
             hq_features = None
             if self.mask_decoder.hq and not sam_only:
+                assert intermediate_embeddings is not None  # checked above for HQ models
                 hq_features = self.mask_decoder.hq_features(image_embeddings[b : b + 1], intermediate_embeddings[b : b + 1])
             for start in range(0, num_prompts, prompt_chunk_size):
                 end = min(start + prompt_chunk_size, num_prompts)

@@ -2,7 +2,7 @@
 stages whose attention bias is looked up from a learned table by relative offset."""
 
 import itertools
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -92,6 +92,7 @@ class Attention(nn.Module):
             for p2 in points
         ]
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
+        self.attention_bias_idxs: torch.Tensor  # (N, N) indexes into attention_biases, a buffer
         self.register_buffer(
             "attention_bias_idxs", torch.tensor(idxs).view(len(points), len(points)), persistent=False
         )
@@ -190,6 +191,7 @@ class TinyViT(nn.Module):
             if i < num_stages - 1:
                 stride = 1 if i == num_stages - 2 else 2
                 downsample = PatchMerging(resolution, embed_dims[i], embed_dims[i + 1], stride)
+            blocks: List[nn.Module]
             if i == 0:
                 blocks = [MBConv(embed_dims[0], mbconv_expand_ratio) for _ in range(depths[0])]
             else:

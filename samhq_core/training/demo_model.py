@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -36,10 +36,12 @@ def demo_config(image_size: int = SCENE_SIZE, encoder: str = "tiny_vit") -> SamH
     if encoder == "tiny_vit":
         vision = SamHQVisionConfig(encoder_type="tiny_vit", output_channels=width, image_size=image_size,
                                    tiny_embed_dims=[32, 64, width, width], tiny_depths=[1, 2, 2, 1],
-                                   tiny_num_heads=[1, 2, 4, 4], tiny_window_sizes=[8, 8, 16, 16])
+                                   tiny_num_heads=[1, 2, 4, 4], tiny_window_sizes=[8, 8, 16, 16],
+                                   num_pos_feats=width // 2)
     else:
         vision = SamHQVisionConfig(hidden_size=width, output_channels=width, num_hidden_layers=4, num_attention_heads=4,
-                                   image_size=image_size, window_size=8, global_attn_indexes=[1, 3])
+                                   image_size=image_size, window_size=8, global_attn_indexes=[1, 3],
+                                   num_pos_feats=width // 2)
     return SamHQConfig(
         vision_config=vision,
         prompt_encoder_config=SamHQPromptEncoderConfig(hidden_size=width, image_size=image_size),
@@ -61,8 +63,8 @@ def synthetic_batches(seed: int, batch_size: int, image_size: int, coarse_cell: 
         pixels = torch.stack([processor.preprocess_image(s.image)[0] for s in scenes])
         targets = []
         for s in scenes:
-            masks = np.array([coarsen(m, coarse_cell) for m in s.masks]) if coarse_cell else s.masks
-            masks = torch.from_numpy(masks.astype(np.float32)).reshape(-1, 1, SCENE_SIZE, SCENE_SIZE)
+            scene_masks = np.array([coarsen(m, coarse_cell) for m in s.masks]) if coarse_cell else s.masks
+            masks = torch.from_numpy(scene_masks.astype(np.float32)).reshape(-1, 1, SCENE_SIZE, SCENE_SIZE)
             targets.append(torch.nn.functional.interpolate(masks, (image_size, image_size), mode="nearest")[:, 0])
         yield Batch(pixels, [torch.from_numpy(s.boxes) * scale for s in scenes], targets)
 
@@ -93,9 +95,9 @@ def main() -> None:
                         help="labelled objects per training scene, at most (evaluation scenes have up to 4): more masks "
                              "per image make each encoder pass, the cost of a step, teach more")
     parser.add_argument("--coarse-cell", type=int, default=8,
-                        help="grid (px of the 256 scene) of the SAM phase's coarse masks; on the held-out scenes the "
-                             "coarse masks reach IoU 0.62 against the exact ones on an 8 px grid, 0.74 on a 4 px grid "
-                             "(a finer grid makes SAM's own masks better but not the HQ output; see the model card)")
+                        help="grid (px of the 256 scene) of the SAM phase's coarse masks: a finer grid makes SAM's own "
+                             "masks better but not the HQ output (the model card gives the coarse masks' IoU on each "
+                             "grid and the experiment)")
     parser.add_argument("--sam-lr", type=float, default=1e-3)
     parser.add_argument("--hq-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -108,7 +110,7 @@ def main() -> None:
     model = SamHQModel(demo_config(args.image_size, args.encoder)).to(device)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, input {args.image_size}")
     start = time.perf_counter()
-    log = {"args": vars(args)}
+    log: Dict[str, Any] = {"args": vars(args)}
     for phase, seed, steps, lr in (("sam", args.seed, args.sam_steps, args.sam_lr),
                                    ("hq", args.seed + 1, args.hq_steps, args.hq_lr)):
         coarse_cell = args.coarse_cell if phase == "sam" else None

@@ -6,8 +6,8 @@ shapes, shapes with holes, thin structures (wires, branching twigs) and text-lik
 Thin structures are THIN_WIDTH to THIN_WIDTH + 3 px wide: thin next to the object (a wire
 across a quarter of the image) but no thinner than one cell of the mask decoder's output grid
 (S/4 per side, 4 px at the demo's 256 input). Thinner lines cannot be drawn by any logits on
-that grid: the best 64 x 64 logit maps, fitted to each mask, reach IoU 0.70 on 1-3 px wires
-and 0.61 on 1-3 px twigs, against 0.97 and 0.96 at 4-7 px.
+that grid: even logit maps fitted to each mask miss much of them (the demo model's card,
+models/samhq-demo-synthetic/README.md, gives the fitted IoUs at both widths).
 Objects are drawn back to front; each object's mask is its visible region (later objects
 occlude earlier ones), so masks never overlap. Boxes are the masks' tight boxes with
 detector-like jitter.
@@ -66,8 +66,11 @@ def _shape_mask(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarr
         return _draw((h, w), lambda d: d.polygon(points, fill=255))
     if kind == "ring":
         inner = r * rng.uniform(0.3, 0.7)
-        return _draw((h, w), lambda d: (d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255),
-                                        d.ellipse([cx - inner, cy - inner, cx + inner, cy + inner], fill=0)))
+        def ring(d: ImageDraw.ImageDraw) -> None:
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+            d.ellipse([cx - inner, cy - inner, cx + inner, cy + inner], fill=0)
+
+        return _draw((h, w), ring)
     if kind == "frame":
         t = max(2.0, r * rng.uniform(0.1, 0.3))
         return _draw((h, w), lambda d: d.rectangle([cx - r, cy - r, cx + r, cy + r], outline=255, width=int(t)))
@@ -76,7 +79,7 @@ def _shape_mask(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarr
         width = THIN_WIDTH + int(rng.integers(3))
         return _draw((h, w), lambda d: d.line(points, fill=255, width=width, joint="curve"))
     if kind == "twig":
-        segments = []
+        segments: List[Tuple[Tuple[float, float, float, float], int]] = []
 
         def grow(x: float, y: float, angle: float, length: float, depth: int) -> None:
             x2, y2 = x + length * math.cos(angle), y + length * math.sin(angle)
@@ -86,7 +89,11 @@ def _shape_mask(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarr
                     grow(x2, y2, angle + turn * rng.uniform(0.3, 0.9), length * rng.uniform(0.5, 0.8), depth - 1)
 
         grow(cx, cy + r, -math.pi / 2 + rng.uniform(-0.3, 0.3), r, int(rng.integers(2, 4)))
-        return _draw((h, w), lambda d: [d.line(seg, fill=255, width=wd) for seg, wd in segments])
+        def twig(d: ImageDraw.ImageDraw) -> None:
+            for seg, wd in segments:
+                d.line(seg, fill=255, width=wd)
+
+        return _draw((h, w), twig)
     # strokes: a few glyph-like polylines side by side
     width, glyphs = THIN_WIDTH + int(rng.integers(3)), int(rng.integers(2, 5))
     step = r * 0.8
@@ -114,18 +121,19 @@ def make_scene(rng: np.random.Generator, height: int = 256, width: int = 256, ma
     for _ in range(int(rng.integers(3, 8))):  # clutter: small unlabelled blobs
         blob = _shape_mask("ellipse", rng, height, width) & (rng.random((height, width)) < 0.9)
         image[blob] = rng.uniform(0, 255, 3)
-    masks, kinds = [], []
+    layers: List[np.ndarray] = []  # the objects' visible parts, later ones occluding earlier ones
+    kinds: List[str] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         kind = KINDS[int(rng.integers(len(KINDS)))]
         mask = _shape_mask(kind, rng, height, width)
         if not mask.any():
             continue
         image[mask] = _texture(rng, height, width)[mask]
-        masks = [m & ~mask for m in masks]
-        masks.append(mask)
+        layers = [m & ~mask for m in layers]
+        layers.append(mask)
         kinds.append(kind)
-    keep = [i for i, m in enumerate(masks) if m.sum() >= min_visible_pixels]
-    masks = np.array([masks[i] for i in keep], dtype=bool).reshape(-1, height, width)
+    keep = [i for i, m in enumerate(layers) if m.sum() >= min_visible_pixels]
+    masks = np.array([layers[i] for i in keep], dtype=bool).reshape(-1, height, width)
     kinds = [kinds[i] for i in keep]
     boxes = np.array([tight_box(m) for m in masks], dtype=np.float32).reshape(-1, 4)
     if len(boxes):

@@ -142,12 +142,11 @@ def test_ray_job_submit_to_two_node_cluster(vit_pair, tmp_path):
         assert alive_nodes(gcs_port) == 2
         proc = run(["ray", "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", "--working-dir", ROOT,
                     "--", "python", "-m", "pipeline", "run", "--config", str(tmp_path / "job.yaml")], cwd=ROOT)
-        assert f"rows in: {len(rows)}, rows out: {len(rows)}" in proc.stdout
-        assert "succeeded" in proc.stdout
-        printed = (proc.stdout + proc.stderr).splitlines()
+        printed = proc.stdout + proc.stderr
+        assert f"rows in: {len(rows)}, rows out: {len(rows)}" in proc.stdout and "succeeded" in proc.stdout, printed
+        assert re.search(r"^model: +1 actor \(1 CPU, 0 GPU each\) on CPU", proc.stdout, re.M), printed
         for noise in ("core_worker.cc", " E ", "Traceback", "Total Progress"):
-            assert not [line for line in printed if noise in line], (noise, [line for line in printed if noise in line])
-        assert re.search(r"^model: +1 actor \(1 CPU, 0 GPU each\) on CPU", proc.stdout, re.M)
+            assert not [line for line in printed.splitlines() if noise in line], (noise, printed)
     finally:
         for owned in reversed(started):
             owned.stop()

@@ -21,8 +21,8 @@ from helpers.paths import ROOT
 
 SKIP = re.compile(r"<!-- readme-test: skip \((?P<reason>[^)]+)\) -->\s*$")
 FENCE = re.compile(r"^```(\w*)\s*$")
-# Run by CI before this test (the set-up) or being this very run (the tests).
-ALREADY_RUN = {"bash scripts/setup.sh", "python3 -m pytest -q"}
+# Run by CI (.ci/run) around this test: the set-up, lint and type checks, and this very test run.
+ALREADY_RUN = {"bash scripts/setup.sh", "python3 -m pytest -q", "python3 -m ruff check . && python3 -m mypy"}
 RAY_PORTS = (6379, 8265)  # the README's `ray start --head` uses Ray's default ports
 
 

@@ -84,13 +84,13 @@ class ModelUDF(StageUDF):
         embeddings = None
         if todo:
             try:
-                embeddings = self._encode([images[i] for i in todo])
+                embeddings = self._embed_images([images[i] for i in todo])
             except Exception:  # noqa: BLE001 - isolate the failing image below, one at a time
                 embeddings = None
         for k, i in enumerate(todo):
             try:
                 features = ((embeddings[0][k : k + 1], embeddings[1][k : k + 1]) if embeddings
-                            else self._encode([images[i]]))
+                            else self._embed_images([images[i]]))
                 results[i] = self._masks(images[i], features)
             except Exception as e:  # noqa: BLE001 - a bad row never kills the job
                 results[i] = MaskResult(error=row_error("model", exception_detail(e)))
@@ -106,7 +106,7 @@ class ModelUDF(StageUDF):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.dtype == "bfloat16")
 
     @torch.inference_mode()
-    def _encode(self, images: Sequence[_Image]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _embed_images(self, images: Sequence[_Image]) -> Tuple[torch.Tensor, torch.Tensor]:
         pixels = []
         for image in images:
             resized = torch.frombuffer(bytearray(image.pixels), dtype=torch.uint8).view(*image.resized_hw, 3)

@@ -67,7 +67,7 @@ def main() -> None:
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     config = parse_config({
         "input": {"path": input_path, "id_column": "image_id", "image_column": "image", "boxes_column": "boxes"},
-        "output": {"path": os.path.join(work, "output"), "overwrite": True},
+        "output": {"path": os.path.join(work, "output"), "mode": "overwrite"},
         "model": {"checkpoint": checkpoint},
         "compute": {"num_actors": 1, "batch_size": 1, "decode_batch_size": 4, "torch_threads": args.threads},
     })

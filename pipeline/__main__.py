@@ -39,7 +39,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         resources = cluster_resources()
     else:
         resources = local_resources()
-    problems = check_resources(plan.config, resources, decode_memory(plan.config.compute.decode_batch_size))
+    compute, inputs = plan.config.compute, plan.config.input
+    problems = check_resources(plan.config, resources, decode_memory(compute.decode_batch_size, inputs.max_image_pixels),
+                               checkpoint_filter=plan.resume.filters_rows)
     if problems:
         raise ConfigError(problems)
     print(f"config OK: {args.config}: {plural(plan.scan.num_rows, 'row')} in "
@@ -62,6 +64,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(summary.stats)
     print(f"job summary: {summary.render()}")
     print(f"results: {plan.config.output.path}")
+    if summary.closing is not None and not summary.closing.passed:
+        print(f"error: the results at {plan.config.output.path} failed the closing check (see above); no "
+              "_SUCCESS manifest was written", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -88,10 +94,23 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
     image_column = args.image_column or columns.get("image_uri_column")
     if job:
         print(f"columns from {source}: id {id_column!r}, categories {category_column!r}, image paths {image_column!r}")
+    _warn_if_unfinished(args.input, storage)
     counts = export_coco(args.input, args.output, id_column=id_column, category_column=category_column,
                          storage=storage, image_path_column=image_column, min_score=args.min_score)
     print(f"wrote {args.output}: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     return 0
+
+
+def _warn_if_unfinished(output: str, storage: Any) -> None:
+    """A warning on stderr when `output` is a job's output without its _SUCCESS manifest."""
+    from .output_files import result_files
+
+    try:
+        warning = result_files(output, storage).warning
+    except FileNotFoundError:
+        return  # the reader itself says what is missing
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -102,6 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("error: --overlays-dir and --images go together (the overlays are drawn on the images)", file=sys.stderr)
         return 2
     storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region)
+    _warn_if_unfinished(args.predictions, storage)
     result = evaluate_masks(args.predictions, args.ground_truth, id_column=args.id_column,
                             category_column=args.category_column, worst=args.worst, overlays_dir=args.overlays_dir,
                             images=args.images, image_column=args.image_column, storage=storage,

@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 
 from . import rle
 from .config import StorageConfig
+from .output_files import result_files
 from .schema import BOX_ERRORS, ERROR, IMAGE_SIZE, IOU_SCORES, MASK_AREAS, MASK_BBOXES, MASKS, PER_BOX_COLUMNS
-from .storage import filesystem, list_parquet_files, open_for_write
+from .storage import filesystem, open_for_write
 
 # Result columns the export reads (besides the id, category and image-path columns).
 _RESULT_COLUMNS = (IMAGE_SIZE, *PER_BOX_COLUMNS, ERROR)
@@ -92,7 +93,7 @@ def export_coco(
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     fs, _ = filesystem(input_path, storage)
-    files = list_parquet_files(input_path, storage)
+    files = result_files(input_path, storage).files
     if min_score is not None and not math.isfinite(min_score):
         raise ValueError(f"min_score must be a finite number, got {min_score}")
     state = _State(category_column is not None, image_path_column, min_score)

@@ -12,7 +12,7 @@ reach object storage (`StorageConfig`) are shared with fine-tuning (`pipeline.fi
 """
 
 import urllib.parse
-from typing import Any, ClassVar, Dict, List, Literal, Mapping, Optional, Tuple, Type, TypeVar
+from typing import Any, ClassVar, Dict, List, Literal, Mapping, Optional, Tuple, Type, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,6 +25,8 @@ from .schema import RESULT_COLUMNS
 S = TypeVar("S", bound="Section")
 C = TypeVar("C", bound="Sections")
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
+OutputMode = Literal["error", "overwrite", "resume"]  # the first is the default
+OnBadFile = Literal["fail", "skip"]
 DType = Literal["float32", "bfloat16"]
 # Keys that would put credentials into a config file.
 _CREDENTIAL_KEYS = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
@@ -50,6 +52,7 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     section: ClassVar[str]
+    replaced_keys: ClassVar[Dict[str, str]] = {}  # keys of earlier versions, with what replaces them
 
     @classmethod
     def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
@@ -75,6 +78,18 @@ class ImageSourceConfig(Section):
                                                               "by the decode tasks; set this or image_column.")
     box_format: BoxFormat = Field("xyxy", description="Box coordinates: xyxy (x1, y1, x2, y2), xywh (x, y, width, "
                                                       "height) or cxcywh (centre x, centre y, width, height).")
+    max_image_bytes: int = Field(64 << 20, ge=1, description="Largest encoded image a row may have, in bytes; a "
+                                                             "larger one is that row's error (image_read).")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width x height); a larger "
+                                                                "one is that row's error before it is decoded. The "
+                                                                "decode tasks' memory reservation grows with it.")
+    read_timeout_s: float = Field(60.0, gt=0, description="Seconds an image read (image_uri_column) may take; a "
+                                                          "slower one is that row's error.")
+    allowed_uri_prefixes: Optional[List[str]] = Field(
+        None, description="Where image URIs may point (URL or local path prefixes). Default: the bucket of an "
+                          "object-store input, or, for a local input, the directory above the input's "
+                          "directory. A URI elsewhere is that row's error, so data cannot make the workers read "
+                          "arbitrary local files or internal URLs.")
 
     @property
     def image_source_column(self) -> str:
@@ -99,6 +114,9 @@ class InputConfig(ImageSourceConfig):
                                                              "copied to the output and used by export-coco.")
     num_blocks: Optional[int] = Field(None, ge=1, description="Read parallelism: blocks the input is cut into; "
                                                               "default 4 per model actor.")
+    on_bad_file: OnBadFile = Field("fail", description="An input file that is not readable Parquet or lacks a "
+                                                       "configured column: fail (refuse to start) or skip it (listed, "
+                                                       "with the reason, in the summary and the _SUCCESS manifest).")
 
     @classmethod
     def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
@@ -113,11 +131,19 @@ class InputConfig(ImageSourceConfig):
 
 class OutputConfig(Section):
     section: ClassVar[str] = "output"
+    replaced_keys: ClassVar[Dict[str, str]] = {
+        "overwrite": "replaced by output.mode: write mode: overwrite for overwrite: true, or mode: resume to continue "
+                     "an interrupted run"}
     path: str = Field(description="Directory for the result Parquet files; local path or any fsspec URL.")
     include_image_bytes: bool = Field(False, description="Copy the image bytes column into the output (with "
                                                          "input.image_column).")
-    overwrite: bool = Field(False, description="Replace the files an earlier run of the job wrote at path "
-                                               "(masks-*.parquet, _samhq_job.json); never any other file.")
+    mode: OutputMode = Field(get_args(OutputMode)[0], description="A non-empty path: error (refuse to start), overwrite (replace "
+                                                  "the files an earlier run wrote there, never any other file) or "
+                                                  "resume (continue an interrupted run: rows already written are not "
+                                                  "processed again).")
+    checkpoint_path: Optional[str] = Field(None, description="Where Ray Data's checkpoint of written ids goes; default "
+                                                             "<path>/_checkpoint (same storage settings).")
+    keep_checkpoint: bool = Field(False, description="Keep the checkpoint after the job completes (default: removed).")
 
 
 class ModelConfig(Section):
@@ -250,6 +276,8 @@ def _problem(cls: Type[Section], error: Any) -> str:
     where = f"{section}.{loc[0]}" + "".join(f"[{part}]" for part in loc[1:]) if loc else section
     if kind == "missing":
         return f"{section}: missing required key {loc[0]!r}"
+    if kind == "extra_forbidden" and loc[0] in cls.replaced_keys:
+        return f"{section}.{loc[0]}: {cls.replaced_keys[loc[0]]}"
     if kind == "extra_forbidden":
         return f"{section}: unknown key {loc[0]!r} (known: {', '.join(cls.model_fields)})"
     if kind in _EXPECTED:

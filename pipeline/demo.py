@@ -103,7 +103,7 @@ def run_demo(workdir: str, num_images: int = 8, checkpoint: Optional[str] = None
     config = parse_config({
         "input": {"path": input_path, "id_column": "image_id", "image_column": "image", "boxes_column": "boxes",
                   "category_column": "labels"},
-        "output": {"path": output, "overwrite": True},
+        "output": {"path": output, "mode": "overwrite"},
         "model": {"checkpoint": checkpoint, "hq_token_only": True},
         "compute": {"num_actors": 1, "batch_size": 4, "torch_threads": os.cpu_count() or 1},
     })

@@ -1,9 +1,12 @@
 """Stable keys and hashes of row ids: the same in every process and run (unlike `hash`), so
 that the evaluation's hash join and fine-tuning's validation split fall the same way
-everywhere."""
+everywhere; and the ids of a column that repeat, for the job's checks."""
 
 import hashlib
-from typing import Any
+from typing import Any, List, Tuple
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def id_key(value: Any) -> bytes:
@@ -15,3 +18,15 @@ def id_key(value: Any) -> bytes:
 def stable_hash(value: Any) -> int:
     """A 64-bit hash of an id that is the same in every process and run (unlike `hash`)."""
     return int.from_bytes(hashlib.blake2b(id_key(value), digest_size=8).digest(), "little")
+
+
+def repeated_ids(columns: List[pa.ChunkedArray], examples: int = 3) -> Tuple[int, int, List[Any]]:
+    """(null ids, distinct ids that appear more than once, a few of them) over id columns of
+    one type (e.g. one per file)."""
+    chunks = [chunk for column in columns for chunk in column.chunks]
+    if not chunks:
+        return 0, 0, []
+    values = pa.chunked_array(chunks, type=chunks[0].type)
+    counts = pc.value_counts(values.drop_null())
+    repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    return values.null_count, len(repeated), repeated.field("values")[:examples].to_pylist()

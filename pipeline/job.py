@@ -13,22 +13,41 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, cast
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+from ray.data.checkpoint import CheckpointConfig
 
 from samhq_core import SamHQConfig
 
 from .config import ConfigError, JobConfig
-from .output_files import ResultFilenames, job_files, write_job_description
+from .ids import repeated_ids
+from .output_files import (
+    JOB_FILE_FORMAT,
+    SUCCESS_FILE,
+    ResultFilenames,
+    checkpoint_path,
+    config_digest,
+    read_job_description,
+    remove_job_files,
+    result_files,
+    write_job_description,
+    write_json,
+)
 from .preflight import JobPlan, Resources, check_resources, cluster_resources, num_gpus_per_actor, plan_job, read_columns
 from .schema import BOX_ERRORS, ERROR, NUM_BOXES, error_kind
 from .stages import Stage, check_column_flow, decode_memory, decode_stage, encode_stage, model_stage
-from .storage import arrow_filesystem, filesystem, list_parquet_files
+from .storage import arrow_filesystem, filesystem
 
 Log = Callable[[str], None]
 # Under xyxy, [x, y, w, h] boxes come out inverted whenever w < x or h < y: a share of inverted
 # boxes this large is rarely anything else.
 _INVERTED_HINT_SHARE = 0.25
+# Ray Data's checkpoint filter actor (resumed runs) holds the sorted ids written so far; its
+# default reservation (1 GiB, up to 10 actors) would starve a small cluster of the CPUs and
+# memory its read and write tasks need. One actor does a searchsorted per block.
+_CHECKPOINT_FILTER_MEMORY = 256 << 20
+_EXAMPLES = 3
 
 
 def _print(message: str) -> None:
@@ -36,9 +55,38 @@ def _print(message: str) -> None:
 
 
 @dataclass
+class ClosingCheck:
+    """What the job verified after writing: one output row per input row, each id once."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    duplicate_ids: int = 0  # distinct ids that appear more than once
+    duplicate_examples: List[Any] = field(default_factory=list)
+    null_ids: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return self.rows_out == self.rows_in and not self.duplicate_ids
+
+    def render(self) -> str:
+        if self.passed:
+            return f"closing check: passed ({self.rows_out} rows out for {self.rows_in} in, every id once)"
+        problems = []
+        if self.rows_out != self.rows_in:
+            problems.append(f"{self.rows_out} rows out for {self.rows_in} in")
+        if self.duplicate_ids:
+            cause = ("the input holds duplicate ids" if self.rows_out == self.rows_in
+                     else "rows were written more than once")
+            problems.append(f"{self.duplicate_ids} ids appear more than once (e.g. "
+                            f"{', '.join(map(repr, self.duplicate_examples))}): {cause}")
+        return "closing check: FAILED: " + "; ".join(problems)
+
+
+@dataclass
 class JobSummary:
     rows_in: int = 0
     rows_out: int = 0
+    rows_already_done: int = 0  # written by the run this one resumed, and skipped
     boxes: int = 0  # every input box, those of failed rows included
     masks: int = 0
     box_reasons: Dict[str, int] = field(default_factory=dict)  # why boxes got no mask, with counts
@@ -46,6 +94,8 @@ class JobSummary:
     box_format: str = "xyxy"
     seconds: float = 0.0
     stats: str = ""  # Ray Data's per-stage execution stats
+    skipped_files: List[str] = field(default_factory=list)  # "<url>: <reason>", input.on_bad_file: skip
+    closing: Optional[ClosingCheck] = None
 
     @property
     def unusable_boxes(self) -> int:
@@ -71,8 +121,10 @@ class JobSummary:
 
     def render(self) -> str:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none"
+        resumed = (f" ({self.rows_already_done} already written by the run resumed, skipped)"
+                   if self.rows_already_done else "")
         lines = [
-            f"rows in: {self.rows_in}, rows out: {self.rows_out}, boxes: {self.boxes} "
+            f"rows in: {self.rows_in}, rows out: {self.rows_out}{resumed}, boxes: {self.boxes} "
             f"(masks: {self.masks}, unusable: {self.unusable_boxes}), rows with errors: {errors}, "
             f"{self.seconds:.1f} s, {self.images_per_second:.2f} images/s"
         ]
@@ -80,6 +132,11 @@ class JobSummary:
             lines.append("  boxes without a mask: " + "; ".join(
                 f"{reason}: {n}" for reason, n in sorted(self.box_reasons.items(), key=lambda kv: (-kv[1], kv[0]))))
         lines += [f"  warning: {w}" for w in self.warnings()]
+        if self.skipped_files:
+            lines.append(f"  skipped {plural(len(self.skipped_files), 'input file')} (input.on_bad_file: skip): "
+                         + "; ".join(self.skipped_files))
+        if self.closing is not None:
+            lines.append("  " + self.closing.render())
         return "\n".join(lines)
 
 
@@ -186,6 +243,7 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
     ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(columns)
     num_blocks = config.input.num_blocks or 4 * config.compute.num_actors
     _size_blocks(ds, plan, num_blocks)
+    ds.context.checkpoint_config = job_checkpoint(config)
     ds.context.enable_progress_bars = verbose
     log(f"input:   {plural(len(plan.scan.files), 'Parquet file')}, {plural(plan.scan.num_rows, 'row')}, "
         f"{_size(plan.scan.read_bytes)} to read, in about {num_blocks} blocks (input.num_blocks)")
@@ -208,6 +266,20 @@ def _size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def job_checkpoint(config: JobConfig) -> CheckpointConfig:
+    """Ray Data's checkpointing for the job: every written result file's ids are recorded (a
+    pending entry before the file is written, committed after), and a rerun over the same
+    checkpoint filters out the ids already written and deletes the files of interrupted
+    writes. The job removes the checkpoint itself, only after its closing check and manifest,
+    so that a driver that dies in between still leaves a resumable output."""
+    fs, path = arrow_filesystem(checkpoint_path(config), config.storage)
+    checkpoint = CheckpointConfig(config.input.id_column, path, override_filesystem=fs,
+                                  delete_checkpoint_on_success=False)
+    checkpoint.checkpoint_actor_pool_max_size = 1
+    checkpoint.checkpoint_actor_memory_bytes = _CHECKPOINT_FILTER_MEMORY
+    return checkpoint
+
+
 def _size_blocks(ds: ray.data.Dataset, plan: JobPlan, num_blocks: int) -> None:
     """Make Ray Data cut the input into about `num_blocks` blocks. Its Parquet reader ignores
     override_num_blocks and packs small files into one block, which one actor then processes
@@ -226,44 +298,88 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
 
     Runs the preflight checks first (or takes the `plan` they returned) and then checks the
     connected Ray cluster's resources: ConfigError before anything is written. Joins the
-    connected cluster (`ray.init` first, else Ray Data starts a local one)."""
+    connected cluster (`ray.init` first, else Ray Data starts a local one). After writing, the
+    closing check reads the output's ids; only when it passes is the `_SUCCESS` manifest
+    written (and the checkpoint removed). The caller decides what a failed check means
+    (`summary.closing.passed`)."""
     start = time.perf_counter()
     plan = plan or plan_job(config)
     config = plan.config
     for warning in plan.warnings:
         log(f"warning: {warning}")
+    if plan.resume.complete:
+        log(f"output: {config.output.path} holds a completed run ({SUCCESS_FILE}); nothing to resume")
+        return _finish(plan, start, rows_done=plan.scan.num_rows, stats="")
     resources = cluster_resources()
-    problems = check_resources(config, resources, decode_memory(config.compute.decode_batch_size))
+    problems = check_resources(config, resources, decode_memory(config.compute.decode_batch_size,
+                                                                config.input.max_image_pixels),
+                               checkpoint_filter=plan.resume.filters_rows)
     if problems:
         raise ConfigError(problems)
-    fs, _ = filesystem(config.output.path, config.storage)
-    for path in job_files(config.output.path, config.storage):  # only with output.overwrite (checked in the plan)
-        fs.rm(path)
-    write_job_description(config.output.path, config.storage, config.to_dict(), plan.scan.num_rows)
+    if config.output.mode == "overwrite":  # only the job's own files are there (checked in the plan)
+        remove_job_files(config.output.path, config.storage)
+    if config.output.mode != "resume" or read_job_description(config.output.path, config.storage) is None:
+        write_job_description(config.output.path, config.storage, config.to_dict(), plan.scan.num_rows)
+    if plan.resume.rows_done:
+        log(f"resume:  {plan.resume.rows_done} of {plan.scan.num_rows} rows already written; the rest is processed "
+            "(Ray Data filters the input against the checkpoint)")
     # Ray's stubs type .remote() of an actor class as "handle or class"; it is the handle.
     counter = cast("ray.actor.ActorHandle", ray.remote(num_cpus=0)(RowCounter).remote())
     dataset = build_dataset(plan, resources, counter, log, verbose)
     out_fs, out_path = arrow_filesystem(config.output.path, config.storage)
-    with ProgressReporter(counter, plan.scan.num_rows, progress_interval, log):
+    remaining = plan.scan.num_rows - plan.resume.rows_done
+    with ProgressReporter(counter, remaining, progress_interval, log):
         dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=ResultFilenames())
     ray.kill(counter)
-    summary = summarize_output(config)
-    summary.stats = dataset.stats()
-    summary.rows_in = plan.scan.num_rows
+    return _finish(plan, start, plan.resume.rows_done, dataset.stats())
+
+
+def _finish(plan: JobPlan, start: float, rows_done: int, stats: str) -> JobSummary:
+    """The summary and closing check of what the output holds; the manifest when it passed."""
+    config = plan.config
+    summary = summarize_output(config, plan.scan.num_rows)
+    summary.stats, summary.rows_in, summary.rows_already_done = stats, plan.scan.num_rows, rows_done
+    summary.skipped_files = [f"{s.url}: {s.reason}" for s in plan.scan.skipped]
+    assert summary.closing is not None
+    if summary.closing.passed:
+        write_manifest(plan, summary)
+        if not config.output.keep_checkpoint:
+            fs, path = filesystem(checkpoint_path(config), config.storage)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def summarize_output(config: JobConfig) -> JobSummary:
-    """Counts over the written result columns (reads only the small columns)."""
+def write_manifest(plan: JobPlan, summary: JobSummary) -> None:
+    config = plan.config
+    listing = result_files(config.output.path, config.storage)
+    write_json(config.output.path, config.storage, SUCCESS_FILE, {
+        "format": JOB_FILE_FORMAT,
+        "config_digest": config_digest(config.to_dict()),
+        "rows_in": summary.rows_in,
+        "rows_out": summary.rows_out,
+        "files": sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in listing.files),
+        "skipped_input_files": [{"url": s.url, "reason": s.reason} for s in plan.scan.skipped],
+        "checkpoint": {"path": checkpoint_path(config), "kept": config.output.keep_checkpoint},
+    })
+
+
+def summarize_output(config: JobConfig, rows_in: int) -> JobSummary:
+    """Counts over the written result columns (reads only the id and small result columns),
+    and the closing check against `rows_in`."""
     summary = JobSummary(box_format=config.input.box_format)
     errors: Dict[str, int] = collections.Counter()
     reasons: Dict[str, int] = collections.Counter()
     fs, _ = filesystem(config.output.path, config.storage)
-    for name in list_parquet_files(config.output.path, config.storage):
-        table = pq.read_table(fs.open(name, "rb"), columns=[ERROR, BOX_ERRORS, NUM_BOXES])
+    id_column = config.input.id_column
+    ids: List[pa.ChunkedArray] = []
+    for name in result_files(config.output.path, config.storage).files:
+        with fs.open(name, "rb") as f:
+            table = pq.read_table(f, columns=[id_column, ERROR, BOX_ERRORS, NUM_BOXES])
         summary.rows_out += table.num_rows
-        for error, box_errors, num_boxes in zip(*(table.column(c).to_pylist() for c in table.column_names),
+        ids.append(table.column(id_column))
+        for error, box_errors, num_boxes in zip(*(table.column(c).to_pylist() for c in (ERROR, BOX_ERRORS, NUM_BOXES)),
                                                 strict=True):
             summary.boxes += num_boxes or 0
             kind = error_kind(error)
@@ -278,4 +394,12 @@ def summarize_output(config: JobConfig) -> JobSummary:
                 else:
                     reasons[reason] += 1
     summary.errors, summary.box_reasons = dict(errors), dict(reasons)
+    summary.closing = closing_check(ids, rows_in)
     return summary
+
+
+def closing_check(ids: List[pa.ChunkedArray], rows_in: int) -> ClosingCheck:
+    """Rows out against rows in, and ids that appear more than once (nulls apart: those rows
+    carry an id error)."""
+    nulls, repeated, examples = repeated_ids(ids, _EXAMPLES)
+    return ClosingCheck(rows_in, sum(len(c) for c in ids), repeated, examples, nulls)

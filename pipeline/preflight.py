@@ -22,8 +22,21 @@ import pyarrow.parquet as pq
 from samhq_core import SamHQConfig, SamHQModel
 
 from .config import ConfigError, JobConfig, Section, StorageConfig
-from .output_files import JOB_FILE, is_job_file
-from .storage import filesystem, list_parquet_files, storage_options
+from .ids import repeated_ids
+from .output_files import (
+    CHECKPOINT_DIR,
+    JOB_FILE,
+    SUCCESS_FILE,
+    checkpoint_path,
+    committed_checkpoint_files,
+    config_digest,
+    is_job_file,
+    job_files,
+    read_job_description,
+    read_manifest,
+    result_files,
+)
+from .storage import filesystem, is_local, list_parquet_files, storage_options, uri_allowed, within
 
 # Set by `ray job submit` in the driver's environment: the job runs in a temporary copy of the
 # submitted working directory, so relative local paths would point into it.
@@ -46,10 +59,19 @@ class InputFile:
     schema: pa.Schema
 
 
+@dataclass(frozen=True)
+class SkippedFile:
+    """An input file left out under `input.on_bad_file: skip`, and why."""
+
+    url: str
+    reason: str
+
+
 @dataclass
 class InputScan:
     url: str
     files: List[InputFile]
+    skipped: List[SkippedFile] = field(default_factory=list)
 
     @property
     def num_rows(self) -> int:
@@ -69,15 +91,29 @@ class ColumnRule:
     kind: str  # see _KIND_CHECKS
 
 
+@dataclass(frozen=True)
+class ResumeState:
+    """What an earlier run at the output left (`output.mode: resume`)."""
+
+    rows_done: int = 0  # rows the checkpoint holds as written
+    complete: bool = False  # the earlier run finished (its _SUCCESS manifest is there)
+
+    @property
+    def filters_rows(self) -> bool:
+        """Whether Ray Data will filter the input against the checkpoint (an actor of its own)."""
+        return self.rows_done > 0 and not self.complete
+
+
 @dataclass
 class JobPlan:
-    """What the checks found: the input's files, the model's architecture, and warnings
-    (things that look wrong but may be intended)."""
+    """What the checks found: the input's files, the model's architecture, what an earlier
+    run left (resume), and warnings (things that look wrong but may be intended)."""
 
     config: JobConfig
     scan: InputScan
     model_config: SamHQConfig
     warnings: List[str] = field(default_factory=list)
+    resume: ResumeState = field(default_factory=ResumeState)
 
     @property
     def image_size(self) -> int:
@@ -91,27 +127,41 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None) -> JobPlan:
     unresolved = {problem.split(":", 1)[0] for problem in problems}
     scan: Optional[InputScan] = None
     warnings: List[str] = []
+    skip_bad = config.input.on_bad_file == "skip"
     if "input.path" not in unresolved:
         try:
-            scan = scan_input(config.input.path, config.storage, "input.path", read_columns(config))
+            scan = scan_input(config.input.path, config.storage, "input.path", read_columns(config), skip_bad)
         except ConfigError as e:
             problems += e.problems
     if scan is not None:
-        column_problems = check_columns(scan, input_rules(config), "input.path")
+        rules = input_rules(config)
+        if skip_bad:
+            scan = skip_files_with_bad_columns(scan, rules)
+        if not scan.files:
+            problems.append(f"input.path: no usable input file (all {len(scan.skipped)} skipped under "
+                            f"input.on_bad_file: skip; e.g. {scan.skipped[0].url}: {scan.skipped[0].reason})")
+        column_problems = check_columns(scan, rules, "input.path")
         problems += column_problems
-        if not column_problems:
+        if not column_problems and scan.files:
             warnings += box_format_warnings(scan, config.input.boxes_column, config.input.box_format, config.storage)
+            problems += check_uri_sample(scan, config)
+            if config.output.mode == "resume":
+                problems += check_ids_unique(scan, config.input.id_column, config.storage)
     model_config: Optional[SamHQConfig] = None
     if "model.checkpoint" not in unresolved:
         model_config, found = check_checkpoint(config.model.checkpoint, config.model.variant, config.storage,
                                                "model.checkpoint")
         problems += found
+    resume = ResumeState()
     if not unresolved & {"input.path", "output.path"}:
-        problems += check_output(config.output.path, config.input.path, config.output.overwrite, config.storage)
+        problems += check_output(config.output.path, config.input.path, config.output.mode, config.storage)
+        if config.output.mode == "resume" and not problems:
+            resume, found = check_resume(config)
+            problems += found
     if problems:
         raise ConfigError(problems)
     assert scan is not None and model_config is not None
-    return JobPlan(config, scan, model_config, warnings)
+    return JobPlan(config, scan, model_config, warnings, resume)
 
 
 def read_columns(config: JobConfig) -> List[str]:
@@ -136,10 +186,6 @@ def input_rules(config: JobConfig) -> List[ColumnRule]:
 
 
 # --- paths ------------------------------------------------------------------------------
-
-def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
 
 def resolve_local_path(value: str, key: str, relative_to: Optional[str]) -> Tuple[str, List[str]]:
     """An absolute form of a local path (URLs are returned as they are), or a problem.
@@ -171,7 +217,29 @@ def resolve_job_paths(config: JobConfig, relative_to: Optional[str]) -> Tuple[Jo
         value, found = resolve_local_path(getattr(getattr(config, section), name), key, relative_to)
         problems += found
         resolved[section] = resolved.get(section, getattr(config, section)).model_copy(update={name: value})
+    inp = resolved["input"]
+    if inp.image_uri_column is not None:  # type: ignore[attr-defined]
+        prefixes = inp.allowed_uri_prefixes  # type: ignore[attr-defined]
+        if prefixes is None:
+            prefixes = default_uri_prefixes(inp.path)  # type: ignore[attr-defined]
+        else:
+            prefixes = [resolve_local_path(p, "input.allowed_uri_prefixes", relative_to)[0] for p in prefixes]
+        resolved["input"] = inp.model_copy(update={"allowed_uri_prefixes": prefixes})
     return config.model_copy(update=resolved), problems
+
+
+def default_uri_prefixes(input_url: str) -> List[str]:
+    """Where image URIs may point unless input.allowed_uri_prefixes says otherwise: the bucket
+    (or host) of an object-store input; for a local input, the directory above the input's
+    directory (so that sibling folders such as images/ next to boxes/ work), or the input's
+    directory itself when that would be the filesystem's root."""
+    if not is_local(input_url):
+        scheme, rest = input_url.split("://", 1)
+        return [f"{scheme}://{rest.split('/', 1)[0]}/"]
+    path = os.path.realpath(_root_of(input_url[len("file://"):] if input_url.startswith("file://") else input_url))
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    parent = os.path.dirname(directory)
+    return [directory if parent == os.path.dirname(parent) else parent]
 
 
 def _location(url: str, storage: StorageConfig) -> Tuple[str, str]:
@@ -192,15 +260,13 @@ def _root_of(path: str) -> str:
     return path
 
 
-def _within(inner: str, outer: str) -> bool:
-    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
-
-
 # --- input ------------------------------------------------------------------------------
 
-def scan_input(scan_url: str, storage: StorageConfig, key: str, columns: Sequence[str]) -> InputScan:
+def scan_input(scan_url: str, storage: StorageConfig, key: str, columns: Sequence[str],
+               skip_bad: bool = False) -> InputScan:
     """The input's files with their footers, read in parallel; ConfigError (under `key`)
-    when nothing is there or a file is not readable Parquet."""
+    when nothing is there or a file is not readable Parquet (with `skip_bad`, such files are
+    listed in the scan's `skipped` instead)."""
     try:
         paths = list_parquet_files(scan_url, storage)
     except FileNotFoundError as e:
@@ -210,7 +276,7 @@ def scan_input(scan_url: str, storage: StorageConfig, key: str, columns: Sequenc
     fs, _ = filesystem(scan_url, storage)
     wanted = set(columns)
 
-    def footer(path: str) -> Tuple[Optional[InputFile], Optional[str]]:
+    def footer(path: str) -> Tuple[Optional[InputFile], Optional[SkippedFile]]:
         url = path if is_local(scan_url) else fs.unstrip_protocol(path)
         try:
             with fs.open(path, "rb") as f:
@@ -222,14 +288,71 @@ def scan_input(scan_url: str, storage: StorageConfig, key: str, columns: Sequenc
                            if group.column(c).path_in_schema.split(".")[0] in wanted)
                 return InputFile(path, url, metadata.num_rows, size, parquet.schema_arrow), None
         except Exception as e:  # noqa: BLE001 - a corrupt, truncated or empty file
-            return None, f"{key}: {url} is not a readable Parquet file: {type(e).__name__}: {e}"
+            return None, SkippedFile(url, f"not a readable Parquet file: {type(e).__name__}: {e}")
 
     with concurrent.futures.ThreadPoolExecutor(min(_FOOTER_THREADS, len(paths))) as pool:
         results = list(pool.map(footer, paths))
-    problems = [problem for _, problem in results if problem]
-    if problems:
-        raise ConfigError(problems)
-    return InputScan(scan_url, [f for f, _ in results if f is not None])
+    skipped = [bad for _, bad in results if bad is not None]
+    if skipped and not skip_bad:
+        raise ConfigError([f"{key}: {bad.url} is {bad.reason} (input.on_bad_file: skip leaves such files out)"
+                           for bad in skipped])
+    return InputScan(scan_url, [f for f, _ in results if f is not None], skipped)
+
+
+def skip_files_with_bad_columns(scan: InputScan, rules: Sequence[ColumnRule]) -> InputScan:
+    """The scan without the files whose own columns fail `rules` (each listed as skipped)."""
+    kept, skipped = [], list(scan.skipped)
+    for file in scan.files:
+        problems = check_columns(InputScan(scan.url, [file]), rules, "input.path")
+        if problems:
+            skipped.append(SkippedFile(file.url, "; ".join(p.split(": ", 1)[1] for p in problems)))
+        else:
+            kept.append(file)
+    return InputScan(scan.url, kept, skipped)
+
+
+def check_uri_sample(scan: InputScan, config: JobConfig) -> List[str]:
+    """Image URIs of the first rows of one file that lie outside input.allowed_uri_prefixes:
+    refused before work starts, since every such row would fail."""
+    inp = config.input
+    if inp.image_uri_column is None or inp.allowed_uri_prefixes is None:
+        return []
+    fs, _ = filesystem(scan.url, config.storage)
+    first = next((f for f in scan.files if f.num_rows), None)
+    if first is None:
+        return []
+    with fs.open(first.path, "rb") as f:
+        batch = next(pq.ParquetFile(f).iter_batches(batch_size=_BOX_SAMPLE_ROWS, columns=[inp.image_uri_column]), None)
+    uris = [u for u in (batch.column(0).to_pylist() if batch is not None else []) if isinstance(u, str) and u]
+    outside = [u for u in uris if not uri_allowed(u, inp.allowed_uri_prefixes)]
+    if not outside:
+        return []
+    return [f"input.allowed_uri_prefixes: {len(outside)} of the first {len(uris)} image URIs of {first.url} lie "
+            f"outside {', '.join(inp.allowed_uri_prefixes)} (e.g. {outside[0]}); list where the images are in "
+            "input.allowed_uri_prefixes"]
+
+
+def check_ids_unique(scan: InputScan, id_column: str, storage: StorageConfig) -> List[str]:
+    """Null and duplicate ids, from the id column of every input file (read in parallel):
+    resuming skips rows by id, so it needs one distinct id per row."""
+    fs, _ = filesystem(scan.url, storage)
+
+    def ids(file: InputFile) -> pa.ChunkedArray:
+        with fs.open(file.path, "rb") as f:
+            return pq.read_table(f, columns=[id_column]).column(0)
+
+    with concurrent.futures.ThreadPoolExecutor(min(_FOOTER_THREADS, len(scan.files))) as pool:
+        columns = list(pool.map(ids, scan.files))
+    nulls, repeated, examples = repeated_ids(columns)
+    problems = []
+    if nulls:
+        problems.append(f"input.id_column: {nulls} rows have a null {id_column!r}; output.mode: resume skips rows "
+                        "already written by id, so every row needs an id")
+    if repeated:
+        problems.append(f"input.id_column: {repeated} ids appear more than once (e.g. "
+                        f"{', '.join(map(repr, examples))}); output.mode: resume skips rows already written by id, so "
+                        "ids must be unique")
+    return problems
 
 
 def type_name(t: pa.DataType) -> str:
@@ -375,30 +498,69 @@ def check_checkpoint(checkpoint: str, variant: Optional[str], storage: StorageCo
 
 # --- output -----------------------------------------------------------------------------
 
-def check_output(output: str, input_url: str, overwrite: bool, storage: StorageConfig,
+def check_output(output: str, input_url: str, mode: str, storage: StorageConfig,
                  output_key: str = "output.path", input_key: str = "input.path") -> List[str]:
     """Problems with where results go: the input's place (equal, inside or around it), and a
-    non-empty directory, which only `overwrite` may write into and only when everything in
-    it is the job's own (result Parquet and job description): nothing else is ever deleted."""
+    non-empty directory, which only modes `overwrite` and `resume` may write into and only
+    when everything in it is the job's own (`pipeline.output_files`): nothing else is ever
+    deleted."""
     out_place, in_place = _location(output, storage), _location(input_url, storage)
     in_root = (in_place[0], _root_of(in_place[1]))
-    if out_place[0] == in_root[0] and (_within(out_place[1], in_root[1]) or _within(in_root[1], out_place[1])):
+    if out_place[0] == in_root[0] and (within(out_place[1], in_root[1]) or within(in_root[1], out_place[1])):
         relation = ("is" if out_place[1] == in_root[1] else
-                    "is inside" if _within(out_place[1], in_root[1]) else "contains")
+                    "is inside" if within(out_place[1], in_root[1]) else "contains")
         return [f"{output_key}: {output} {relation} {input_key} {input_url}; the job would read its own results or "
                 "replace its input: write the results elsewhere"]
     entries, problems = _directory_entries(output, storage, output_key, "the results go into a directory")
     if problems or not entries:
         return problems
-    if not overwrite:
-        return [f"{output_key}: {output} is not empty ({_some(entries)}); set output.overwrite: true to replace "
-                "the results of an earlier run there, or choose another path"]
+    if mode not in ("overwrite", "resume"):
+        return [f"{output_key}: {output} is not empty ({_some(entries)}); set output.mode: resume to continue an "
+                "interrupted run there, output.mode: overwrite to replace its results, or choose another path"]
     foreign = [e for e in entries if not is_job_file(e)]
     if foreign:
         return [f"{output_key}: {output} holds {len(foreign)} entries this pipeline did not write ({_some(foreign)}); "
-                "output.overwrite only replaces the pipeline's own files (masks-*.parquet and "
-                f"{JOB_FILE}): move them away or choose another path"]
+                f"output.mode: {mode} only works on the pipeline's own files (masks-*.parquet, {JOB_FILE}, "
+                f"{SUCCESS_FILE}, {CHECKPOINT_DIR}/): move them away or choose another path"]
     return []
+
+
+def check_resume(config: JobConfig) -> Tuple[ResumeState, List[str]]:
+    """What an earlier run at output.path left, or why it cannot be resumed: a different
+    config, or results without the checkpoint that says which rows they hold."""
+    output, storage = config.output.path, config.storage
+    description = read_job_description(output, storage)
+    if description is None:
+        if job_files(output, storage):
+            return ResumeState(), [f"output.mode: resume: {output} holds results but no {JOB_FILE}; it cannot be "
+                                   "resumed: use output.mode: overwrite"]
+        return ResumeState(), []  # nothing there yet: a first run
+    before = description.get("config_digest")
+    if before != config_digest(config.to_dict()):
+        earlier = description["config"]
+        changed = [f"{name}.{key}" for name in ("input", "model", "output") for key in sorted(
+            set(earlier.get(name, {})) | set(config.to_dict()[name]))
+            if name != "output" or key == "include_image_bytes"
+            if earlier.get(name, {}).get(key) != config.to_dict()[name].get(key)]
+        return ResumeState(), [f"output.mode: resume: the config differs from the run being resumed at {output} "
+                               f"({', '.join(changed) or 'its description is from another version'}); resume with the "
+                               "same input, model and output settings, or use output.mode: overwrite"]
+    if read_manifest(output, storage) is not None:
+        return ResumeState(complete=True), []
+    committed = committed_checkpoint_files(config)
+    fs, _ = filesystem(checkpoint_path(config), storage)
+
+    def rows(path: str) -> int:
+        with fs.open(path, "rb") as f:
+            return int(pq.ParquetFile(f).metadata.num_rows)
+
+    with concurrent.futures.ThreadPoolExecutor(_FOOTER_THREADS) as pool:
+        done = sum(pool.map(rows, committed))
+    if not done and result_files(output, storage).files:
+        return ResumeState(), [f"output.mode: resume: {output} holds results but its checkpoint "
+                               f"({checkpoint_path(config)}) lists no rows as written; it cannot be resumed: use "
+                               "output.mode: overwrite"]
+    return ResumeState(rows_done=done), []
 
 
 def _directory_entries(url: str, storage: StorageConfig, key: str, why_directory: str) -> Tuple[List[str], List[str]]:
@@ -433,19 +595,23 @@ class Resources:
         return f"{self.cpus:g} CPUs, {self.gpus:g} GPUs, {self.memory / 2**30:.1f} GiB of task memory ({self.where})"
 
 
-def check_resources(config: JobConfig, resources: Resources, decode_memory: float) -> List[str]:
+def check_resources(config: JobConfig, resources: Resources, decode_memory: float,
+                    checkpoint_filter: bool = False) -> List[str]:
     """Problems placing the job's actors and tasks on these resources: actors must leave at
     least one CPU for the read, decode and write tasks, GPU actors need the GPUs, and a decode
-    task's memory reservation must fit. Any of these would make Ray wait forever."""
+    task's memory reservation must fit. Any of these would make Ray wait forever. A resumed
+    run (`checkpoint_filter`) also places Ray Data's checkpoint filter actor (1 CPU)."""
     compute = config.compute
     problems = []
     actor_cpus = compute.num_actors * compute.num_cpus_per_actor
-    if actor_cpus + 1 > resources.cpus:
+    filter_cpus = 1 if checkpoint_filter else 0
+    if actor_cpus + filter_cpus + 1 > resources.cpus:
+        resumed = ", plus 1 for Ray Data's checkpoint filter (resuming)" if filter_cpus else ""
         problems.append(
-            f"compute: {compute.num_actors} model actors x {compute.num_cpus_per_actor:g} CPUs = {actor_cpus:g} CPUs, "
-            f"plus 1 for the read, decode and write tasks, is more than the cluster's {resources.describe()}; lower "
-            "compute.num_actors or compute.num_cpus_per_actor (on CPU, compute.torch_threads sets an actor's threads "
-            "independently)")
+            f"compute: {compute.num_actors} model actors x {compute.num_cpus_per_actor:g} CPUs = {actor_cpus:g} CPUs"
+            f"{resumed}, plus 1 for the read, decode and write tasks, is more than the cluster's "
+            f"{resources.describe()}; lower compute.num_actors or compute.num_cpus_per_actor (on CPU, "
+            "compute.torch_threads sets an actor's threads independently)")
     gpus = num_gpus_per_actor(config, resources)
     if gpus * compute.num_actors > resources.gpus:
         problems.append(f"compute: {compute.num_actors} model actors x {gpus:g} GPUs need {gpus * compute.num_actors:g} "
@@ -516,6 +682,10 @@ def plan_finetune(config: "FinetuneConfig", relative_to: Optional[str] = None) -
     config = config.model_copy(update=resolved)
     unresolved = {problem.split(":", 1)[0] for problem in problems}
     data, model = config.data, config.model
+    if data.image_uri_column is not None and data.allowed_uri_prefixes is None:
+        urls = [u for u in (data.train, data.validation) if u is not None]
+        data = data.model_copy(update={"allowed_uri_prefixes": [p for u in urls for p in default_uri_prefixes(u)]})
+        config = config.model_copy(update={"data": data})
     rules = [ColumnRule("data.id_column", data.id_column, "id"), ColumnRule("data.boxes_column", data.boxes_column, "boxes"),
              ColumnRule("data.masks_column", data.masks_column, "rle_masks")]
     if data.image_column:

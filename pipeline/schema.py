@@ -65,7 +65,8 @@ COLUMN_TYPES = {**RESULT_TYPES, **INTERNAL_TYPES}
 
 GROUND_TRUTH_MASKS = MASKS
 
-ERROR_KINDS = ("image_read", "image_decode", "boxes", "model")
+# "id": the row's id is null; "stage": a stage failed on the row in a way it has no kind for.
+ERROR_KINDS = ("id", "image_read", "image_decode", "boxes", "model", "stage")
 
 
 def row_error(kind: str, detail: str) -> str:

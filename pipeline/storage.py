@@ -5,7 +5,8 @@ environment variables, shared config files and instance roles.
 """
 
 import os
-from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
+import posixpath
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import fsspec
 import pyarrow as pa
@@ -80,11 +81,12 @@ class ParquetInput:
     """The Parquet files of one input (file, directory or glob; local or fsspec URL), read
     record batch by record batch over the needed columns."""
 
-    def __init__(self, url: str, storage: StorageConfig, what: str) -> None:
+    def __init__(self, url: str, storage: StorageConfig, what: str, files: Optional[List[str]] = None) -> None:
+        """`files`: the paths to read, when the caller has listed them (a job's output)."""
         self.url, self.what = url, what
         self.fs, _ = filesystem(url, storage)
         try:
-            self.files = list_parquet_files(url, storage)
+            self.files = files if files is not None else list_parquet_files(url, storage)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{what}: {e}") from None
 
@@ -113,3 +115,33 @@ class ParquetInput:
             if category_column is None:
                 data.append([None] * batch.num_rows)
             yield from zip(*data, strict=True)
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def within(inner: str, outer: str) -> bool:
+    """Whether path `inner` is `outer` or lies under it (at path-segment bounds)."""
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def _local_path(url: str) -> str:
+    return os.path.realpath(url[len("file://"):] if url.startswith("file://") else url)
+
+
+def uri_allowed(uri: str, prefixes: Sequence[str]) -> bool:
+    """Whether an image URI lies under one of the prefixes. Local paths are compared after
+    resolving symlinks and '..'; URLs after normalising their path, at path-segment bounds."""
+    if is_local(uri):
+        path = _local_path(uri)
+        return any(is_local(p) and within(path, _local_path(p)) for p in prefixes)
+    base, path = _normal_url(uri)
+    return any(not is_local(p) and _normal_url(p)[0] == base and within(path, _normal_url(p)[1]) for p in prefixes)
+
+
+def _normal_url(url: str) -> Tuple[str, str]:
+    """(scheme://host, path) with the scheme and host lower-cased and '..' resolved."""
+    scheme, rest = url.split("://", 1)
+    host, _, path = rest.partition("/")
+    return f"{scheme.lower()}://{host.lower()}", posixpath.normpath("/" + path)

@@ -65,7 +65,7 @@ def main() -> None:
                 config = parse_config({
                     "input": {"path": input_path, "id_column": "image_id", "image_column": "image",
                               "boxes_column": "boxes", "category_column": "labels"},
-                    "output": {"path": output, "overwrite": True},
+                    "output": {"path": output, "mode": "overwrite"},
                     "model": {"checkpoint": args.checkpoint, **source},
                     "compute": {"num_actors": 1, "batch_size": 4, "torch_threads": 1},
                 })

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import rle
 from ..config import StorageConfig
 from ..ids import id_key
+from ..output_files import result_files
 from ..schema import BOX_ERRORS, ERROR, GROUND_TRUTH_MASKS, IOU_SCORES, MASKS
 from ..storage import ParquetInput
 from .coco_ap import EvaluatedImage, category_order, coco_ap
@@ -66,7 +67,11 @@ def evaluate_masks(
     if (overlays_dir is None) != (images is None):
         raise ValueError("overlays_dir and images go together: overlays need the images")
     gt_files = ParquetInput(ground_truth, storage, "ground truth")
-    pred_files = ParquetInput(predictions, storage, "predictions")
+    try:
+        listed = result_files(predictions, storage).files
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"predictions: {e}") from None
+    pred_files = ParquetInput(predictions, storage, "predictions", listed)
     gt_category = pred_category = None
     if category_column is not None:
         if category_column in gt_files.first_schema().names:

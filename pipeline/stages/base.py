@@ -8,7 +8,9 @@ an earlier stage and returns one typed result per row (a dataclass whose fields 
 columns the stage adds: the field's name, or the `column` its metadata names); `__call__`,
 here, checks the required columns, passes failed rows through untouched (their added columns
 get the result type's `passthrough()` values), checks that rows come out 1:1, and writes the
-results as columns with the types of `pipeline.schema`.
+results as columns with the types of `pipeline.schema`. An exception from `process` fails only
+the rows that raise it (found by processing the batch one row at a time): each gets a
+"stage" error, so no input can fail the job from inside a stage.
 """
 
 import dataclasses
@@ -17,7 +19,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 import pyarrow as pa
 import ray
 
-from ..schema import COLUMN_TYPES, ERROR
+from ..schema import COLUMN_TYPES, ERROR, exception_detail, row_error
 
 
 def column(name: str, **field_kwargs: Any) -> Any:
@@ -69,23 +71,50 @@ class StageUDF:
         errors: List[Optional[str]] = (batch.column(ERROR).to_pylist() if ERROR in batch.column_names
                                        else [None] * batch.num_rows)
         todo = [i for i, error in enumerate(errors) if error is None]
-        results = list(self.process(batch.take(todo))) if todo else []
-        if len(results) != len(todo):
-            raise RuntimeError(f"{name} returned {len(results)} results for {len(todo)} rows")
         rows = [self.result_type.passthrough()] * batch.num_rows
-        for i, result in zip(todo, results, strict=True):
-            rows[i] = result
+        for i, result in self._results(batch, todo).items():
+            if isinstance(result, str):  # the stage raised on this row: that is the row's error
+                errors[i] = result
+            else:
+                rows[i] = result
         columns = {}
         for field in dataclasses.fields(self.result_type):
-            name = _column_of(field)
+            column_name = _column_of(field)
             values = [getattr(r, field.name) for r in rows]
-            if name == ERROR:  # a row that failed before keeps its error
+            if column_name == ERROR:  # a row that failed before keeps its error
                 values = [before if before is not None else now for before, now in zip(errors, values, strict=True)]
-            columns[name] = pa.array(values, COLUMN_TYPES[name])
+            columns[column_name] = pa.array(values, COLUMN_TYPES[column_name])
+        if ERROR not in columns and any(e is not None for e in errors):
+            columns[ERROR] = pa.array(errors, COLUMN_TYPES[ERROR])
         out = self.shape(_with_columns(batch, columns))
         if out.num_rows != batch.num_rows:
             raise RuntimeError(f"{name} returned {out.num_rows} rows for {batch.num_rows}")
         return out
+
+
+    def _results(self, batch: pa.Table, todo: List[int]) -> Dict[int, Any]:
+        """Row index → result, or → the row's error when `process` raised on it: the batch is
+        processed whole, and one row at a time when that raised, so that only the rows that
+        make the stage fail get an error."""
+        if not todo:
+            return {}
+        try:
+            return dict(zip(todo, self._checked(batch, todo), strict=True))
+        except Exception:  # noqa: BLE001 - find the rows that fail, below
+            pass
+        found: Dict[int, Any] = {}
+        for i in todo:
+            try:
+                found[i] = self._checked(batch, [i])[0]
+            except Exception as e:  # noqa: BLE001 - a bad row never kills the job
+                found[i] = row_error("stage", f"{type(self).__name__}: {exception_detail(e)}")
+        return found
+
+    def _checked(self, batch: pa.Table, rows: List[int]) -> List[Any]:
+        results = list(self.process(batch.take(rows)))
+        if len(results) != len(rows):
+            raise RuntimeError(f"{type(self).__name__} returned {len(results)} results for {len(rows)} rows")
+        return results
 
 
 def _with_columns(batch: pa.Table, columns: Dict[str, pa.Array]) -> pa.Table:

@@ -2,6 +2,7 @@
 check, convert and rescale its boxes (the processor's transforms, as the official
 preprocessing does them)."""
 
+import concurrent.futures
 import io
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Tuple
@@ -14,15 +15,18 @@ from samhq_core import SamHQProcessor
 
 from ..config import ImageSourceConfig, StorageConfig
 from ..schema import BOXES, PIXELS, RESIZED_HW, exception_detail, row_error
-from ..storage import filesystem
+from ..storage import filesystem, uri_allowed
 from .base import Stage, StageUDF, column
 
 # A decode task's memory, sized from bench/results/decode_memory.md for images up to 4K: the
 # worker process with its imports and first decoded image, plus what each further image of
 # the batch keeps (its resized copy and encoded bytes), with the 25% headroom Ray Data asks
-# for before it warns that a task outgrew its reservation.
+# for before it warns that a task outgrew its reservation. Images larger than 4K (up to
+# input.max_image_pixels, decoded one at a time) add their decoded RGB and its array copy.
 _DECODE_WORKER_BYTES = 700 << 20
 _DECODE_BYTES_PER_IMAGE = 8 << 20
+_MEASURED_PIXELS = 3840 * 2160
+_BYTES_PER_EXTRA_PIXEL = 6
 
 
 @dataclass
@@ -77,11 +81,13 @@ def check_boxes(boxes: np.ndarray, height: int, width: int) -> Tuple[np.ndarray,
 
 
 def parse_boxes(value: Any) -> np.ndarray:
-    """A row's boxes (null, or a list of 4-number lists) → float64 (N, 4)."""
+    """A row's boxes (null, or a list of 4-number lists) → float64 (N, 4). Values must be
+    numbers (null reads as NaN): numpy would take "10" for 10."""
     if value is None:
         return np.zeros((0, 4))
     try:
-        boxes = np.array([[np.nan if v is None else v for v in box] for box in value], dtype=np.float64)
+        rows = [[np.nan if v is None else _number(v) for v in box] for box in value]
+        boxes = np.array(rows, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise ValueError(f"boxes must be a list of [4 numbers]: {e}") from None
     if boxes.size == 0:
@@ -91,10 +97,19 @@ def parse_boxes(value: Any) -> np.ndarray:
     return boxes
 
 
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r} ({type(value).__name__}) is not a number")
+    return float(value)
+
+
 class DecodeUDF(StageUDF):
     """Per row: the image read (bytes column or URI) and decoded, resized by the processor,
     and its boxes parsed, converted to xyxy, clipped to the image, checked and scaled into
-    the model's frame. A row whose boxes, image read or image decode fail gets its `error`."""
+    the model's frame. A row whose id is null or empty, or whose boxes, image read or image
+    decode fail, gets its `error`. Image URIs must lie under input.allowed_uri_prefixes and
+    name a regular file of at most input.max_image_bytes, read within input.read_timeout_s;
+    images over input.max_image_pixels are refused before they are decoded."""
 
     result_type = DecodedImage
 
@@ -102,11 +117,15 @@ class DecodeUDF(StageUDF):
         super().__init__(inputs=inputs, storage=storage, image_size=image_size, keep_image=keep_image)
         self.inputs, self.storage = inputs, storage
         self.processor = SamHQProcessor(image_size)
+        # Pillow's own bomb check (a warning above the limit, an error above twice it) agrees
+        # with the explicit check in _decode.
+        Image.MAX_IMAGE_PIXELS = inputs.max_image_pixels
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="image-read")
 
     @classmethod
     def required_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
         inputs: ImageSourceConfig = constructor_kwargs["inputs"]
-        return (inputs.image_source_column, inputs.boxes_column)
+        return (inputs.id_column, inputs.image_source_column, inputs.boxes_column)
 
     @classmethod
     def dropped_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
@@ -121,44 +140,81 @@ class DecodeUDF(StageUDF):
             boxes = boxes_to_xyxy(parse_boxes(batch.column(self.inputs.boxes_column)[i].as_py()), self.inputs.box_format)
         except ValueError as e:
             return DecodedImage.failed(row_error("boxes", str(e)), None)
+        row_id = batch.column(self.inputs.id_column)[i].as_py()
+        if row_id is None or row_id == "":
+            return DecodedImage.failed(row_error("id", f"{self.inputs.id_column} is {'null' if row_id is None else 'empty'}: "
+                                                       "give every row a distinct id"), len(boxes))
         try:
             data = self._image_bytes(batch, i)
         except Exception as e:  # noqa: BLE001 - any read failure belongs to this row
             return DecodedImage.failed(row_error("image_read", exception_detail(e)), len(boxes))
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                resized, (h, w) = self.processor.resize_image(image)
-        except Exception as e:  # noqa: BLE001 - corrupt, truncated or unsupported images
+            resized, (h, w) = self._decode(data)
+        except Exception as e:  # noqa: BLE001 - corrupt, truncated, unsupported or too large images
             return DecodedImage.failed(row_error("image_decode", exception_detail(e)), len(boxes))
         clipped, reasons = check_boxes(boxes, h, w)
         usable = self.processor.scale_boxes(clipped[[r is None for r in reasons]], (h, w))
         return DecodedImage(resized.tobytes(), [resized.shape[0], resized.shape[1]], usable.reshape(-1).tolist(),
                             [h, w], reasons, None, len(boxes))
 
+    def _decode(self, data: bytes) -> Tuple[np.ndarray, Tuple[int, int]]:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > self.inputs.max_image_pixels:
+                raise ValueError(f"the image is {width} x {height} = {width * height / 1e6:.1f} MP, more than "
+                                 f"input.max_image_pixels ({self.inputs.max_image_pixels / 1e6:.1f} MP)")
+            image.load()
+            return self.processor.resize_image(image)
+
     def _image_bytes(self, batch: pa.Table, i: int) -> bytes:
+        limit = self.inputs.max_image_bytes
         if self.inputs.image_column:
             data = batch.column(self.inputs.image_column)[i].as_py()
             if data is None:
                 raise ValueError(f"{self.inputs.image_column} is null")
-            return data
-        assert self.inputs.image_uri_column is not None
-        uri = batch.column(self.inputs.image_uri_column)[i].as_py()
+        else:
+            data = self._read_uri(batch.column(self.inputs.image_source_column)[i].as_py())
+        if len(data) > limit:
+            raise ValueError(f"the image has more than input.max_image_bytes ({limit} bytes)")
+        return data
+
+    def _read_uri(self, uri: Optional[str]) -> bytes:
         if not uri:
             raise ValueError(f"{self.inputs.image_uri_column} is empty")
+        prefixes = self.inputs.allowed_uri_prefixes
+        if prefixes is not None and not uri_allowed(uri, prefixes):
+            raise PermissionError(f"{uri} lies outside input.allowed_uri_prefixes ({', '.join(prefixes)})")
         fs, path = filesystem(uri, self.storage)
-        with fs.open(path, "rb") as f:
-            return f.read()
+        limit = self.inputs.max_image_bytes
+
+        def read() -> bytes:
+            info = fs.info(path)
+            if info.get("type") != "file":  # a FIFO or device would block or never end
+                raise ValueError(f"{uri} is not a regular file (type {info.get('type')})")
+            if (info.get("size") or 0) > limit:
+                raise ValueError(f"{uri} has {info['size']} bytes, more than input.max_image_bytes ({limit})")
+            with fs.open(path, "rb") as f:
+                return f.read(limit + 1)
+
+        future = self._reader.submit(read)
+        try:
+            return future.result(timeout=self.inputs.read_timeout_s)
+        except concurrent.futures.TimeoutError:
+            # The stuck read keeps its thread; later rows get a fresh one.
+            self._reader.shutdown(wait=False)
+            self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="image-read")
+            raise TimeoutError(f"reading {uri} took more than input.read_timeout_s ({self.inputs.read_timeout_s:g} s)") from None
 
 
-def decode_memory(batch_size: int) -> int:
-    """Bytes a decode task of `batch_size` images reserves."""
-    return _DECODE_WORKER_BYTES + batch_size * _DECODE_BYTES_PER_IMAGE
+def decode_memory(batch_size: int, max_image_pixels: int = _MEASURED_PIXELS) -> int:
+    """Bytes a decode task of `batch_size` images, each at most `max_image_pixels`, reserves."""
+    extra = max(0, max_image_pixels - _MEASURED_PIXELS) * _BYTES_PER_EXTRA_PIXEL
+    return _DECODE_WORKER_BYTES + batch_size * _DECODE_BYTES_PER_IMAGE + extra
 
 
 def decode_stage(inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, batch_size: int,
                  keep_image: bool) -> Stage:
-    memory = decode_memory(batch_size)
+    memory = decode_memory(batch_size, inputs.max_image_pixels)
     return Stage(
         name="decode",
         udf=DecodeUDF,

@@ -3,6 +3,7 @@ and masks identical to running samhq_core directly."""
 
 import io
 import math
+import json
 import os
 import re
 
@@ -184,17 +185,20 @@ def test_overwrite_replaces_only_the_jobs_own_files(ray_cluster, checkpoint, tmp
     write_rows(str(tmp_path / "input" / "a.parquet"), sample_rows(num_good=2)[:2])
     run_job(job_config(tmp_path, checkpoint))
     first = sorted(os.listdir(tmp_path / "output"))
-    assert "_samhq_job.json" in first and all(re.match(r"masks-[0-9a-f]+-\d{6}-\d+\.parquet$", name)
-                                              for name in first if name != "_samhq_job.json")
-    with pytest.raises(ConfigError, match="is not empty .*set output.overwrite: true"):
+    results = [name for name in first if name not in ("_samhq_job.json", "_SUCCESS")]
+    assert {"_samhq_job.json", "_SUCCESS"} <= set(first) and results
+    assert all(re.match(r"masks-[0-9a-f]+-\d{6}-\d+\.parquet$", name) for name in results)
+    manifest = json.loads((tmp_path / "output" / "_SUCCESS").read_text())
+    assert manifest["rows_in"] == manifest["rows_out"] == 2 and manifest["files"] == results
+    with pytest.raises(ConfigError, match="is not empty .*set output.mode: resume .* output.mode: overwrite"):
         run_job(job_config(tmp_path, checkpoint))
-    summary = run_job(job_config(tmp_path, checkpoint, output={"overwrite": True}))
-    assert summary.rows_out == 2 and not set(first) - {"_samhq_job.json"} & set(os.listdir(tmp_path / "output"))
+    summary = run_job(job_config(tmp_path, checkpoint, output={"mode": "overwrite"}))
+    assert summary.rows_out == 2 and not set(results) & set(os.listdir(tmp_path / "output"))
 
     (tmp_path / "output" / "notes.txt").write_text("mine")
     before = sorted(os.listdir(tmp_path / "output"))
     with pytest.raises(ConfigError, match="holds 1 entries this pipeline did not write \\(notes.txt\\)"):
-        run_job(job_config(tmp_path, checkpoint, output={"overwrite": True}))
+        run_job(job_config(tmp_path, checkpoint, output={"mode": "overwrite"}))
     assert sorted(os.listdir(tmp_path / "output")) == before  # nothing deleted, the user's file included
 
 

@@ -129,19 +129,27 @@ def test_an_output_that_holds_data(job, capsys):
     output.mkdir()
     (output / "results.csv").write_text("someone's data")
     (problem,) = job.errors(capsys)
-    assert problem == (f"output.path: {output} is not empty (results.csv); set output.overwrite: true to replace "
-                       "the results of an earlier run there, or choose another path")
-    job.config["output"]["overwrite"] = True
-    (problem,) = job.errors(capsys, command="run")
-    assert problem.startswith(f"output.path: {output} holds 1 entries this pipeline did not write (results.csv)")
+    assert problem == (f"output.path: {output} is not empty (results.csv); set output.mode: resume to continue an "
+                       "interrupted run there, output.mode: overwrite to replace its results, or choose another path")
+    for mode in ("overwrite", "resume"):
+        job.config["output"]["mode"] = mode
+        (problem,) = job.errors(capsys, command="run")
+        assert problem.startswith(f"output.path: {output} holds 1 entries this pipeline did not write (results.csv); "
+                                  f"output.mode: {mode} only works on the pipeline's own files")
     assert (output / "results.csv").read_text() == "someone's data"
     assert not ray.is_initialized()  # run refused before starting Ray
+
+
+def test_the_old_overwrite_key_names_its_replacement(job, capsys):
+    job.config["output"]["overwrite"] = True
+    (problem,) = job.errors(capsys)
+    assert problem.startswith("output.overwrite: replaced by output.mode: write mode: overwrite")
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "around"])
 def test_an_output_where_the_input_is(job, capsys, where):
     output = {"same": job.input, "inside": job.input / "results", "around": job.tmp}[where]
-    job.config["output"].update(path=str(output), overwrite=True)
+    job.config["output"].update(path=str(output), mode="overwrite")
     (problem,) = job.errors(capsys, command="run")
     relation = {"same": "is", "inside": "is inside", "around": "contains"}[where]
     assert problem.startswith(f"output.path: {output} {relation} input.path {job.input}; ")

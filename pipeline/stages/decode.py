@@ -158,11 +158,15 @@ class DecodeUDF(StageUDF):
                             [h, w], reasons, None, len(boxes))
 
     def _decode(self, data: bytes) -> Tuple[np.ndarray, Tuple[int, int]]:
-        with Image.open(io.BytesIO(data)) as image:
+        limit = f"input.max_image_pixels ({self.inputs.max_image_pixels / 1e6:.1f} MP)"
+        try:
+            opened = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:  # Pillow refuses above twice its limit, from the header
+            raise ValueError(f"the image is larger than {limit}: {e}") from None
+        with opened as image:
             width, height = image.size
             if width * height > self.inputs.max_image_pixels:
-                raise ValueError(f"the image is {width} x {height} = {width * height / 1e6:.1f} MP, more than "
-                                 f"input.max_image_pixels ({self.inputs.max_image_pixels / 1e6:.1f} MP)")
+                raise ValueError(f"the image is {width} x {height} = {width * height / 1e6:.1f} MP, more than {limit}")
             image.load()
             return self.processor.resize_image(image)
 

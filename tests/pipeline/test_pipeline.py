@@ -2,8 +2,8 @@
 and masks identical to running samhq_core directly."""
 
 import io
-import math
 import json
+import math
 import os
 import re
 
@@ -239,3 +239,100 @@ def test_summary_counts_why_boxes_got_no_mask_and_warns_of_xywh_boxes(ray_cluste
     assert any(re.match(r"progress: \d+ / 5 rows \(\d+%\) after \d+ s, [0-9.]+ images/s", line) for line in lines)
     assert {r["id"]: r["num_boxes"] for r in read_output(str(tmp_path / "output")).values()} == {
         "xywh0": 4, "xywh1": 4, "xywh2": 4, "xywh3": 4, "broken": 2}
+
+
+def one_bit_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, format="PNG")  # a few hundred bytes at any size
+    return buffer.getvalue()
+
+
+def test_hostile_rows_are_row_errors_and_bad_files_are_skipped(ray_cluster, checkpoint, tmp_path):
+    """A corpus of rows and files that once killed, hung or silently passed the job: each is
+    now that row's error (or a skipped file, listed), and every other row comes out."""
+    os.makedirs(tmp_path / "input")
+    good = sample_rows(num_good=2)[:2]
+    box = [[1.0, 1.0, 20.0, 20.0]]
+    hostile = [
+        {"id": "one_by_5000", "image": one_bit_png(5000, 1), "boxes": box},  # resizes to 0 px on one side
+        {"id": None, "image": good[0]["image"], "boxes": box},
+        {"id": "", "image": good[0]["image"], "boxes": box},
+        {"id": "bomb", "image": one_bit_png(2000, 2000), "boxes": box},  # 4 MP in a few hundred bytes
+        {"id": "large", "image": one_bit_png(1200, 1000), "boxes": box},  # 1.2 MP: under Pillow's own 2x limit
+        {"id": "too_many_bytes", "image": good[1]["image"] + b"\0" * 300_000, "boxes": box},
+    ]
+    write_rows(str(tmp_path / "input" / "a.parquet"), good + [{**r, "labels": ["a"], "source": "x"} for r in hostile])
+    (tmp_path / "input" / "b.parquet").write_bytes(b"PAR1 truncated")
+    pq.write_table(pq.read_table(tmp_path / "input" / "a.parquet").drop_columns(["boxes"]),
+                   tmp_path / "input" / "c.parquet")
+    config = job_config(tmp_path, checkpoint, input={"on_bad_file": "skip", "max_image_pixels": 1_000_000,
+                                                     "max_image_bytes": 250_000})
+    summary = run_job(config)
+    assert summary.rows_in == summary.rows_out == 8 and summary.closing.passed
+    rows = pq.read_table(tmp_path / "output").to_pylist()
+    errors = {row["id"]: row["error"] for row in rows}
+    assert errors["good0"] is None and errors["good1"] is None
+    assert errors["one_by_5000"] == "image_decode: ValueError: height and width must be > 0"
+    assert errors["bomb"].startswith("image_decode: ValueError: the image is larger than input.max_image_pixels "
+                                     "(1.0 MP): Image size (4000000 pixels) exceeds limit")
+    assert errors["large"] == ("image_decode: ValueError: the image is 1200 x 1000 = 1.2 MP, more than "
+                               "input.max_image_pixels (1.0 MP)")
+    assert errors["too_many_bytes"] == "image_read: ValueError: the image has more than input.max_image_bytes (250000 bytes)"
+    assert errors[None] == "id: id is null: give every row a distinct id" and errors[""].startswith("id: id is empty")
+    assert summary.errors == {"id": 2, "image_decode": 3, "image_read": 1}
+    skipped = {line.split(": ", 1)[0].rsplit("/", 1)[-1]: line for line in summary.skipped_files}
+    assert set(skipped) == {"b.parquet", "c.parquet"}
+    assert "not a readable Parquet file" in skipped["b.parquet"] and "no column 'boxes'" in skipped["c.parquet"]
+    assert "skipped 2 input files (input.on_bad_file: skip)" in summary.render()
+    manifest = json.loads((tmp_path / "output" / "_SUCCESS").read_text())
+    assert {os.path.basename(s["url"]) for s in manifest["skipped_input_files"]} == {"b.parquet", "c.parquet"}
+
+
+def test_image_uris_outside_the_allowed_prefixes_fifos_and_traversal_are_row_errors(ray_cluster, checkpoint, tmp_path):
+    images, secret = tmp_path / "data" / "images", tmp_path / "secret.png"
+    os.makedirs(images)
+    os.makedirs(tmp_path / "data" / "input")
+    good = sample_rows(num_good=1)[0]
+    (images / "good.png").write_bytes(good["image"])
+    secret.write_bytes(good["image"])
+    os.mkfifo(images / "fifo.png")  # reading it would block for ever
+    uris = {"good": str(images / "good.png"), "fifo": str(images / "fifo.png"),
+            "traversal": str(images / ".." / ".." / "secret.png"), "outside": str(secret),
+            "internal_url": "http://127.0.0.1:9/latest/meta-data", "passwd": "file:///etc/passwd"}
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"id": list(uris), "uri": list(uris.values()),
+                             "boxes": [[[1.0, 1.0, 20.0, 20.0]]] * len(uris)}), tmp_path / "data" / "input" / "a.parquet")
+    config = parse_config({
+        "input": {"path": str(tmp_path / "data" / "input"), "id_column": "id", "image_uri_column": "uri",
+                  "boxes_column": "boxes", "read_timeout_s": 5},
+        "output": {"path": str(tmp_path / "output")},
+        "model": {"checkpoint": checkpoint},
+        "compute": {"num_actors": 1, "batch_size": 2, "decode_batch_size": 2, "torch_threads": 2},
+    })
+    summary = run_job(config)  # the default prefix: the directory above the input's (tmp/data)
+    errors = {row["id"]: row["error"] for row in pq.read_table(tmp_path / "output").to_pylist()}
+    assert errors["good"] is None and summary.rows_out == len(uris)
+    assert errors["fifo"] == f"image_read: ValueError: {images / 'fifo.png'} is not a regular file (type other)"
+    for name in ("traversal", "outside", "internal_url", "passwd"):
+        assert errors[name].startswith(f"image_read: PermissionError: {uris[name]} lies outside "
+                                       f"input.allowed_uri_prefixes ({tmp_path / 'data'})"), errors[name]
+
+
+def test_box_values_must_be_numbers():
+    from pipeline.stages.decode import parse_boxes
+
+    assert parse_boxes([[1, 2.5, None, 4]]).tolist()[0][:2] == [1.0, 2.5]
+    for value in ("10", " 80 ", "1e1", True):
+        with pytest.raises(ValueError, match=f"{value!r} \\({type(value).__name__}\\) is not a number"):
+            parse_boxes([[value, 1, 2, 3]])
+
+
+def test_uri_prefixes_compare_whole_path_segments():
+    from pipeline.storage import uri_allowed
+
+    prefixes = ["s3://Bucket/images/", "/data/images"]
+    assert uri_allowed("s3://bucket/images/a.png", prefixes) and uri_allowed("/data/images/x/y.png", prefixes)
+    for uri in ("s3://bucket/images-private/a.png", "s3://bucket/images/../secret.png", "s3://other/images/a.png",
+                "/data/images2/a.png", "/data/images/../passwd", "http://bucket/images/a.png"):
+        assert not uri_allowed(uri, prefixes), uri

@@ -1,0 +1,177 @@
+"""Faults with real processes: a local Ray cluster the test starts (and ends by process id),
+the CLI as the driver, and a SIGKILL to the driver or to the model actor mid-run. In every
+case the output must end holding every input id exactly once (read from every result file in
+the directory, not only those the manifest lists)."""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from helpers.owned_processes import OwnedProcess, free_port, session_members, wait_for_port
+from helpers.paths import ROOT
+from helpers.pipeline_data import png_bytes, write_rows
+
+NUM_FILES, ROWS_PER_FILE = 8, 10
+
+
+def env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", **extra}
+
+
+@dataclasses.dataclass
+class RayHead:
+    address: str
+    session_id: int  # every process of the cluster, its workers included, is in this session
+
+
+@pytest.fixture
+def ray_head():
+    """A one-node Ray cluster with 2 CPUs, as in CI."""
+    port = free_port()
+    ray_temp = tempfile.mkdtemp(prefix="ray_faults_", dir="/tmp")  # socket paths must stay short
+    head = OwnedProcess(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                         "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_temp}",
+                         "--disable-usage-stats"], env=env())
+    try:
+        wait_for_port(port, timeout=120, process=head)
+        yield RayHead(f"127.0.0.1:{port}", head.session_id)
+    finally:
+        head.stop()
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    assert not session_members(head.session_id)
+
+
+def write_input(directory) -> set:
+    os.makedirs(directory)
+    ids = set()
+    for f in range(NUM_FILES):
+        rows = []
+        for r in range(ROWS_PER_FILE):
+            row_id = f"img{f:02}-{r:02}"
+            rows.append({"id": row_id, "image": png_bytes(96, 128, f * 100 + r), "boxes": [[10.0, 12.0, 90.0, 80.0]],
+                         "labels": ["a"], "source": "faults"})
+            ids.add(row_id)
+        write_rows(os.path.join(directory, f"part-{f}.parquet"), rows, row_group_size=ROWS_PER_FILE)
+    return ids
+
+
+def job_file(tmp_path, checkpoint) -> str:
+    config = {
+        "input": {"path": str(tmp_path / "input"), "id_column": "id", "image_column": "image", "boxes_column": "boxes",
+                  # Small blocks: each is one result file and one checkpoint entry, so a kill
+                  # costs at most the blocks in flight.
+                  "num_blocks": NUM_FILES * 4},
+        "output": {"path": str(tmp_path / "output")},
+        "model": {"checkpoint": checkpoint},
+        # 0 CPUs for the actor: on 2 CPUs, a resumed run also places Ray Data's checkpoint
+        # filter (1 CPU) and needs 1 for the read, decode and write tasks.
+        "compute": {"num_actors": 1, "num_cpus_per_actor": 0, "torch_threads": 1, "batch_size": 2,
+                    "decode_batch_size": 2},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def start_run(config: str, address: str, *extra: str) -> OwnedProcess:
+    return OwnedProcess([sys.executable, "-m", "pipeline", "run", "--config", config, "--progress-interval", "2",
+                         *extra], env=env(RAY_ADDRESS=address), cwd=ROOT)
+
+
+def run_to_end(config: str, address: str, *extra: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", config, *extra], env=env(
+        RAY_ADDRESS=address), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def committed_entries(output) -> int:
+    checkpoint = os.path.join(output, "_checkpoint")
+    if not os.path.isdir(checkpoint):
+        return 0
+    return sum(1 for name in os.listdir(checkpoint) if name.endswith(".parquet") and ".pending." not in name)
+
+
+def wait_until(condition, what: str, process: OwnedProcess, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.process.poll() is None, f"the run ended before {what}:\n{process.output_tail()}"
+        assert time.time() < deadline, f"no {what} after {timeout} s:\n{process.output_tail()}"
+        time.sleep(0.2)
+
+
+def ids_in_every_result_file(output) -> list:
+    ids = []
+    for name in sorted(os.listdir(output)):
+        if name.startswith("masks-") and name.endswith(".parquet"):
+            ids += pq.read_table(os.path.join(output, name), columns=["id"]).column(0).to_pylist()
+    return ids
+
+
+def test_driver_killed_then_resume(ray_head, vit_pair, tmp_path):
+    ids = write_input(tmp_path / "input")
+    config, output = job_file(tmp_path, vit_pair.pth), tmp_path / "output"
+    driver = start_run(config, ray_head.address)
+    try:
+        wait_until(lambda: committed_entries(output) >= 16, "16 committed result files", driver)
+        os.kill(driver.process.pid, signal.SIGKILL)  # the driver alone, mid-run
+        driver.process.wait(30)
+    finally:
+        driver.stop()
+    written_before = ids_in_every_result_file(output)
+    assert not os.path.exists(output / "_SUCCESS")
+
+    printed = run_to_end(config, ray_head.address, "--set", "output.mode=resume")
+    done = int(printed.split(" already written by the run resumed")[0].rsplit("(", 1)[1])
+    print(f"driver SIGKILLed with {len(written_before)} rows in result files; the resumed run skipped {done} and "
+          f"processed {len(ids) - done} of {len(ids)}")
+    assert 0 < done < len(ids) and done <= len(written_before)
+    assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
+    final = ids_in_every_result_file(output)
+    assert sorted(final) == sorted(ids)  # every id exactly once: no file of the killed run left over twice
+    manifest = json.loads((output / "_SUCCESS").read_text())
+    assert manifest["rows_out"] == len(ids) and not os.path.exists(output / "_checkpoint")
+
+    again = run_to_end(config, ray_head.address, "--set", "output.mode=resume")
+    assert "holds a completed run (_SUCCESS); nothing to resume" in again
+
+
+def model_actor_pid(head: RayHead) -> int:
+    """The model actor's worker process: Ray titles it after the actor's class."""
+    for pid in session_members(head.session_id):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::") and "ModelUDF" in title:
+            return pid
+    return 0
+
+
+def test_model_actor_killed_mid_run(ray_head, vit_pair, tmp_path):
+    ids = write_input(tmp_path / "input")
+    config, output = job_file(tmp_path, vit_pair.pth), tmp_path / "output"
+    driver = start_run(config, ray_head.address)
+    try:
+        wait_until(lambda: committed_entries(output) >= 2, "2 committed result files", driver)
+        pid = model_actor_pid(ray_head)
+        assert pid, "no live model actor found"
+        os.kill(pid, signal.SIGKILL)
+        assert driver.process.wait(600) == 0, driver.output_tail()
+        printed = driver.output_tail(20000)
+    finally:
+        driver.stop()
+    print(f"model actor {pid} SIGKILLed; the run ended with: "
+          + next(line for line in printed.splitlines() if "rows in:" in line))
+    assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
+    assert sorted(ids_in_every_result_file(output)) == sorted(ids)

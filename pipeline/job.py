@@ -37,7 +37,7 @@ from .output_files import (
 from .preflight import JobPlan, Resources, check_resources, cluster_resources, num_gpus_per_actor, plan_job, read_columns
 from .schema import BOX_ERRORS, ERROR, NUM_BOXES, error_kind
 from .stages import Stage, check_column_flow, decode_memory, decode_stage, encode_stage, model_stage
-from .storage import arrow_filesystem, filesystem
+from .storage import arrow_filesystem, filesystem, remove
 
 Log = Callable[[str], None]
 # Under xyxy, [x, y, w, h] boxes come out inverted whenever w < x or h < y: a share of inverted
@@ -344,9 +344,7 @@ def _finish(plan: JobPlan, start: float, rows_done: int, stats: str) -> JobSumma
     if summary.closing.passed:
         write_manifest(plan, summary)
         if not config.output.keep_checkpoint:
-            fs, path = filesystem(checkpoint_path(config), config.storage)
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
+            remove(checkpoint_path(config), config.storage)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 from ray.data.datasource import FilenameProvider
 
 from .config import JobConfig, StorageConfig
-from .storage import filesystem, list_parquet_files
+from .storage import filesystem, list_parquet_files, remove
 
 RESULT_FILE = re.compile(r"^masks-[0-9a-f]+-\d{6}(-\d+)?\.parquet$")
 JOB_FILE = "_samhq_job.json"
@@ -69,7 +69,7 @@ def job_files(output: str, storage: StorageConfig) -> List[str]:
 def remove_job_files(output: str, storage: StorageConfig) -> None:
     fs, _ = filesystem(output, storage)
     for path in job_files(output, storage):
-        fs.rm(path, recursive=True)
+        remove(fs.unstrip_protocol(path), storage)
 
 
 def config_digest(config: Dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ environment variables, shared config files and instance roles.
 
 import os
 import posixpath
+import shutil
 from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import fsspec
@@ -52,6 +53,19 @@ def open_for_write(url: str, storage: StorageConfig) -> IO[bytes]:
         if parent:
             os.makedirs(parent, exist_ok=True)
     return fs.open(path, "wb")
+
+
+def remove(url: str, storage: StorageConfig) -> None:
+    """Delete a file or a directory tree. Local paths go through the os module: fsspec's
+    local rm asks for the working directory, which under `ray job submit` may be gone."""
+    fs, path = filesystem(url, storage)
+    if isinstance(fs, LocalFileSystem):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+    elif fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 def arrow_filesystem(url: str, storage: StorageConfig) -> Tuple[pyarrow.fs.FileSystem, str]:

@@ -1,0 +1,103 @@
+"""The driver's own per-file work before the first row flows: `plan_job`'s input scan (every
+Parquet footer, read in parallel threads, which also sizes the read blocks) and column checks,
+for inputs of 10 to 10,000 files on local disk. Each size runs in a fresh Python process, so
+that its peak RSS is the driver's alone.
+
+    python bench/driver_scan.py [--sizes 10,1000,10000] [--rows-per-file 10] [--out bench/results/driver_scan.md]
+
+Ray Data's own planning (listing the files again, its read tasks) is not in these numbers.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_CHILD = r"""
+import json, resource, sys, time
+start = time.perf_counter()
+from pipeline.config import parse_config
+from pipeline.preflight import check_columns, input_rules, read_columns, scan_input
+imported = time.perf_counter()
+config = parse_config({"input": {"path": sys.argv[1], "id_column": "id", "image_uri_column": "uri",
+                                 "boxes_column": "boxes"},
+                       "output": {"path": sys.argv[1] + "-out"}, "model": {"checkpoint": "unused"}})
+scan = scan_input(config.input.path, config.storage, "input.path", read_columns(config))
+problems = check_columns(scan, input_rules(config), "input.path")
+done = time.perf_counter()
+assert not problems, problems
+print(json.dumps({"files": len(scan.files), "rows": scan.num_rows, "scan_s": done - imported,
+                  "import_s": imported - start,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def write_input(directory: str, files: int, rows_per_file: int) -> None:
+    os.makedirs(directory)
+    for f in range(files):
+        ids = [f"{f:06}-{r:04}" for r in range(rows_per_file)]
+        table = pa.table({"id": ids, "uri": [f"s3://bucket/images/{i}.jpg" for i in ids],
+                          "boxes": [[[1.0, 2.0, 30.0, 40.0]]] * rows_per_file})
+        pq.write_table(table, os.path.join(directory, f"part-{f:06}.parquet"))
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10,1000,10000")
+    parser.add_argument("--rows-per-file", type=int, default=10)
+    parser.add_argument("--out", default=None, help="write a Markdown table here")
+    args = parser.parse_args()
+    rows = []
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="driver_scan_") as tmp:
+        for size in (int(s) for s in args.sizes.split(",")):
+            directory = os.path.join(tmp, f"in-{size}")
+            write_input(directory, size, args.rows_per_file)
+            began = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", _CHILD, directory], capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": ROOT}, check=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            result["process_s"] = time.perf_counter() - began
+            rows.append(result)
+            print(json.dumps(result), flush=True)
+    load_after = os.getloadavg()
+    lines = [
+        "# Driver scan before the first row (local disk)",
+        "",
+        f"Machine: {machine()}. Load average (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/"
+        f"{load_before[2]:.2f}, after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}.",
+        f"Command: `python bench/driver_scan.py --sizes {args.sizes} --rows-per-file {args.rows_per_file}`.",
+        "",
+        "| files | rows | footer scan + column checks (s) | files/s | driver peak RSS (MiB) | imports (s) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['files']} | {r['rows']} | {r['scan_s']:.2f} | {r['files'] / r['scan_s']:.0f} | "
+                     f"{r['peak_rss_mib']:.0f} | {r['import_s']:.1f} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

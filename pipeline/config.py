@@ -137,10 +137,10 @@ class OutputConfig(Section):
     path: str = Field(description="Directory for the result Parquet files; local path or any fsspec URL.")
     include_image_bytes: bool = Field(False, description="Copy the image bytes column into the output (with "
                                                          "input.image_column).")
-    mode: OutputMode = Field(get_args(OutputMode)[0], description="A non-empty path: error (refuse to start), overwrite (replace "
-                                                  "the files an earlier run wrote there, never any other file) or "
-                                                  "resume (continue an interrupted run: rows already written are not "
-                                                  "processed again).")
+    mode: OutputMode = Field(get_args(OutputMode)[0],
+                             description="A non-empty path: error (refuse to start), overwrite (replace the files an "
+                                         "earlier run wrote there, never any other file) or resume (continue an "
+                                         "interrupted run: rows already written are not processed again).")
     checkpoint_path: Optional[str] = Field(None, description="Where Ray Data's checkpoint of written ids goes; default "
                                                              "<path>/_checkpoint (same storage settings).")
     keep_checkpoint: bool = Field(False, description="Keep the checkpoint after the job completes (default: removed).")

@@ -37,7 +37,7 @@ from .output_files import (
 from .preflight import JobPlan, Resources, check_resources, cluster_resources, num_gpus_per_actor, plan_job, read_columns
 from .schema import BOX_ERRORS, ERROR, NUM_BOXES, error_kind
 from .stages import Stage, check_column_flow, decode_memory, decode_stage, encode_stage, model_stage
-from .storage import arrow_filesystem, filesystem, remove
+from .storage import arrow_filesystem, basename, filesystem, remove
 
 Log = Callable[[str], None]
 # Under xyxy, [x, y, w, h] boxes come out inverted whenever w < x or h < y: a share of inverted
@@ -337,42 +337,42 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
 def _finish(plan: JobPlan, start: float, rows_done: int, stats: str) -> JobSummary:
     """The summary and closing check of what the output holds; the manifest when it passed."""
     config = plan.config
-    summary = summarize_output(config, plan.scan.num_rows)
+    files = result_files(config.output.path, config.storage).files
+    summary = summarize_output(config, files, plan.scan.num_rows)
     summary.stats, summary.rows_in, summary.rows_already_done = stats, plan.scan.num_rows, rows_done
     summary.skipped_files = [f"{s.url}: {s.reason}" for s in plan.scan.skipped]
     assert summary.closing is not None
     if summary.closing.passed:
-        write_manifest(plan, summary)
+        write_manifest(plan, summary, files)
         if not config.output.keep_checkpoint:
             remove(checkpoint_path(config), config.storage)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def write_manifest(plan: JobPlan, summary: JobSummary) -> None:
+def write_manifest(plan: JobPlan, summary: JobSummary, files: List[str]) -> None:
     config = plan.config
-    listing = result_files(config.output.path, config.storage)
     write_json(config.output.path, config.storage, SUCCESS_FILE, {
         "format": JOB_FILE_FORMAT,
         "config_digest": config_digest(config.to_dict()),
         "rows_in": summary.rows_in,
         "rows_out": summary.rows_out,
-        "files": sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in listing.files),
+        "files": sorted(basename(path) for path in files),
         "skipped_input_files": [{"url": s.url, "reason": s.reason} for s in plan.scan.skipped],
         "checkpoint": {"path": checkpoint_path(config), "kept": config.output.keep_checkpoint},
     })
 
 
-def summarize_output(config: JobConfig, rows_in: int) -> JobSummary:
-    """Counts over the written result columns (reads only the id and small result columns),
-    and the closing check against `rows_in`."""
+def summarize_output(config: JobConfig, files: List[str], rows_in: int) -> JobSummary:
+    """Counts over the result `files` (reads only their id and small result columns), and the
+    closing check against `rows_in`."""
     summary = JobSummary(box_format=config.input.box_format)
     errors: Dict[str, int] = collections.Counter()
     reasons: Dict[str, int] = collections.Counter()
     fs, _ = filesystem(config.output.path, config.storage)
     id_column = config.input.id_column
     ids: List[pa.ChunkedArray] = []
-    for name in result_files(config.output.path, config.storage).files:
+    for name in files:
         with fs.open(name, "rb") as f:
             table = pq.read_table(f, columns=[id_column, ERROR, BOX_ERRORS, NUM_BOXES])
         summary.rows_out += table.num_rows

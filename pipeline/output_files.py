@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 from ray.data.datasource import FilenameProvider
 
 from .config import JobConfig, StorageConfig
-from .storage import filesystem, list_parquet_files, remove
+from .storage import basename, filesystem, list_parquet_files, remove
 
 RESULT_FILE = re.compile(r"^masks-[0-9a-f]+-\d{6}(-\d+)?\.parquet$")
 JOB_FILE = "_samhq_job.json"
@@ -63,7 +63,7 @@ def job_files(output: str, storage: StorageConfig) -> List[str]:
     fs, path = filesystem(output, storage)
     if not fs.exists(path):
         return []
-    return [entry for entry in fs.ls(path, detail=False) if is_job_file(entry.rstrip("/").rsplit("/", 1)[-1])]
+    return [entry for entry in fs.ls(path, detail=False) if is_job_file(basename(entry))]
 
 
 def remove_job_files(output: str, storage: StorageConfig) -> None:
@@ -72,12 +72,17 @@ def remove_job_files(output: str, storage: StorageConfig) -> None:
         remove(fs.unstrip_protocol(path), storage)
 
 
-def config_digest(config: Dict[str, Any]) -> str:
-    """sha256 of what decides the results: input, model and output columns (not the mode,
-    checkpoint or compute settings, which a resumed run may change)."""
+def decisive_settings(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The sections of a config (as a dict) that decide the results: input, model and the
+    output's columns; not the mode, checkpoint or compute settings, which a resumed run may
+    change."""
     output = {k: v for k, v in config.get("output", {}).items() if k == "include_image_bytes"}
-    decisive = {"input": config.get("input"), "model": config.get("model"), "output": output}
-    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
+    return {"input": config.get("input") or {}, "model": config.get("model") or {}, "output": output}
+
+
+def config_digest(config: Dict[str, Any]) -> str:
+    """sha256 of the config's `decisive_settings`."""
+    return hashlib.sha256(json.dumps(decisive_settings(config), sort_keys=True).encode()).hexdigest()
 
 
 def write_job_description(output: str, storage: StorageConfig, config: Dict[str, Any], rows_in: int) -> None:
@@ -135,8 +140,7 @@ def result_files(output: str, storage: StorageConfig) -> ResultListing:
     manifest = read_manifest(output, storage)
     if manifest is not None:
         return ResultListing([_join(path, name) for name in manifest["files"]], None)
-    names = sorted(n for n in (e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False))
-                   if RESULT_FILE.match(n))
+    names = sorted(n for n in map(basename, fs.ls(path, detail=False)) if RESULT_FILE.match(n))
     pending = _pending_prefixes(fs, _join(path, CHECKPOINT_DIR))
     done = [n for n in names if not any(n.startswith(p) for p in pending)]
     left_out = len(names) - len(done)
@@ -149,8 +153,7 @@ def result_files(output: str, storage: StorageConfig) -> ResultListing:
 def _pending_prefixes(fs: Any, checkpoint_dir: str) -> List[str]:
     if not fs.exists(checkpoint_dir):
         return []
-    return [name[: -len(_PENDING_SUFFIX)] for name in (e.rstrip("/").rsplit("/", 1)[-1]
-                                                       for e in fs.ls(checkpoint_dir, detail=False))
+    return [name[: -len(_PENDING_SUFFIX)] for name in map(basename, fs.ls(checkpoint_dir, detail=False))
             if name.endswith(_PENDING_SUFFIX)]
 
 

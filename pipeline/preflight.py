@@ -14,14 +14,14 @@ import concurrent.futures
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from samhq_core import SamHQConfig, SamHQModel
 
-from .config import ConfigError, JobConfig, Section, StorageConfig
+from .config import ConfigError, ImageSourceConfig, JobConfig, Section, StorageConfig
 from .ids import repeated_ids
 from .output_files import (
     CHECKPOINT_DIR,
@@ -30,22 +30,24 @@ from .output_files import (
     checkpoint_path,
     committed_checkpoint_files,
     config_digest,
+    decisive_settings,
     is_job_file,
     job_files,
     read_job_description,
     read_manifest,
     result_files,
 )
-from .storage import filesystem, is_local, list_parquet_files, storage_options, uri_allowed, within
+from .storage import basename, filesystem, is_local, list_parquet_files, local_path, storage_options, uri_allowed, within
 
 # Set by `ray job submit` in the driver's environment: the job runs in a temporary copy of the
 # submitted working directory, so relative local paths would point into it.
 _JOB_SUBMIT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 _FOOTER_THREADS = 32
+ImageSource = TypeVar("ImageSource", bound=ImageSourceConfig)
 
 if TYPE_CHECKING:
     from .finetune import FinetuneConfig
-_BOX_SAMPLE_ROWS = 1000
+_SAMPLE_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -217,15 +219,28 @@ def resolve_job_paths(config: JobConfig, relative_to: Optional[str]) -> Tuple[Jo
         value, found = resolve_local_path(getattr(getattr(config, section), name), key, relative_to)
         problems += found
         resolved[section] = resolved.get(section, getattr(config, section)).model_copy(update={name: value})
-    inp = resolved["input"]
-    if inp.image_uri_column is not None:  # type: ignore[attr-defined]
-        prefixes = inp.allowed_uri_prefixes  # type: ignore[attr-defined]
-        if prefixes is None:
-            prefixes = default_uri_prefixes(inp.path)  # type: ignore[attr-defined]
-        else:
-            prefixes = [resolve_local_path(p, "input.allowed_uri_prefixes", relative_to)[0] for p in prefixes]
-        resolved["input"] = inp.model_copy(update={"allowed_uri_prefixes": prefixes})
-    return config.model_copy(update=resolved), problems
+    config = config.model_copy(update=resolved)
+    inputs, found = with_uri_prefixes(config.input, [config.input.path], "input", relative_to)
+    return config.model_copy(update={"input": inputs}), problems + found
+
+
+def with_uri_prefixes(source: ImageSource, urls: Sequence[str], section: str,
+                      relative_to: Optional[str]) -> Tuple[ImageSource, List[str]]:
+    """An image source whose allowed_uri_prefixes are set (the default of `urls`, the data it
+    is read from) and made absolute, for sources that read image URIs; with the problems of
+    relative prefixes that cannot be resolved."""
+    if source.image_uri_column is None:
+        return source, []
+    key = f"{section}.allowed_uri_prefixes"
+    if source.allowed_uri_prefixes is None:
+        return source.model_copy(update={"allowed_uri_prefixes": [p for u in urls for p in default_uri_prefixes(u)]}), []
+    problems: List[str] = []
+    prefixes = []
+    for prefix in source.allowed_uri_prefixes:
+        value, found = resolve_local_path(prefix, key, relative_to)
+        prefixes.append(value)
+        problems += found
+    return source.model_copy(update={"allowed_uri_prefixes": prefixes}), problems
 
 
 def default_uri_prefixes(input_url: str) -> List[str]:
@@ -236,7 +251,7 @@ def default_uri_prefixes(input_url: str) -> List[str]:
     if not is_local(input_url):
         scheme, rest = input_url.split("://", 1)
         return [f"{scheme}://{rest.split('/', 1)[0]}/"]
-    path = os.path.realpath(_root_of(input_url[len("file://"):] if input_url.startswith("file://") else input_url))
+    path = local_path(_root_of(input_url))
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     parent = os.path.dirname(directory)
     return [directory if parent == os.path.dirname(parent) else parent]
@@ -311,19 +326,29 @@ def skip_files_with_bad_columns(scan: InputScan, rules: Sequence[ColumnRule]) ->
     return InputScan(scan.url, kept, skipped)
 
 
+def first_rows(scan: InputScan, column: str, storage: StorageConfig) -> Optional[Tuple[InputFile, List[Any]]]:
+    """The first file with rows, and the values of `column` in its first rows (the sample the
+    box-format and URI checks look at); None when no file has rows."""
+    first = next((f for f in scan.files if f.num_rows), None)
+    if first is None:
+        return None
+    fs, _ = filesystem(scan.url, storage)
+    with fs.open(first.path, "rb") as f:
+        batch = next(pq.ParquetFile(f).iter_batches(batch_size=_SAMPLE_ROWS, columns=[column]), None)
+    return first, batch.column(0).to_pylist() if batch is not None else []
+
+
 def check_uri_sample(scan: InputScan, config: JobConfig) -> List[str]:
     """The first rows' image URIs of one file all lying outside input.allowed_uri_prefixes:
     a config that would fail every row, refused before work starts."""
     inp = config.input
     if inp.image_uri_column is None or inp.allowed_uri_prefixes is None:
         return []
-    fs, _ = filesystem(scan.url, config.storage)
-    first = next((f for f in scan.files if f.num_rows), None)
-    if first is None:
+    sample = first_rows(scan, inp.image_uri_column, config.storage)
+    if sample is None:
         return []
-    with fs.open(first.path, "rb") as f:
-        batch = next(pq.ParquetFile(f).iter_batches(batch_size=_BOX_SAMPLE_ROWS, columns=[inp.image_uri_column]), None)
-    uris = [u for u in (batch.column(0).to_pylist() if batch is not None else []) if isinstance(u, str) and u]
+    first, values = sample
+    uris = [u for u in values if isinstance(u, str) and u]
     outside = [u for u in uris if not uri_allowed(u, inp.allowed_uri_prefixes)]
     if not outside or len(outside) < len(uris):  # a few hostile rows are those rows' errors, not the job's
         return []
@@ -458,13 +483,11 @@ def box_format_warnings(scan: InputScan, boxes_column: str, box_format: str, sto
     """Warnings from the first rows of one file: boxes inverted under xyxy (the usual sign of
     xywh boxes read as xyxy), or every coordinate within [0, 1] (normalised boxes, where the
     pipeline takes absolute pixels)."""
-    fs, _ = filesystem(scan.url, storage)
-    first = next((f for f in scan.files if f.num_rows), None)
-    if first is None:
+    found = first_rows(scan, boxes_column, storage)
+    if found is None:
         return []
-    with fs.open(first.path, "rb") as f:
-        batch = next(pq.ParquetFile(f).iter_batches(batch_size=_BOX_SAMPLE_ROWS, columns=[boxes_column]), None)
-    boxes = [box for row in (batch.column(0).to_pylist() if batch is not None else []) if isinstance(row, list)
+    first, values = found
+    boxes = [box for row in values if isinstance(row, list)
              for box in row if isinstance(box, list) and len(box) == 4
              and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)]
     if not boxes:
@@ -535,13 +558,10 @@ def check_resume(config: JobConfig) -> Tuple[ResumeState, List[str]]:
             return ResumeState(), [f"output.mode: resume: {output} holds results but no {JOB_FILE}; it cannot be "
                                    "resumed: use output.mode: overwrite"]
         return ResumeState(), []  # nothing there yet: a first run
-    before = description.get("config_digest")
-    if before != config_digest(config.to_dict()):
-        earlier = description["config"]
-        changed = [f"{name}.{key}" for name in ("input", "model", "output") for key in sorted(
-            set(earlier.get(name, {})) | set(config.to_dict()[name]))
-            if name != "output" or key == "include_image_bytes"
-            if earlier.get(name, {}).get(key) != config.to_dict()[name].get(key)]
+    if description.get("config_digest") != config_digest(config.to_dict()):
+        earlier, now = decisive_settings(description["config"]), decisive_settings(config.to_dict())
+        changed = [f"{name}.{key}" for name in now for key in sorted(set(earlier[name]) | set(now[name]))
+                   if earlier[name].get(key) != now[name].get(key)]
         return ResumeState(), [f"output.mode: resume: the config differs from the run being resumed at {output} "
                                f"({', '.join(changed) or 'its description is from another version'}); resume with the "
                                "same input, model and output settings, or use output.mode: overwrite"]
@@ -572,7 +592,7 @@ def _directory_entries(url: str, storage: StorageConfig, key: str, why_directory
             return [], []
         if not fs.isdir(path):
             return [], [f"{key}: {url} is a file; {why_directory}"]
-        return [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)], []
+        return [basename(e) for e in fs.ls(path, detail=False)], []
     except Exception as e:  # noqa: BLE001 - permissions, endpoints, network
         return [], [f"{key}: cannot list {url}: {type(e).__name__}: {e}"]
 
@@ -682,10 +702,10 @@ def plan_finetune(config: "FinetuneConfig", relative_to: Optional[str] = None) -
     config = config.model_copy(update=resolved)
     unresolved = {problem.split(":", 1)[0] for problem in problems}
     data, model = config.data, config.model
-    if data.image_uri_column is not None and data.allowed_uri_prefixes is None:
-        urls = [u for u in (data.train, data.validation) if u is not None]
-        data = data.model_copy(update={"allowed_uri_prefixes": [p for u in urls for p in default_uri_prefixes(u)]})
-        config = config.model_copy(update={"data": data})
+    data, found = with_uri_prefixes(data, [u for u in (data.train, data.validation) if u is not None], "data",
+                                    relative_to)
+    problems += found
+    config = config.model_copy(update={"data": data})
     rules = [ColumnRule("data.id_column", data.id_column, "id"), ColumnRule("data.boxes_column", data.boxes_column, "boxes"),
              ColumnRule("data.masks_column", data.masks_column, "rle_masks")]
     if data.image_column:

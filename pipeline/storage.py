@@ -135,23 +135,30 @@ def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
+def basename(path: str) -> str:
+    """The last part of a path or URL (a listed directory's too, which fsspec may end in "/")."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def local_path(url: str) -> str:
+    """A local URL (`file://...` or a plain path) as a path, symlinks and '..' resolved."""
+    return os.path.realpath(url[len("file://"):] if url.startswith("file://") else url)
+
+
 def within(inner: str, outer: str) -> bool:
     """Whether path `inner` is `outer` or lies under it (at path-segment bounds)."""
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")
-
-
-def _local_path(url: str) -> str:
-    return os.path.realpath(url[len("file://"):] if url.startswith("file://") else url)
 
 
 def uri_allowed(uri: str, prefixes: Sequence[str]) -> bool:
     """Whether an image URI lies under one of the prefixes. Local paths are compared after
     resolving symlinks and '..'; URLs after normalising their path, at path-segment bounds."""
     if is_local(uri):
-        path = _local_path(uri)
-        return any(is_local(p) and within(path, _local_path(p)) for p in prefixes)
-    base, path = _normal_url(uri)
-    return any(not is_local(p) and _normal_url(p)[0] == base and within(path, _normal_url(p)[1]) for p in prefixes)
+        path = local_path(uri)
+        return any(is_local(p) and within(path, local_path(p)) for p in prefixes)
+    normal = _normal_url(uri)
+    return any(_normal_url(p)[0] == normal[0] and within(normal[1], _normal_url(p)[1])
+               for p in prefixes if not is_local(p))
 
 
 def _normal_url(url: str) -> Tuple[str, str]:

@@ -117,12 +117,23 @@ def ids_in_every_result_file(output) -> list:
     return ids
 
 
-def test_driver_killed_then_resume(ray_head, vit_pair, tmp_path):
+def start_job(tmp_path, checkpoint, head: RayHead, committed: int):
+    """Input, config and a driver running the job, once `committed` result files are written:
+    (input ids, config path, output directory, driver)."""
     ids = write_input(tmp_path / "input")
-    config, output = job_file(tmp_path, vit_pair.pth), tmp_path / "output"
-    driver = start_run(config, ray_head.address)
+    config, output = job_file(tmp_path, checkpoint), tmp_path / "output"
+    driver = start_run(config, head.address)
     try:
-        wait_until(lambda: committed_entries(output) >= 16, "16 committed result files", driver)
+        wait_until(lambda: committed_entries(output) >= committed, f"{committed} committed result files", driver)
+    except BaseException:
+        driver.stop()
+        raise
+    return ids, config, output, driver
+
+
+def test_driver_killed_then_resume(ray_head, vit_pair, tmp_path):
+    ids, config, output, driver = start_job(tmp_path, vit_pair.pth, ray_head, committed=16)
+    try:
         os.kill(driver.process.pid, signal.SIGKILL)  # the driver alone, mid-run
         driver.process.wait(30)
     finally:
@@ -159,11 +170,8 @@ def model_actor_pid(head: RayHead) -> int:
 
 
 def test_model_actor_killed_mid_run(ray_head, vit_pair, tmp_path):
-    ids = write_input(tmp_path / "input")
-    config, output = job_file(tmp_path, vit_pair.pth), tmp_path / "output"
-    driver = start_run(config, ray_head.address)
+    ids, _, output, driver = start_job(tmp_path, vit_pair.pth, ray_head, committed=2)
     try:
-        wait_until(lambda: committed_entries(output) >= 2, "2 committed result files", driver)
         pid = model_actor_pid(ray_head)
         assert pid, "no live model actor found"
         os.kill(pid, signal.SIGKILL)

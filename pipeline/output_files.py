@@ -135,13 +135,15 @@ def result_files(output: str, storage: StorageConfig) -> ResultListing:
     gives its result files minus those of interrupted writes, with a warning; anything that is
     not a job's directory (a single file, a glob, files from elsewhere) is listed as it is."""
     fs, path = filesystem(output, storage)
-    if not fs.isdir(path) or not fs.exists(_join(path, JOB_FILE)):
+    description = read_job_description(output, storage) if fs.isdir(path) else None
+    if description is None:
         return ResultListing(list_parquet_files(output, storage), None)
     manifest = read_manifest(output, storage)
     if manifest is not None:
         return ResultListing([_join(path, name) for name in manifest["files"]], None)
     names = sorted(n for n in map(basename, fs.ls(path, detail=False)) if RESULT_FILE.match(n))
-    pending = _pending_prefixes(fs, _join(path, CHECKPOINT_DIR))
+    checkpoint = description["config"].get("output", {}).get("checkpoint_path") or _join(output, CHECKPOINT_DIR)
+    pending = _pending_prefixes(checkpoint, storage)
     done = [n for n in names if not any(n.startswith(p) for p in pending)]
     left_out = len(names) - len(done)
     return ResultListing([_join(path, n) for n in done], (
@@ -150,10 +152,12 @@ def result_files(output: str, storage: StorageConfig) -> ResultListing:
         + (f", leaving out {left_out} of interrupted writes" if left_out else "")))
 
 
-def _pending_prefixes(fs: Any, checkpoint_dir: str) -> List[str]:
-    if not fs.exists(checkpoint_dir):
+def _pending_prefixes(checkpoint: str, storage: StorageConfig) -> List[str]:
+    """The result-file names (without extension) whose writes the checkpoint holds as pending."""
+    fs, path = filesystem(checkpoint, storage)
+    if not fs.exists(path):
         return []
-    return [name[: -len(_PENDING_SUFFIX)] for name in map(basename, fs.ls(checkpoint_dir, detail=False))
+    return [name[: -len(_PENDING_SUFFIX)] for name in map(basename, fs.ls(path, detail=False))
             if name.endswith(_PENDING_SUFFIX)]
 
 

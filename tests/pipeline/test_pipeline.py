@@ -336,3 +336,21 @@ def test_uri_prefixes_compare_whole_path_segments():
     for uri in ("s3://bucket/images-private/a.png", "s3://bucket/images/../secret.png", "s3://other/images/a.png",
                 "/data/images2/a.png", "/data/images/../passwd", "http://bucket/images/a.png"):
         assert not uri_allowed(uri, prefixes), uri
+
+
+def test_readers_leave_out_interrupted_writes_named_by_a_checkpoint_elsewhere(tmp_path):
+    """An unfinished output whose checkpoint is at output.checkpoint_path (not inside it):
+    readers still leave out the result files whose writes the checkpoint holds as pending."""
+    from pipeline.config import StorageConfig
+    from pipeline.output_files import result_files, write_job_description
+
+    output, checkpoint = tmp_path / "output", tmp_path / "checkpoints"
+    write_job_description(str(output), StorageConfig(), {"output": {"path": str(output),
+                                                                    "checkpoint_path": str(checkpoint)}}, 2)
+    for task in (0, 1):
+        write_rows(str(output / f"masks-abc-00000{task}-0.parquet"), sample_rows(num_good=1)[:1])
+    checkpoint.mkdir()
+    (checkpoint / "masks-abc-000001.pending.parquet").write_bytes(b"")
+    listing = result_files(str(output), StorageConfig())
+    assert [os.path.basename(f) for f in listing.files] == ["masks-abc-000000-0.parquet"]
+    assert "has no _SUCCESS" in listing.warning and "leaving out 1 of interrupted writes" in listing.warning

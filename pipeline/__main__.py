@@ -52,12 +52,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .cluster import connect
-    from .job import run_job
+    from .job import JobFailed, run_job
 
     plan = _plan(args)
     stderr = connect(verbose=args.verbose)
     try:
         summary = run_job(plan.config, plan, verbose=args.verbose, progress_interval=args.progress_interval)
+    except JobFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         stderr.stop()
     if args.verbose:

@@ -8,8 +8,10 @@ back from the output.
 
 import collections
 import math
+import re
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, cast
 
@@ -37,7 +39,7 @@ from .output_files import (
 from .preflight import JobPlan, Resources, check_resources, cluster_resources, num_gpus_per_actor, plan_job, read_columns
 from .schema import BOX_ERRORS, ERROR, NUM_BOXES, error_kind
 from .stages import Stage, check_column_flow, decode_memory, decode_stage, encode_stage, model_stage
-from .storage import arrow_filesystem, basename, filesystem, remove
+from .storage import TRANSIENT_ERRORS, arrow_filesystem, basename, filesystem, remove
 
 Log = Callable[[str], None]
 # Under xyxy, [x, y, w, h] boxes come out inverted whenever w < x or h < y: a share of inverted
@@ -52,6 +54,34 @@ _EXAMPLES = 3
 
 def _print(message: str) -> None:
     print(message, flush=True)
+
+
+class JobFailed(RuntimeError):
+    """The job stopped before it had written every row; what it wrote stays (a resumable
+    output), and the message says why it stopped and how to go on."""
+
+
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (\S.*)$", re.M)
+
+
+def root_cause(exception: BaseException) -> str:
+    """"<type>: <message>" of what stopped a job: Ray wraps a task's error in its own, with the
+    original's traceback in the message, so the innermost exception of the chain that says
+    something gives the last error line of its text, or its own first line."""
+    chain: List[BaseException] = []
+    current: Optional[BaseException] = exception
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for inner in reversed(chain):
+        text = str(inner).strip()
+        lines = _ERROR_LINE.findall(text)
+        if lines:
+            kind, message = lines[-1]
+            return f"{kind.rsplit('.', 1)[-1]}: {message}"[:500]
+        if text:
+            return f"{type(inner).__name__}: {text.splitlines()[0]}"[:500]
+    return type(exception).__name__
 
 
 @dataclass
@@ -244,6 +274,12 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
     num_blocks = config.input.num_blocks or 4 * config.compute.num_actors
     _size_blocks(ds, plan, num_blocks)
     ds.context.checkpoint_config = job_checkpoint(config)
+    # Reads, writes and checkpoint entries retry (10 tries, backoff up to 32 s: about 2.5 min
+    # in all) on the store's transient errors as our clients word them too. Ray warns on any
+    # change to the list that its substring matching is deprecated; ours are regexes.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.context.retried_io_errors = list(dict.fromkeys([*ds.context.retried_io_errors, *TRANSIENT_ERRORS]))
     ds.context.enable_progress_bars = verbose
     log(f"input:   {plural(len(plan.scan.files), 'Parquet file')}, {plural(plan.scan.num_rows, 'row')}, "
         f"{_size(plan.scan.read_bytes)} to read, in about {num_blocks} blocks (input.num_blocks)")
@@ -328,9 +364,16 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
     dataset = build_dataset(plan, resources, counter, log, verbose)
     out_fs, out_path = arrow_filesystem(config.output.path, config.storage)
     remaining = plan.scan.num_rows - plan.resume.rows_done
-    with ProgressReporter(counter, remaining, progress_interval, log):
-        dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=ResultFilenames())
-    ray.kill(counter)
+    try:
+        with ProgressReporter(counter, remaining, progress_interval, log):
+            dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=ResultFilenames())
+    except Exception as e:  # noqa: BLE001 - Ray raises its own wrappers of whatever stopped a task
+        written = len(result_files(config.output.path, config.storage).files)
+        raise JobFailed(f"the job stopped: {root_cause(e)}. The {plural(written, 'result file')} written so far at "
+                        f"{config.output.path} are kept; once the cause is fixed, run again with output.mode: resume "
+                        "(--set output.mode=resume) to process only the rows not written yet") from e
+    finally:
+        ray.kill(counter)
     return _finish(plan, start, plan.resume.rows_done, dataset.stats())
 
 

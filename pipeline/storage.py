@@ -6,6 +6,7 @@ environment variables, shared config files and instance roles.
 
 import os
 import posixpath
+import re
 import shutil
 from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -16,6 +17,28 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from .config import StorageConfig
+
+# How the storage clients (botocore via s3fs, aiohttp, gcsfs, and the image reads' own timeout)
+# word a failure that another try may not meet: the store unreachable, overloaded or slow.
+# Ray Data's defaults only know pyarrow's native S3 wording ("AWS Error NETWORK_CONNECTION").
+# Each is a regular expression, as Ray Data takes them.
+TRANSIENT_ERRORS = (
+    r"Could not connect to the endpoint URL",
+    r"Connect timeout on endpoint URL",
+    r"Read timeout on endpoint URL",
+    r"Connection was closed before we received a valid response",
+    r"ConnectionResetError|Connection reset by peer",
+    r"ConnectionRefusedError|Connection refused",
+    r"ServerDisconnectedError|ClientConnectorError|ClientOSError",
+    r"ServiceUnavailable|SlowDown|RequestTimeout|InternalError",
+    r"HTTP status 5\d\d|\b50[0234] (Server Error|Service Unavailable|Bad Gateway|Gateway Timeout)",
+    r"took more than input\.read_timeout_s",
+)
+
+
+def is_transient(error: str) -> bool:
+    """Whether an error message is one of a store's transient failures (TRANSIENT_ERRORS)."""
+    return any(re.search(pattern, error) for pattern in TRANSIENT_ERRORS)
 
 
 def storage_options(storage: StorageConfig) -> Dict[str, Any]:
@@ -39,9 +62,13 @@ def storage_options(storage: StorageConfig) -> Dict[str, Any]:
 
 
 def filesystem(url: str, storage: StorageConfig) -> Tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem of `url` and the path within it."""
+    """The fsspec filesystem of `url` and the path within it. Object stores list without
+    fsspec's listings cache: the driver lists an output before the job and again after it,
+    and what the cluster wrote in between must be seen."""
     protocol = fsspec.utils.get_protocol(url)
     options = storage_options(storage) if protocol in ("s3", "s3a") else {}
+    if protocol not in ("file", "local"):
+        options["use_listings_cache"] = False
     return fsspec.core.url_to_fs(url, **options)
 
 

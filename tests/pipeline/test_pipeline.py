@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,7 +19,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pipeline.config import ConfigError, parse_config
-from pipeline.job import run_job
+from pipeline.job import JobFailed, run_job
+from pipeline.preflight import plan_job
 from pipeline.rle import run_lengths
 from pipeline.stages import boxes_to_xyxy, check_boxes
 
@@ -354,3 +356,17 @@ def test_readers_leave_out_interrupted_writes_named_by_a_checkpoint_elsewhere(tm
     listing = result_files(str(output), StorageConfig())
     assert [os.path.basename(f) for f in listing.files] == ["masks-abc-000000-0.parquet"]
     assert "has no _SUCCESS" in listing.warning and "leaving out 1 of interrupted writes" in listing.warning
+
+
+def test_a_job_that_stops_says_why_and_how_to_go_on(ray_cluster, checkpoint, tmp_path):
+    """The model checkpoint goes away between the checks and the actors' start: the job
+    stops with the cause named and output.mode: resume as the way on, not a Ray traceback."""
+    os.makedirs(tmp_path / "input")
+    write_rows(str(tmp_path / "input" / "a.parquet"), sample_rows(num_good=2)[:2])
+    shutil.copy(checkpoint, tmp_path / "model.pth")
+    config = job_config(tmp_path, str(tmp_path / "model.pth"))
+    plan = plan_job(config)
+    os.remove(tmp_path / "model.pth")
+    with pytest.raises(JobFailed, match=r"^the job stopped: \w+: .*model\.pth.* The 0 result files written so far at "
+                                        r".* are kept; .* output\.mode: resume"):
+        run_job(config, plan)

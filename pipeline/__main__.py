@@ -18,7 +18,7 @@ log = logging.getLogger("pipeline")
 def _plan(args: argparse.Namespace) -> "JobPlan":
     from .preflight import plan_job
 
-    return plan_job(load_config(args.config, args.set), relative_to=args.relative_to)
+    return plan_job(load_config(args.config, args.set), relative_to=args.relative_to, retry_errors=args.retry_errors)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -44,9 +44,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
                                checkpoint_filter=plan.resume.filters_rows)
     if problems:
         raise ConfigError(problems)
+    retry = (f"; --retry-errors: {plural(len(plan.retry.ids), 'row')} with transient errors to run again"
+             if plan.retry is not None else "")
     print(f"config OK: {args.config}: {plural(plan.scan.num_rows, 'row')} in "
           f"{plural(len(plan.scan.files), 'file')}, model "
-          f"{describe_model(plan.model_config)}, output {plan.config.output.path}; fits {resources.describe()}")
+          f"{describe_model(plan.model_config)}, output {plan.config.output.path}; fits {resources.describe()}{retry}")
     return 0
 
 
@@ -179,6 +181,10 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--relative-to", default=None, metavar="DIR",
                          help="resolve the config's relative local paths against DIR (default: the working "
                               "directory); under `ray job submit` on this machine: --relative-to \"$PWD\"")
+        cmd.add_argument("--retry-errors", action="store_true",
+                         help="a second pass over the completed output at output.path: run again only the rows "
+                              "whose error is transient (image reads that timed out, 5xx replies, lost connections; "
+                              "not corrupt images or bad boxes) and put the new rows in place of the failed ones")
         cmd.set_defaults(fn=fn)
     run_cmd = sub.choices["run"]
     run_cmd.add_argument("--verbose", action="store_true",

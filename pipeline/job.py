@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from ray.data.checkpoint import CheckpointConfig
+from ray.data.expressions import col
 
 from samhq_core import SamHQConfig
 
@@ -31,15 +32,18 @@ from .output_files import (
     checkpoint_path,
     config_digest,
     read_job_description,
+    read_manifest,
     remove_job_files,
+    replace_rows,
     result_files,
+    retry_path,
     write_job_description,
     write_json,
 )
 from .preflight import JobPlan, Resources, check_resources, cluster_resources, num_gpus_per_actor, plan_job, read_columns
 from .schema import BOX_ERRORS, ERROR, NUM_BOXES, error_kind
 from .stages import Stage, check_column_flow, decode_memory, decode_stage, encode_stage, model_stage
-from .storage import TRANSIENT_ERRORS, arrow_filesystem, basename, filesystem, remove
+from .storage import TRANSIENT_ERRORS, arrow_filesystem, basename, filesystem, list_parquet_files, remove
 
 Log = Callable[[str], None]
 # Under xyxy, [x, y, w, h] boxes come out inverted whenever w < x or h < y: a share of inverted
@@ -54,6 +58,25 @@ _EXAMPLES = 3
 
 def _print(message: str) -> None:
     print(message, flush=True)
+
+
+@dataclass
+class RetryPass:
+    """A --retry-errors pass: rows with transient errors run again, in place in their files."""
+
+    rows: int = 0  # rows run again
+    fixed: int = 0  # of those, rows that now have no error
+    files: int = 0  # result files rewritten
+
+    def render(self) -> str:
+        if not self.rows:
+            return "retry: no row had a transient error"
+        return (f"retried {plural(self.rows, 'row')} with transient errors: {self.fixed} now succeed, "
+                f"{self.rows - self.fixed} failed again; {plural(self.files, 'result file')} rewritten")
+
+    def record(self) -> Dict[str, Any]:
+        return {"rows": self.rows, "fixed": self.fixed, "files": self.files,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 class JobFailed(RuntimeError):
@@ -117,6 +140,7 @@ class JobSummary:
     rows_in: int = 0
     rows_out: int = 0
     rows_already_done: int = 0  # written by the run this one resumed, and skipped
+    retried: Optional["RetryPass"] = None  # what a --retry-errors pass did
     boxes: int = 0  # every input box, those of failed rows included
     masks: int = 0
     box_reasons: Dict[str, int] = field(default_factory=dict)  # why boxes got no mask, with counts
@@ -153,6 +177,8 @@ class JobSummary:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none"
         resumed = (f" ({self.rows_already_done} already written by the run resumed, skipped)"
                    if self.rows_already_done else "")
+        if self.retried is not None:
+            resumed += f" ({self.retried.render()})"
         lines = [
             f"rows in: {self.rows_in}, rows out: {self.rows_out}{resumed}, boxes: {self.boxes} "
             f"(masks: {self.masks}, unusable: {self.unusable_boxes}), rows with errors: {errors}, "
@@ -263,17 +289,20 @@ def job_stages(plan: JobPlan, resources: Resources, counter: Optional["ray.actor
 
 
 def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None,
-                  log: Log = _print, verbose: bool = False) -> ray.data.Dataset:
-    """read Parquet, then the job's stages in turn."""
+                  log: Log = _print, verbose: bool = False, only_ids: Optional[List[Any]] = None) -> ray.data.Dataset:
+    """read Parquet (the rows of `only_ids` alone, when given: a --retry-errors pass, which
+    has no checkpoint), then the job's stages in turn."""
     config = plan.config
     stages = job_stages(plan, resources, counter)
     columns = read_columns(config)
     check_column_flow(stages, columns)
     read_fs, _ = arrow_filesystem(config.input.path, config.storage)
     ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(columns)
+    if only_ids is not None:
+        ds = ds.filter(expr=col(config.input.id_column).is_in(only_ids))
     num_blocks = config.input.num_blocks or 4 * config.compute.num_actors
     _size_blocks(ds, plan, num_blocks)
-    ds.context.checkpoint_config = job_checkpoint(config)
+    ds.context.checkpoint_config = job_checkpoint(config) if only_ids is None else None
     # Reads, writes and checkpoint entries retry (10 tries, backoff up to 32 s: about 2.5 min
     # in all) on the store's transient errors as our clients word them too. Ray warns on any
     # change to the list that its substring matching is deprecated; ours are regexes.
@@ -346,12 +375,17 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
     if plan.resume.complete:
         log(f"output: {config.output.path} holds a completed run ({SUCCESS_FILE}); nothing to resume")
         return _finish(plan, start, rows_done=plan.scan.num_rows, stats="")
+    if plan.retry is not None and not plan.retry.ids:
+        log(f"retry:   no row of {config.output.path} has a transient error; nothing to run again")
+        return _finish(plan, start, 0, "", RetryPass())
     resources = cluster_resources()
     problems = check_resources(config, resources, decode_memory(config.compute.decode_batch_size,
                                                                 config.input.max_image_pixels),
                                checkpoint_filter=plan.resume.filters_rows)
     if problems:
         raise ConfigError(problems)
+    if plan.retry is not None:
+        return _retry_errors(plan, resources, start, log, verbose, progress_interval)
     if config.output.mode == "overwrite":  # only the job's own files are there (checked in the plan)
         remove_job_files(config.output.path, config.storage)
     if config.output.mode != "resume" or read_job_description(config.output.path, config.storage) is None:
@@ -359,30 +393,70 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
     if plan.resume.rows_done:
         log(f"resume:  {plan.resume.rows_done} of {plan.scan.num_rows} rows already written; the rest is processed "
             "(Ray Data filters the input against the checkpoint)")
+    remaining = plan.scan.num_rows - plan.resume.rows_done
+    stats = _run_stages(plan, resources, config.output.path, remaining, log, verbose, progress_interval)
+    return _finish(plan, start, plan.resume.rows_done, stats)
+
+
+def _run_stages(plan: JobPlan, resources: Resources, destination: str, rows: int, log: Log, verbose: bool,
+                progress_interval: float, only_ids: Optional[List[Any]] = None) -> str:
+    """Run the job's dataset (over the rows of `only_ids` alone, when given) into result files
+    at `destination`, with progress lines; returns Ray Data's stats. JobFailed when it stops."""
+    config = plan.config
     # Ray's stubs type .remote() of an actor class as "handle or class"; it is the handle.
     counter = cast("ray.actor.ActorHandle", ray.remote(num_cpus=0)(RowCounter).remote())
-    dataset = build_dataset(plan, resources, counter, log, verbose)
-    out_fs, out_path = arrow_filesystem(config.output.path, config.storage)
-    remaining = plan.scan.num_rows - plan.resume.rows_done
+    dataset = build_dataset(plan, resources, counter, log, verbose, only_ids)
+    out_fs, out_path = arrow_filesystem(destination, config.storage)
     try:
-        with ProgressReporter(counter, remaining, progress_interval, log):
+        with ProgressReporter(counter, rows, progress_interval, log):
             dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=ResultFilenames())
     except Exception as e:  # noqa: BLE001 - Ray raises its own wrappers of whatever stopped a task
+        if only_ids is not None:
+            raise JobFailed(f"the --retry-errors pass stopped: {root_cause(e)}. The output at {config.output.path} "
+                            "is as it was; run the pass again once the cause is fixed") from e
         written = len(result_files(config.output.path, config.storage).files)
         raise JobFailed(f"the job stopped: {root_cause(e)}. The {plural(written, 'result file')} written so far at "
                         f"{config.output.path} are kept; once the cause is fixed, run again with output.mode: resume "
                         "(--set output.mode=resume) to process only the rows not written yet") from e
     finally:
         ray.kill(counter)
-    return _finish(plan, start, plan.resume.rows_done, dataset.stats())
+    return dataset.stats()
 
 
-def _finish(plan: JobPlan, start: float, rows_done: int, stats: str) -> JobSummary:
+def _retry_errors(plan: JobPlan, resources: Resources, start: float, log: Log, verbose: bool,
+                  progress_interval: float) -> JobSummary:
+    """Run the rows with transient errors again (into `_retry/`), put each new row in the place
+    of the failed one in its result file, and record the pass in the manifest. Each file is
+    replaced at once, so a pass that dies leaves every id once; running it again retries what
+    is still failed."""
+    config, retry = plan.config, plan.retry
+    assert retry is not None
+    done = RetryPass(rows=len(retry.ids))
+    log(f"retry:   {plural(done.rows, 'row')} with transient errors in {plural(len(retry.files), 'result file')} "
+        f"run again (e.g. {retry.examples[0]})")
+    staging = retry_path(config)
+    remove(staging, config.storage)  # the new rows of a pass that died, no longer needed
+    stats = _run_stages(plan, resources, staging, done.rows, log, verbose, progress_interval, only_ids=retry.ids)
+    fs, _ = filesystem(staging, config.storage)
+    staged = []
+    for path in list_parquet_files(staging, config.storage):
+        with fs.open(path, "rb") as f:
+            staged.append(pq.read_table(f))
+    new_rows = pa.concat_tables(staged)
+    done.fixed = new_rows.column(ERROR).null_count
+    for path in retry.files:
+        done.files += bool(replace_rows(path, config, new_rows))
+    remove(staging, config.storage)
+    return _finish(plan, start, 0, stats, done)
+
+
+def _finish(plan: JobPlan, start: float, rows_done: int, stats: str, retried: Optional[RetryPass] = None) -> JobSummary:
     """The summary and closing check of what the output holds; the manifest when it passed."""
     config = plan.config
     files = result_files(config.output.path, config.storage).files
     summary = summarize_output(config, files, plan.scan.num_rows)
     summary.stats, summary.rows_in, summary.rows_already_done = stats, plan.scan.num_rows, rows_done
+    summary.retried = retried
     summary.skipped_files = [f"{s.url}: {s.reason}" for s in plan.scan.skipped]
     assert summary.closing is not None
     if summary.closing.passed:
@@ -394,8 +468,15 @@ def _finish(plan: JobPlan, start: float, rows_done: int, stats: str) -> JobSumma
 
 
 def write_manifest(plan: JobPlan, summary: JobSummary, files: List[str]) -> None:
+    """The `_SUCCESS` manifest; a --retry-errors pass adds its record to the earlier ones."""
     config = plan.config
+    retries: List[Dict[str, Any]] = []
+    if summary.retried is not None:
+        retries = (read_manifest(config.output.path, config.storage) or {}).get("retries", [])
+        if summary.retried.rows:
+            retries.append(summary.retried.record())
     write_json(config.output.path, config.storage, SUCCESS_FILE, {
+        "retries": retries,
         "format": JOB_FILE_FORMAT,
         "config_digest": config_digest(config.to_dict()),
         "rows_in": summary.rows_in,

@@ -9,7 +9,10 @@
   the job completes unless `output.keep_checkpoint`). A result file whose checkpoint entry is
   still `<file>.pending.parquet` belongs to a write that was interrupted: it never counts;
 - `_SUCCESS`: written last, only when the closing check passed: a small JSON manifest (config
-  digest, rows in and out, the result files, skipped input files, the checkpoint).
+  digest, rows in and out, the result files, skipped input files, the checkpoint, and each
+  `--retry-errors` pass);
+- `_retry/`: a `--retry-errors` pass's new rows, while it replaces the failed ones in the
+  result files (each file is replaced whole, at once); removed when the pass ends.
 
 These are the only files `output.mode: overwrite` removes; anything else in the directory
 makes the job refuse to start.
@@ -21,16 +24,21 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from ray.data.datasource import FilenameProvider
 
 from .config import JobConfig, StorageConfig
-from .storage import basename, filesystem, list_parquet_files, remove
+from .storage import basename, filesystem, list_parquet_files, remove, replace_file
 
 RESULT_FILE = re.compile(r"^masks-[0-9a-f]+-\d{6}(-\d+)?\.parquet$")
 JOB_FILE = "_samhq_job.json"
 JOB_FILE_FORMAT = 1
 SUCCESS_FILE = "_SUCCESS"
 CHECKPOINT_DIR = "_checkpoint"
+RETRY_DIR = "_retry"
 # Ray Data names a checkpoint entry after the data file it covers (ray.data.checkpoint).
 _PENDING_SUFFIX = ".pending.parquet"
 
@@ -46,7 +54,7 @@ class ResultFilenames(FilenameProvider):
 
 def is_job_file(name: str) -> bool:
     """Whether a name (without directory) in an output directory is one the job writes."""
-    return bool(RESULT_FILE.match(name)) or name in (JOB_FILE, SUCCESS_FILE, CHECKPOINT_DIR)
+    return bool(RESULT_FILE.match(name)) or name in (JOB_FILE, SUCCESS_FILE, CHECKPOINT_DIR, RETRY_DIR)
 
 
 def _join(path: str, name: str) -> str:
@@ -56,6 +64,33 @@ def _join(path: str, name: str) -> str:
 def checkpoint_path(config: JobConfig) -> str:
     """Where the job's checkpoint lives (a URL or local path)."""
     return config.output.checkpoint_path or _join(config.output.path, CHECKPOINT_DIR)
+
+
+def retry_path(config: JobConfig) -> str:
+    """Where a --retry-errors pass writes its new rows before they replace the failed ones."""
+    return _join(config.output.path, RETRY_DIR)
+
+
+def replace_rows(path: str, config: JobConfig, replacements: pa.Table) -> int:
+    """Rewrite the result file at `path` (in the output's filesystem) with each row whose id
+    is in `replacements` replaced by that row, in its place; returns how many were. The file
+    is replaced whole and at once (`storage.replace_file`, by way of `_retry/`), so a reader
+    or a crash sees either the old rows or the new ones."""
+    output, storage, id_column = config.output.path, config.storage, config.input.id_column
+    fs, _ = filesystem(output, storage)
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f)
+    position = pc.index_in(table.column(id_column), value_set=replacements.column(id_column))
+    if position.null_count == len(position):
+        return 0
+    own = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    taken = pc.if_else(position.is_null(), own, pc.add(position.cast(pa.int64()), table.num_rows))
+    combined = pa.concat_tables([table, replacements.select(table.column_names).cast(table.schema)])
+    sink = pa.BufferOutputStream()
+    pq.write_table(combined.take(taken), sink)
+    replace_file(fs.unstrip_protocol(path), storage, sink.getvalue().to_pybytes(),
+                 temporary=_join(retry_path(config), basename(path) + ".partial"))
+    return len(position) - position.null_count
 
 
 def job_files(output: str, storage: StorageConfig) -> List[str]:

@@ -37,7 +37,18 @@ from .output_files import (
     read_manifest,
     result_files,
 )
-from .storage import basename, filesystem, is_local, list_parquet_files, local_path, storage_options, uri_allowed, within
+from .schema import ERROR, error_kind
+from .storage import (
+    basename,
+    filesystem,
+    is_local,
+    is_transient,
+    list_parquet_files,
+    local_path,
+    storage_options,
+    uri_allowed,
+    within,
+)
 
 # Set by `ray job submit` in the driver's environment: the job runs in a temporary copy of the
 # submitted working directory, so relative local paths would point into it.
@@ -107,6 +118,28 @@ class ResumeState:
 
 
 @dataclass
+class RetryState:
+    """The rows of a completed output whose errors another try may not meet (`--retry-errors`)."""
+
+    files: Dict[str, List[Any]] = field(default_factory=dict)  # result file (path in its filesystem) → ids
+    examples: List[str] = field(default_factory=list)  # some of their errors
+
+    @property
+    def ids(self) -> List[Any]:
+        return [row_id for ids in self.files.values() for row_id in ids]
+
+
+# Errors that come from the row's data: another try meets them again.
+_DATA_ERROR_KINDS = ("id", "boxes", "image_decode")
+
+
+def retryable(error: Optional[str]) -> bool:
+    """Whether a row's `error` is a transient failure (a store's or network's, or a read that
+    timed out) rather than one of its data."""
+    return error is not None and error_kind(error) not in _DATA_ERROR_KINDS and is_transient(error)
+
+
+@dataclass
 class JobPlan:
     """What the checks found: the input's files, the model's architecture, what an earlier
     run left (resume), and warnings (things that look wrong but may be intended)."""
@@ -116,15 +149,18 @@ class JobPlan:
     model_config: SamHQConfig
     warnings: List[str] = field(default_factory=list)
     resume: ResumeState = field(default_factory=ResumeState)
+    retry: Optional[RetryState] = None  # set for a --retry-errors pass
 
     @property
     def image_size(self) -> int:
         return self.model_config.vision_config.image_size
 
 
-def plan_job(config: JobConfig, relative_to: Optional[str] = None) -> JobPlan:
+def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors: bool = False) -> JobPlan:
     """Every check that needs no Ray cluster; ConfigError listing every problem found.
-    Relative local paths are resolved (see `resolve_local_paths`) in the returned plan."""
+    Relative local paths are resolved (see `resolve_local_paths`) in the returned plan.
+    `retry_errors`: plan a second pass over the completed output at output.path that runs
+    again only its rows with transient errors (`RetryState`)."""
     config, problems = resolve_job_paths(config, relative_to)
     unresolved = {problem.split(":", 1)[0] for problem in problems}
     scan: Optional[InputScan] = None
@@ -154,16 +190,20 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None) -> JobPlan:
         model_config, found = check_checkpoint(config.model.checkpoint, config.model.variant, config.storage,
                                                "model.checkpoint")
         problems += found
-    resume = ResumeState()
+    resume, retry = ResumeState(), None
     if not unresolved & {"input.path", "output.path"}:
-        problems += check_output(config.output.path, config.input.path, config.output.mode, config.storage)
-        if config.output.mode == "resume" and not problems:
+        mode = "resume" if retry_errors else config.output.mode  # both work on the job's own files
+        problems += check_output(config.output.path, config.input.path, mode, config.storage)
+        if retry_errors and not problems:
+            retry, found = check_retry(config)
+            problems += found
+        elif config.output.mode == "resume" and not problems:
             resume, found = check_resume(config)
             problems += found
     if problems:
         raise ConfigError(problems)
     assert scan is not None and model_config is not None
-    return JobPlan(config, scan, model_config, warnings, resume)
+    return JobPlan(config, scan, model_config, warnings, resume, retry)
 
 
 def read_columns(config: JobConfig) -> List[str]:
@@ -558,13 +598,11 @@ def check_resume(config: JobConfig) -> Tuple[ResumeState, List[str]]:
             return ResumeState(), [f"output.mode: resume: {output} holds results but no {JOB_FILE}; it cannot be "
                                    "resumed: use output.mode: overwrite"]
         return ResumeState(), []  # nothing there yet: a first run
-    if description.get("config_digest") != config_digest(config.to_dict()):
-        earlier, now = decisive_settings(description["config"]), decisive_settings(config.to_dict())
-        changed = [f"{name}.{key}" for name in now for key in sorted(set(earlier[name]) | set(now[name]))
-                   if earlier[name].get(key) != now[name].get(key)]
+    changed = changed_settings(description, config)
+    if changed:
         return ResumeState(), [f"output.mode: resume: the config differs from the run being resumed at {output} "
-                               f"({', '.join(changed) or 'its description is from another version'}); resume with the "
-                               "same input, model and output settings, or use output.mode: overwrite"]
+                               f"({changed}); resume with the same input, model and output settings, or use "
+                               "output.mode: overwrite"]
     if read_manifest(output, storage) is not None:
         return ResumeState(complete=True), []
     committed = committed_checkpoint_files(config)
@@ -581,6 +619,50 @@ def check_resume(config: JobConfig) -> Tuple[ResumeState, List[str]]:
                                f"({checkpoint_path(config)}) lists no rows as written; it cannot be resumed: use "
                                "output.mode: overwrite"]
     return ResumeState(rows_done=done), []
+
+
+def changed_settings(description: Dict[str, Any], config: JobConfig) -> str:
+    """The decisive settings (`decisive_settings`) in which `config` differs from the one an
+    output's job description holds, as "input.x, model.y"; "" when none does."""
+    if description.get("config_digest") == config_digest(config.to_dict()):
+        return ""
+    earlier, now = decisive_settings(description["config"]), decisive_settings(config.to_dict())
+    changed = [f"{name}.{key}" for name in now for key in sorted(set(earlier[name]) | set(now[name]))
+               if earlier[name].get(key) != now[name].get(key)]
+    return ", ".join(changed) or "its description is from another version"
+
+
+def check_retry(config: JobConfig) -> Tuple[Optional[RetryState], List[str]]:
+    """The rows with transient errors in the completed output at output.path (their id and
+    error columns read, file by file in threads), or why there is none to retry."""
+    output, storage = config.output.path, config.storage
+    description = read_job_description(output, storage)
+    if description is None:
+        return None, [f"--retry-errors: {output} holds no results of this pipeline (no {JOB_FILE}); run the job first"]
+    changed = changed_settings(description, config)
+    if changed:
+        return None, [f"--retry-errors: the config differs from the one that wrote {output} ({changed}); retry with "
+                      "the same input, model and output settings"]
+    if read_manifest(output, storage) is None:
+        return None, [f"--retry-errors: {output} has no {SUCCESS_FILE}: its run has not finished; complete it with "
+                      "output.mode: resume first"]
+    fs, _ = filesystem(output, storage)
+    id_column = config.input.id_column
+
+    def failed_rows(path: str) -> Tuple[str, List[Any], List[str]]:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f, columns=[id_column, ERROR])
+        rows = [(row_id, error) for row_id, error in zip(*(c.to_pylist() for c in table.columns), strict=True)
+                if retryable(error)]
+        return path, [row_id for row_id, _ in rows], [error for _, error in rows]
+
+    retry = RetryState()
+    with concurrent.futures.ThreadPoolExecutor(_FOOTER_THREADS) as pool:
+        for path, ids, errors in pool.map(failed_rows, result_files(output, storage).files):
+            if ids:
+                retry.files[path] = ids
+                retry.examples += errors[: 3 - len(retry.examples)]
+    return retry, []
 
 
 def _directory_entries(url: str, storage: StorageConfig, key: str, why_directory: str) -> Tuple[List[str], List[str]]:

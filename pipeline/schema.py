@@ -76,8 +76,12 @@ def row_error(kind: str, detail: str) -> str:
 
 
 def exception_detail(exception: BaseException) -> str:
-    """"<exception type>: <message>", the detail of most row errors."""
-    return f"{type(exception).__name__}: {exception}"
+    """"<exception type>: <message>", the detail of most row errors, with the exception it was
+    raised from, if any (fsspec's HTTP reads, for one, raise FileNotFoundError from a 503)."""
+    detail = f"{type(exception).__name__}: {exception}"
+    if exception.__cause__ is not None:
+        detail += f" (from {type(exception.__cause__).__name__}: {exception.__cause__})"
+    return detail
 
 
 def error_kind(error: Optional[str]) -> Optional[str]:

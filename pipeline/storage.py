@@ -31,7 +31,8 @@ TRANSIENT_ERRORS = (
     r"ConnectionRefusedError|Connection refused",
     r"ServerDisconnectedError|ClientConnectorError|ClientOSError",
     r"ServiceUnavailable|SlowDown|RequestTimeout|InternalError",
-    r"HTTP status 5\d\d|\b50[0234] (Server Error|Service Unavailable|Bad Gateway|Gateway Timeout)",
+    r"HTTP status 5\d\d|\b(5\d\d|429), message=",  # botocore's and aiohttp's wording of a status
+    r"Service Unavailable|Bad Gateway|Gateway Time-?out|Internal Server Error|Too Many Requests",
     r"took more than input\.read_timeout_s",
 )
 
@@ -93,6 +94,22 @@ def remove(url: str, storage: StorageConfig) -> None:
             os.remove(path)
     elif fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def replace_file(url: str, storage: StorageConfig, data: bytes, temporary: str) -> None:
+    """Replace the file at `url` with `data` at once: locally by renaming the finished file
+    `temporary` (a local path on the same filesystem) over it; in an object store by one
+    upload (an object appears whole when its upload completes)."""
+    fs, path = filesystem(url, storage)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(temporary), exist_ok=True)
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    else:
+        fs.pipe_file(path, data)
 
 
 def arrow_filesystem(url: str, storage: StorageConfig) -> Tuple[pyarrow.fs.FileSystem, str]:

@@ -1,6 +1,7 @@
 """The Ray Data pipeline on a real local Ray cluster: bad rows, block sizing, S3 (moto),
 and masks identical to running samhq_core directly."""
 
+import collections
 import io
 import json
 import math
@@ -9,6 +10,7 @@ import re
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -159,7 +161,6 @@ def test_s3_image_uris_checkpoint_and_output(ray_cluster, checkpoint, s3_endpoin
         client.put_object(Bucket="annotate", Key=key, Body=row["image"])
         uri_rows.append({**row, "image": None, "uri": f"s3://annotate/{key}"})
     uri_rows.append({**rows[0], "id": "missing", "image": None, "uri": "s3://annotate/images/nope.png"})
-    import pyarrow as pa
 
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
     table = pa.Table.from_pylist([{k: r[k] for k in ("id", "uri", "boxes", "source")} for r in uri_rows])
@@ -301,7 +302,6 @@ def test_image_uris_outside_the_allowed_prefixes_fifos_and_traversal_are_row_err
     uris = {"good": str(images / "good.png"), "fifo": str(images / "fifo.png"),
             "traversal": str(images / ".." / ".." / "secret.png"), "outside": str(secret),
             "internal_url": "http://127.0.0.1:9/latest/meta-data", "passwd": "file:///etc/passwd"}
-    import pyarrow as pa
 
     pq.write_table(pa.table({"id": list(uris), "uri": list(uris.values()),
                              "boxes": [[[1.0, 1.0, 20.0, 20.0]]] * len(uris)}), tmp_path / "data" / "input" / "a.parquet")
@@ -370,3 +370,101 @@ def test_a_job_that_stops_says_why_and_how_to_go_on(ray_cluster, checkpoint, tmp
     with pytest.raises(JobFailed, match=r"^the job stopped: \w+: .*model\.pth.* The 0 result files written so far at "
                                         r".* are kept; .* output\.mode: resume"):
         run_job(config, plan)
+
+
+class FlakyImageServer:
+    """Images over HTTP on 127.0.0.1, from a thread of the test: paths in `failing` answer 503,
+    unknown ones 404; `requests` counts the requests per path."""
+
+    def __init__(self, images):
+        import http.server
+        import threading
+
+        self.images, self.failing, self.requests = dict(images), set(), collections.Counter()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, body: bool) -> None:
+                server.requests[self.path] += 1
+                if self.path in server.failing:
+                    self.send_error(503, "Service Unavailable")
+                elif self.path not in server.images:
+                    self.send_error(404)
+                else:
+                    data = server.images[self.path]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if body:
+                        self.wfile.write(data)
+
+            def do_GET(self):
+                self._answer(body=True)
+
+            def do_HEAD(self):
+                self._answer(body=False)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_retry_errors_runs_again_only_transient_failures_in_place(ray_cluster, checkpoint, tmp_path):
+    rows = sample_rows(num_good=4)[:4]
+    images = {f"/{row['id']}.png": row["image"] for row in rows}
+    images["/corrupt.png"] = b"not an image"
+    server = FlakyImageServer(images)
+    try:
+        uri_rows = [{"id": row["id"], "uri": server.url + f"/{row['id']}.png", "boxes": row["boxes"]} for row in rows]
+        uri_rows += [{"id": "corrupt", "uri": server.url + "/corrupt.png", "boxes": rows[0]["boxes"]},
+                     {"id": "missing", "uri": server.url + "/missing.png", "boxes": rows[0]["boxes"]}]
+        os.makedirs(tmp_path / "input")
+        pq.write_table(pa.Table.from_pylist(uri_rows), tmp_path / "input" / "a.parquet", row_group_size=2)
+        config = job_config(tmp_path, checkpoint, input={
+            "image_column": None, "image_uri_column": "uri", "passthrough_columns": [], "category_column": None,
+            "allowed_uri_prefixes": [server.url + "/"]})
+        flaky = {f"/{rows[1]['id']}.png", f"/{rows[3]['id']}.png"}
+        server.failing |= flaky
+        first = run_job(config)
+        assert first.errors == {"image_read": 3, "image_decode": 1}, first.errors
+        output = tmp_path / "output"
+        before = {name: pq.read_table(output / name) for name in os.listdir(output) if name.startswith("masks-")}
+        rows_before = {r["id"]: r for table in before.values() for r in table.to_pylist()}
+        assert "503" in rows_before[rows[1]["id"]]["error"] and "404" in rows_before["missing"]["error"]
+
+        server.failing.clear()
+        server.requests.clear()
+        with pytest.raises(ConfigError, match="--retry-errors: the config differs .*model.sha256"):
+            plan_job(job_config(tmp_path, checkpoint, input=config.input.model_dump(), model={"sha256": "0" * 64}),
+                     retry_errors=True)
+        plan = plan_job(config, retry_errors=True)
+        assert sorted(plan.retry.ids) == sorted([rows[1]["id"], rows[3]["id"]])
+        again = run_job(config, plan)
+        # Only the two rows that met a 503 were read again: not the good, corrupt or missing ones.
+        assert set(server.requests) == flaky, server.requests
+        assert again.retried.rows == 2 and again.retried.fixed == 2
+        assert again.errors == {"image_read": 1, "image_decode": 1} and again.closing.passed
+        after = {name: pq.read_table(output / name) for name in os.listdir(output) if name.startswith("masks-")}
+        assert set(after) == set(before) and not os.path.exists(output / "_retry")
+        for name, table in after.items():  # each row in its place; the rows not retried unchanged
+            assert table.column("id").to_pylist() == before[name].column("id").to_pylist()
+            for old, new in zip(before[name].to_pylist(), table.to_pylist(), strict=True):
+                if f"/{old['id']}.png" in flaky:
+                    assert new["error"] is None and len(new["masks"]) == len(new["mask_areas"]) == new["num_boxes"]
+                else:
+                    assert new == old
+        manifest = json.loads((output / "_SUCCESS").read_text())
+        assert [(r["rows"], r["fixed"]) for r in manifest["retries"]] == [(2, 2)] and manifest["rows_out"] == 6
+
+        nothing = run_job(config, plan_job(config, retry_errors=True))
+        assert nothing.retried.rows == 0 and "no row had a transient error" in nothing.render()
+    finally:
+        server.close()

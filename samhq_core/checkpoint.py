@@ -304,10 +304,11 @@ def _weights_format(f: IO[bytes], src: str) -> str:
     bytes; ValueError naming what the file looks like otherwise. Leaves f at offset 0."""
     head = f.read(16)
     f.seek(0)
+    # safetensors first: its 8-byte header length may begin with the pickle marker (0x80).
+    if len(head) >= 10 and head[8:10] == b'{"':
+        return "safetensors"
     if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE):
         return "torch"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
     looks_like = next((what for magic, what in _KNOWN_MAGIC.items() if head.startswith(magic)), None)
     raise ValueError(f"{src} is not a PyTorch (.pth) or safetensors checkpoint: it starts with bytes "
                      f"{head[:8].hex(' ') or '(none: the file is empty)'}" + (f", like {looks_like}" if looks_like else ""))

@@ -12,6 +12,7 @@ import torch
 
 from samhq_core import SamHQConfig, SamHQModel
 from samhq_core.checkpoint import file_sha256, infer_config, to_hf_key
+from samhq_core.config import SamHQMaskDecoderConfig, SamHQPromptEncoderConfig, SamHQVisionConfig
 
 
 def test_variant_inferred_from_shapes(vit_pair, tiny_pair):
@@ -246,3 +247,21 @@ def test_loads_transformers_checkpoints(tmp_path):
     for key, value in ours.state_dict().items():
         assert torch.equal(value, hf_state[to_hf_key(key)]), key
     assert json.load(open(tmp_path / "config.json"))["model_type"] == "sam_hq"
+
+
+def test_safetensors_whose_header_length_starts_like_a_pickle(tmp_path):
+    """A safetensors file opens with its header's length (8 bytes, little-endian); when the
+    first of them is 0x80, the pickle marker, it is still read as safetensors."""
+    width, side = 32, 64
+    config = SamHQConfig(
+        vision_config=SamHQVisionConfig(hidden_size=width, output_channels=width, num_hidden_layers=1,
+                                        num_attention_heads=1, image_size=side, window_size=4,
+                                        global_attn_indexes=[0], num_pos_feats=width // 2),
+        prompt_encoder_config=SamHQPromptEncoderConfig(hidden_size=width, image_size=side),
+        mask_decoder_config=SamHQMaskDecoderConfig(hidden_size=width, mlp_dim=64, num_attention_heads=1,
+                                                   iou_head_hidden_dim=width, vit_dim=width),
+    )
+    SamHQModel(config).save_pretrained(str(tmp_path / "small"))
+    assert (tmp_path / "small" / "model.safetensors").read_bytes()[:1] == b"\x80"
+    assert SamHQModel.config_from_pretrained(str(tmp_path / "small")) == config
+    assert SamHQModel.from_pretrained(str(tmp_path / "small")).config == config

@@ -112,8 +112,10 @@ class InputConfig(ImageSourceConfig):
                                                                              "output.")
     category_column: Optional[str] = Field(None, description="Column with a category per box (names or integer ids), "
                                                              "copied to the output and used by export-coco.")
-    num_blocks: Optional[int] = Field(None, ge=1, description="Read parallelism: blocks the input is cut into; "
-                                                              "default 4 per model actor.")
+    num_blocks: Optional[int] = Field(None, ge=1, description="Blocks the input is cut into (each becomes one result "
+                                                              "file and one checkpoint entry); default 4 per model "
+                                                              "actor, more for large inputs: at most 1000 rows and "
+                                                              "256 MiB of input per block.")
     on_bad_file: OnBadFile = Field("fail", description="An input file that is not readable Parquet or lacks a "
                                                        "configured column: fail (refuse to start) or skip it (listed, "
                                                        "with the reason, in the summary and the _SUCCESS manifest).")

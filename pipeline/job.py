@@ -54,6 +54,9 @@ _INVERTED_HINT_SHARE = 0.25
 # memory its read and write tasks need. One actor does a searchsorted per block.
 _CHECKPOINT_FILTER_MEMORY = 256 << 20
 _EXAMPLES = 3
+# Default block bounds (input.num_blocks unset): a 10M-image job becomes about 10k result files.
+_ROWS_PER_BLOCK = 1000
+_BLOCK_BYTES = 256 << 20
 
 
 def _print(message: str) -> None:
@@ -300,7 +303,7 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
     ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(columns)
     if only_ids is not None:
         ds = ds.filter(expr=col(config.input.id_column).is_in(only_ids))
-    num_blocks = config.input.num_blocks or 4 * config.compute.num_actors
+    num_blocks = config.input.num_blocks or default_num_blocks(plan)
     _size_blocks(ds, plan, num_blocks)
     ds.context.checkpoint_config = job_checkpoint(config) if only_ids is None else None
     # Reads, writes and checkpoint entries retry (10 tries, backoff up to 32 s: about 2.5 min
@@ -343,6 +346,15 @@ def job_checkpoint(config: JobConfig) -> CheckpointConfig:
     checkpoint.checkpoint_actor_pool_max_size = 1
     checkpoint.checkpoint_actor_memory_bytes = _CHECKPOINT_FILTER_MEMORY
     return checkpoint
+
+
+def default_num_blocks(plan: JobPlan) -> int:
+    """4 blocks per model actor, or more for a large input: blocks of at most
+    _ROWS_PER_BLOCK rows and _BLOCK_BYTES of input. A block is one result file and one
+    checkpoint entry: what a crash costs, and what a worker holds in memory at once."""
+    scan = plan.scan
+    return max(4 * plan.config.compute.num_actors, math.ceil(scan.num_rows / _ROWS_PER_BLOCK),
+               math.ceil(scan.read_bytes / _BLOCK_BYTES))
 
 
 def _size_blocks(ds: ray.data.Dataset, plan: JobPlan, num_blocks: int) -> None:

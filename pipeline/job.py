@@ -43,6 +43,7 @@ from .output_files import (
 from .preflight import JobPlan, Resources, check_resources, cluster_resources, num_gpus_per_actor, plan_job, read_columns
 from .schema import BOX_ERRORS, ERROR, NUM_BOXES, error_kind
 from .stages import Stage, check_column_flow, decode_memory, decode_stage, encode_stage, model_stage
+from .stages.crash_guard import CrashGuard
 from .storage import TRANSIENT_ERRORS, arrow_filesystem, basename, filesystem, list_parquet_files, remove
 
 Log = Callable[[str], None]
@@ -278,25 +279,27 @@ def output_columns(config: JobConfig) -> List[str]:
     return list(dict.fromkeys(keep))
 
 
-def job_stages(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None) -> List[Stage]:
+def job_stages(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None,
+               crash_guard: Optional[CrashGuard] = None) -> List[Stage]:
     """decode (CPU tasks) → SAM-HQ (actor pool) → RLE encode (CPU tasks)."""
     config = plan.config
     keep = output_columns(config)
     return [
         decode_stage(config.input, config.storage, plan.image_size, config.compute.decode_batch_size,
-                     keep_image=config.input.image_column in keep),
+                     keep_image=config.input.image_column in keep, crash_guard=crash_guard),
         model_stage(config.model, config.storage, config.compute, num_gpus_per_actor(config, resources),
-                    plan.image_size, describe_model(plan.model_config)),
-        encode_stage(keep, config.output.path, counter),
+                    plan.image_size, describe_model(plan.model_config), crash_guard),
+        encode_stage(keep, config.output.path, counter, crash_guard),
     ]
 
 
 def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None,
-                  log: Log = _print, verbose: bool = False, only_ids: Optional[List[Any]] = None) -> ray.data.Dataset:
+                  log: Log = _print, verbose: bool = False, only_ids: Optional[List[Any]] = None,
+                  crash_guard: Optional[CrashGuard] = None) -> ray.data.Dataset:
     """read Parquet (the rows of `only_ids` alone, when given: a --retry-errors pass, which
     has no checkpoint), then the job's stages in turn."""
     config = plan.config
-    stages = job_stages(plan, resources, counter)
+    stages = job_stages(plan, resources, counter, crash_guard)
     columns = read_columns(config)
     check_column_flow(stages, columns)
     read_fs, _ = arrow_filesystem(config.input.path, config.storage)
@@ -417,11 +420,16 @@ def _run_stages(plan: JobPlan, resources: Resources, destination: str, rows: int
     config = plan.config
     # Ray's stubs type .remote() of an actor class as "handle or class"; it is the handle.
     counter = cast("ray.actor.ActorHandle", ray.remote(num_cpus=0)(RowCounter).remote())
-    dataset = build_dataset(plan, resources, counter, log, verbose, only_ids)
+    guard = CrashGuard.for_job(config.input.id_column, config.compute.max_worker_crashes)
+    dataset = build_dataset(plan, resources, counter, log, verbose, only_ids, guard)
     out_fs, out_path = arrow_filesystem(destination, config.storage)
+    # Without a floor, each batch the model hands on (batch_size rows) would be a file of its
+    # own and a checkpoint entry: millions of tiny files on a large job.
+    rows_per_file = math.ceil(plan.scan.num_rows / (config.input.num_blocks or default_num_blocks(plan)))
     try:
         with ProgressReporter(counter, rows, progress_interval, log):
-            dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=ResultFilenames())
+            dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=ResultFilenames(),
+                                  min_rows_per_file=rows_per_file)
     except Exception as e:  # noqa: BLE001 - Ray raises its own wrappers of whatever stopped a task
         if only_ids is not None:
             raise JobFailed(f"the --retry-errors pass stopped: {root_cause(e)}. The output at {config.output.path} "
@@ -432,6 +440,7 @@ def _run_stages(plan: JobPlan, resources: Resources, destination: str, rows: int
                         "(--set output.mode=resume) to process only the rows not written yet") from e
     finally:
         ray.kill(counter)
+        guard.close()
     return dataset.stats()
 
 

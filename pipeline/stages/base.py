@@ -10,7 +10,9 @@ here, checks the required columns, passes failed rows through untouched (their a
 get the result type's `passthrough()` values), checks that rows come out 1:1, and writes the
 results as columns with the types of `pipeline.schema`. An exception from `process` fails only
 the rows that raise it (found by processing the batch one row at a time): each gets a
-"stage" error, so no input can fail the job from inside a stage.
+"stage" error, so no input can fail the job from inside a stage. With a `CrashGuard`, a row
+whose worker process died while processing it is run alone the next time, and gets a
+"stage" error once that happened `compute.max_worker_crashes` times (`crash_guard`).
 """
 
 import dataclasses
@@ -20,6 +22,7 @@ import pyarrow as pa
 import ray
 
 from ..schema import COLUMN_TYPES, ERROR, exception_detail, row_error
+from .crash_guard import CrashGuard
 
 
 def column(name: str, **field_kwargs: Any) -> Any:
@@ -39,12 +42,18 @@ class StageUDF:
 
     result_type: ClassVar[Type[Any]]  # a dataclass with a `passthrough()` classmethod
 
-    def __init__(self, **constructor_kwargs: Any) -> None:
-        self.constructor_kwargs = constructor_kwargs
+    def __init__(self, crash_guard: Optional[CrashGuard] = None, **constructor_kwargs: Any) -> None:
+        self.constructor_kwargs, self.crash_guard = constructor_kwargs, crash_guard
 
     @classmethod
     def required_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
         return ()
+
+    @classmethod
+    def stage_name(cls) -> str:
+        """The UDF's class name, for messages (Ray Data runs an actor's UDF as a subclass of
+        its own, which this skips)."""
+        return next(c.__name__ for c in cls.__mro__ if not c.__module__.startswith("ray."))
 
     @classmethod
     def dropped_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
@@ -64,7 +73,7 @@ class StageUDF:
         return batch.drop_columns([c for c in self.dropped_columns(self.constructor_kwargs) if c in batch.column_names])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        name = type(self).__name__
+        name = self.stage_name()
         missing = [c for c in self.required_columns(self.constructor_kwargs) if c not in batch.column_names]
         if missing:
             raise ValueError(f"{name}: input batch lacks column(s) {missing} (has {batch.column_names})")
@@ -72,7 +81,7 @@ class StageUDF:
                                        else [None] * batch.num_rows)
         todo = [i for i, error in enumerate(errors) if error is None]
         rows = [self.result_type.passthrough()] * batch.num_rows
-        for i, result in self._results(batch, todo).items():
+        for i, result in self._guarded_results(batch, todo).items():
             if isinstance(result, str):  # the stage raised on this row: that is the row's error
                 errors[i] = result
             else:
@@ -92,6 +101,31 @@ class StageUDF:
         return out
 
 
+    def _guarded_results(self, batch: pa.Table, todo: List[int]) -> Dict[int, Any]:
+        """`_results`, with the rows' worker deaths counted (`crash_guard`): a batch that holds a
+        row whose worker died runs one row at a time, and a row at the limit gets its error."""
+        guard = self.crash_guard
+        if guard is None or not todo:
+            return self._results(batch, todo)
+        stage, ids = self.stage_name(), batch.column(guard.id_column).to_pylist()
+        deaths = dict(zip(todo, guard.begin(stage, [ids[i] for i in todo]), strict=True))
+        if not any(deaths.values()):
+            results = self._results(batch, todo)
+            guard.end(stage, [ids[i] for i in todo])
+            return results
+        guard.end(stage, [ids[i] for i in todo])
+        results = {}
+        for i in todo:
+            if deaths[i] >= guard.max_crashes:
+                results[i] = row_error("stage", f"{stage}: the worker process died {deaths[i]} times while "
+                                                f"processing this row (compute.max_worker_crashes: "
+                                                f"{guard.max_crashes}); it is not run again")
+                continue
+            guard.begin(stage, [ids[i]])
+            results.update(self._results(batch, [i]))
+            guard.end(stage, [ids[i]])
+        return results
+
     def _results(self, batch: pa.Table, todo: List[int]) -> Dict[int, Any]:
         """Row index → result, or → the row's error when `process` raised on it: the batch is
         processed whole, and one row at a time when that raised, so that only the rows that
@@ -107,13 +141,13 @@ class StageUDF:
             try:
                 found[i] = self._checked(batch, [i])[0]
             except Exception as e:  # noqa: BLE001 - a bad row never kills the job
-                found[i] = row_error("stage", f"{type(self).__name__}: {exception_detail(e)}")
+                found[i] = row_error("stage", f"{self.stage_name()}: {exception_detail(e)}")
         return found
 
     def _checked(self, batch: pa.Table, rows: List[int]) -> List[Any]:
         results = list(self.process(batch.take(rows)))
         if len(results) != len(rows):
-            raise RuntimeError(f"{type(self).__name__} returned {len(results)} results for {len(rows)} rows")
+            raise RuntimeError(f"{self.stage_name()} returned {len(results)} results for {len(rows)} rows")
         return results
 
 

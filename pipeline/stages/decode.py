@@ -17,6 +17,7 @@ from ..config import ImageSourceConfig, StorageConfig
 from ..schema import BOXES, PIXELS, RESIZED_HW, exception_detail, row_error
 from ..storage import filesystem, uri_allowed
 from .base import Stage, StageUDF, column
+from .crash_guard import CrashGuard
 
 # A decode task's memory, sized from bench/results/decode_memory.md for images up to 4K: the
 # worker process with its imports and first decoded image, plus what each further image of
@@ -113,8 +114,9 @@ class DecodeUDF(StageUDF):
 
     result_type = DecodedImage
 
-    def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, keep_image: bool) -> None:
-        super().__init__(inputs=inputs, storage=storage, image_size=image_size, keep_image=keep_image)
+    def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, keep_image: bool,
+                 crash_guard: Optional[CrashGuard] = None) -> None:
+        super().__init__(crash_guard, inputs=inputs, storage=storage, image_size=image_size, keep_image=keep_image)
         self.inputs, self.storage = inputs, storage
         self.processor = SamHQProcessor(image_size)
         # Pillow's own bomb check (a warning above the limit, an error above twice it) agrees
@@ -217,12 +219,13 @@ def decode_memory(batch_size: int, max_image_pixels: int = _MEASURED_PIXELS) -> 
 
 
 def decode_stage(inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, batch_size: int,
-                 keep_image: bool) -> Stage:
+                 keep_image: bool, crash_guard: Optional[CrashGuard] = None) -> Stage:
     memory = decode_memory(batch_size, inputs.max_image_pixels)
     return Stage(
         name="decode",
         udf=DecodeUDF,
-        constructor_kwargs=dict(inputs=inputs, storage=storage, image_size=image_size, keep_image=keep_image),
+        constructor_kwargs=dict(inputs=inputs, storage=storage, image_size=image_size, keep_image=keep_image,
+                                crash_guard=crash_guard),
         # Having a memory reservation also keeps Ray Data from fusing decoding into the model
         # actors, whose remote args differ, so the model never waits on it.
         map_batches_kwargs=dict(batch_format="pyarrow", batch_size=batch_size, num_cpus=1, memory=memory),

@@ -9,6 +9,7 @@ import pyarrow as pa
 from .. import rle
 from ..schema import IMAGE_SIZE, RESULT_FIELDS, RUN_LENGTHS
 from .base import Stage, StageUDF
+from .crash_guard import CrashGuard
 
 
 @dataclass
@@ -26,8 +27,9 @@ class EncodeUDF(StageUDF):
 
     result_type = EncodedMasks
 
-    def __init__(self, keep_columns: Sequence[str], row_counter: Optional[Any] = None) -> None:
-        super().__init__(keep_columns=keep_columns, row_counter=row_counter)
+    def __init__(self, keep_columns: Sequence[str], row_counter: Optional[Any] = None,
+                 crash_guard: Optional[CrashGuard] = None) -> None:
+        super().__init__(crash_guard, keep_columns=keep_columns, row_counter=row_counter)
         self.keep_columns, self.row_counter = list(keep_columns), row_counter
 
     @classmethod
@@ -48,11 +50,12 @@ class EncodeUDF(StageUDF):
         return pa.table(columns)
 
 
-def encode_stage(keep_columns: Sequence[str], output_path: str, row_counter: Optional[Any] = None) -> Stage:
+def encode_stage(keep_columns: Sequence[str], output_path: str, row_counter: Optional[Any] = None,
+                 crash_guard: Optional[CrashGuard] = None) -> Stage:
     return Stage(
         name="encode",
         udf=EncodeUDF,
-        constructor_kwargs=dict(keep_columns=list(keep_columns), row_counter=row_counter),
+        constructor_kwargs=dict(keep_columns=list(keep_columns), row_counter=row_counter, crash_guard=crash_guard),
         map_batches_kwargs=dict(batch_format="pyarrow", num_cpus=1),
         description=f"CPU tasks (1 CPU each): COCO RLE, then Parquet to {output_path}",
     )

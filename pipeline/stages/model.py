@@ -18,6 +18,7 @@ from ..config import ComputeConfig, ModelConfig, StorageConfig
 from ..schema import BOX_ERRORS, BOXES, IMAGE_SIZE, PIXELS, RESIZED_HW, RUN_LENGTHS, exception_detail, row_error
 from ..storage import storage_options
 from .base import Stage, StageUDF, column
+from .crash_guard import CrashGuard
 
 
 @dataclass
@@ -52,8 +53,8 @@ class ModelUDF(StageUDF):
     result_type = MaskResult
 
     def __init__(self, model: ModelConfig, storage: StorageConfig, image_size: int,
-                 torch_threads: Optional[int] = None) -> None:
-        super().__init__(model=model, storage=storage, image_size=image_size, torch_threads=torch_threads)
+                 torch_threads: Optional[int] = None, crash_guard: Optional[CrashGuard] = None) -> None:
+        super().__init__(crash_guard, model=model, storage=storage, image_size=image_size, torch_threads=torch_threads)
         self.config = model
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if torch_threads:
@@ -152,7 +153,7 @@ class ModelUDF(StageUDF):
 
 
 def model_stage(model: ModelConfig, storage: StorageConfig, compute: ComputeConfig, num_gpus: float, image_size: int,
-                describe_model: str) -> Stage:
+                describe_model: str, crash_guard: Optional[CrashGuard] = None) -> Stage:
     device = "GPU" if num_gpus > 0 else "CPU"
     actors = f"{compute.num_actors} actor{'s' if compute.num_actors != 1 else ''}"
     source = ("SAM's mask only (model.sam_only)" if model.sam_only else
@@ -162,7 +163,7 @@ def model_stage(model: ModelConfig, storage: StorageConfig, compute: ComputeConf
         name="model",
         udf=ModelUDF,
         constructor_kwargs=dict(model=model, storage=storage, image_size=image_size,
-                                torch_threads=compute.torch_threads),
+                                torch_threads=compute.torch_threads, crash_guard=crash_guard),
         map_batches_kwargs=dict(
             batch_format="pyarrow",
             batch_size=compute.batch_size,

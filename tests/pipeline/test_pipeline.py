@@ -2,12 +2,15 @@
 and masks identical to running samhq_core directly."""
 
 import collections
+import dataclasses
 import io
 import json
 import math
 import os
 import re
 import shutil
+import signal
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +27,8 @@ from pipeline.config import ConfigError, parse_config
 from pipeline.job import JobFailed, run_job
 from pipeline.preflight import plan_job
 from pipeline.rle import run_lengths
-from pipeline.stages import boxes_to_xyxy, check_boxes
+from pipeline.stages import Stage, StageUDF, boxes_to_xyxy, check_boxes
+from pipeline.stages.crash_guard import CrashGuard
 
 
 @pytest.fixture(scope="module")
@@ -468,3 +472,49 @@ def test_retry_errors_runs_again_only_transient_failures_in_place(ray_cluster, c
         assert nothing.retried.rows == 0 and "no row had a transient error" in nothing.render()
     finally:
         server.close()
+
+
+@dataclasses.dataclass
+class Echo:
+    num_boxes: int | None = None  # a column of pipeline.schema; here, the id's length
+
+    @classmethod
+    def passthrough(cls):
+        return cls()
+
+
+class KillsItsWorkerOnPoison(StageUDF):
+    """A stage whose worker process dies (SIGKILL, as an OOM kill or a native crash ends it)
+    whenever the row `poison` is in its batch."""
+
+    result_type = Echo
+
+    def process(self, batch):
+        ids = batch.column("id").to_pylist()
+        if "poison" in ids:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [Echo(len(row_id)) for row_id in ids]
+
+
+@pytest.mark.parametrize("on_actor", [False, True], ids=["task", "actor"])
+def test_a_row_that_kills_its_worker_every_time_becomes_a_row_error(ray_cluster, on_actor):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    guard = CrashGuard.for_job("id", max_crashes=2)
+    ids = [f"row{i}" for i in range(7)] + ["poison"] + [f"row{i}" for i in range(7, 10)]
+    kwargs = dict(batch_format="pyarrow", batch_size=4, num_cpus=0.5)
+    if on_actor:
+        kwargs["compute"] = ray.data.ActorPoolStrategy(size=1)
+    stage = Stage("poison", KillsItsWorkerOnPoison, {"crash_guard": guard}, kwargs, "test stage")
+    try:
+        out = stage.apply(ray.data.from_arrow(pa.table({"id": ids})).repartition(1)).take_all()
+        deaths = dict(zip(ids, ray.get(guard.ledger.begin.remote("KillsItsWorkerOnPoison", ids)), strict=True))
+    finally:
+        guard.close()
+    rows = {r["id"]: r for r in out}
+    assert sorted(r["id"] for r in out) == sorted(ids)  # every row out, once
+    assert rows["poison"]["error"] == ("stage: KillsItsWorkerOnPoison: the worker process died 2 times while "
+                                       "processing this row (compute.max_worker_crashes: 2); it is not run again")
+    assert all(rows[i]["error"] is None and rows[i]["num_boxes"] == len(i) for i in ids if i != "poison")
+    # The worker really died twice on poison: the first time with its batch-mates (batches of 4),
+    # which then ran one by one, the second time alone.
+    assert deaths == {**{i: 0 for i in ids}, "row4": 1, "row5": 1, "row6": 1, "poison": 2}

@@ -189,10 +189,10 @@ class ComputeConfig(Section):
                                                                  "(num_cpus_per_actor).")
     batch_size: int = Field(4, ge=1, description="Images per model call.")
     decode_batch_size: int = Field(8, ge=1, description="Images per CPU decode task.")
-    max_worker_crashes: int = Field(3, ge=1, description="Times a row may be in flight when its worker process dies "
-                                                         "(a native crash, an out-of-memory kill, a lost node) before "
-                                                         "it is written with a 'stage' error instead of run again; "
-                                                         "after the first death its batch runs one row at a time.")
+    max_worker_crashes: int = Field(3, ge=2, description="Times a row may be in flight when its worker process dies "
+                                                         "(a native crash, an out-of-memory kill) before it is written "
+                                                         "with a 'stage' error instead of run again; after the first "
+                                                         "death its batch runs one row at a time. Counted per node.")
 
 
 class StorageConfig(Section):

@@ -201,16 +201,16 @@ class JobSummary:
 
 
 class RowCounter:
-    """Rows the encode tasks have finished, for progress lines on the driver."""
+    """Rows each stage that counts has finished ("model", "encoded"), for progress lines."""
 
     def __init__(self) -> None:
-        self.rows = 0
+        self.rows: Dict[str, int] = collections.Counter()
 
-    def add(self, rows: int) -> None:
-        self.rows += rows
+    def add(self, stage: str, rows: int) -> None:
+        self.rows[stage] += rows
 
-    def value(self) -> int:
-        return self.rows
+    def value(self) -> Dict[str, int]:
+        return dict(self.rows)
 
 
 class ProgressReporter:
@@ -235,17 +235,22 @@ class ProgressReporter:
         while not self._stop.wait(self.interval):
             try:
                 reply: Any = self.counter.value.remote()
-                done = int(ray.get(reply, timeout=self.interval))
+                done = ray.get(reply, timeout=self.interval)
             except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
                 continue  # a busy or restarting cluster; the next interval tries again
-            self.log(progress_line(done, self.total, time.perf_counter() - self.start))
+            self.log(progress_line(done.get("model", 0), done.get("encoded", 0), self.total,
+                                   time.perf_counter() - self.start))
 
 
-def progress_line(done: int, total: int, seconds: float) -> str:
-    rate = done / seconds if seconds > 0 else 0.0
-    share = f" ({done / total:.0%})" if total else ""
-    eta = f", about {_duration((total - done) / rate)} left" if rate > 0 and total > done else ""
-    return f"progress: {done} / {total} rows{share} after {_duration(seconds)}, {rate:.2f} images/s{eta}"
+def progress_line(modelled: int, encoded: int, total: int, seconds: float) -> str:
+    """Rows through the model (the rate and time left follow it) and rows encoded for writing:
+    Ray Data may run the model well ahead of the writes (on a small cluster, until the decode
+    tasks are done)."""
+    rate = modelled / seconds if seconds > 0 else 0.0
+    share = f" ({modelled / total:.0%})" if total else ""
+    eta = f", about {_duration((total - modelled) / rate)} left" if rate > 0 and total > modelled else ""
+    return (f"progress: {modelled} / {total} rows through the model{share}, {encoded} encoded for writing, after "
+            f"{_duration(seconds)}, {rate:.2f} images/s{eta}")
 
 
 def _duration(seconds: float) -> str:
@@ -288,7 +293,7 @@ def job_stages(plan: JobPlan, resources: Resources, counter: Optional["ray.actor
         decode_stage(config.input, config.storage, plan.image_size, config.compute.decode_batch_size,
                      keep_image=config.input.image_column in keep, crash_guard=crash_guard),
         model_stage(config.model, config.storage, config.compute, num_gpus_per_actor(config, resources),
-                    plan.image_size, describe_model(plan.model_config), crash_guard),
+                    plan.image_size, describe_model(plan.model_config), counter, crash_guard),
         encode_stage(keep, config.output.path, counter, crash_guard),
     ]
 
@@ -420,7 +425,7 @@ def _run_stages(plan: JobPlan, resources: Resources, destination: str, rows: int
     config = plan.config
     # Ray's stubs type .remote() of an actor class as "handle or class"; it is the handle.
     counter = cast("ray.actor.ActorHandle", ray.remote(num_cpus=0)(RowCounter).remote())
-    guard = CrashGuard.for_job(config.input.id_column, config.compute.max_worker_crashes)
+    guard = CrashGuard(config.input.id_column, config.compute.max_worker_crashes)
     dataset = build_dataset(plan, resources, counter, log, verbose, only_ids, guard)
     out_fs, out_path = arrow_filesystem(destination, config.storage)
     # Without a floor, each batch the model hands on (batch_size rows) would be a file of its

@@ -102,28 +102,28 @@ class StageUDF:
 
 
     def _guarded_results(self, batch: pa.Table, todo: List[int]) -> Dict[int, Any]:
-        """`_results`, with the rows' worker deaths counted (`crash_guard`): a batch that holds a
-        row whose worker died runs one row at a time, and a row at the limit gets its error."""
+        """`_results`, with worker deaths counted (`crash_guard`): a batch whose worker died
+        runs one row at a time, and a row in flight at the limit of deaths gets its error."""
         guard = self.crash_guard
         if guard is None or not todo:
             return self._results(batch, todo)
         stage, ids = self.stage_name(), batch.column(guard.id_column).to_pylist()
-        deaths = dict(zip(todo, guard.begin(stage, [ids[i] for i in todo]), strict=True))
-        if not any(deaths.values()):
+        batch_ids = [ids[i] for i in todo]
+        if not guard.begin(stage, batch_ids):
             results = self._results(batch, todo)
-            guard.end(stage, [ids[i] for i in todo])
+            guard.end(stage, batch_ids)
             return results
-        guard.end(stage, [ids[i] for i in todo])
         results = {}
-        for i in todo:
-            if deaths[i] >= guard.max_crashes:
-                results[i] = row_error("stage", f"{stage}: the worker process died {deaths[i]} times while "
+        for i in todo:  # the batch's marker stays until every row is done: a death here isolates again
+            deaths = 1 + guard.begin(stage, [ids[i]])  # the batch's first death, then this row's alone
+            if deaths >= guard.max_crashes:
+                results[i] = row_error("stage", f"{stage}: the worker process died {deaths} times while "
                                                 f"processing this row (compute.max_worker_crashes: "
                                                 f"{guard.max_crashes}); it is not run again")
-                continue
-            guard.begin(stage, [ids[i]])
-            results.update(self._results(batch, [i]))
+            else:
+                results.update(self._results(batch, [i]))
             guard.end(stage, [ids[i]])
+        guard.end(stage, batch_ids)
         return results
 
     def _results(self, batch: pa.Table, todo: List[int]) -> Dict[int, Any]:

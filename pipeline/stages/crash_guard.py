@@ -2,66 +2,60 @@
 restarts an actor and retries its call, without end; a row that crashes its worker every
 time (a native crash in a decoder, an out-of-memory kill) would be retried for ever.
 
-The `CrashLedger`, one small actor per job, holds the ids each stage has begun and not yet
-ended. A row begun again while still in flight was in a batch whose worker died: its count
-goes up. A batch holding such a row runs one row at a time (so the next death is the row's
-own), and a row that reached `compute.max_worker_crashes` is written with a "stage" error
-instead of run again. A lost node counts as a death too; the limit is small but not 1.
+Before a stage processes a batch, its worker leaves a marker file for the batch's rows in a
+job's directory on the node's local disk, and removes it when done. A marker found at the
+start of a batch is a batch whose worker died: the batch then runs one row at a time, each
+with a marker of its own, so the next death is the row's own; a row that was in flight at
+`compute.max_worker_crashes` deaths is written with a "stage" error instead of run again.
+Local files, not a shared actor: a worker blocked on a remote call would make Ray start
+more workers. A retry that lands on another node counts there afresh, so a row is tried at
+most that many times per node; a lost node counts as a death where it is retried.
 """
 
-import collections
-from dataclasses import dataclass
-from typing import Any, Dict, List, Set, cast
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, List
 
-import ray
 
-
-class CrashLedger:
-    """Per stage: the ids in flight, and how often each id's worker died (a Ray actor)."""
-
-    def __init__(self) -> None:
-        self.in_flight: Dict[str, Set[Any]] = collections.defaultdict(set)
-        self.deaths: Dict[str, Dict[Any, int]] = collections.defaultdict(collections.Counter)
-
-    def begin(self, stage: str, ids: List[Any]) -> List[int]:
-        """Mark `ids` in flight; returns how often each one's worker has died."""
-        flight, deaths = self.in_flight[stage], self.deaths[stage]
-        for row_id in ids:
-            if row_id in flight:
-                deaths[row_id] += 1
-            flight.add(row_id)
-        return [deaths.get(row_id, 0) for row_id in ids]
-
-    def end(self, stage: str, ids: List[Any]) -> None:
-        self.in_flight[stage].difference_update(ids)
+def _marker_name(ids: List[Any]) -> str:
+    return hashlib.sha256(repr(ids).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
 class CrashGuard:
-    """What a stage's UDF needs to count its workers' deaths per row."""
+    """Counts, on each node, the worker deaths of a job's rows (see the module docstring)."""
 
-    ledger: "ray.actor.ActorHandle"
     id_column: str
     max_crashes: int
+    directory: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(),
+                                                                f"samhq-worker-deaths-{uuid.uuid4().hex}"))
 
-    @classmethod
-    def for_job(cls, id_column: str, max_crashes: int) -> "CrashGuard":
-        # Ray's stubs type .remote() of an actor class as "handle or class"; it is the handle.
-        ledger = cast("ray.actor.ActorHandle", ray.remote(num_cpus=0, max_restarts=-1)(CrashLedger).remote())
-        return cls(ledger, id_column, max_crashes)
-
-    def begin(self, stage: str, ids: List[Any]) -> List[int]:
-        """Deaths per id (0 for a null id, which is not tracked); all 0 when the ledger cannot
-        be reached: losing the count must not fail rows."""
-        tracked = [row_id for row_id in ids if row_id is not None]
+    def begin(self, stage: str, ids: List[Any]) -> int:
+        """Mark the rows `ids` in flight; returns how often a worker died with exactly these
+        rows in flight (on this node)."""
+        path = os.path.join(self.directory, stage, _marker_name(ids))
+        deaths = 0
         try:
-            counts = dict(zip(tracked, ray.get(self.ledger.begin.remote(stage, tracked), timeout=60), strict=True))
-        except (ray.exceptions.RayError, TimeoutError):
-            return [0] * len(ids)
-        return [counts.get(row_id, 0) if row_id is not None else 0 for row_id in ids]
+            with open(path) as f:
+                deaths = int(f.read() or 0) + 1
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except ValueError:  # a marker cut short by the death itself
+            deaths = 1
+        with open(path, "w") as f:
+            f.write(str(deaths))
+        return deaths
 
     def end(self, stage: str, ids: List[Any]) -> None:
-        self.ledger.end.remote(stage, [row_id for row_id in ids if row_id is not None])
+        try:
+            os.remove(os.path.join(self.directory, stage, _marker_name(ids)))
+        except FileNotFoundError:
+            pass
 
     def close(self) -> None:
-        ray.kill(self.ledger)
+        """Remove this node's markers (other nodes keep only those of rows that crashed)."""
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -46,7 +46,7 @@ class EncodeUDF(StageUDF):
         for result in RESULT_FIELDS:
             columns[result.name] = batch.column(result.name).cast(result.type)
         if self.row_counter is not None:
-            self.row_counter.add.remote(batch.num_rows)
+            self.row_counter.add.remote("encoded", batch.num_rows)
         return pa.table(columns)
 
 

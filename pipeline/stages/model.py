@@ -53,8 +53,11 @@ class ModelUDF(StageUDF):
     result_type = MaskResult
 
     def __init__(self, model: ModelConfig, storage: StorageConfig, image_size: int,
-                 torch_threads: Optional[int] = None, crash_guard: Optional[CrashGuard] = None) -> None:
-        super().__init__(crash_guard, model=model, storage=storage, image_size=image_size, torch_threads=torch_threads)
+                 torch_threads: Optional[int] = None, row_counter: Optional[Any] = None,
+                 crash_guard: Optional[CrashGuard] = None) -> None:
+        super().__init__(crash_guard, model=model, storage=storage, image_size=image_size, torch_threads=torch_threads,
+                         row_counter=row_counter)
+        self.row_counter = row_counter
         self.config = model
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if torch_threads:
@@ -74,6 +77,12 @@ class ModelUDF(StageUDF):
     @classmethod
     def dropped_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
         return (PIXELS, BOXES)
+
+    def shape(self, batch: pa.Table) -> pa.Table:
+        """As every stage's, and counts the batch's rows on `row_counter` (progress lines)."""
+        if self.row_counter is not None:
+            self.row_counter.add.remote("model", batch.num_rows)
+        return super().shape(batch)
 
     def process(self, batch: pa.Table) -> List[MaskResult]:
         images = [self._image(batch, i) for i in range(batch.num_rows)]
@@ -153,7 +162,8 @@ class ModelUDF(StageUDF):
 
 
 def model_stage(model: ModelConfig, storage: StorageConfig, compute: ComputeConfig, num_gpus: float, image_size: int,
-                describe_model: str, crash_guard: Optional[CrashGuard] = None) -> Stage:
+                describe_model: str, row_counter: Optional[Any] = None, crash_guard: Optional[CrashGuard] = None
+                ) -> Stage:
     device = "GPU" if num_gpus > 0 else "CPU"
     actors = f"{compute.num_actors} actor{'s' if compute.num_actors != 1 else ''}"
     source = ("SAM's mask only (model.sam_only)" if model.sam_only else
@@ -163,7 +173,7 @@ def model_stage(model: ModelConfig, storage: StorageConfig, compute: ComputeConf
         name="model",
         udf=ModelUDF,
         constructor_kwargs=dict(model=model, storage=storage, image_size=image_size,
-                                torch_threads=compute.torch_threads, crash_guard=crash_guard),
+                                torch_threads=compute.torch_threads, row_counter=row_counter, crash_guard=crash_guard),
         map_batches_kwargs=dict(
             batch_format="pyarrow",
             batch_size=compute.batch_size,

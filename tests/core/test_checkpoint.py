@@ -9,10 +9,11 @@ import shutil
 import fsspec
 import pytest
 import torch
+from helpers.http_server import LocalHTTPServer
+from helpers.models import smallest_config
 
 from samhq_core import SamHQConfig, SamHQModel
 from samhq_core.checkpoint import file_sha256, infer_config, to_hf_key
-from samhq_core.config import SamHQMaskDecoderConfig, SamHQPromptEncoderConfig, SamHQVisionConfig
 
 
 def test_variant_inferred_from_shapes(vit_pair, tiny_pair):
@@ -109,14 +110,13 @@ def test_remote_sources_are_cached_once(vit_pair, tmp_path):
         SamHQModel.from_pretrained("memory://ckpt/other.pth", cache_dir=cache)
 
 
-class _RangeServer:
+class _RangeServer(LocalHTTPServer):
     """A real HTTP server on 127.0.0.1 (in a thread) serving a directory with byte-range
     requests, as object stores and CDNs do, and counting the bytes it sends."""
 
     def __init__(self, directory):
         import functools
         import http.server
-        import threading
 
         server = self
 
@@ -155,16 +155,7 @@ class _RangeServer:
                     pass
 
         self.sent = 0
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                     functools.partial(Handler, directory=str(directory)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        super().__init__(functools.partial(Handler, directory=str(directory)))
 
 
 def test_config_from_pretrained_reads_headers_not_weights(vit_pair, tmp_path):
@@ -252,15 +243,7 @@ def test_loads_transformers_checkpoints(tmp_path):
 def test_safetensors_whose_header_length_starts_like_a_pickle(tmp_path):
     """A safetensors file opens with its header's length (8 bytes, little-endian); when the
     first of them is 0x80, the pickle marker, it is still read as safetensors."""
-    width, side = 32, 64
-    config = SamHQConfig(
-        vision_config=SamHQVisionConfig(hidden_size=width, output_channels=width, num_hidden_layers=1,
-                                        num_attention_heads=1, image_size=side, window_size=4,
-                                        global_attn_indexes=[0], num_pos_feats=width // 2),
-        prompt_encoder_config=SamHQPromptEncoderConfig(hidden_size=width, image_size=side),
-        mask_decoder_config=SamHQMaskDecoderConfig(hidden_size=width, mlp_dim=64, num_attention_heads=1,
-                                                   iou_head_hidden_dim=width, vit_dim=width),
-    )
+    config = smallest_config()
     SamHQModel(config).save_pretrained(str(tmp_path / "small"))
     assert (tmp_path / "small" / "model.safetensors").read_bytes()[:1] == b"\x80"
     assert SamHQModel.config_from_pretrained(str(tmp_path / "small")) == config

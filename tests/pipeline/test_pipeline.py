@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
+from helpers.http_server import LocalHTTPServer
 from helpers.models import samhq_core_masks
 from helpers.pipeline_data import sample_rows, write_rows
 from PIL import Image
@@ -243,7 +244,8 @@ def test_summary_counts_why_boxes_got_no_mask_and_warns_of_xywh_boxes(ray_cluste
     assert "  warning: 16 of 18 boxes" in rendered
     assert lines[0].startswith("warning: input.box_format is xyxy, but 16 of 18 boxes in the first rows of ")
     assert [line.split(":")[0] for line in lines[1:6]] == ["input", "decode", "model", "encode", "cluster"]
-    assert any(re.match(r"progress: \d+ / 5 rows \(\d+%\) after \d+ s, [0-9.]+ images/s", line) for line in lines)
+    assert any(re.match(r"progress: \d+ / 5 rows through the model \(\d+%\), \d+ encoded for writing, after \d+ s, "
+                        r"[0-9.]+ images/s", line) for line in lines)
     assert {r["id"]: r["num_boxes"] for r in read_output(str(tmp_path / "output")).values()} == {
         "xywh0": 4, "xywh1": 4, "xywh2": 4, "xywh3": 4, "broken": 2}
 
@@ -376,13 +378,12 @@ def test_a_job_that_stops_says_why_and_how_to_go_on(ray_cluster, checkpoint, tmp
         run_job(config, plan)
 
 
-class FlakyImageServer:
+class FlakyImageServer(LocalHTTPServer):
     """Images over HTTP on 127.0.0.1, from a thread of the test: paths in `failing` answer 503,
     unknown ones 404; `requests` counts the requests per path."""
 
     def __init__(self, images):
         import http.server
-        import threading
 
         self.images, self.failing, self.requests = dict(images), set(), collections.Counter()
         server = self
@@ -411,14 +412,7 @@ class FlakyImageServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def test_retry_errors_runs_again_only_transient_failures_in_place(ray_cluster, checkpoint, tmp_path):
@@ -485,36 +479,40 @@ class Echo:
 
 class KillsItsWorkerOnPoison(StageUDF):
     """A stage whose worker process dies (SIGKILL, as an OOM kill or a native crash ends it)
-    whenever the row `poison` is in its batch."""
+    whenever the row `poison` is in its batch, after noting its process id in `deaths`."""
 
     result_type = Echo
+
+    def __init__(self, deaths: str, crash_guard=None):
+        super().__init__(crash_guard, deaths=deaths)
+        self.deaths = deaths
 
     def process(self, batch):
         ids = batch.column("id").to_pylist()
         if "poison" in ids:
+            with open(self.deaths, "a") as f:
+                f.write(f"{os.getpid()} {len(ids)}\n")
             os.kill(os.getpid(), signal.SIGKILL)
         return [Echo(len(row_id)) for row_id in ids]
 
 
 @pytest.mark.parametrize("on_actor", [False, True], ids=["task", "actor"])
-def test_a_row_that_kills_its_worker_every_time_becomes_a_row_error(ray_cluster, on_actor):
+def test_a_row_that_kills_its_worker_every_time_becomes_a_row_error(ray_cluster, on_actor, tmp_path):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
-    guard = CrashGuard.for_job("id", max_crashes=2)
+    guard = CrashGuard("id", max_crashes=3, directory=str(tmp_path / "markers"))
     ids = [f"row{i}" for i in range(7)] + ["poison"] + [f"row{i}" for i in range(7, 10)]
     kwargs = dict(batch_format="pyarrow", batch_size=4, num_cpus=0.5)
     if on_actor:
         kwargs["compute"] = ray.data.ActorPoolStrategy(size=1)
-    stage = Stage("poison", KillsItsWorkerOnPoison, {"crash_guard": guard}, kwargs, "test stage")
-    try:
-        out = stage.apply(ray.data.from_arrow(pa.table({"id": ids})).repartition(1)).take_all()
-        deaths = dict(zip(ids, ray.get(guard.ledger.begin.remote("KillsItsWorkerOnPoison", ids)), strict=True))
-    finally:
-        guard.close()
+    deaths = tmp_path / "deaths.txt"
+    stage = Stage("poison", KillsItsWorkerOnPoison, {"deaths": str(deaths), "crash_guard": guard}, kwargs, "test")
+    out = stage.apply(ray.data.from_arrow(pa.table({"id": ids})).repartition(1)).take_all()
     rows = {r["id"]: r for r in out}
     assert sorted(r["id"] for r in out) == sorted(ids)  # every row out, once
-    assert rows["poison"]["error"] == ("stage: KillsItsWorkerOnPoison: the worker process died 2 times while "
-                                       "processing this row (compute.max_worker_crashes: 2); it is not run again")
+    assert rows["poison"]["error"] == ("stage: KillsItsWorkerOnPoison: the worker process died 3 times while "
+                                       "processing this row (compute.max_worker_crashes: 3); it is not run again")
     assert all(rows[i]["error"] is None and rows[i]["num_boxes"] == len(i) for i in ids if i != "poison")
-    # The worker really died twice on poison: the first time with its batch-mates (batches of 4),
-    # which then ran one by one, the second time alone.
-    assert deaths == {**{i: 0 for i in ids}, "row4": 1, "row5": 1, "row6": 1, "poison": 2}
+    # Three worker processes really died on poison: first with its batch (of 4), then twice alone.
+    died = [line.split() for line in deaths.read_text().splitlines()]
+    assert [size for _, size in died] == ["4", "1", "1"] and len({pid for pid, _ in died}) == 3
+    assert not [path for path in (tmp_path / "markers").rglob("*") if path.is_file()]  # no marker left

@@ -4,7 +4,8 @@ A job that would fail once Ray is up (a misspelt column, a checkpoint that is no
 output that would overwrite someone's files or its own input, more actors than the cluster
 can place) fails here instead, with every problem named at once in one `ConfigError`.
 
-What is read: each input file's Parquet footer (in parallel threads; the row counts and column
+What is read: each input file's Parquet footer (its last 64 KiB, all files' requests in flight
+together, from object stores; in parallel threads from local disk; the row counts and column
 sizes also size the read blocks), the first rows of the boxes column of one file (the
 box-format check), the checkpoint's header (no weights are downloaded), and a listing of the
 output directory.
@@ -54,6 +55,7 @@ from .storage import (
 # submitted working directory, so relative local paths would point into it.
 _JOB_SUBMIT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 _FOOTER_THREADS = 32
+_FOOTER_TAIL_BYTES = 64 << 10  # a file's last bytes, fetched in one request: its footer, most often
 ImageSource = TypeVar("ImageSource", bound=ImageSourceConfig)
 
 if TYPE_CHECKING:
@@ -331,22 +333,41 @@ def scan_input(scan_url: str, storage: StorageConfig, key: str, columns: Sequenc
     fs, _ = filesystem(scan_url, storage)
     wanted = set(columns)
 
+    def described(path: str, parquet: pq.ParquetFile) -> InputFile:
+        metadata = parquet.metadata
+        size = sum(group.column(c).total_uncompressed_size
+                   for group in (metadata.row_group(g) for g in range(metadata.num_row_groups))
+                   for c in range(group.num_columns)
+                   if group.column(c).path_in_schema.split(".")[0] in wanted)
+        return InputFile(path, url_of(path), metadata.num_rows, size, parquet.schema_arrow)
+
+    def url_of(path: str) -> str:
+        return path if is_local(scan_url) else fs.unstrip_protocol(path)
+
     def footer(path: str) -> Tuple[Optional[InputFile], Optional[SkippedFile]]:
-        url = path if is_local(scan_url) else fs.unstrip_protocol(path)
         try:
             with fs.open(path, "rb") as f:
-                parquet = pq.ParquetFile(f)
-                metadata = parquet.metadata
-                size = sum(group.column(c).total_uncompressed_size
-                           for group in (metadata.row_group(g) for g in range(metadata.num_row_groups))
-                           for c in range(group.num_columns)
-                           if group.column(c).path_in_schema.split(".")[0] in wanted)
-                return InputFile(path, url, metadata.num_rows, size, parquet.schema_arrow), None
+                return described(path, pq.ParquetFile(f)), None
         except Exception as e:  # noqa: BLE001 - a corrupt, truncated or empty file
-            return None, SkippedFile(url, f"not a readable Parquet file: {type(e).__name__}: {e}")
+            return None, SkippedFile(url_of(path), f"not a readable Parquet file: {type(e).__name__}: {e}")
 
-    with concurrent.futures.ThreadPoolExecutor(min(_FOOTER_THREADS, len(paths))) as pool:
-        results = list(pool.map(footer, paths))
+    results: List[Tuple[Optional[InputFile], Optional[SkippedFile]]] = [(None, None)] * len(paths)
+    if not is_local(scan_url):
+        # One request per file for its last bytes, all in flight together on fsspec's event
+        # loop (threads would queue on that one loop); a footer larger than that, or a file
+        # that fails here, is read again below, alone.
+        tails = fs.cat_ranges(paths, [-_FOOTER_TAIL_BYTES] * len(paths), [None] * len(paths), on_error="return")
+        for i, (path, tail) in enumerate(zip(paths, tails, strict=True)):
+            if isinstance(tail, bytes) and tail[-4:] == b"PAR1" and int.from_bytes(tail[-8:-4], "little") + 8 <= len(tail):
+                try:
+                    results[i] = described(path, pq.ParquetFile(pa.BufferReader(tail))), None
+                except Exception:  # noqa: BLE001 - read whole below, where the error is reported
+                    pass
+    again = [i for i, (found, _) in enumerate(results) if found is None]
+    if again:
+        with concurrent.futures.ThreadPoolExecutor(min(_FOOTER_THREADS, len(again))) as pool:
+            for i, result in zip(again, pool.map(footer, [paths[i] for i in again]), strict=True):
+                results[i] = result
     skipped = [bad for _, bad in results if bad is not None]
     if skipped and not skip_bad:
         raise ConfigError([f"{key}: {bad.url} is {bad.reason} (input.on_bad_file: skip leaves such files out)"

@@ -121,15 +121,17 @@ def arrow_filesystem(url: str, storage: StorageConfig) -> Tuple[pyarrow.fs.FileS
 def list_parquet_files(url: str, storage: StorageConfig) -> List[str]:
     """Parquet files of a file, directory (recursive) or glob, as paths within the filesystem."""
     fs, path = filesystem(url, storage)
+    # Listings with details: the entry types come with them (an isdir per file is a request
+    # per file on an object store).
     if any(ch in path for ch in "*?["):
-        files = fs.glob(path)
+        entries = fs.glob(path, detail=True)
     elif fs.isdir(path):
-        files = fs.find(path)
+        entries = fs.find(path, detail=True)
     elif fs.exists(path):
-        files = [path]
+        entries = {path: {"type": "file"}}
     else:
         raise FileNotFoundError(f"not found: {url}")
-    files = sorted(f for f in files if f.endswith(".parquet") and not fs.isdir(f))
+    files = sorted(name for name, info in entries.items() if name.endswith(".parquet") and info.get("type") != "directory")
     if not files:
         raise FileNotFoundError(f"no .parquet files in {url}")
     return files

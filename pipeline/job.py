@@ -311,7 +311,7 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
     ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(columns)
     if only_ids is not None:
         ds = ds.filter(expr=col(config.input.id_column).is_in(only_ids))
-    num_blocks = config.input.num_blocks or default_num_blocks(plan)
+    num_blocks = block_count(plan)
     _size_blocks(ds, plan, num_blocks)
     ds.context.checkpoint_config = job_checkpoint(config) if only_ids is None else None
     # Reads, writes and checkpoint entries retry (10 tries, backoff up to 32 s: about 2.5 min
@@ -356,13 +356,14 @@ def job_checkpoint(config: JobConfig) -> CheckpointConfig:
     return checkpoint
 
 
-def default_num_blocks(plan: JobPlan) -> int:
-    """4 blocks per model actor, or more for a large input: blocks of at most
-    _ROWS_PER_BLOCK rows and _BLOCK_BYTES of input. A block is one result file and one
-    checkpoint entry: what a crash costs, and what a worker holds in memory at once."""
+def block_count(plan: JobPlan) -> int:
+    """input.num_blocks, or by default 4 blocks per model actor, more for a large input:
+    blocks of at most _ROWS_PER_BLOCK rows and _BLOCK_BYTES of input. A block is one result
+    file and one checkpoint entry: what a crash costs, and what a worker holds at once."""
     scan = plan.scan
-    return max(4 * plan.config.compute.num_actors, math.ceil(scan.num_rows / _ROWS_PER_BLOCK),
-               math.ceil(scan.read_bytes / _BLOCK_BYTES))
+    return plan.config.input.num_blocks or max(4 * plan.config.compute.num_actors,
+                                               math.ceil(scan.num_rows / _ROWS_PER_BLOCK),
+                                               math.ceil(scan.read_bytes / _BLOCK_BYTES))
 
 
 def _size_blocks(ds: ray.data.Dataset, plan: JobPlan, num_blocks: int) -> None:
@@ -430,7 +431,7 @@ def _run_stages(plan: JobPlan, resources: Resources, destination: str, rows: int
     out_fs, out_path = arrow_filesystem(destination, config.storage)
     # Without a floor, each batch the model hands on (batch_size rows) would be a file of its
     # own and a checkpoint entry: millions of tiny files on a large job.
-    rows_per_file = math.ceil(plan.scan.num_rows / (config.input.num_blocks or default_num_blocks(plan)))
+    rows_per_file = math.ceil(plan.scan.num_rows / block_count(plan))
     try:
         with ProgressReporter(counter, rows, progress_interval, log):
             dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=ResultFilenames(),

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, cast
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from ray.data.checkpoint import CheckpointConfig
 from ray.data.expressions import col
@@ -44,7 +43,15 @@ from .preflight import JobPlan, Resources, check_resources, cluster_resources, n
 from .schema import BOX_ERRORS, ERROR, NUM_BOXES, error_kind
 from .stages import Stage, check_column_flow, decode_memory, decode_stage, encode_stage, model_stage
 from .stages.crash_guard import CrashGuard
-from .storage import TRANSIENT_ERRORS, arrow_filesystem, basename, filesystem, list_parquet_files, remove
+from .storage import (
+    TRANSIENT_ERRORS,
+    arrow_filesystem,
+    basename,
+    filesystem,
+    list_parquet_files,
+    read_tables,
+    remove,
+)
 
 Log = Callable[[str], None]
 # Under xyxy, [x, y, w, h] boxes come out inverted whenever w < x or h < y: a share of inverted
@@ -465,11 +472,7 @@ def _retry_errors(plan: JobPlan, resources: Resources, start: float, log: Log, v
     remove(staging, config.storage)  # the new rows of a pass that died, no longer needed
     stats = _run_stages(plan, resources, staging, done.rows, log, verbose, progress_interval, only_ids=retry.ids)
     fs, _ = filesystem(staging, config.storage)
-    staged = []
-    for path in list_parquet_files(staging, config.storage):
-        with fs.open(path, "rb") as f:
-            staged.append(pq.read_table(f))
-    new_rows = pa.concat_tables(staged)
+    new_rows = pa.concat_tables([table for _, table in read_tables(fs, list_parquet_files(staging, config.storage))])
     done.fixed = new_rows.column(ERROR).null_count
     for path in retry.files:
         done.files += bool(replace_rows(path, config, new_rows))
@@ -523,9 +526,7 @@ def summarize_output(config: JobConfig, files: List[str], rows_in: int) -> JobSu
     fs, _ = filesystem(config.output.path, config.storage)
     id_column = config.input.id_column
     ids: List[pa.ChunkedArray] = []
-    for name in files:
-        with fs.open(name, "rb") as f:
-            table = pq.read_table(f, columns=[id_column, ERROR, BOX_ERRORS, NUM_BOXES])
+    for _, table in read_tables(fs, files, [id_column, ERROR, BOX_ERRORS, NUM_BOXES]):
         summary.rows_out += table.num_rows
         ids.append(table.column(id_column))
         for error, box_errors, num_boxes in zip(*(table.column(c).to_pylist() for c in (ERROR, BOX_ERRORS, NUM_BOXES)),

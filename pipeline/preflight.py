@@ -46,6 +46,7 @@ from .storage import (
     is_transient,
     list_parquet_files,
     local_path,
+    read_tables,
     storage_options,
     uri_allowed,
     within,
@@ -422,13 +423,7 @@ def check_ids_unique(scan: InputScan, id_column: str, storage: StorageConfig) ->
     """Null and duplicate ids, from the id column of every input file (read in parallel):
     resuming skips rows by id, so it needs one distinct id per row."""
     fs, _ = filesystem(scan.url, storage)
-
-    def ids(file: InputFile) -> pa.ChunkedArray:
-        with fs.open(file.path, "rb") as f:
-            return pq.read_table(f, columns=[id_column]).column(0)
-
-    with concurrent.futures.ThreadPoolExecutor(min(_FOOTER_THREADS, len(scan.files))) as pool:
-        columns = list(pool.map(ids, scan.files))
+    columns = [table.column(0) for _, table in read_tables(fs, [f.path for f in scan.files], [id_column])]
     nulls, repeated, examples = repeated_ids(columns)
     problems = []
     if nulls:
@@ -668,21 +663,13 @@ def check_retry(config: JobConfig) -> Tuple[Optional[RetryState], List[str]]:
         return None, [f"--retry-errors: {output} has no {SUCCESS_FILE}: its run has not finished; complete it with "
                       "output.mode: resume first"]
     fs, _ = filesystem(output, storage)
-    id_column = config.input.id_column
-
-    def failed_rows(path: str) -> Tuple[str, List[Any], List[str]]:
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=[id_column, ERROR])
+    retry = RetryState()
+    for path, table in read_tables(fs, result_files(output, storage).files, [config.input.id_column, ERROR]):
         rows = [(row_id, error) for row_id, error in zip(*(c.to_pylist() for c in table.columns), strict=True)
                 if retryable(error)]
-        return path, [row_id for row_id, _ in rows], [error for _, error in rows]
-
-    retry = RetryState()
-    with concurrent.futures.ThreadPoolExecutor(_FOOTER_THREADS) as pool:
-        for path, ids, errors in pool.map(failed_rows, result_files(output, storage).files):
-            if ids:
-                retry.files[path] = ids
-                retry.examples += errors[: 3 - len(retry.examples)]
+        if rows:
+            retry.files[path] = [row_id for row_id, _ in rows]
+            retry.examples += [error for _, error in rows][: 3 - len(retry.examples)]
     return retry, []
 
 

@@ -4,6 +4,8 @@ Credentials are never taken from the config: s3fs/botocore read the standard AWS
 environment variables, shared config files and instance roles.
 """
 
+import collections
+import concurrent.futures
 import os
 import posixpath
 import re
@@ -135,6 +137,32 @@ def list_parquet_files(url: str, storage: StorageConfig) -> List[str]:
     if not files:
         raise FileNotFoundError(f"no .parquet files in {url}")
     return files
+
+
+# Parquet files read at once: a store's latency, not its bandwidth, bounds small reads.
+_READ_THREADS = 32
+
+
+def read_tables(fs: fsspec.AbstractFileSystem, paths: Sequence[str],
+                columns: Optional[Sequence[str]] = None) -> Iterator[Tuple[str, pa.Table]]:
+    """(path, table of its `columns`, all when None) for each Parquet file of `paths` in `fs`,
+    in order; up to _READ_THREADS files are read at a time, and at most twice that many tables
+    wait to be taken."""
+
+    def read(path: str) -> pa.Table:
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f, columns=list(columns) if columns is not None else None)
+
+    with concurrent.futures.ThreadPoolExecutor(_READ_THREADS) as pool:
+        waiting: "collections.deque[Tuple[str, concurrent.futures.Future[pa.Table]]]" = collections.deque()
+        for path in paths:
+            waiting.append((path, pool.submit(read, path)))
+            if len(waiting) >= 2 * _READ_THREADS:
+                done, future = waiting.popleft()
+                yield done, future.result()
+        while waiting:
+            done, future = waiting.popleft()
+            yield done, future.result()
 
 
 class ParquetInput:

@@ -7,6 +7,9 @@ the category and image-URI columns, when configured), then:
 - masks: per input box, a COCO RLE {size: [h, w], counts: compressed string}, aligned with
   the boxes; a box that could not be used (see box_errors) gets an empty mask
 - iou_scores: per box, the model's predicted IoU (NaN for unusable boxes)
+- stability_scores: per box, SAM's stability score: the IoU of the mask logits thresholded
+  at mask_threshold + 1 and at mask_threshold - 1, at the original size (NaN for unusable
+  boxes; absent from outputs written before it existed)
 - mask_areas: per box, the mask's pixel count
 - mask_bboxes: per box, the mask's tight bounding box in COCO xywh ([0, 0, 0, 0] if empty)
 - box_errors: per box, null, or why the box was not used (non-finite, inverted, empty
@@ -29,6 +32,7 @@ import pyarrow as pa
 IMAGE_SIZE = "image_size"
 MASKS = "masks"
 IOU_SCORES = "iou_scores"
+STABILITY_SCORES = "stability_scores"
 MASK_AREAS = "mask_areas"
 MASK_BBOXES = "mask_bboxes"
 BOX_ERRORS = "box_errors"
@@ -40,6 +44,7 @@ RESULT_FIELDS = [
     pa.field(IMAGE_SIZE, pa.list_(pa.int32())),
     pa.field(MASKS, pa.list_(RLE_TYPE)),
     pa.field(IOU_SCORES, pa.list_(pa.float32())),
+    pa.field(STABILITY_SCORES, pa.list_(pa.float32())),
     pa.field(MASK_AREAS, pa.list_(pa.int64())),
     pa.field(MASK_BBOXES, pa.list_(pa.list_(pa.float32()))),
     pa.field(BOX_ERRORS, pa.list_(pa.string())),
@@ -49,7 +54,7 @@ RESULT_FIELDS = [
 RESULT_COLUMNS = [f.name for f in RESULT_FIELDS]
 RESULT_TYPES = {f.name: f.type for f in RESULT_FIELDS}
 # Lists aligned with the row's boxes, one entry per box.
-PER_BOX_COLUMNS = (MASKS, IOU_SCORES, MASK_AREAS, MASK_BBOXES, BOX_ERRORS)
+PER_BOX_COLUMNS = (MASKS, IOU_SCORES, STABILITY_SCORES, MASK_AREAS, MASK_BBOXES, BOX_ERRORS)
 
 PIXELS = "__pixels"  # resized uint8 RGB image bytes, row-major (h, w, 3)
 RESIZED_HW = "__resized_hw"  # [h, w] of the resized image, in the model's input frame

@@ -11,7 +11,8 @@ the rest is resized to the original image size.
 The steps are also entry points of their own, for callers that run them apart (the
 pipeline resizes on CPU workers and normalises on the model's device):
 `resize_image` (CPU) → `model_input` (any device) for images, `scale_boxes` for boxes, and
-`masks_at_original_size` (any device, in bounded chunks) for masks.
+`masks_at_original_size` (any device, in bounded chunks) for masks, and `stability_scores`
+for SAM's stability score of mask logits.
 """
 
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
@@ -346,6 +347,16 @@ class SamHQProcessor:
             logits = logits[..., : resized_size[0], : resized_size[1]]
             logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)[:, 0]
             yield logits > mask_threshold if binarize else logits
+
+
+def stability_scores(logits: torch.Tensor, mask_threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
+    """Mask logits (..., H, W) → (...,) SAM's stability score, as its data engine computes it:
+    the IoU of the mask thresholded at mask_threshold + offset with the one thresholded at
+    mask_threshold - offset (the first lies inside the second, so it is their pixel-count
+    ratio; NaN where both are empty). Runs on the logits' device."""
+    inner = (logits > mask_threshold + offset).sum(dim=(-1, -2), dtype=torch.int64)
+    outer = (logits > mask_threshold - offset).sum(dim=(-1, -2), dtype=torch.int64)
+    return inner / outer
 
 
 _BOXES_NESTING = "per image, a list of [x1, y1, x2, y2] boxes, 3 levels: [[[x1, y1, x2, y2], ...], ...]"

@@ -1,7 +1,7 @@
 """The model stage (actors): one SAM-HQ replica each. Runs the image encoder on the batch's
 images, the HQ decoder on all usable boxes of each image (in bounded chunks), and upsamples,
-thresholds and run-length-codes the masks on the actor's device, so that only run
-boundaries, scores, areas and boxes leave it."""
+thresholds, scores the stability of and run-length-codes the masks on the actor's device,
+so that only run boundaries, scores, areas and boxes leave it."""
 
 from dataclasses import dataclass, field
 from typing import Any, ContextManager, List, Mapping, Optional, Sequence, Tuple
@@ -12,6 +12,7 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from samhq_core import SamHQModel, SamHQProcessor
+from samhq_core.processor import stability_scores
 
 from .. import rle
 from ..config import ComputeConfig, ModelConfig, StorageConfig
@@ -27,6 +28,7 @@ class MaskResult:
 
     run_lengths: List[rle.RunLengths] = column(RUN_LENGTHS, default_factory=list)
     iou_scores: List[float] = field(default_factory=list)
+    stability_scores: List[float] = field(default_factory=list)
     mask_areas: List[int] = field(default_factory=list)
     mask_bboxes: List[List[float]] = field(default_factory=list)
     error: Optional[str] = None
@@ -128,7 +130,7 @@ class ModelUDF(StageUDF):
     def _masks(self, image: _Image, features: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> MaskResult:
         h, w = image.original_hw
         counts: List[np.ndarray] = []
-        scores, areas = np.zeros(0, np.float32), np.zeros(0, np.int64)
+        scores, stabilities, areas = np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
         boxes = np.zeros((0, 4), np.float32)
         if features is not None:
             with self._autocast():
@@ -138,24 +140,31 @@ class ModelUDF(StageUDF):
                     hq_token_only=self.config.hq_token_only, sam_only=self.config.sam_only,
                     prompt_chunk_size=self.config.box_chunk_size,
                 )
-            stats = [rle.run_lengths(masks) for masks in self.processor.masks_at_original_size(
-                out.pred_masks[0, :, 0], image.resized_hw, image.original_hw, self.config.mask_threshold)]
+            threshold = self.config.mask_threshold
+            stats, stability = [], []
+            for logits in self.processor.masks_at_original_size(out.pred_masks[0, :, 0], image.resized_hw,
+                                                                image.original_hw, threshold, binarize=False):
+                stats.append(rle.run_lengths(logits > threshold))
+                stability.append(stability_scores(logits, threshold))
             counts = [c for chunk in stats for c in chunk[0]]
             areas = np.concatenate([chunk[1] for chunk in stats])
             boxes = np.concatenate([chunk[2] for chunk in stats])
             scores = out.iou_scores[0, :, 0].float().cpu().numpy()
+            stabilities = torch.cat(stability).float().cpu().numpy()
         # Boxes that could not be used get an empty mask, NaN score, zero area and box.
         result, k = MaskResult(), 0
         for reason in image.box_errors:
             if reason is None:
                 result.run_lengths.append(counts[k])
                 result.iou_scores.append(float(scores[k]))
+                result.stability_scores.append(float(stabilities[k]))
                 result.mask_areas.append(int(areas[k]))
                 result.mask_bboxes.append(boxes[k].tolist())
                 k += 1
             else:
                 result.run_lengths.append(rle.empty_run_lengths(h, w))
                 result.iou_scores.append(float("nan"))
+                result.stability_scores.append(float("nan"))
                 result.mask_areas.append(0)
                 result.mask_bboxes.append([0.0, 0.0, 0.0, 0.0])
         return result

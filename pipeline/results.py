@@ -34,7 +34,8 @@ from .storage import filesystem
 # stability scores are read where present, since outputs written before them lack them.
 _PER_BOX_REQUIRED = tuple(c for c in PER_BOX_COLUMNS if c != STABILITY_SCORES)
 _RESULT_COLUMNS = (IMAGE_SIZE, *_PER_BOX_REQUIRED, ERROR)
-DEFAULT_CATEGORY = {"id": 1, "name": "object"}
+DEFAULT_CATEGORY_ID = 1
+DEFAULT_CATEGORY: Dict[str, Any] = {"id": DEFAULT_CATEGORY_ID, "name": "object"}
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ class ResultReader:
         for i in range(num_boxes):
             mask, area, score = per_box[MASKS][i], per_box[MASK_AREAS][i], per_box[IOU_SCORES][i]
             stability = stabilities[i] if stabilities is not None else None
-            category_id = category_ids[i] if category_ids is not None else DEFAULT_CATEGORY["id"]
+            category_id = category_ids[i] if category_ids is not None else DEFAULT_CATEGORY_ID
             if (per_box[BOX_ERRORS][i] is not None or mask is None or area is None or area <= 0
                     or score is None or not math.isfinite(score) or category_id is None
                     or (self.min_score is not None and score < self.min_score)

@@ -75,7 +75,7 @@ def test_cli_on_seaweedfs_and_coco_export(seaweedfs, vit_pair, tmp_path):
     # for its boxes when run directly (no Ray, no S3, no export).
     images = {image["source_id"]: image["id"] for image in coco.loadImgs(coco.getImgIds())}
     for row in good:
-        expected, scores = samhq_core_masks(vit_pair.ours, row["image"], row["boxes"])
+        expected, scores, _ = samhq_core_masks(vit_pair.ours, row["image"], row["boxes"])
         annotations = coco.loadAnns(coco.getAnnIds(imgIds=[images[row["id"]]]))
         assert len(annotations) == len(row["boxes"])
         for annotation, mask, score in zip(annotations, expected, scores, strict=True):

@@ -108,12 +108,16 @@ def make_pair(official_model, tmp_path_factory, name) -> Pair:
     return Pair(official_model, SamHQModel.from_pretrained(path), path)
 
 
-def samhq_core_masks(model: SamHQModel, image_bytes: bytes, boxes: List[List[float]]) -> Tuple[np.ndarray, np.ndarray]:
+def samhq_core_masks(model: SamHQModel, image_bytes: bytes, boxes: List[List[float]]
+                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """samhq_core run directly on one encoded image, no pipeline: processor → model →
-    post_process_masks; (boxes, H, W) bool masks and (boxes,) predicted IoUs."""
+    post_process_masks; (boxes, H, W) bool masks, (boxes,) predicted IoUs and (boxes,)
+    stability scores by the official `calculate_stability_score` on the logits."""
     processor = SamHQProcessor.for_model(model)
     inputs = processor(Image.open(io.BytesIO(image_bytes)), input_boxes=[boxes])
     with torch.no_grad():
         out = model(**inputs, multimask_output=False)
-    masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])[0]
-    return masks[:, 0].numpy(), out.iou_scores[0, :, 0].numpy()
+    logits = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"],
+                                          binarize=False)[0][:, 0]
+    stability = official.calculate_stability_score(logits, 0.0, 1.0)
+    return (logits > 0).numpy(), out.iou_scores[0, :, 0].numpy(), stability.numpy()

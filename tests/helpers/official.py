@@ -67,6 +67,7 @@ from segment_anything_hq.modeling import (  # noqa: E402,F401
     TwoWayTransformer,
 )
 from segment_anything_hq.modeling.mask_decoder import MaskDecoder  # noqa: E402,F401
+from segment_anything_hq.utils.amg import calculate_stability_score  # noqa: E402,F401
 
 sam_model_registry = segment_anything_hq.sam_model_registry
 

@@ -117,6 +117,7 @@ def test_every_row_comes_out_and_masks_match_samhq_core(ray_cluster, checkpoint,
     assert bad["box_errors"] == ["non-finite coordinates", "inverted box (x2 < x1 or y2 < y1)",
                                  "empty after clipping to the image", None, "empty after clipping to the image"]
     assert [math.isnan(s) for s in bad["iou_scores"]] == [True, True, True, False, True]
+    assert [math.isnan(s) for s in bad["stability_scores"]] == [True, True, True, False, True]
     assert bad["mask_areas"][:3] == [0, 0, 0] and bad["mask_bboxes"][0] == [0, 0, 0, 0]
     assert len(bad["masks"]) == 5
 
@@ -125,7 +126,7 @@ def test_every_row_comes_out_and_masks_match_samhq_core(ray_cluster, checkpoint,
         got = out[row["id"]]
         usable = [b for b, e in zip(row["boxes"], got["box_errors"], strict=True) if e is None]
         clipped = [[max(0.0, b[0]), max(0.0, b[1]), b[2], b[3]] for b in usable]
-        masks, scores = samhq_core_masks(model, row["image"], clipped)
+        masks, scores, stability = samhq_core_masks(model, row["image"], clipped)
         decoded = [mask_utils.decode({"size": m["size"], "counts": m["counts"].encode()}).astype(bool)
                    for m, e in zip(got["masks"], got["box_errors"], strict=True) if e is None]
         for mask, expected in zip(decoded, masks, strict=True):
@@ -133,6 +134,8 @@ def test_every_row_comes_out_and_masks_match_samhq_core(ray_cluster, checkpoint,
             assert (mask == expected).mean() > 0.999
         usable_scores = [s for s, e in zip(got["iou_scores"], got["box_errors"], strict=True) if e is None]
         np.testing.assert_allclose(usable_scores, scores, atol=1e-3)
+        usable_stability = [s for s, e in zip(got["stability_scores"], got["box_errors"], strict=True) if e is None]
+        np.testing.assert_allclose(usable_stability, stability, atol=1e-3)
         usable_areas = [a for a, e in zip(got["mask_areas"], got["box_errors"], strict=True) if e is None]
         assert usable_areas == [int(m.sum()) for m in decoded]
 

@@ -157,12 +157,33 @@ class SamHQModel(PretrainedModel):
         if hq_token_only and sam_only:
             raise ValueError("hq_token_only and sam_only exclude each other: pick one mask source")
         assert image_embeddings is not None  # one of the two inputs, checked above
+        if prompt_chunk_size is not None and prompt_chunk_size < 1:
+            raise ValueError(f"prompt_chunk_size must be >= 1, got {prompt_chunk_size}")
+        self._check_prompts(image_embeddings.shape[0], input_points, input_labels, input_boxes, input_masks)
+        return self.decode_prompts(image_embeddings, intermediate_embeddings, input_points, input_labels, input_boxes,
+                                   input_masks, multimask_output, hq_token_only, sam_only, prompt_chunk_size)
+
+    def decode_prompts(
+        self,
+        image_embeddings: torch.Tensor,
+        intermediate_embeddings: Optional[torch.Tensor],
+        input_points: Optional[torch.Tensor] = None,
+        input_labels: Optional[torch.Tensor] = None,
+        input_boxes: Optional[torch.Tensor] = None,
+        input_masks: Optional[torch.Tensor] = None,
+        multimask_output: bool = True,
+        hq_token_only: bool = False,
+        sam_only: bool = False,
+        prompt_chunk_size: Optional[int] = None,
+    ) -> SamHQOutput:
+        """`forward` from image embeddings, without its checks of the inputs: no host syncs
+        and no data-dependent branches, so it runs asynchronously on an accelerator and
+        compiles to one graph. For callers that checked their prompts already (the pipeline
+        checks every box on its CPU workers); arguments as `forward`'s."""
         if prompt_chunk_size is None:
             prompt_chunk_size = 1 if image_embeddings.is_cpu else 64
-        if prompt_chunk_size < 1:
-            raise ValueError(f"prompt_chunk_size must be >= 1, got {prompt_chunk_size}")
         batch = image_embeddings.shape[0]
-        num_prompts = self._check_prompts(batch, input_points, input_labels, input_boxes, input_masks)
+        num_prompts = next(p.shape[1] for p in (input_points, input_boxes, input_masks) if p is not None)
         if input_points is not None and input_labels is None:
             input_labels = torch.ones(input_points.shape[:-1], dtype=torch.long, device=input_points.device)
 
@@ -210,14 +231,18 @@ class SamHQModel(PretrainedModel):
         boxes: Optional[torch.Tensor],
         masks: Optional[torch.Tensor],
     ) -> int:
-        """Validate prompt shapes and values; return the number of prompts per image."""
+        """Validate prompt shapes and values; return the number of prompts per image. The
+        value checks (finite, box order, label values) need the host: they are skipped while
+        torch.compile traces, so that a compiled `forward` stays one graph."""
+        check_values = not torch.compiler.is_compiling()
         counts = {}
         if points is not None:
             if points.ndim != 4 or points.shape[0] != batch or points.shape[-1] != 2:
                 raise ValueError(f"input_points must be (batch={batch}, prompts, points, 2), got {tuple(points.shape)}")
-            _check_finite("input_points", points)
+            if check_values:
+                _check_finite("input_points", points)
             counts["input_points"] = points.shape[1]
-            if labels is not None:
+            if labels is not None and check_values:
                 if labels.shape != points.shape[:-1]:
                     raise ValueError(f"input_labels must be {tuple(points.shape[:-1])}, got {tuple(labels.shape)}")
                 allowed = torch.tensor([LABEL_PAD, LABEL_NEGATIVE, LABEL_POSITIVE], device=labels.device)
@@ -228,15 +253,17 @@ class SamHQModel(PretrainedModel):
         if boxes is not None:
             if boxes.ndim != 3 or boxes.shape[0] != batch or boxes.shape[-1] != 4:
                 raise ValueError(f"input_boxes must be (batch={batch}, boxes, 4), got {tuple(boxes.shape)}")
-            _check_finite("input_boxes", boxes)
-            if (boxes[..., 2] < boxes[..., 0]).any() or (boxes[..., 3] < boxes[..., 1]).any():
+            if check_values:
+                _check_finite("input_boxes", boxes)
+            if check_values and ((boxes[..., 2] < boxes[..., 0]).any() or (boxes[..., 3] < boxes[..., 1]).any()):
                 raise ValueError("input_boxes must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1")
             counts["input_boxes"] = boxes.shape[1]
         if masks is not None:
             side = 4 * self.config.embedding_size[0]
             if masks.ndim != 4 or masks.shape[0] != batch or masks.shape[-2:] != (side, side):
                 raise ValueError(f"input_masks must be (batch={batch}, prompts, {side}, {side}), got {tuple(masks.shape)}")
-            _check_finite("input_masks", masks)
+            if check_values:
+                _check_finite("input_masks", masks)
             counts["input_masks"] = masks.shape[1]
         if not counts:
             raise ValueError("no prompts: pass input_points, input_boxes and/or input_masks")

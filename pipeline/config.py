@@ -163,6 +163,9 @@ class ModelConfig(Section):
     dtype: DType = Field("float32", description="float32, or bfloat16 autocast (the prompt encoder stays in fp32).")
     box_chunk_size: Optional[int] = Field(None, ge=1, description="Boxes decoded at once per image; default 64 on a "
                                                                   "GPU, 1 on CPU.")
+    compile: bool = Field(False, description="torch.compile the encoder and the decoder once per actor (the first "
+                                             "batches take minutes longer; image and box counts are padded to "
+                                             "powers of two, so that new counts reuse a few compiled graphs).")
 
     @field_validator("variant")
     @classmethod

@@ -109,10 +109,11 @@ def remove_job_files(output: str, storage: StorageConfig) -> None:
 
 def decisive_settings(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """The sections of a config (as a dict) that decide the results: input, model and the
-    output's columns; not the mode, checkpoint or compute settings, which a resumed run may
-    change."""
+    output's columns; not the mode, checkpoint, compute or `model.compile` settings, which a
+    resumed run may change (compiled and eager masks agree, tests/pipeline/test_model_stage.py)."""
     output = {k: v for k, v in config.get("output", {}).items() if k == "include_image_bytes"}
-    return {"input": config.get("input") or {}, "model": config.get("model") or {}, "output": output}
+    model = {k: v for k, v in (config.get("model") or {}).items() if k != "compile"}
+    return {"input": config.get("input") or {}, "model": model, "output": output}
 
 
 def config_digest(config: Dict[str, Any]) -> str:

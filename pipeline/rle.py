@@ -6,6 +6,7 @@ zeros).
 A stored mask is `{"size": [h, w], "counts": str}` (`pipeline.schema.RLE_TYPE`).
 """
 
+from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
@@ -16,33 +17,84 @@ Rle = Dict[str, Any]
 RunLengths = Union[np.ndarray, List[int]]  # uncompressed counts of one mask
 
 
+@dataclass
+class MaskStatistics:
+    """Per mask of one image: COCO run lengths (uncompressed counts), areas (n,) int64, tight
+    boxes (n, 4) float32 as COCO xywh ([0, 0, 0, 0] when empty), and the per-mask float32
+    values passed to `RunLengthCoder.finish` (scores), in the order given."""
+
+    counts: List[np.ndarray]
+    areas: np.ndarray
+    boxes: np.ndarray
+    values: List[np.ndarray]
+
+
+class RunLengthCoder:
+    """Run lengths of the masks of one image, computed on the masks' device and brought to
+    the host in one copy: `add` the masks chunk by chunk (device work only, nothing waits),
+    then `finish` finds every run boundary at once (one sync) and copies the boundaries,
+    areas, boxes and the given per-mask values to the host together."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.height, self.width = height, width
+        self._changes: List[torch.Tensor] = []  # (k, H*W - 1) bool: pixel differs from the previous one
+        self._small: List[torch.Tensor] = []  # (k, 6) int64: first pixel, area, box xywh
+
+    def add(self, masks: torch.Tensor) -> None:
+        """(k, H, W) bool masks of this image, on any device."""
+        k, h, w = masks.shape
+        assert (h, w) == (self.height, self.width), (masks.shape, self.height, self.width)
+        if k == 0:
+            return
+        flat = masks.transpose(1, 2).reshape(k, h * w)  # column-major pixel order, as COCO RLE
+        rows_any, cols_any = masks.any(dim=2), masks.any(dim=1)  # k x H, k x W
+        y0 = rows_any.float().argmax(dim=1)
+        y1 = h - 1 - rows_any.flip(1).float().argmax(dim=1)
+        x0 = cols_any.float().argmax(dim=1)
+        x1 = w - 1 - cols_any.flip(1).float().argmax(dim=1)
+        boxes = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1)
+        areas = flat.sum(dim=1)
+        boxes = torch.where((areas > 0)[:, None], boxes, torch.zeros_like(boxes))
+        self._small.append(torch.cat([flat[:, :1].long(), areas[:, None], boxes.long()], dim=1))
+        self._changes.append(flat[:, 1:] != flat[:, :-1])
+
+    def finish(self, *values: torch.Tensor) -> MaskStatistics:
+        """The statistics of every mask added, with `values` ((n,) tensors, e.g. scores, on the
+        masks' device) copied in the same transfer, as float32."""
+        if not self._small:
+            return MaskStatistics([], np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
+                                  [np.zeros(0, np.float32) for _ in values])
+        small = torch.cat(self._small)  # n x 6
+        n = small.shape[0]
+        mask_ids, positions = torch.cat(self._changes).nonzero(as_tuple=True)
+        # float32 values travel bit for bit inside the int64 transfer
+        bits = [v.float().reshape(n).view(torch.int32).long() for v in values]
+        packed = torch.cat([small.flatten(), *bits, mask_ids, positions + 1]).cpu().numpy()
+        small_np = packed[: 6 * n].reshape(n, 6)
+        offset = 6 * n
+        floats = []
+        for _ in values:
+            floats.append(packed[offset : offset + n].astype(np.int32).view(np.float32))
+            offset += n
+        num_changes = mask_ids.shape[0]
+        mask_ids_np, positions_np = packed[offset : offset + num_changes], packed[offset + num_changes :]
+        bounds = np.searchsorted(mask_ids_np, np.arange(n + 1))
+        pixels = self.height * self.width
+        counts = []
+        for i in range(n):
+            edges = np.concatenate([[0], positions_np[bounds[i] : bounds[i + 1]], [pixels]])
+            runs = np.diff(edges)
+            counts.append(np.concatenate([[0], runs]) if small_np[i, 0] else runs)
+        return MaskStatistics(counts, small_np[:, 1].astype(np.int64), small_np[:, 2:].astype(np.float32), floats)
+
+
 def run_lengths(masks: torch.Tensor) -> Tuple[List[np.ndarray], np.ndarray, np.ndarray]:
     """(n, H, W) bool, on any device → per mask its COCO run lengths (uncompressed counts),
-    areas (n,) int64 and tight boxes (n, 4) float32 as COCO xywh ([0, 0, 0, 0] when empty).
-    Only the run boundaries, areas and boxes leave the device."""
-    n, h, w = masks.shape
-    if n == 0:
-        return [], np.zeros(0, np.int64), np.zeros((0, 4), np.float32)
-    flat = masks.transpose(1, 2).reshape(n, h * w)  # column-major pixel order, as COCO RLE
-    mask_ids, positions = (flat[:, 1:] != flat[:, :-1]).nonzero(as_tuple=True)
-    starts_with_one = flat[:, 0].cpu().numpy()
-    rows_any, cols_any = masks.any(dim=2), masks.any(dim=1)  # n x H, n x W
-    y0 = rows_any.float().argmax(dim=1)
-    y1 = h - 1 - rows_any.flip(1).float().argmax(dim=1)
-    x0 = cols_any.float().argmax(dim=1)
-    x1 = w - 1 - cols_any.flip(1).float().argmax(dim=1)
-    boxes = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1).float()
-    areas = flat.sum(dim=1)
-    boxes = torch.where((areas > 0)[:, None], boxes, torch.zeros_like(boxes))
-
-    mask_ids_np, positions_np = mask_ids.cpu().numpy(), positions.cpu().numpy() + 1
-    bounds = np.searchsorted(mask_ids_np, np.arange(n + 1))
-    counts = []
-    for i in range(n):
-        edges = np.concatenate([[0], positions_np[bounds[i] : bounds[i + 1]], [h * w]])
-        runs = np.diff(edges)
-        counts.append(np.concatenate([[0], runs]) if starts_with_one[i] else runs)
-    return counts, areas.cpu().numpy().astype(np.int64), boxes.cpu().numpy()
+    areas (n,) int64 and tight boxes (n, 4) float32 as COCO xywh ([0, 0, 0, 0] when empty)."""
+    coder = RunLengthCoder(masks.shape[1], masks.shape[2])
+    coder.add(masks)
+    stats = coder.finish()
+    return stats.counts, stats.areas, stats.boxes
 
 
 def empty_run_lengths(height: int, width: int) -> List[int]:

@@ -12,7 +12,8 @@ The steps are also entry points of their own, for callers that run them apart (t
 pipeline resizes on CPU workers and normalises on the model's device):
 `resize_image` (CPU) → `model_input` (any device) for images, `scale_boxes` for boxes, and
 `masks_at_original_size` (any device, in bounded chunks) for masks, and `stability_scores`
-for SAM's stability score of mask logits.
+for SAM's stability score of mask logits; `pad_to_bucket` pads images or prompts to a few
+fixed counts for a compiled model.
 """
 
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
@@ -347,6 +348,25 @@ class SamHQProcessor:
             logits = logits[..., : resized_size[0], : resized_size[1]]
             logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)[:, 0]
             yield logits > mask_threshold if binarize else logits
+
+
+def bucket_size(n: int) -> int:
+    """The size a count of n >= 1 is padded to for a compiled model: the next power of two, so
+    that any count reuses one of a few compiled graphs."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def pad_to_bucket(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """`tensor` padded along `dim` to `bucket_size` of its length by repeating its last entry
+    (a real image or prompt, so that padding never feeds the model values it cannot take);
+    the caller drops the padded entries' outputs."""
+    n = tensor.shape[dim]
+    extra = bucket_size(n) - n
+    if extra == 0:
+        return tensor
+    last = tensor.narrow(dim, n - 1, 1)
+    return torch.cat([tensor, last.expand(*[extra if d == dim % tensor.ndim else -1 for d in range(tensor.ndim)])],
+                     dim=dim)
 
 
 def stability_scores(logits: torch.Tensor, mask_threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:

@@ -4,15 +4,15 @@ thresholds, scores the stability of and run-length-codes the masks on the actor'
 so that only run boundaries, scores, areas and boxes leave it."""
 
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 import torch
 from ray.data import ActorPoolStrategy
 
-from samhq_core import SamHQModel, SamHQProcessor
-from samhq_core.processor import stability_scores
+from samhq_core import SamHQModel, SamHQOutput, SamHQProcessor
+from samhq_core.processor import pad_to_bucket, stability_scores
 
 from .. import rle
 from ..config import ComputeConfig, ModelConfig, StorageConfig
@@ -68,6 +68,14 @@ class ModelUDF(StageUDF):
             model.checkpoint, variant=model.variant, sha256=model.sha256, storage_options=storage_options(storage)
         ).to(self.device)
         self.processor = SamHQProcessor.for_model(self.model)
+        self.encode: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = self.model.get_image_embeddings
+        self.decode: Callable[..., SamHQOutput] = self.model.decode_prompts
+        if model.compile:
+            # One graph per padded count (pad_to_bucket): a few per power of two up to the batch
+            # size and the most boxes an image has, more than dynamo's default limit of 8.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            self.encode = torch.compile(self.model.get_image_embeddings, fullgraph=True, dynamic=False)
+            self.decode = torch.compile(self.model.decode_prompts, fullgraph=True, dynamic=False)
         if self.processor.image_size != image_size:  # the decode tasks resized every image for `image_size`
             raise ValueError(f"{model.checkpoint} loaded a model of input size {self.processor.image_size}, but the "
                              f"job resizes images for {image_size}: did the checkpoint change after the job's checks?")
@@ -122,35 +130,45 @@ class ModelUDF(StageUDF):
         pixels = []
         for image in images:
             resized = torch.frombuffer(bytearray(image.pixels), dtype=torch.uint8).view(*image.resized_hw, 3)
-            pixels.append(self.processor.model_input(resized.to(self.device, non_blocking=True)))
+            pixels.append(self.processor.model_input(self._to_device(resized)))
+        batch = torch.stack(pixels)
+        if self.config.compile:
+            batch = pad_to_bucket(batch, dim=0)
         with self._autocast():
-            return self.model.get_image_embeddings(torch.stack(pixels))
+            embeddings, intermediate = self.encode(batch)
+        return embeddings[: len(images)], intermediate[: len(images)]
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """On a GPU, through pinned memory, so that the copy runs asynchronously."""
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def _masks(self, image: _Image, features: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> MaskResult:
         h, w = image.original_hw
-        counts: List[np.ndarray] = []
-        scores, stabilities, areas = np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-        boxes = np.zeros((0, 4), np.float32)
+        stats = rle.MaskStatistics([], np.zeros(0, np.int64), np.zeros((0, 4), np.float32), [])
+        scores, stabilities = np.zeros(0, np.float32), np.zeros(0, np.float32)
         if features is not None:
+            num_boxes = image.boxes.shape[1]
+            boxes = self._to_device(image.boxes)
+            if self.config.compile:
+                boxes = pad_to_bucket(boxes, dim=1)
             with self._autocast():
-                out = self.model(
-                    image_embeddings=features[0], intermediate_embeddings=features[1],
-                    input_boxes=image.boxes.to(self.device), multimask_output=self.config.multimask_output,
+                out = self.decode(
+                    features[0], features[1], input_boxes=boxes, multimask_output=self.config.multimask_output,
                     hq_token_only=self.config.hq_token_only, sam_only=self.config.sam_only,
                     prompt_chunk_size=self.config.box_chunk_size,
                 )
             threshold = self.config.mask_threshold
-            stats, stability = [], []
-            for logits in self.processor.masks_at_original_size(out.pred_masks[0, :, 0], image.resized_hw,
+            coder, stability = rle.RunLengthCoder(h, w), []
+            for logits in self.processor.masks_at_original_size(out.pred_masks[0, :num_boxes, 0], image.resized_hw,
                                                                 image.original_hw, threshold, binarize=False):
-                stats.append(rle.run_lengths(logits > threshold))
+                coder.add(logits > threshold)
                 stability.append(stability_scores(logits, threshold))
-            counts = [c for chunk in stats for c in chunk[0]]
-            areas = np.concatenate([chunk[1] for chunk in stats])
-            boxes = np.concatenate([chunk[2] for chunk in stats])
-            scores = out.iou_scores[0, :, 0].float().cpu().numpy()
-            stabilities = torch.cat(stability).float().cpu().numpy()
+            stats = coder.finish(out.iou_scores[0, :num_boxes, 0], torch.cat(stability))
+            scores, stabilities = stats.values
+        counts, areas, boxes_xywh = stats.counts, stats.areas, stats.boxes
         # Boxes that could not be used get an empty mask, NaN score, zero area and box.
         result, k = MaskResult(), 0
         for reason in image.box_errors:
@@ -159,7 +177,7 @@ class ModelUDF(StageUDF):
                 result.iou_scores.append(float(scores[k]))
                 result.stability_scores.append(float(stabilities[k]))
                 result.mask_areas.append(int(areas[k]))
-                result.mask_bboxes.append(boxes[k].tolist())
+                result.mask_bboxes.append(boxes_xywh[k].tolist())
                 k += 1
             else:
                 result.run_lengths.append(rle.empty_run_lengths(h, w))

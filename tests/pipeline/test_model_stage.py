@@ -1,0 +1,72 @@
+"""The model stage's compiled path (`model.compile: true`) against its eager path, in
+process: same masks, scores within 1e-4 in fp32, with image and box counts that need
+padding to their buckets."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from helpers.models import perturb, smallest_config
+from helpers.pipeline_data import png_bytes
+
+from pipeline.config import ModelConfig, StorageConfig
+from pipeline.schema import BOX_ERRORS, BOXES, IMAGE_SIZE, PIXELS, RESIZED_HW
+from pipeline.stages.model import ModelUDF
+from samhq_core import SamHQModel, SamHQProcessor
+from samhq_core.processor import bucket_size, pad_to_bucket
+
+
+def test_counts_are_padded_to_powers_of_two_with_real_entries():
+    assert [bucket_size(n) for n in (1, 2, 3, 4, 5, 9, 64, 65)] == [1, 2, 4, 4, 8, 16, 64, 128]
+    boxes = torch.arange(12.0).view(1, 3, 4)
+    padded = pad_to_bucket(boxes, dim=1)
+    assert padded.shape == (1, 4, 4)
+    assert torch.equal(padded[:, :3], boxes) and torch.equal(padded[:, 3], boxes[:, 2])
+
+
+def _decoded_batch(processor: SamHQProcessor) -> pa.Table:
+    """Three images (padded to 4) with 3, 4 and 4 boxes (one graph of 4 boxes), as the decode
+    stage hands them to the model stage."""
+    import io
+
+    from PIL import Image
+
+    columns = {PIXELS: [], RESIZED_HW: [], BOXES: [], IMAGE_SIZE: [], BOX_ERRORS: []}
+    for seed, num_boxes in enumerate((3, 4, 4)):
+        image = Image.open(io.BytesIO(png_bytes(48, 80, seed)))
+        resized, _ = processor.resize_image(image)
+        h, w = resized.shape[:2]
+        generator = np.random.default_rng(seed)
+        corners = generator.uniform(0, [80, 48], size=(num_boxes, 2, 2))
+        boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1) + 4], axis=1).astype(np.float32)
+        columns[PIXELS].append(resized.tobytes())
+        columns[RESIZED_HW].append([h, w])
+        columns[BOXES].append(processor.scale_boxes(boxes, (48, 80)).reshape(-1).tolist())
+        columns[IMAGE_SIZE].append([48, 80])
+        columns[BOX_ERRORS].append([None] * num_boxes)
+    return pa.table(columns)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    model = SamHQModel(smallest_config()).eval()
+    perturb(model, 3)
+    path = str(tmp_path_factory.mktemp("compiled") / "model")
+    model.save_pretrained(path)
+    return path
+
+
+def test_compiled_model_stage_matches_eager(checkpoint):
+    eager = ModelUDF(ModelConfig(checkpoint=checkpoint), StorageConfig(), image_size=64)
+    compiled = ModelUDF(ModelConfig(checkpoint=checkpoint, compile=True), StorageConfig(), image_size=64)
+    batch = _decoded_batch(eager.processor)
+    expected, got = eager.process(batch), compiled.process(batch)
+    assert [len(r.run_lengths) for r in got] == [3, 4, 4], got
+    for want, have in zip(expected, got, strict=True):
+        assert have.error is None and want.error is None
+        np.testing.assert_allclose(have.iou_scores, want.iou_scores, atol=1e-4)
+        np.testing.assert_allclose(have.stability_scores, want.stability_scores, atol=1e-4)
+        assert have.mask_areas == pytest.approx(want.mask_areas, abs=2)
+        same = [np.array_equal(a, b) for a, b in zip(have.run_lengths, want.run_lengths, strict=True)]
+        assert sum(same) >= len(same) - 1, same  # a logit at the threshold may flip a pixel

@@ -1,15 +1,17 @@
 """ViT image encoder (SAM vit_b / vit_l / vit_h): windowed + global attention with
 decomposed relative positions, and a neck down to the prompt embedding width."""
 
-from typing import Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention.flex_attention import flex_attention
 
 from .common import MLPBlock, neck, window_partition, window_unpartition
 
 _CPU_BIAS_BLOCK_BYTES = 16 << 20
+_compiled_flex_attention: Optional[Callable[..., Any]] = None
 
 
 class ImageEncoderViT(nn.Module):
@@ -100,6 +102,7 @@ class Block(nn.Module):
             qkv_bias=qkv_bias,
             use_rel_pos=use_rel_pos,
             input_size=input_size if window_size == 0 else (window_size, window_size),
+            global_attention=window_size == 0,
         )
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
@@ -120,7 +123,8 @@ class Block(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with decomposed relative positions added as an SDPA bias."""
+    """Multi-head attention with decomposed relative positions: added as an SDPA bias, or
+    inside FlexAttention's kernel for global attention on a GPU (`use_flex_attention`)."""
 
     def __init__(
         self,
@@ -129,6 +133,7 @@ class Attention(nn.Module):
         qkv_bias: bool,
         use_rel_pos: bool,
         input_size: Tuple[int, int],
+        global_attention: bool = False,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -139,6 +144,7 @@ class Attention(nn.Module):
         if use_rel_pos:
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+        self.global_attention = global_attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
@@ -149,26 +155,68 @@ class Attention(nn.Module):
             x = F.scaled_dot_product_attention(q, k, v)
         else:
             rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, (h, w))
-            # The (h*w) x (h*w) bias is built a few query rows at a time: on CPU a small block
-            # stays in cache and avoids page-faulting a fresh multi-GB buffer per block.
-            row_bytes = q.shape[0] * q.shape[1] * w * h * w * q.element_size()
-            rows = max(1, _CPU_BIAS_BLOCK_BYTES // row_bytes) if q.is_cpu else h
-            x = torch.cat(
-                [
-                    F.scaled_dot_product_attention(
-                        q[:, :, r * w : (r + rows) * w],
-                        k,
-                        v,
-                        attn_mask=(rel_h[:, :, r : r + rows, :, :, None] + rel_w[:, :, r : r + rows, :, None, :])
-                        .flatten(2, 3)
-                        .flatten(3),
-                    )
-                    for r in range(0, h, rows)
-                ],
-                dim=2,
-            )
+            if use_flex_attention(q, self.global_attention):
+                x = rel_pos_flex_attention(q, k, v, rel_h, rel_w)
+            else:
+                x = rel_pos_bias_attention(q, k, v, rel_h, rel_w)
         x = x.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(x)
+
+
+def use_flex_attention(q: torch.Tensor, global_attention: bool) -> bool:
+    """FlexAttention for global attention on a GPU, where the materialised bias would be
+    ~0.4 GB per image per block in bf16 and excludes the fused kernels; its head dimension
+    must be a power of two (vit_b, vit_l: 64; vit_h's 80 keeps the bias). Windowed blocks
+    (196 tokens) and the CPU, where the blocked bias below is faster, keep the bias."""
+    head_dim = q.shape[-1]
+    return q.is_cuda and global_attention and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
+def rel_pos_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor,
+                           rel_w: torch.Tensor) -> torch.Tensor:
+    """Attention (B, heads, h*w, C) with the decomposed relative positions as an SDPA bias,
+    built a few query rows at a time: on CPU a small block stays in cache and avoids
+    page-faulting a fresh multi-GB buffer per block."""
+    h, w = rel_h.shape[2], rel_h.shape[3]
+    row_bytes = q.shape[0] * q.shape[1] * w * h * w * q.element_size()
+    rows = max(1, _CPU_BIAS_BLOCK_BYTES // row_bytes) if q.is_cpu else h
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                q[:, :, r * w : (r + rows) * w],
+                k,
+                v,
+                attn_mask=(rel_h[:, :, r : r + rows, :, :, None] + rel_w[:, :, r : r + rows, :, None, :])
+                .flatten(2, 3)
+                .flatten(3),
+            )
+            for r in range(0, h, rows)
+        ],
+        dim=2,
+    )
+
+
+def rel_pos_flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor,
+                           rel_w: torch.Tensor) -> torch.Tensor:
+    """The same attention through FlexAttention: the bias of query i to key j is added inside
+    the fused kernel (rel_h[i, j // w] + rel_w[i, j % w]), never materialised."""
+    global _compiled_flex_attention
+    b, heads, h, w = rel_h.shape[:4]
+    rel_h_flat, rel_w_flat = rel_h.reshape(b, heads, h * w, h), rel_w.reshape(b, heads, h * w, w)
+
+    def add_rel_pos(score: torch.Tensor, batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor,
+                    kv_idx: torch.Tensor) -> torch.Tensor:
+        return score + rel_h_flat[batch, head, q_idx, kv_idx // w] + rel_w_flat[batch, head, q_idx, kv_idx % w]
+
+    if torch.compiler.is_compiling() or not q.is_cuda:  # inside a compiled model, or the CPU's reference path
+        out = flex_attention(q, k, v, score_mod=add_rel_pos)
+    else:
+        # Uncompiled, flex_attention runs an unfused reference; compiled once per process.
+        if _compiled_flex_attention is None:
+            _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+        out = _compiled_flex_attention(q, k, v, score_mod=add_rel_pos)
+    assert isinstance(out, torch.Tensor)
+    return out
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:

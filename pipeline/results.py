@@ -153,6 +153,11 @@ class ResultReader:
             return [{"id": cid, "name": name} for name, cid in self._category_ids.items()]
         return [{"id": cid, "name": str(cid)} for cid in sorted(self._category_ids)]
 
+    @property
+    def integer_categories(self) -> bool:
+        """Whether the category column holds integer ids (rather than names), as far as read."""
+        return self._category_kind is int
+
     def counts(self) -> Dict[str, int]:
         return {"images": self.num_images, "masks": self.num_masks, "skipped_rows": self.skipped_rows,
                 "skipped_boxes": self.skipped_boxes, "categories": len(self.categories())}

@@ -129,9 +129,8 @@ def write_coco(reader: ResultReader, output_path: str,
             "date_created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         _write_output(output_path, storage, info, images_path, annotations_path, categories)
-    counts = reader.counts()
-    result = {"images": counts["images"], "annotations": counts["masks"], "skipped_rows": counts["skipped_rows"],
-              "skipped_boxes": counts["skipped_boxes"], "categories": counts["categories"]}
+    result = {"images": reader.num_images, "annotations": reader.num_masks, "skipped_rows": reader.skipped_rows,
+              "skipped_boxes": reader.skipped_boxes, "categories": len(reader.categories())}
     return {**result, "kept_rle": kept_rle} if as_polygons else result
 
 

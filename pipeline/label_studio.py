@@ -44,7 +44,7 @@ def write_label_studio(reader: ResultReader, output_path: str,
                        model_version: str = "samhq-annotate") -> Dict[str, int]:
     """Write the results `reader` streams as Label Studio tasks at `output_path` (local or any
     fsspec URL) and their labeling config beside it (`labeling_config_path`). Returns counts:
-    tasks, masks, and the reader's skipped_rows, skipped_boxes and categories."""
+    tasks, regions (masks), and the reader's skipped_rows, skipped_boxes and categories."""
     from label_studio_converter.brush import mask2rle  # slow to import (pandas, nltk)
 
     names: Dict[int, str] = {}
@@ -61,9 +61,8 @@ def write_label_studio(reader: ResultReader, output_path: str,
             shutil.copyfileobj(f, out, 1 << 20)
     with open_for_write(labeling_config_path(output_path), storage) as out:
         out.write(labeling_config([c["name"] for c in reader.categories()]).encode())
-    read = reader.counts()
-    return {"tasks": read["images"], "masks": read["masks"], "skipped_rows": read["skipped_rows"],
-            "skipped_boxes": read["skipped_boxes"], "categories": read["categories"]}
+    return {"tasks": reader.num_images, "regions": reader.num_masks, "skipped_rows": reader.skipped_rows,
+            "skipped_boxes": reader.skipped_boxes, "categories": len(reader.categories())}
 
 
 def labeling_config_path(output_path: str) -> str:

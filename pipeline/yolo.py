@@ -45,8 +45,8 @@ def write_yolo_seg(reader: ResultReader, output_dir: str, simplify: float = 0.0)
     - 1; with integer categories the id itself, and `names` lists every id from 0 to the
     largest (ids unused by the data named too), since Ultralytics wants indices 0..n-1.
 
-    Returns counts: images, masks, linked and unlinked images, empty label files, and the
-    reader's skipped_rows, skipped_boxes and categories.
+    Returns counts: images, objects (label lines), linked and unlinked images, empty label
+    files, and the reader's skipped_rows, skipped_boxes and categories.
     """
     polygons.check_tolerance(simplify)
     if not is_local(output_dir):
@@ -85,9 +85,8 @@ def write_yolo_seg(reader: ResultReader, output_dir: str, simplify: float = 0.0)
         os.rename(building, final)
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    read = reader.counts()
-    return {"images": read["images"], "masks": read["masks"], **counts, "skipped_rows": read["skipped_rows"],
-            "skipped_boxes": read["skipped_boxes"], "categories": read["categories"]}
+    return {"images": reader.num_images, "objects": reader.num_masks, **counts, "skipped_rows": reader.skipped_rows,
+            "skipped_boxes": reader.skipped_boxes, "categories": len(reader.categories())}
 
 
 def label_line(class_index: int, polygon: Any, height: int, width: int) -> str:

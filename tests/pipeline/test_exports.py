@@ -113,7 +113,7 @@ def read_label_polygons(path, height, width):
 def test_yolo_seg_layout(results, tmp_path):
     out = tmp_path / "yolo"
     counts = write_yolo_seg(reader(results), str(out))
-    assert counts == {"images": 3, "masks": 3, "linked": 2, "unlinked": 1, "empty_labels": 1, "skipped_rows": 1,
+    assert counts == {"images": 3, "objects": 3, "linked": 2, "unlinked": 1, "empty_labels": 1, "skipped_rows": 1,
                       "skipped_boxes": 1, "categories": 3}
     data = yaml.safe_load((out / "data.yaml").read_text())
     assert data == {"path": str(out), "train": "images", "val": "images", "names": {0: "donut", 1: "box", 2: "wire"}}
@@ -168,7 +168,7 @@ def test_yolo_seg_integer_categories_and_a_bad_input(tmp_path):
 def test_label_studio_tasks_decode_to_the_masks(results, tmp_path):
     out = str(tmp_path / "ls" / "tasks.json")
     counts = write_label_studio(reader(results, min_score=0.7), out, model_version="demo")
-    assert counts == {"tasks": 3, "masks": 2, "skipped_rows": 1, "skipped_boxes": 2, "categories": 3}
+    assert counts == {"tasks": 3, "regions": 2, "skipped_rows": 1, "skipped_boxes": 2, "categories": 3}
     tasks = json.load(open(out))
     assert [t["data"]["image"] for t in tasks] == [str(tmp_path / "pictures" / "a" / "x.png"),
                                                   str(tmp_path / "pictures" / "b" / "x.png"),

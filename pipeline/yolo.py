@@ -4,7 +4,8 @@
 directory:
 
     data.yaml            path (the directory), train and val (both `images`), names
-    images/<stem><ext>   a symlink to each local image
+    images/<stem><ext>   a symlink to each local image (relative paths are taken from the
+                         working directory)
     labels/<stem>.txt    one line per mask: `class x1 y1 x2 y2 ...`, normalised to [0, 1]
     unlinked_images.txt  `<URI or path>\t<images/stem.ext>` per image that is not a local
                          file (object-store or HTTP URIs, or no image column), if any:
@@ -27,6 +28,7 @@ import shutil
 import urllib.parse
 from typing import Any, Dict, List
 
+import numpy as np
 import yaml
 
 from . import polygons, rle
@@ -89,7 +91,7 @@ def write_yolo_seg(reader: ResultReader, output_dir: str, simplify: float = 0.0)
             "skipped_boxes": reader.skipped_boxes, "categories": len(reader.categories())}
 
 
-def label_line(class_index: int, polygon: Any, height: int, width: int) -> str:
+def label_line(class_index: int, polygon: np.ndarray, height: int, width: int) -> str:
     """One object of a label file: its class and its (n, 2) x, y polygon over the image's size."""
     coordinates = (polygon / [width, height]).ravel()
     return f"{class_index} " + " ".join(f"{v:.6g}" for v in coordinates)

@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {run,validate,export-coco,evaluate,finetune,schema,demo} ...`
+"""Command line: `python -m pipeline {run,validate,export,export-coco,evaluate,finetune,schema,demo} ...`
 (also installed as `samhq-annotate`)."""
 
 import argparse
@@ -76,11 +76,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export_coco(args: argparse.Namespace) -> int:
-    from .coco import export_coco
-    from .config import StorageConfig
-    from .output_files import JOB_FILE, read_job_description
+EXPORT_FORMATS = ("coco-rle", "coco-polygons", "yolo-seg", "label-studio")
 
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .coco import write_coco
+    from .config import StorageConfig
+    from .label_studio import labeling_config_path, write_label_studio
+    from .output_files import JOB_FILE, read_job_description
+    from .results import ResultReader, job_columns
+    from .yolo import write_yolo_seg
+
+    if args.simplify and args.format not in ("coco-polygons", "yolo-seg"):
+        raise ValueError(f"--simplify applies to the polygon formats (coco-polygons, yolo-seg), not {args.format}")
     job: Optional[Dict[str, Any]]
     if args.config:
         config = load_config(args.config)
@@ -90,19 +98,24 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
         description = read_job_description(args.input, storage)
         job = description["config"] if description else None
         source = f"{args.input.rstrip('/')}/{JOB_FILE}"
-    columns = job["input"] if job else {}
-    id_column = args.id_column or columns.get("id_column")
-    if id_column is None:
-        raise ConfigError([f"--id-column: {args.input} has no {JOB_FILE} (written by the job) and no --config was "
-                           "given: name the id column (the job's input.id_column)"])
-    category_column = args.category_column or columns.get("category_column")
-    image_column = args.image_column or columns.get("image_uri_column")
+    columns = job_columns(args.input, storage, job or {}, args.id_column, args.category_column, args.image_column)
     if job:
-        print(f"columns from {source}: id {id_column!r}, categories {category_column!r}, image paths {image_column!r}")
+        print(f"columns from {source}: id {columns.id_column!r}, categories {columns.category_column!r}, "
+              f"image paths {columns.image_column!r}")
     _warn_if_unfinished(args.input, storage)
-    counts = export_coco(args.input, args.output, id_column=id_column, category_column=category_column,
-                         storage=storage, image_path_column=image_column, min_score=args.min_score)
-    print(f"wrote {args.output}: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    reader = ResultReader(args.input, columns, storage, min_score=args.min_score, min_stability=args.min_stability)
+    written = args.output
+    if args.format in ("coco-rle", "coco-polygons"):
+        counts = write_coco(reader, args.output, storage, as_polygons=args.format == "coco-polygons",
+                            simplify=args.simplify)
+    elif args.format == "yolo-seg":
+        counts = write_yolo_seg(reader, args.output, simplify=args.simplify)
+    else:
+        checkpoint = ((job or {}).get("model") or {}).get("checkpoint")
+        model_version = os.path.basename(checkpoint.rstrip("/")) if checkpoint else "samhq-annotate"
+        counts = write_label_studio(reader, args.output, storage, model_version=model_version)
+        written = f"{args.output} and {labeling_config_path(args.output)}"
+    print(f"wrote {written}: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     return 0
 
 
@@ -191,21 +204,37 @@ def parser() -> argparse.ArgumentParser:
                          help="Ray's own logs and progress bars, and Ray Data's per-stage stats at the end")
     run_cmd.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
                          help="seconds between progress lines (default: 10)")
-    coco = sub.add_parser("export-coco", help="write a COCO instances file from a job's output")
-    coco.add_argument("--input", required=True, help="the job's output Parquet (file, directory or glob)")
-    coco.add_argument("--output", required=True, help="instances JSON path")
-    coco.add_argument("--config", default=None,
-                      help="the job's YAML, for its columns and storage (default: the _samhq_job.json the job wrote "
-                           "next to its results)")
-    coco.add_argument("--id-column", default=None, help="the job's input.id_column (default: from the job)")
-    coco.add_argument("--category-column", default=None, help="the job's input.category_column (default: from the job)")
-    coco.add_argument("--image-column", default=None,
-                      help="column of image URIs or paths for file_name (default: the job's input.image_uri_column)")
-    coco.add_argument("--min-score", type=float, default=None,
-                      help="leave out masks whose predicted IoU is below this")
-    coco.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint, as storage.endpoint_url")
-    coco.add_argument("--region", default=None)
-    coco.set_defaults(fn=cmd_export_coco)
+    export = sub.add_parser("export", help="write a job's masks as COCO (RLE or polygons), YOLO-seg or Label Studio tasks")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                        help="coco-rle: COCO instances JSON with RLE masks; coco-polygons: the same with polygons (RLE "
+                             "for masks with holes); yolo-seg: a YOLO segmentation dataset directory (Ultralytics' "
+                             "layout); label-studio: Label Studio tasks JSON with brush predictions, and its labeling "
+                             "config XML")
+    coco = sub.add_parser("export-coco", help="write a COCO instances file from a job's output (export --format coco-rle)")
+    coco.set_defaults(format="coco-rle")
+    for cmd in (export, coco):
+        cmd.add_argument("--input", required=True, help="the job's output Parquet (file, directory or glob)")
+        cmd.add_argument("--output", required=True,
+                         help="the file to write (a new directory for yolo-seg)")
+        cmd.add_argument("--config", default=None,
+                         help="the job's YAML, for its columns and storage (default: the _samhq_job.json the job wrote "
+                              "next to its results)")
+        cmd.add_argument("--id-column", default=None, help="the job's input.id_column (default: from the job)")
+        cmd.add_argument("--category-column", default=None,
+                         help="the job's input.category_column (default: from the job)")
+        cmd.add_argument("--image-column", default=None,
+                         help="column of image URIs or paths that the export names the images by (default: the job's "
+                              "input.image_uri_column; without one, images are named by their id)")
+        cmd.add_argument("--min-score", type=float, default=None,
+                         help="leave out masks whose predicted IoU is below this")
+        cmd.add_argument("--min-stability", type=float, default=None,
+                         help="leave out masks whose stability score is below this")
+        cmd.add_argument("--simplify", type=float, default=0.0, metavar="PIXELS",
+                         help="polygon formats: simplify the polygons with this tolerance in pixels (default: 0, "
+                              "polygons on the masks' pixel edges, exact)")
+        cmd.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint, as storage.endpoint_url")
+        cmd.add_argument("--region", default=None)
+        cmd.set_defaults(fn=cmd_export)
     ev = sub.add_parser("evaluate", help="mask quality (mIoU, boundary IoU, COCO AP) of a job's output vs ground truth")
     ev.add_argument("--predictions", required=True, help="the job's output Parquet (file, directory or glob)")
     ev.add_argument("--ground-truth", required=True,
@@ -257,7 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as e:
-        if args.command not in ("export-coco", "evaluate"):
+        if args.command not in ("export", "export-coco", "evaluate"):
             raise
         print(f"error: {e}", file=sys.stderr)  # their inputs' problems, each named by the message
         return 2

@@ -1,7 +1,7 @@
 """COCO instances export of the pipeline's result Parquet (see `pipeline.schema`).
 
-`export_coco` streams the result files (file by file, record batch by record batch, reading
-only the columns it needs) and writes one COCO "instances" JSON file:
+`export_coco` streams the result files (through `pipeline.results.ResultReader`) and writes
+one COCO "instances" JSON file:
 
     {"info": {...}, "licenses": [], "images": [...], "annotations": [...], "categories": [...]}
 
@@ -19,8 +19,9 @@ import shutil
 import tempfile
 from typing import IO, Any, Dict, List, Optional
 
+from . import polygons, rle
 from .config import StorageConfig
-from .results import ResultColumns, ResultReader, json_value
+from .results import ResultColumns, ResultImage, ResultMask, ResultReader, json_value
 from .storage import open_for_write
 
 
@@ -34,6 +35,8 @@ def export_coco(
     image_path_column: Optional[str] = None,
     min_score: Optional[float] = None,
     min_stability: Optional[float] = None,
+    as_polygons: bool = False,
+    simplify: float = 0.0,
 ) -> Dict[str, int]:
     """Write the pipeline's result Parquet as a COCO instances JSON file.
 
@@ -52,6 +55,12 @@ def export_coco(
         min_score: leave out masks whose predicted IoU is below this (counted in
             ``skipped_boxes``).
         min_stability: leave out masks whose stability score is below this (likewise).
+        as_polygons: segmentations as COCO polygons (`pipeline.polygons.coco_polygons`: one
+            polygon per connected part, on the mask's pixel edges) instead of RLE, except for
+            masks with holes, which polygons cannot hold: those keep their RLE (counted in
+            ``kept_rle``).
+        simplify: with ``as_polygons``, the polygons' simplification tolerance in pixels
+            (`cv2.approxPolyDP`; 0: none, the polygons rasterise back to the exact mask).
 
     Output:
         - images: one per row that succeeded (``error`` null and ``image_size`` non-null):
@@ -62,7 +71,8 @@ def export_coco(
         - annotations: one per box of an exported image whose ``box_errors`` entry is null,
           whose mask is non-empty (``mask_areas[i] > 0``), whose score is finite (and at least
           ``min_score``) and whose category is non-null: ``{"id": running index from 1, "image_id", "category_id",
-          "segmentation": the mask's RLE {"size": [h, w], "counts": str}, "area",
+          "segmentation": the mask's RLE {"size": [h, w], "counts": str} (or its polygons),
+          "area": the mask's pixel count,
           "bbox": [x, y, w, h], "iscrowd": 0, "score": the predicted IoU}``. Other boxes are
           counted in ``skipped_boxes``.
         - categories: without ``category_column``, ``[{"id": 1, "name": "object"}]`` and every
@@ -72,7 +82,8 @@ def export_coco(
           themselves, named ``str(id)``, sorted by id. A column mixing names and ids is an error.
 
     Returns:
-        ``{"images", "annotations", "skipped_rows", "skipped_boxes", "categories"}`` counts.
+        ``{"images", "annotations", "skipped_rows", "skipped_boxes", "categories"}`` counts,
+        and with ``as_polygons`` ``kept_rle``, the masks with holes left as RLE.
 
     Raises:
         ValueError: missing columns (the id / category column must match the run's config),
@@ -83,7 +94,16 @@ def export_coco(
     """
     reader = ResultReader(input_path, ResultColumns(id_column, category_column, image_path_column), storage,
                           min_score=min_score, min_stability=min_stability, batch_rows=batch_rows)
-    num_annotations = 0
+    return write_coco(reader, output_path, storage, as_polygons=as_polygons, simplify=simplify)
+
+
+def write_coco(reader: ResultReader, output_path: str,
+               storage: StorageConfig = StorageConfig(),  # noqa: B008 - never mutated
+               as_polygons: bool = False, simplify: float = 0.0) -> Dict[str, int]:
+    """`export_coco` of the results `reader` streams."""
+    if as_polygons:
+        polygons.check_tolerance(simplify)
+    num_annotations = kept_rle = 0
     with tempfile.TemporaryDirectory(prefix="coco_export_") as tmp:
         images_path, annotations_path = os.path.join(tmp, "images.json"), os.path.join(tmp, "annotations.json")
         with open(images_path, "w", encoding="utf-8") as images, open(annotations_path, "w", encoding="utf-8") as anns:
@@ -93,20 +113,30 @@ def export_coco(
                     "source_id": json_value(image.row_id)}))
                 for mask in image.masks:
                     num_annotations += 1
+                    segmentation = _polygons(image, mask, simplify) if as_polygons else None
+                    if as_polygons and segmentation is None:
+                        kept_rle += 1
                     anns.write(("," if num_annotations > 1 else "") + _dumps({
                         "id": num_annotations, "image_id": image.index, "category_id": mask.category_id,
-                        "segmentation": mask.rle, "area": float(mask.area), "bbox": mask.bbox, "iscrowd": 0,
-                        "score": mask.score}))
+                        "segmentation": mask.rle if segmentation is None else segmentation, "area": float(mask.area),
+                        "bbox": mask.bbox, "iscrowd": 0, "score": mask.score}))
         categories = reader.categories()
         info = {
             "description": "SAM-HQ masks exported from the samhq-annotate pipeline's results",
-            "source": input_path,
+            "source": reader.input_path,
+            "segmentation": ("polygons on the masks' pixel edges" + (f", simplified by {simplify} px" if simplify else "")
+                             + "; RLE for masks with holes" if as_polygons else "RLE"),
             "date_created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         _write_output(output_path, storage, info, images_path, annotations_path, categories)
-    counts = reader.counts()
-    return {"images": counts["images"], "annotations": counts["masks"], "skipped_rows": counts["skipped_rows"],
-            "skipped_boxes": counts["skipped_boxes"], "categories": counts["categories"]}
+    result = {"images": reader.num_images, "annotations": reader.num_masks, "skipped_rows": reader.skipped_rows,
+              "skipped_boxes": reader.skipped_boxes, "categories": len(reader.categories())}
+    return {**result, "kept_rle": kept_rle} if as_polygons else result
+
+
+def _polygons(image: ResultImage, mask: ResultMask, simplify: float) -> Optional[List[List[int]]]:
+    decoded = rle.decode(mask.rle, f"image {image.file_name!r}", f"mask {mask.box_index}")
+    return polygons.coco_polygons(decoded, simplify)
 
 
 def _write_output(output_path: str, storage: StorageConfig, info: Dict[str, Any], images_path: str,
@@ -128,4 +158,4 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
-__all__ = ["export_coco"]
+__all__ = ["export_coco", "write_coco"]

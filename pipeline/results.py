@@ -96,7 +96,9 @@ class ResultReader:
     Skipped and counted: rows that failed (``error`` non-null, no ``image_size``) or have a null
     id (``skipped_rows``; their boxes are not counted), and boxes with a ``box_errors`` entry,
     an empty mask, a non-finite score, a null category, a score below ``min_score`` or a
-    stability below ``min_stability`` (``skipped_boxes``).
+    stability below ``min_stability`` (``skipped_boxes``). The counts are attributes that
+    `images()` keeps up to date: ``num_images``, ``num_masks`` (exported), ``skipped_rows``,
+    ``skipped_boxes``.
 
     Categories: without a category column every mask is ``{"id": 1, "name": "object"}``. With
     string categories, ids 1, 2, ... in order of first appearance over all rows (failed rows and
@@ -153,9 +155,10 @@ class ResultReader:
             return [{"id": cid, "name": name} for name, cid in self._category_ids.items()]
         return [{"id": cid, "name": str(cid)} for cid in sorted(self._category_ids)]
 
-    def counts(self) -> Dict[str, int]:
-        return {"images": self.num_images, "masks": self.num_masks, "skipped_rows": self.skipped_rows,
-                "skipped_boxes": self.skipped_boxes, "categories": len(self.categories())}
+    @property
+    def integer_categories(self) -> bool:
+        """Whether the category column holds integer ids (rather than names), as far as read."""
+        return self._category_kind is int
 
     def _check_schema(self, schema: pa.Schema, url: str) -> List[str]:
         """The columns to read; ValueError naming every missing column."""

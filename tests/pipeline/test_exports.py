@@ -1,0 +1,222 @@
+"""The polygon, YOLO-seg and Label Studio exports, read back with the formats' own tools:
+pycocotools' COCO, Label Studio's converter, and YOLO-seg's documented layout."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from helpers.result_data import rect_mask, result_row, write_results
+from label_studio_converter.brush import decode_rle
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from pipeline.__main__ import main
+from pipeline.coco import export_coco
+from pipeline.config import StorageConfig
+from pipeline.label_studio import write_label_studio
+from pipeline.output_files import write_job_description
+from pipeline.results import ResultColumns, ResultReader
+from pipeline.schema import RESULT_FIELDS
+from pipeline.yolo import write_yolo_seg
+
+H, W = 40, 50
+
+
+def iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def ring():
+    yy, xx = np.mgrid[:H, :W]
+    d2 = (yy - 20) ** 2 + (xx - 25) ** 2
+    return ((d2 <= 15**2) & (d2 > 6**2)).astype(np.uint8)
+
+
+def two_parts():
+    m = rect_mask(H, W, 2, 10, 3, 12)
+    m[20:30, 30:45] = 1
+    return m
+
+
+def line():
+    m = np.zeros((H, W), np.uint8)
+    m[5, 2:48] = 1
+    return m
+
+
+@pytest.fixture
+def results(tmp_path):
+    """Three images (the second a duplicate file name, the third without masks), a failed row."""
+    images = tmp_path / "pictures"
+    (images / "b").mkdir(parents=True)
+    for name in ("a/x.png", "b/x.png", "c.jpg"):
+        (images / name).parent.mkdir(exist_ok=True)
+        (images / name).write_bytes(b"not read")
+    rows = [
+        result_row("r0", (H, W), [ring(), two_parts()], [0.9, 0.6], categories=["donut", "box"]),
+        result_row("r1", (H, W), [line(), None], [0.8, 0.1], categories=["wire", "box"], box_errors=[None, "inverted"]),
+        result_row("r2", (H, W), [], [], categories=[]),
+        result_row("r3", None, [], [], categories=["donut"], error="image_read: timed out"),
+    ]
+    paths = [str(images / "a/x.png"), str(images / "b/x.png"), "s3://bucket/c.jpg?versionId=3", str(images / "c.jpg")]
+    rows = [{**row, "path": path} for row, path in zip(rows, paths, strict=True)]
+    schema = pa.schema([pa.field("id", pa.string()), pa.field("cat", pa.list_(pa.string())),
+                        pa.field("path", pa.string()), *RESULT_FIELDS])
+    out = tmp_path / "results"
+    out.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / "masks-0-000000-0.parquet")  # named as a job names its files
+    return str(out)
+
+
+def reader(path, **kw):
+    return ResultReader(path, ResultColumns("id", "cat", "path"), **kw)
+
+
+def test_coco_polygons(results, tmp_path):
+    out = str(tmp_path / "polygons.json")
+    counts = export_coco(results, out, id_column="id", category_column="cat", image_path_column="path",
+                         as_polygons=True)
+    assert counts == {"images": 3, "annotations": 3, "skipped_rows": 1, "skipped_boxes": 1, "categories": 3,
+                      "kept_rle": 1}
+    coco = COCO(out)
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert isinstance(anns[0]["segmentation"], dict)  # the ring has a hole: RLE kept
+    assert len(anns[1]["segmentation"]) == 2 and isinstance(anns[1]["segmentation"][0], list)  # two parts
+    for ann, mask in zip(anns, [ring(), two_parts(), line()], strict=True):
+        assert iou(coco.annToMask(ann).astype(bool), mask.astype(bool)) >= 0.98
+        np.testing.assert_array_equal(coco.annToMask(ann), mask)  # at simplify 0, exact
+        assert ann["area"] == mask.sum()
+    assert "polygons" in coco.dataset["info"]["segmentation"]
+    simplified = str(tmp_path / "simplified.json")
+    export_coco(results, simplified, id_column="id", as_polygons=True, simplify=1.0)
+    coco = COCO(simplified)
+    assert iou(coco.annToMask(coco.loadAnns([2])[0]).astype(bool), two_parts().astype(bool)) >= 0.98
+
+
+def read_label_polygons(path, height, width):
+    """(class, mask) per line of a YOLO-seg label file, rasterised as pycocotools draws polygons."""
+    objects = []
+    for text in open(path).read().splitlines():
+        values = text.split()
+        cls, coords = int(values[0]), np.array(values[1:], dtype=float)
+        assert len(coords) >= 6 and len(coords) % 2 == 0, text
+        assert ((0 <= coords) & (coords <= 1)).all(), text
+        xy = (coords.reshape(-1, 2) * [width, height]).ravel().tolist()
+        objects.append((cls, mask_utils.decode(mask_utils.frPyObjects([xy], height, width)[0]).astype(bool)))
+    return objects
+
+
+def test_yolo_seg_layout(results, tmp_path):
+    out = tmp_path / "yolo"
+    counts = write_yolo_seg(reader(results), str(out))
+    assert counts == {"images": 3, "objects": 3, "linked": 2, "unlinked": 1, "empty_labels": 1, "skipped_rows": 1,
+                      "skipped_boxes": 1, "categories": 3}
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data == {"path": str(out), "train": "images", "val": "images", "names": {0: "donut", 1: "box", 2: "wire"}}
+    # Each image under images/ has its labels where Ultralytics looks: images/ -> labels/, .txt.
+    assert sorted(os.listdir(out / "images")) == ["x.png", "x_" + _digest(results, 1) + ".png"]
+    assert sorted(os.listdir(out / "labels")) == ["c.txt", "x.txt", "x_" + _digest(results, 1) + ".txt"]
+    assert os.readlink(out / "images" / "x.png") == str(tmp_path / "pictures" / "a" / "x.png")
+    assert (out / "unlinked_images.txt").read_text() == "s3://bucket/c.jpg?versionId=3\timages/c.jpg\n"
+    assert (out / "labels" / "c.txt").read_text() == ""  # no masks: background
+
+    first = read_label_polygons(out / "labels" / "x.txt", H, W)
+    assert [cls for cls, _ in first] == [0, 1]
+    for (_, drawn), mask in zip(first, [ring(), two_parts()], strict=True):  # a hole and two parts, one line each
+        np.testing.assert_array_equal(drawn, mask.astype(bool))
+    second = read_label_polygons(out / "labels" / f"x_{_digest(results, 1)}.txt", H, W)
+    assert [cls for cls, _ in second] == [2]
+    np.testing.assert_array_equal(second[0][1], line().astype(bool))
+
+    with pytest.raises(ValueError, match="not an empty directory"):
+        write_yolo_seg(reader(results), str(out))
+    with pytest.raises(ValueError, match="local directory"):
+        write_yolo_seg(reader(results), "s3://bucket/yolo")
+
+
+def _digest(results, index):
+    import hashlib
+
+    path = pq.read_table(results).column("path").to_pylist()[index]
+    return hashlib.sha1(path.encode()).hexdigest()[:8]
+
+
+def test_yolo_seg_integer_categories_and_a_bad_input(tmp_path):
+    path = write_results(str(tmp_path / "in" / "p.parquet"), [
+        result_row("a", (H, W), [ring(), line()], [0.9, 0.8], categories=[3, 1])],
+        category_type=pa.list_(pa.int64()))
+    out = tmp_path / "yolo"
+    write_yolo_seg(ResultReader(path, ResultColumns("id", "cat")), str(out))
+    assert yaml.safe_load((out / "data.yaml").read_text())["names"] == {0: "0", 1: "1", 2: "2", 3: "3"}
+    assert [cls for cls, _ in read_label_polygons(out / "labels" / "a.txt", H, W)] == [3, 1]
+    assert os.listdir(out / "images") == []  # no image column: the images are named by their ids
+    assert (out / "unlinked_images.txt").read_text() == "a\timages/a\n"
+
+    bad = write_results(str(tmp_path / "bad" / "p.parquet"), [
+        result_row("a", (H, W), [ring()], [0.9], categories=["x"]),
+        result_row("b", (H, W), [ring(), line()], [0.9, 0.8], categories=["x"])])  # lists of different lengths
+    with pytest.raises(ValueError, match="differ in length"):
+        write_yolo_seg(ResultReader(bad, ResultColumns("id", "cat")), str(tmp_path / "bad_yolo"))
+    assert not (tmp_path / "bad_yolo").exists()
+    assert [p for p in os.listdir(tmp_path) if "partial" in p] == []
+
+
+def test_label_studio_tasks_decode_to_the_masks(results, tmp_path):
+    out = str(tmp_path / "ls" / "tasks.json")
+    counts = write_label_studio(reader(results, min_score=0.7), out, model_version="demo")
+    assert counts == {"tasks": 3, "regions": 2, "skipped_rows": 1, "skipped_boxes": 2, "categories": 3}
+    tasks = json.load(open(out))
+    assert [t["data"]["image"] for t in tasks] == [str(tmp_path / "pictures" / "a" / "x.png"),
+                                                  str(tmp_path / "pictures" / "b" / "x.png"),
+                                                  "s3://bucket/c.jpg?versionId=3"]
+    assert [t["data"]["source_id"] for t in tasks] == ["r0", "r1", "r2"]
+    expected = [[(ring(), "donut", 0.9)], [(line(), "wire", 0.8)], []]  # two_parts (0.6) is below --min-score
+    for task, masks in zip(tasks, expected, strict=True):
+        (prediction,) = task["predictions"]
+        assert prediction["model_version"] == "demo"
+        if masks:
+            assert prediction["score"] == pytest.approx(min(score for _, _, score in masks))
+        else:
+            assert "score" not in prediction and prediction["result"] == []
+        for region, (mask, name, score) in zip(prediction["result"], masks, strict=True):
+            assert (region["type"], region["from_name"], region["to_name"]) == ("brushlabels", "label", "image")
+            assert (region["original_height"], region["original_width"], region["image_rotation"]) == (H, W, 0)
+            assert region["value"]["format"] == "rle" and region["value"]["brushlabels"] == [name]
+            assert region["score"] == pytest.approx(score)
+            rgba = decode_rle(region["value"]["rle"]).reshape(H, W, 4)  # the converter's own decoder
+            np.testing.assert_array_equal(rgba[:, :, 3], mask * 255)
+    config = open(str(tmp_path / "ls" / "tasks.labeling_config.xml")).read()
+    assert '<BrushLabels name="label" toName="image">' in config and '<Image name="image" value="$image"' in config
+    assert [f'<Label value="{n}"/>' in config for n in ("donut", "box", "wire")] == [True] * 3
+
+
+def test_cli_every_format(results, tmp_path, capsys):
+    config = {"input": {"id_column": "id", "category_column": "cat", "image_uri_column": "path"},
+              "model": {"checkpoint": "models/samhq-demo-synthetic"}}
+    write_job_description(results, StorageConfig(), config, rows_in=4)
+    for fmt, out in (("coco-rle", "rle.json"), ("coco-polygons", "poly.json"), ("yolo-seg", "yolo"),
+                     ("label-studio", "ls.json")):
+        assert main(["export", "--format", fmt, "--input", results, "--output", str(tmp_path / out)]) == 0, fmt
+        assert f"wrote {tmp_path / out}" in capsys.readouterr().out
+    assert json.load(open(tmp_path / "ls.json"))[0]["predictions"][0]["model_version"] == "samhq-demo-synthetic"
+    # export-coco is export --format coco-rle.
+    assert main(["export-coco", "--input", results, "--output", str(tmp_path / "alias.json")]) == 0
+    strip = lambda p: {k: v for k, v in json.load(open(p)).items() if k != "info"}  # noqa: E731
+    assert strip(tmp_path / "alias.json") == strip(tmp_path / "rle.json")
+    assert main(["export", "--format", "coco-rle", "--input", results, "--output", str(tmp_path / "s.json"),
+                 "--min-stability", "0.5"]) == 0  # result_row writes no stability scores: all masks filtered
+    assert json.load(open(tmp_path / "s.json"))["annotations"] == []
+
+    for argv, message in (
+        (["--format", "label-studio", "--simplify", "1"], "--simplify applies to the polygon formats"),
+        (["--format", "yolo-seg", "--simplify", "-1"], "--simplify must be"),
+        (["--format", "yolo-seg", "--min-score", "nan"], "min_score must be a finite number"),
+        (["--format", "yolo-seg", "--id-column", "nope"], "missing column(s) 'nope'"),
+    ):
+        assert main(["export", *argv, "--input", results, "--output", str(tmp_path / "bad")]) == 2, argv
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

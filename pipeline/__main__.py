@@ -136,7 +136,7 @@ def cmd_review(args: argparse.Namespace) -> int:
                            side=args.thumbnail_side)
     totals = summary.totals
     unreadable = f", {summary.unreadable} of them unreadable (shown with their error)" if summary.unreadable else ""
-    print(f"wrote {summary.page}: {summary.shown} of {totals['images']} images{unreadable}; {totals['masks']} masks, "
+    print(f"wrote {summary.page}: {summary.shown} of {totals['images']} images{unreadable}; {totals['num_masks']} masks, "
           f"{totals['rows']} rows, {sum(totals['failed_rows'].values())} failed")
     return 0
 

@@ -21,7 +21,7 @@ import math
 import os
 import random
 import shutil
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -31,9 +31,10 @@ from . import drawing, rle
 from .config import StorageConfig
 from .ids import id_key
 from .output_files import read_job_description
+from .preflight import default_uri_prefixes
 from .results import ResultColumns, ResultImage, ResultReader, job_columns, json_value
 from .stages.decode import boxes_to_xyxy, parse_boxes
-from .storage import ParquetInput, filesystem
+from .storage import ParquetInput, filesystem, uri_allowed
 
 HISTOGRAM_BINS = 20
 PAGE = "index.html"
@@ -135,11 +136,15 @@ class Picture:
 
 
 def read_pictures(wanted: Iterable[Any], images: str, storage: StorageConfig, id_column: str, image_column: str,
-                  boxes_column: Optional[str] = None, box_format: str = "xyxy") -> Dict[bytes, Picture]:
+                  boxes_column: Optional[str] = None, box_format: str = "xyxy",
+                  allowed_uri_prefixes: Optional[Sequence[str]] = None) -> Dict[bytes, Picture]:
     """The pictures of the ids in `wanted` (keyed by `ids.id_key`) from the images input: its
     id column is read row group by row group and only the row groups holding a wanted id are
-    read further. `image_column` holds encoded bytes or URIs (read through fsspec, as the job
-    reads them). An unreadable image, or an id not in the input, is a Picture with its error."""
+    read further. `image_column` holds encoded bytes or URIs, read through fsspec as the job
+    reads them: only under `allowed_uri_prefixes` (default: the job's default for an input at
+    `images`), so that data cannot make the page show arbitrary files. An unreadable image, or
+    an id not in the input, is a Picture with its error."""
+    prefixes = allowed_uri_prefixes or default_uri_prefixes(images)
     missing = {id_key(v): v for v in wanted}
     found: Dict[bytes, Picture] = {}
     source = ParquetInput(images, storage, "images")
@@ -160,7 +165,7 @@ def read_pictures(wanted: Iterable[Any], images: str, storage: StorageConfig, id
                 table = parquet.read_row_group(group, columns=columns).take(hits).to_pylist()
                 for row, values in zip(hits, table, strict=True):
                     key = id_key(ids[row])
-                    found[key] = _picture(values, image_column, boxes_column, box_format, storage)
+                    found[key] = _picture(values, image_column, boxes_column, box_format, storage, prefixes)
                     missing.pop(key, None)
                 if not missing:
                     return found
@@ -170,7 +175,7 @@ def read_pictures(wanted: Iterable[Any], images: str, storage: StorageConfig, id
 
 
 def _picture(values: Dict[str, Any], image_column: str, boxes_column: Optional[str], box_format: str,
-             storage: StorageConfig) -> Picture:
+             storage: StorageConfig, prefixes: Sequence[str]) -> Picture:
     picture = Picture()
     if boxes_column in values:
         try:
@@ -182,6 +187,8 @@ def _picture(values: Dict[str, Any], image_column: str, boxes_column: Optional[s
         if value is None:
             raise ValueError(f"{image_column} is null")
         if isinstance(value, str):
+            if not uri_allowed(value, prefixes):
+                raise PermissionError(f"{value} lies outside the allowed URI prefixes ({', '.join(prefixes)})")
             fs, path = filesystem(value, storage)
             with fs.open(path, "rb") as f:
                 value = f.read()
@@ -199,16 +206,16 @@ def _card(image: ResultImage, section: str, picture: Picture, number: int, out_d
               "prompt": picture.boxes[m.box_index] if picture.boxes and m.box_index < len(picture.boxes) else None}
              for k, m in enumerate(image.masks)]
     card = {"id": json_value(image.row_id), "file": image.file_name, "section": section, "score": review_score(image),
-            "width": image.width, "height": image.height, "masks": masks, "thumbnail": None, "error": picture.error}
+            "width": image.width, "height": image.height, "segments": masks, "thumbnail": None, "problem": picture.error}
     if picture.data is None:
         return card
     try:
         thumbnail = drawing.open_rgb(picture.data)
     except Exception as e:  # noqa: BLE001 - corrupt or unsupported image: a placeholder card
-        card["error"] = f"cannot decode the image: {type(e).__name__}: {e}"
+        card["problem"] = f"cannot decode the image: {type(e).__name__}: {e}"
         return card
     if thumbnail.size != (image.width, image.height):
-        card["error"] = (f"the image is {thumbnail.width} x {thumbnail.height}, the results say {image.width} x "
+        card["problem"] = (f"the image is {thumbnail.width} x {thumbnail.height}, the results say {image.width} x "
                          f"{image.height}: not the image the job read?")
         return card
     scale = min(1.0, side / max(image.width, image.height))
@@ -282,17 +289,17 @@ def write_review(input_path: str, out_dir: str, images: Optional[str] = None,
     boxes_column = inputs.get("boxes_column")
     chosen = [(image, "review") for image in selection.needs_review] + [(image, "sample") for image in selection.sample]
     pictures = read_pictures([image.row_id for image, _ in chosen], images, storage, columns.id_column, image_column,
-                             boxes_column, inputs.get("box_format", "xyxy"))
+                             boxes_column, inputs.get("box_format", "xyxy"), inputs.get("allowed_uri_prefixes"))
     _prepare(out_dir)
     names = {c["id"]: str(c["name"]) for c in reader.categories()}
     cards = [_card(image, section, pictures[id_key(image.row_id)], n, out_dir, side, names)
              for n, (image, section) in enumerate(chosen, start=1)]
-    totals = {"rows": reader.num_images + reader.skipped_rows, "images": reader.num_images, "masks": reader.num_masks,
+    totals = {"rows": reader.num_images + reader.skipped_rows, "images": reader.num_images, "num_masks": reader.num_masks,
               "skipped_rows": reader.skipped_rows, "failed_rows": dict(sorted(reader.failed_rows.items())),
               "skipped_boxes": reader.skipped_boxes}
     data = {
         "results": input_path, "images": images, "totals": totals,
-        "categories": [{"name": names[cid], "masks": selection.masks_per_category.get(cid, 0)} for cid in names],
+        "categories": [{"name": names[cid], "num_masks": selection.masks_per_category.get(cid, 0)} for cid in names],
         "histograms": {"iou": dataclasses.asdict(selection.iou), "stability": dataclasses.asdict(selection.stability)},
         "selection": {"max_images": max_images, "needs_review": needs_review, "seed": seed,
                       "others": selection.images_seen - len(selection.needs_review)},

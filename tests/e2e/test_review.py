@@ -124,12 +124,12 @@ def test_page_draws_what_the_reader_counted(page):
     # One placeholder (the corrupt image), one thumbnail and a mask layer per mask for the others.
     readable = [c for c in data["cards"] if c["id"] != page["broken"]]
     assert len(dom.having("data-placeholder")) == 1 and len(dom.having("data-thumbnail")) == len(readable)
-    assert len(dom.having("data-layer")) == len(dom.having("data-box")) == sum(len(c["masks"]) for c in readable)
-    assert len(dom.having("data-mask")) == sum(len(c["masks"]) for c in data["cards"])
+    assert len(dom.having("data-layer")) == len(dom.having("data-box")) == sum(len(c["segments"]) for c in readable)
+    assert len(dom.having("data-mask")) == sum(len(c["segments"]) for c in data["cards"])
     for name in ("iou", "stability"):
         assert len(dom.having("data-bin")) == 2 * len(data["histograms"][name]["bins"])
     bars = [int(a["data-count"]) for a in dom.having("data-bin")]
-    assert sum(bars) == 2 * data["totals"]["masks"]
+    assert sum(bars) == 2 * data["totals"]["num_masks"]
     totals = {a["data-total"] for a in dom.having("data-total")}
     assert {"rows", "masks", "failed rows", *(f"\u2003{k}" for k in data["totals"]["failed_rows"])} <= totals
     assert {a["data-category-count"] for a in dom.having("data-category-count")} == {"cat", "dog", "bird"}
@@ -138,7 +138,7 @@ def test_page_draws_what_the_reader_counted(page):
 def test_category_filter_from_the_address(page):
     dom = Elements(chromium(["--dump-dom", url(page, "#category=dog")]))
     cards = page["data"]["cards"]
-    with_dog = sum(1 for c in cards if any(m["category"] == "dog" for m in c["masks"]))
+    with_dog = sum(1 for c in cards if any(m["category"] == "dog" for m in c["segments"]))
     assert 0 < with_dog < len(cards)
     assert dom.having("data-category", "dog") and [a for t, a in dom.found if t == "body"][0]["data-category"] == "dog"
     visible = [card for card in dom.having("data-card") if "hidden" not in card]
@@ -147,8 +147,8 @@ def test_category_filter_from_the_address(page):
         assert "dog" in json.loads(card["data-categories"])
     assert [a["data-filter"] for a in dom.having("aria-pressed", "true")] == ["dog"]
     # Masks of the other categories are hidden: their rows, layers and boxes.
-    others = [m for c in cards for m in c["masks"] if m["category"] != "dog"]
-    drawn = [m for c in cards if c["id"] != page["broken"] for m in c["masks"] if m["category"] != "dog"]
+    others = [m for c in cards for m in c["segments"] if m["category"] != "dog"]
+    drawn = [m for c in cards if c["id"] != page["broken"] for m in c["segments"] if m["category"] != "dog"]
     assert len([a for a in dom.having("data-mask") if "dim" in (a.get("class") or "")]) == len(others) > 0
     for part in ("data-layer", "data-box"):
         assert len([a for a in dom.having(part) if "display: none" in (a.get("style") or "")]) == len(drawn)

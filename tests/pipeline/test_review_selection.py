@@ -42,10 +42,10 @@ def test_page_data_over_an_output_larger_than_max_images(job, tmp_path, monkeypa
 
     good = [r for r in rows if r["error"] is None]
     masks = Counter(label for r in good for label in r["labels"])
-    assert data["totals"] == {"rows": NUM_ROWS, "images": len(good), "masks": sum(masks.values()),
+    assert data["totals"] == {"rows": NUM_ROWS, "images": len(good), "num_masks": sum(masks.values()),
                               "skipped_rows": len(FAILURES), "skipped_boxes": 0,
                               "failed_rows": dict(Counter(kind for kind, _ in FAILURES.values()))}
-    assert {c["name"]: c["masks"] for c in data["categories"]} == masks
+    assert {c["name"]: c["num_masks"] for c in data["categories"]} == masks
     for name in ("iou", "stability"):
         assert sum(data["histograms"][name]["bins"]) == sum(masks.values()) and data["histograms"][name]["missing"] == 0
     below_half = sum(1 for r in good for s in r["iou_scores"] if s < 0.5)
@@ -59,13 +59,13 @@ def test_page_data_over_an_output_larger_than_max_images(job, tmp_path, monkeypa
     assert [c["score"] for c in cards[:NEEDS_REVIEW]] == sorted(c["score"] for c in cards[:NEEDS_REVIEW])
     sample = [c["id"] for c in cards if c["section"] == "sample"]
     assert len(sample) == MAX_IMAGES - NEEDS_REVIEW == len(set(sample)) and not set(sample) & set(lowest)
-    assert all(c["thumbnail"] and c["error"] is None for c in cards)
+    assert all(c["thumbnail"] and c["problem"] is None for c in cards)
     pictures = os.listdir(tmp_path / "page" / review.PICTURES)
     assert len([p for p in pictures if p.endswith(".jpg")]) == MAX_IMAGES
-    assert len([p for p in pictures if p.endswith(".png")]) == sum(len(c["masks"]) for c in cards)
+    assert len([p for p in pictures if p.endswith(".png")]) == sum(len(c["segments"]) for c in cards)
     prompts = {r["id"]: r for r in rows}
     for c in cards:
-        for m in c["masks"]:
+        for m in c["segments"]:
             x, y, w, h = prompts[c["id"]]["mask_bboxes"][m["box"]]
             assert m["prompt"] == [x, y, x + w, y + h]  # the input's boxes, by box index
     # Only the row groups that hold a chosen image had their image column read.
@@ -129,10 +129,10 @@ def test_unreadable_images_are_placeholder_cards(job, tmp_path):
                            max_images=6, needs_review=2)
     cards = {c["id"]: c for c in page_data(summary.page)["cards"]}
     assert summary.shown == 6 and summary.unreadable == 3
-    assert "cannot decode the image" in cards[chosen[0]]["error"] and cards[chosen[0]]["thumbnail"] is None
-    assert "image is null" in cards[chosen[1]]["error"]
-    assert "is not in the images input" in cards[chosen[2]]["error"]
-    assert all(cards[i]["thumbnail"] and cards[i]["error"] is None for i in chosen[3:])
+    assert "cannot decode the image" in cards[chosen[0]]["problem"] and cards[chosen[0]]["thumbnail"] is None
+    assert "image is null" in cards[chosen[1]]["problem"]
+    assert "is not in the images input" in cards[chosen[2]]["problem"]
+    assert all(cards[i]["thumbnail"] and cards[i]["problem"] is None for i in chosen[3:])
 
 
 def test_images_by_uri(job, tmp_path):
@@ -143,13 +143,15 @@ def test_images_by_uri(job, tmp_path):
         with open(paths[-1], "wb") as f:
             f.write(data)
     paths[0] = str(tmp_path / "missing.png")
+    paths[1] = "/etc/hostname"  # outside the input's tree: not read
     uris = table.drop_columns(["image"]).append_column("path", pa.array(paths))
     pq.write_table(uris, str(tmp_path / "uris.parquet"))
     summary = write_review(job["output"], str(tmp_path / "page"), images=str(tmp_path / "uris.parquet"),
                            image_column="path", max_images=300, needs_review=0)
     cards = {c["id"]: c for c in page_data(summary.page)["cards"]}
-    assert summary.shown == NUM_ROWS - len(FAILURES) and summary.unreadable == 1
-    assert "FileNotFoundError" in cards["im0000"]["error"]
+    assert summary.shown == NUM_ROWS - len(FAILURES) and summary.unreadable == 2
+    assert "FileNotFoundError" in cards["im0000"]["problem"]
+    assert "/etc/hostname lies outside the allowed URI prefixes" in cards["im0001"]["problem"]
 
 
 def cli(*args):

@@ -11,7 +11,8 @@ the others. It filters by category in the browser (also from the address:
 Bounded over any output size: one pass over the results (`ResultReader`) keeps only counters,
 histogram bins, a heap of the `needs_review` lowest-scored images and a reservoir sample of
 the rest, so never more than `max_images` images' masks at once; then a second, targeted read
-of the images input fetches only the row groups that hold the chosen images.
+of the images input fetches only the row groups that hold the chosen images, and draws them
+one at a time. The page is made beside `--out` and takes its place when complete.
 """
 
 import dataclasses
@@ -21,7 +22,8 @@ import math
 import os
 import random
 import shutil
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+import tempfile
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -137,16 +139,16 @@ class Picture:
 
 def read_pictures(wanted: Iterable[Any], images: str, storage: StorageConfig, id_column: str, image_column: str,
                   boxes_column: Optional[str] = None, box_format: str = "xyxy",
-                  allowed_uri_prefixes: Optional[Sequence[str]] = None) -> Dict[bytes, Picture]:
-    """The pictures of the ids in `wanted` (keyed by `ids.id_key`) from the images input: its
-    id column is read row group by row group and only the row groups holding a wanted id are
-    read further. `image_column` holds encoded bytes or URIs, read through fsspec as the job
-    reads them: only under `allowed_uri_prefixes` (default: the job's default for an input at
-    `images`), so that data cannot make the page show arbitrary files. An unreadable image, or
-    an id not in the input, is a Picture with its error."""
+                  allowed_uri_prefixes: Optional[Sequence[str]] = None) -> Iterator[Tuple[bytes, Picture]]:
+    """(`ids.id_key` of the id, its Picture) for each id in `wanted`, from the images input, in
+    the input's order, one image at a time: its id column is read row group by row group and
+    only the row groups holding a wanted id are read further. `image_column` holds encoded
+    bytes or URIs, read through fsspec as the job reads them: only under `allowed_uri_prefixes`
+    (default: the job's default for an input at `images`), so that data cannot make the page
+    show arbitrary files. An unreadable image, or an id not in the input, is a Picture with its
+    error."""
     prefixes = allowed_uri_prefixes or default_uri_prefixes(images)
     missing = {id_key(v): v for v in wanted}
-    found: Dict[bytes, Picture] = {}
     source = ParquetInput(images, storage, "images")
     for path in source.files:
         with source.fs.open(path, "rb") as f:
@@ -165,13 +167,12 @@ def read_pictures(wanted: Iterable[Any], images: str, storage: StorageConfig, id
                 table = parquet.read_row_group(group, columns=columns).take(hits).to_pylist()
                 for row, values in zip(hits, table, strict=True):
                     key = id_key(ids[row])
-                    found[key] = _picture(values, image_column, boxes_column, box_format, storage, prefixes)
-                    missing.pop(key, None)
+                    if missing.pop(key, None) is not None:  # an id twice in the input: its first row
+                        yield key, _picture(values, image_column, boxes_column, box_format, storage, prefixes)
                 if not missing:
-                    return found
+                    return
     for key, value in missing.items():
-        found[key] = Picture(error=f"id {json_value(value)!r} is not in the images input {images}")
-    return found
+        yield key, Picture(error=f"id {json_value(value)!r} is not in the images input {images}")
 
 
 def _picture(values: Dict[str, Any], image_column: str, boxes_column: Optional[str], box_format: str,
@@ -234,16 +235,19 @@ def _card(image: ResultImage, section: str, picture: Picture, number: int, out_d
     return card
 
 
-def _prepare(out_dir: str) -> None:
-    """An empty directory for the page, or the page of an earlier review, replaced; anything
-    else is not touched (ValueError)."""
-    page = os.path.join(out_dir, PAGE)
+def _check_out(out_dir: str) -> None:
+    """ValueError unless `out_dir` is missing, empty or an earlier review page's directory
+    (which the new page replaces): nothing else is ever removed."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} is a file, not a directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
-        earlier = os.path.isfile(page) and _GENERATOR in open(page, encoding="utf-8").read(4096)
+        page = os.path.join(out_dir, PAGE)
+        earlier = False
+        if os.path.isfile(page):
+            with open(page, encoding="utf-8", errors="replace") as f:
+                earlier = _GENERATOR in f.read(4096)
         if not earlier:
             raise ValueError(f"--out {out_dir} is not empty and holds no earlier review page: choose another directory")
-        shutil.rmtree(os.path.join(out_dir, PICTURES), ignore_errors=True)
-    os.makedirs(os.path.join(out_dir, PICTURES), exist_ok=True)
 
 
 @dataclasses.dataclass
@@ -288,17 +292,47 @@ def write_review(input_path: str, out_dir: str, images: Optional[str] = None,
     selection = select(reader.images(), max_images, needs_review, seed)
     boxes_column = inputs.get("boxes_column")
     chosen = [(image, "review") for image in selection.needs_review] + [(image, "sample") for image in selection.sample]
-    pictures = read_pictures([image.row_id for image, _ in chosen], images, storage, columns.id_column, image_column,
-                             boxes_column, inputs.get("box_format", "xyxy"), inputs.get("allowed_uri_prefixes"))
-    _prepare(out_dir)
+    _check_out(out_dir)
     names = {c["id"]: str(c["name"]) for c in reader.categories()}
-    cards = [_card(image, section, pictures[id_key(image.row_id)], n, out_dir, side, names)
-             for n, (image, section) in enumerate(chosen, start=1)]
-    totals = {"rows": reader.num_images + reader.skipped_rows, "images": reader.num_images, "num_masks": reader.num_masks,
-              "skipped_rows": reader.skipped_rows, "failed_rows": dict(sorted(reader.failed_rows.items())),
-              "skipped_boxes": reader.skipped_boxes}
+    places: Dict[bytes, List[int]] = {}
+    for n, (image, _) in enumerate(chosen):
+        places.setdefault(id_key(image.row_id), []).append(n)
+    # The page is made beside `out_dir` and put in its place when complete, so that a failure
+    # leaves an earlier page as it was.
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".review-", dir=parent)
+    try:
+        os.chmod(work, 0o755)  # a page to share, not mkdtemp's private directory
+        os.makedirs(os.path.join(work, PICTURES))
+        cards: List[Dict[str, Any]] = [{}] * len(chosen)
+        for key, picture in read_pictures([image.row_id for image, _ in chosen], images, storage, columns.id_column,
+                                          image_column, boxes_column, inputs.get("box_format", "xyxy"),
+                                          inputs.get("allowed_uri_prefixes")):
+            for n in places[key]:
+                cards[n] = _card(chosen[n][0], chosen[n][1], picture, n + 1, work, side, names)
+        _write_page(work, input_path, images, reader, selection, cards, names, max_images, needs_review, seed)
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)  # empty, or an earlier review (_check_out)
+        os.replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return ReviewSummary(os.path.join(out_dir, PAGE), _totals(reader), len(cards),
+                         sum(1 for c in cards if c["thumbnail"] is None))
+
+
+def _totals(reader: ResultReader) -> Dict[str, Any]:
+    return {"rows": reader.num_images + reader.skipped_rows, "images": reader.num_images, "num_masks": reader.num_masks,
+            "skipped_rows": reader.skipped_rows, "failed_rows": dict(sorted(reader.failed_rows.items())),
+            "skipped_boxes": reader.skipped_boxes}
+
+
+def _write_page(out_dir: str, input_path: str, images: str, reader: ResultReader, selection: Selection,
+                cards: List[Dict[str, Any]], names: Dict[int, str], max_images: int, needs_review: int,
+                seed: int) -> None:
     data = {
-        "results": input_path, "images": images, "totals": totals,
+        "results": input_path, "images": images, "totals": _totals(reader),
         "categories": [{"name": names[cid], "num_masks": selection.masks_per_category.get(cid, 0)} for cid in names],
         "histograms": {"iou": dataclasses.asdict(selection.iou), "stability": dataclasses.asdict(selection.stability)},
         "selection": {"max_images": max_images, "needs_review": needs_review, "seed": seed,
@@ -309,10 +343,8 @@ def write_review(input_path: str, out_dir: str, images: Optional[str] = None,
         template = f.read()
     # "</" would end the script element the data sits in; "<\/" is the same JSON string.
     page = template.replace("__REVIEW_DATA__", json.dumps(data, allow_nan=False).replace("</", "<\\/"))
-    path = os.path.join(out_dir, PAGE)
-    with open(path, "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, PAGE), "w", encoding="utf-8") as f:
         f.write(page)
-    return ReviewSummary(path, totals, len(cards), sum(1 for c in cards if c["thumbnail"] is None))
 
 
 __all__ = ["Histogram", "Picture", "ReviewSummary", "Selection", "read_pictures", "review_score", "select",

@@ -170,8 +170,12 @@ def test_cli_messages(job, tmp_path):
         (["--input", job["output"], "--images", str(tmp_path / "no_images"), "--out", str(tmp_path / "b")],
          "images: not found"),
         (["--input", job["output"], "--out", str(tmp_path / "taken")], "holds no earlier review page"),
-        (["--input", job["output"], "--image-column", "pixels", "--out", str(tmp_path / "c")], "'pixels'"),
+        # Over the earlier page: a failure leaves it as it was.
+        (["--input", job["output"], "--image-column", "pixels", "--out", str(tmp_path / "page")], "'pixels'"),
     ):
         proc = cli(*args)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
     assert os.listdir(tmp_path / "taken") == ["notes.txt"]
+    assert len(page_data(str(tmp_path / "page" / "index.html"))["cards"]) == 8
+    assert len([p for p in os.listdir(tmp_path / "page" / review.PICTURES) if p.endswith(".jpg")]) == 8
+    assert sorted(os.listdir(tmp_path)) == ["page", "taken"]  # no work directory left behind

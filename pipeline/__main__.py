@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {run,validate,export,export-coco,evaluate,finetune,schema,demo} ...`
+"""Command line: `python -m pipeline {run,validate,export,export-coco,evaluate,review,finetune,schema,demo} ...`
 (also installed as `samhq-annotate`)."""
 
 import argparse
@@ -131,6 +131,29 @@ def _warn_if_unfinished(output: str, storage: Any) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from .config import StorageConfig
+    from .review import write_review
+
+    job: Optional[Dict[str, Any]] = None
+    if args.config:
+        config = load_config(args.config)
+        job, storage = config.to_dict(), config.storage
+    else:
+        storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region)
+    _warn_if_unfinished(args.input, storage)
+    summary = write_review(args.input, args.out, images=args.images, storage=storage, job=job, id_column=args.id_column,
+                           category_column=args.category_column, image_column=args.image_column,
+                           max_images=args.max_images,
+                           needs_review=args.max_images // 4 if args.needs_review is None else args.needs_review, seed=args.seed,
+                           side=args.thumbnail_side)
+    totals = summary.totals
+    unreadable = f", {summary.unreadable} of them unreadable (shown with their error)" if summary.unreadable else ""
+    print(f"wrote {summary.page}: {summary.shown} of {totals['images']} images{unreadable}; {totals['num_masks']} masks, "
+          f"{totals['rows']} rows, {sum(totals['failed_rows'].values())} failed")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import StorageConfig
     from .evaluation import evaluate_masks, write_report
@@ -252,6 +275,25 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint, as storage.endpoint_url")
     ev.add_argument("--region", default=None)
     ev.set_defaults(fn=cmd_evaluate)
+    rev = sub.add_parser("review", help="a static HTML page of a job's masks over its images, lowest scores first")
+    rev.add_argument("--input", required=True, help="the job's output Parquet (file, directory or glob)")
+    rev.add_argument("--out", required=True, help="local directory for index.html and its pictures")
+    rev.add_argument("--images", default=None, help="the job's input Parquet (default: the job's input.path)")
+    rev.add_argument("--image-column", default=None,
+                     help="its column of encoded images or image URIs (default: the job's)")
+    rev.add_argument("--config", default=None,
+                     help="the job's YAML, for its columns and storage (default: the _samhq_job.json the job wrote "
+                          "next to its results)")
+    rev.add_argument("--id-column", default=None, help="the job's input.id_column (default: from the job)")
+    rev.add_argument("--category-column", default=None, help="the job's input.category_column (default: from the job)")
+    rev.add_argument("--max-images", type=int, default=200, help="images on the page, at most (default: 200)")
+    rev.add_argument("--needs-review", type=int, default=None,
+                     help="of them, the images with the lowest predicted IoU or stability (default: a quarter)")
+    rev.add_argument("--seed", type=int, default=0, help="of the sample of the other images (default: 0)")
+    rev.add_argument("--thumbnail-side", type=int, default=512, help="thumbnails' longest side in pixels (default: 512)")
+    rev.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint, as storage.endpoint_url")
+    rev.add_argument("--region", default=None)
+    rev.set_defaults(fn=cmd_review)
     tune = sub.add_parser("finetune", help="train the HQ parameters of a checkpoint on labelled images")
     tune.add_argument("--config", required=True, help="fine-tuning YAML (see configs/finetune_example.yaml)")
     tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -286,7 +328,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as e:
-        if args.command not in ("export", "export-coco", "evaluate"):
+        if args.command not in ("export", "export-coco", "evaluate", "review"):
             raise
         print(f"error: {e}", file=sys.stderr)  # their inputs' problems, each named by the message
         return 2

@@ -11,11 +11,11 @@ from typing import List, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from samhq_core.training.synthetic import make_scene
 
-from . import rle
+from . import drawing, rle
 from .config import parse_config
 from .schema import GROUND_TRUTH_MASKS, MASKS
 
@@ -23,7 +23,6 @@ DEMO_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
                                "samhq-demo-synthetic")
 DEMO_SEED = 2024  # the demo model trained on seeds 0 and 1, and was evaluated on 1000
 SCENE_SIDE = 256
-PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
 
 
 def write_sample_dataset(path: str, num_images: int, seed: int = DEMO_SEED, ground_truth_path: Optional[str] = None,
@@ -66,14 +65,10 @@ def write_overlays(input_path: str, output_dir: str, overlay_dir: str, limit: in
     paths = []
     for result in results:
         source = images[result["image_id"]]
-        canvas = np.asarray(Image.open(io.BytesIO(source["image"])).convert("RGB")).astype(np.float32)
-        for k, stored in enumerate(result[MASKS]):
-            mask = rle.decode(stored, result["image_id"], f"mask {k}")
-            canvas[mask] = 0.5 * canvas[mask] + 0.5 * np.array(PALETTE[k % len(PALETTE)])
-        image = Image.fromarray(canvas.astype(np.uint8))
-        draw = ImageDraw.Draw(image)
-        for k, box in enumerate(source["boxes"]):
-            draw.rectangle(box, outline=PALETTE[k % len(PALETTE)], width=1)
+        masks = [(rle.decode(stored, result["image_id"], f"mask {k}"), drawing.color(k))
+                 for k, stored in enumerate(result[MASKS])]
+        image = Image.fromarray(drawing.blend(np.asarray(drawing.open_rgb(source["image"])), masks))
+        drawing.draw_boxes(image, [(box, drawing.color(k)) for k, box in enumerate(source["boxes"])])
         path = os.path.join(overlay_dir, f"{result['image_id']}.png")
         image.save(path)
         paths.append(path)

@@ -27,6 +27,7 @@ from .schema import (
     MASKS,
     PER_BOX_COLUMNS,
     STABILITY_SCORES,
+    error_kind,
 )
 from .storage import filesystem
 
@@ -94,7 +95,8 @@ class ResultReader:
     """Streams a job's result files as `ResultImage`s.
 
     Skipped and counted: rows that failed (``error`` non-null, no ``image_size``) or have a null
-    id (``skipped_rows``; their boxes are not counted), and boxes with a ``box_errors`` entry,
+    id (``skipped_rows``; their boxes are not counted; the failed ones also per error kind in
+    ``failed_rows``, `pipeline.schema.error_kind`), and boxes with a ``box_errors`` entry,
     an empty mask, a non-finite score, a null category, a score below ``min_score`` or a
     stability below ``min_stability`` (``skipped_boxes``). The counts are attributes that
     `images()` keeps up to date: ``num_images``, ``num_masks`` (exported), ``skipped_rows``,
@@ -129,6 +131,7 @@ class ResultReader:
         self.num_images = 0
         self.num_masks = 0
         self.skipped_rows = 0
+        self.failed_rows: Dict[str, int] = {}  # error kind -> rows, of the skipped rows that have an error
         self.skipped_boxes = 0
         self._category_kind: Optional[type] = None  # str or int, fixed by the first non-null value
         self._category_ids: Dict[Any, int] = {}  # name -> id (strings) or id -> id (integers)
@@ -225,6 +228,9 @@ class ResultReader:
         size = row[IMAGE_SIZE]
         if row[ERROR] is not None or size is None or row_id is None:
             self.skipped_rows += 1
+            kind = error_kind(row[ERROR])
+            if kind is not None:
+                self.failed_rows[kind] = self.failed_rows.get(kind, 0) + 1
             return None
         if len(size) != 2 or any(s is None or s < 1 for s in size):
             raise ValueError(f"{where}: image_size must be [height, width] > 0, got {size!r}")

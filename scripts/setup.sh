@@ -45,5 +45,17 @@ step "the project (editable) with its test and bench extras; torch stays as inst
 step "segment-anything-hq 0.3, the official SAM-HQ: the parity tests' ground truth"
 "$PYTHON" -m pip install --progress-bar off --no-deps "segment-anything-hq==0.3"
 
+# The review page's tests (tests/e2e/test_review.py) open it in a real, headless browser.
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+    step "chromium is already installed (the review page's browser tests); keeping it"
+elif [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    step "chromium from Debian/Ubuntu's packages: the review page's browser tests run it headless"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+else
+    step "chromium is missing: the review page's browser tests (tests/e2e/test_review.py) need it; install it with" \
+         "\`sudo apt-get install chromium\` (or your system's package manager) and run this script again"
+fi
+
 step "done"
 "$PYTHON" -c 'import torch, ray; print(f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}), ray {ray.__version__}")'

@@ -1,7 +1,6 @@
 """Overlay PNGs of the worst boxes: the image with the ground truth only in green, the
 prediction only in red and their overlap in yellow, alpha-blended."""
 
-import io
 import logging
 import os
 import re
@@ -9,10 +8,11 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
-from PIL import Image, ImageOps
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..config import StorageConfig
+from ..drawing import MASK_ALPHA, blend, open_rgb, png_bytes
 from ..ids import id_key
 from ..storage import ParquetInput, filesystem
 from .report import WorstBox, write_bytes
@@ -20,9 +20,6 @@ from .report import WorstBox, write_bytes
 log = logging.getLogger("pipeline.evaluation")
 
 GT_ONLY_COLOR, PRED_ONLY_COLOR, OVERLAP_COLOR = (0, 200, 0), (230, 0, 0), (255, 215, 0)
-
-
-OVERLAY_ALPHA = 0.5
 
 
 def write_overlays(worst: List[Tuple[WorstBox, Dict[str, Any], Dict[str, Any]]], images: str, id_column: str,
@@ -43,8 +40,7 @@ def write_overlays(worst: List[Tuple[WorstBox, Dict[str, Any], Dict[str, Any]]],
             fs, path = filesystem(data, storage)
             with fs.open(path, "rb") as f:
                 data = f.read()
-        image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-        pixels = np.asarray(image)
+        pixels = np.asarray(open_rgb(data))
         for rank in ranks:
             w, gt, pred = worst[rank]
             gt_mask, pred_mask = mask_utils.decode(gt).astype(bool), mask_utils.decode(pred).astype(bool)
@@ -53,22 +49,18 @@ def write_overlays(worst: List[Tuple[WorstBox, Dict[str, Any], Dict[str, Any]]],
                             list(pixels.shape[:2]), list(gt_mask.shape))
                 continue
             name = f"worst_{rank + 1:03d}_{_safe_name(w.id)}_box{w.box_index}.png"
-            buffer = io.BytesIO()
-            Image.fromarray(overlay(pixels, gt_mask, pred_mask)).save(buffer, format="PNG")
+            data = png_bytes(Image.fromarray(overlay(pixels, gt_mask, pred_mask)))
             url = (os.path.join(overlays_dir, name) if isinstance(out_fs, LocalFileSystem)
                    else overlays_dir.rstrip("/") + "/" + name)
-            write_bytes(url, buffer.getvalue(), storage)
+            write_bytes(url, data, storage)
             w.overlay = url
         if not wanted:
             break
 
 
-def overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+def overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, alpha: float = MASK_ALPHA) -> np.ndarray:
     """RGB uint8 image with the ground truth only in green, the prediction only in red, both in yellow."""
-    canvas = image.astype(np.float32)
-    for region, color in ((gt & ~pred, GT_ONLY_COLOR), (pred & ~gt, PRED_ONLY_COLOR), (gt & pred, OVERLAP_COLOR)):
-        canvas[region] = (1 - alpha) * canvas[region] + alpha * np.asarray(color, np.float32)
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return blend(image, [(gt & ~pred, GT_ONLY_COLOR), (pred & ~gt, PRED_ONLY_COLOR), (gt & pred, OVERLAP_COLOR)], alpha)
 
 
 def _safe_name(value: Any) -> str:

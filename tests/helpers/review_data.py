@@ -1,0 +1,96 @@
+"""A synthetic job's output and input for the review page's tests: result Parquet as the job
+writes it (with `_samhq_job.json`), spread over several files, with scores known in advance,
+failed rows of several kinds, and an input Parquet of small PNGs in many row groups."""
+
+import io
+import json
+import os
+from typing import Any, Dict, List
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipeline import rle
+from pipeline.output_files import JOB_FILE, JOB_FILE_FORMAT, SUCCESS_FILE
+from pipeline.schema import RESULT_FIELDS, row_error
+
+CATEGORIES = ("cat", "dog", "bird")
+FAILURES = {7: ("image_read", "FileNotFoundError: gone"), 19: ("image_decode", "cannot identify image file"),
+            23: ("image_decode", "truncated"), 41: ("boxes", "boxes must be a list of [4 numbers]")}
+HEIGHT, WIDTH = 24, 32
+
+
+def png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = np.full((HEIGHT, WIDTH, 3), rng.integers(0, 256, 3), np.uint8)
+    pixels[4:20, 6:26] = rng.integers(0, 256, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def result_row(i: int) -> Dict[str, Any]:
+    """Row i: failed (FAILURES), or 0-3 rectangle masks with scores that depend on i."""
+    row_id = f"im{i:04d}"
+    if i in FAILURES:
+        return {"id": row_id, "labels": ["cat"], "image_size": None, "masks": [], "iou_scores": [],
+                "stability_scores": [], "mask_areas": [], "mask_bboxes": [], "box_errors": [],
+                "error": row_error(*FAILURES[i]), "num_boxes": 1}
+    num = i % 4
+    masks, areas, bboxes = [], [], []
+    for k in range(num):
+        mask = np.zeros((HEIGHT, WIDTH), bool)
+        mask[2 + k: 12 + k, 3 + 5 * k: 13 + 5 * k] = True
+        masks.append(rle.encode(mask))
+        areas.append(int(mask.sum()))
+        bboxes.append([3.0 + 5 * k, 2.0 + k, 10.0, 10.0])
+    # Distinct, scattered scores (a permutation of i), so that the lowest are known exactly.
+    ious = [((i * 37 + 11 * k) % 997) / 997 for k in range(num)]
+    stabilities = [min(1.0, s + 0.05) for s in ious]
+    return {"id": row_id, "labels": [CATEGORIES[(i + k) % 3] for k in range(num)], "image_size": [HEIGHT, WIDTH],
+            "masks": masks, "iou_scores": ious, "stability_scores": stabilities, "mask_areas": areas,
+            "mask_bboxes": bboxes, "box_errors": [None] * num, "error": None, "num_boxes": num}
+
+
+def write_job(root: str, num_rows: int, files: int = 3) -> Dict[str, Any]:
+    """output/ (result files, `_samhq_job.json`, `_SUCCESS`) and input/images.parquet under `root`;
+    returns the rows written."""
+    output, inputs = os.path.join(root, "output"), os.path.join(root, "input")
+    os.makedirs(output)
+    os.makedirs(inputs)
+    rows = [result_row(i) for i in range(num_rows)]
+    schema = pa.schema([pa.field("id", pa.string()), pa.field("labels", pa.list_(pa.string())), *RESULT_FIELDS])
+    per_file = -(-num_rows // files)
+    names = [f"masks-{f:032x}-{f:06d}.parquet" for f in range(files)]
+    for f, name in enumerate(names):
+        chunk = rows[f * per_file:(f + 1) * per_file]
+        pq.write_table(pa.Table.from_pylist(chunk, schema=schema), os.path.join(output, name))
+    input_rows = [{"id": r["id"], "image": png(i), "boxes": [b[:2] + [b[0] + b[2], b[1] + b[3]] for b in r["mask_bboxes"]]}
+                  for i, r in enumerate(rows)]
+    images = os.path.join(inputs, "images.parquet")
+    pq.write_table(pa.Table.from_pylist(input_rows), images, row_group_size=16)
+    config = {"input": {"path": images, "id_column": "id", "image_column": "image", "image_uri_column": None,
+                        "boxes_column": "boxes", "box_format": "xyxy", "category_column": "labels"},
+              "output": {"path": output}, "model": {"checkpoint": "unused"}}
+    with open(os.path.join(output, JOB_FILE), "w") as f:
+        json.dump({"format": JOB_FILE_FORMAT, "config": config, "rows_in": num_rows}, f)
+    with open(os.path.join(output, SUCCESS_FILE), "w") as f:  # the part of the manifest readers use
+        json.dump({"format": JOB_FILE_FORMAT, "files": names}, f)
+    return {"rows": rows, "output": output, "images": images}
+
+
+def page_data(page: str) -> Dict[str, Any]:
+    """The JSON data a review page carries."""
+    text = open(page, encoding="utf-8").read()
+    start = text.index('<script id="review-data" type="application/json">') + len('<script id="review-data" '
+                                                                                  'type="application/json">')
+    return json.loads(text[start:text.index("</script>", start)])
+
+
+def expected_lowest(rows: List[Dict[str, Any]], n: int) -> List[str]:
+    """Ids of the n rows with the lowest review score (min IoU / stability over the masks)."""
+    scored = [(min(r["iou_scores"] + r["stability_scores"]), i, r["id"]) for i, r in enumerate(rows)
+              if r["error"] is None and r["iou_scores"]]
+    return [row_id for _, _, row_id in sorted(scored)[:n]]

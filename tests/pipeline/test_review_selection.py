@@ -1,0 +1,181 @@
+"""The review page's data, without a browser: the bounded selection (lowest-scored images, a
+seeded sample of the rest, counts over everything) on an output larger than --max-images, the
+targeted read of the images, and placeholders and messages for bad input. The page itself is
+tested in a real browser in tests/e2e/test_review.py."""
+
+import os
+import subprocess
+import sys
+import weakref
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers.paths import ROOT
+from helpers.review_data import FAILURES, expected_lowest, page_data, write_job
+
+from pipeline import review
+from pipeline.results import ResultColumns, ResultReader
+from pipeline.review import select, write_review
+
+NUM_ROWS, MAX_IMAGES, NEEDS_REVIEW = 300, 40, 10
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    return write_job(str(tmp_path_factory.mktemp("review")), NUM_ROWS)
+
+
+def test_page_data_over_an_output_larger_than_max_images(job, tmp_path, monkeypatch):
+    image_reads = []
+    read_row_group = pq.ParquetFile.read_row_group
+
+    def counting(self, i, columns=None, **kwargs):
+        if columns is not None and "image" in columns:
+            image_reads.append(i)
+        return read_row_group(self, i, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
+    summary = write_review(job["output"], str(tmp_path / "page"), max_images=MAX_IMAGES, needs_review=NEEDS_REVIEW, seed=3)
+    data, rows = page_data(summary.page), job["rows"]
+
+    good = [r for r in rows if r["error"] is None]
+    masks = Counter(label for r in good for label in r["labels"])
+    assert data["totals"] == {"rows": NUM_ROWS, "images": len(good), "num_masks": sum(masks.values()),
+                              "skipped_rows": len(FAILURES), "skipped_boxes": 0,
+                              "failed_rows": dict(Counter(kind for kind, _ in FAILURES.values()))}
+    assert {c["name"]: c["num_masks"] for c in data["categories"]} == masks
+    for name in ("iou", "stability"):
+        assert sum(data["histograms"][name]["bins"]) == sum(masks.values()) and data["histograms"][name]["missing"] == 0
+    below_half = sum(1 for r in good for s in r["iou_scores"] if s < 0.5)
+    assert sum(data["histograms"]["iou"]["bins"][:10]) == below_half
+
+    # Exactly max_images rendered: the lowest first, in order, then a sample of the others.
+    cards = data["cards"]
+    assert summary.shown == len(cards) == MAX_IMAGES and summary.unreadable == 0
+    lowest = [c["id"] for c in cards if c["section"] == "review"]
+    assert lowest == expected_lowest(rows, NEEDS_REVIEW)
+    assert [c["score"] for c in cards[:NEEDS_REVIEW]] == sorted(c["score"] for c in cards[:NEEDS_REVIEW])
+    sample = [c["id"] for c in cards if c["section"] == "sample"]
+    assert len(sample) == MAX_IMAGES - NEEDS_REVIEW == len(set(sample)) and not set(sample) & set(lowest)
+    assert all(c["thumbnail"] and c["problem"] is None for c in cards)
+    pictures = os.listdir(tmp_path / "page" / review.PICTURES)
+    assert len([p for p in pictures if p.endswith(".jpg")]) == MAX_IMAGES
+    assert len([p for p in pictures if p.endswith(".png")]) == sum(len(c["segments"]) for c in cards)
+    prompts = {r["id"]: r for r in rows}
+    for c in cards:
+        for m in c["segments"]:
+            x, y, w, h = prompts[c["id"]]["mask_bboxes"][m["box"]]
+            assert m["prompt"] == [x, y, x + w, y + h]  # the input's boxes, by box index
+    # Only the row groups that hold a chosen image had their image column read.
+    holding = {int(r["id"][2:]) // 16 for r in rows if r["id"] in set(lowest + sample)}
+    assert sorted(image_reads) == sorted(holding) and len(holding) < -(-NUM_ROWS // 16)
+
+    # The sample is seeded: the same again with the same seed, another with another.
+    again = page_data(write_review(job["output"], str(tmp_path / "page"), max_images=MAX_IMAGES,
+                                   needs_review=NEEDS_REVIEW, seed=3).page)
+    assert [c["id"] for c in again["cards"]] == lowest + sample
+    other = page_data(write_review(job["output"], str(tmp_path / "other"), max_images=MAX_IMAGES,
+                                   needs_review=NEEDS_REVIEW, seed=4).page)
+    assert [c["id"] for c in other["cards"] if c["section"] == "review"] == lowest
+    assert [c["id"] for c in other["cards"] if c["section"] == "sample"] != sample
+
+
+def test_selection_holds_at_most_max_images(job):
+    """By construction: the pass never keeps more than max_images of the images it was given
+    alive (each is dropped once it leaves both the heap and the reservoir)."""
+    reader = ResultReader(job["output"], ResultColumns("id", "labels"))
+    alive = []
+    peak = 0
+
+    def tracked():
+        nonlocal peak
+        for image in reader.images():
+            alive.append(weakref.ref(image))
+            yield image
+            del image
+            peak = max(peak, sum(1 for ref in alive if ref() is not None))
+
+    selection = select(tracked(), MAX_IMAGES, NEEDS_REVIEW, seed=0)
+    assert selection.images_seen == NUM_ROWS - len(FAILURES) > 5 * MAX_IMAGES
+    assert peak <= MAX_IMAGES + 1  # + the one the reader yielded last, which it still holds
+    assert len(selection.needs_review) + len(selection.sample) == MAX_IMAGES
+
+
+def test_small_output_and_no_needs_review(job):
+    images = list(ResultReader(job["output"], ResultColumns("id", "labels")).images())[:5]
+    everything = select(images, max_images=10, needs_review=3)
+    assert len(everything.needs_review) == 3 and len(everything.sample) == 2
+    only_sample = select(images, max_images=4, needs_review=0, seed=1)
+    assert only_sample.needs_review == [] and len(only_sample.sample) == 4
+    with pytest.raises(ValueError, match="needs_review <= max_images"):
+        select(images, max_images=2, needs_review=3)
+
+
+def test_unreadable_images_are_placeholder_cards(job, tmp_path):
+    table = pq.read_table(job["images"])
+    ids = table.column("id").to_pylist()
+    chosen = [c["id"] for c in page_data(write_review(job["output"], str(tmp_path / "first"), max_images=6,
+                                                      needs_review=2).page)["cards"]]
+    images = table.column("image").to_pylist()
+    images[ids.index(chosen[0])] = b"not an image"  # corrupt
+    images[ids.index(chosen[1])] = None  # null
+    keep = [i for i, row_id in enumerate(ids) if row_id != chosen[2]]  # not in the input at all
+    broken = table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())).take(keep)
+    pq.write_table(broken, str(tmp_path / "broken.parquet"), row_group_size=16)
+
+    summary = write_review(job["output"], str(tmp_path / "page"), images=str(tmp_path / "broken.parquet"),
+                           max_images=6, needs_review=2)
+    cards = {c["id"]: c for c in page_data(summary.page)["cards"]}
+    assert summary.shown == 6 and summary.unreadable == 3
+    assert "cannot decode the image" in cards[chosen[0]]["problem"] and cards[chosen[0]]["thumbnail"] is None
+    assert "image is null" in cards[chosen[1]]["problem"]
+    assert "is not in the images input" in cards[chosen[2]]["problem"]
+    assert all(cards[i]["thumbnail"] and cards[i]["problem"] is None for i in chosen[3:])
+
+
+def test_images_by_uri(job, tmp_path):
+    table = pq.read_table(job["images"])
+    paths = []
+    for row_id, data in zip(table.column("id").to_pylist(), table.column("image").to_pylist(), strict=True):
+        paths.append(str(tmp_path / f"{row_id}.png"))
+        with open(paths[-1], "wb") as f:
+            f.write(data)
+    paths[0] = str(tmp_path / "missing.png")
+    paths[1] = "/etc/hostname"  # outside the input's tree: not read
+    uris = table.drop_columns(["image"]).append_column("path", pa.array(paths))
+    pq.write_table(uris, str(tmp_path / "uris.parquet"))
+    summary = write_review(job["output"], str(tmp_path / "page"), images=str(tmp_path / "uris.parquet"),
+                           image_column="path", max_images=300, needs_review=0)
+    cards = {c["id"]: c for c in page_data(summary.page)["cards"]}
+    assert summary.shown == NUM_ROWS - len(FAILURES) and summary.unreadable == 2
+    assert "FileNotFoundError" in cards["im0000"]["problem"]
+    assert "/etc/hostname lies outside the allowed URI prefixes" in cards["im0001"]["problem"]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline", "review", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+
+
+def test_cli_messages(job, tmp_path):
+    ok = cli("--input", job["output"], "--out", str(tmp_path / "page"), "--max-images", "8")
+    assert ok.returncode == 0, ok.stderr
+    assert f"wrote {tmp_path / 'page' / 'index.html'}: 8 of {NUM_ROWS - len(FAILURES)} images" in ok.stdout
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    for args, message in (
+        (["--input", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a")], "results not found"),
+        (["--input", job["output"], "--images", str(tmp_path / "no_images"), "--out", str(tmp_path / "b")],
+         "images: not found"),
+        (["--input", job["output"], "--out", str(tmp_path / "taken")], "holds no earlier review page"),
+        # Over the earlier page: a failure leaves it as it was.
+        (["--input", job["output"], "--image-column", "pixels", "--out", str(tmp_path / "page")], "'pixels'"),
+    ):
+        proc = cli(*args)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    assert os.listdir(tmp_path / "taken") == ["notes.txt"]
+    assert len(page_data(str(tmp_path / "page" / "index.html"))["cards"]) == 8
+    assert len([p for p in os.listdir(tmp_path / "page" / review.PICTURES) if p.endswith(".jpg")]) == 8
+    assert sorted(os.listdir(tmp_path)) == ["page", "taken"]  # no work directory left behind

@@ -1,17 +1,16 @@
 """The model stage (actors): one SAM-HQ replica each. Runs the image encoder on the batch's
-images, the HQ decoder on all usable boxes of each image (in bounded chunks), and upsamples,
+images, the HQ decoder on all usable boxes of all of them (in bounded chunks), and upsamples,
 thresholds, scores the stability of and run-length-codes the masks on the actor's device,
 so that only run boundaries, scores, areas and boxes leave it."""
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import pyarrow as pa
 import torch
 from ray.data import ActorPoolStrategy
 
-from samhq_core import SamHQModel, SamHQOutput, SamHQProcessor
+from samhq_core import SamHQModel, SamHQProcessor
 from samhq_core.processor import pad_to_bucket, stability_scores
 
 from .. import rle
@@ -69,13 +68,13 @@ class ModelUDF(StageUDF):
         ).to(self.device)
         self.processor = SamHQProcessor.for_model(self.model)
         self.encode: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = self.model.get_image_embeddings
-        self.decode: Callable[..., SamHQOutput] = self.model.decode_prompts
+        self.decode: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = self.model.decode_flat
         if model.compile:
             # One graph per padded count (pad_to_bucket): a few per power of two up to the batch
             # size and the most boxes an image has, more than dynamo's default limit of 8.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             self.encode = torch.compile(self.model.get_image_embeddings, fullgraph=True, dynamic=False)
-            self.decode = torch.compile(self.model.decode_prompts, fullgraph=True, dynamic=False)
+            self.decode = torch.compile(self.model.decode_flat, fullgraph=True, dynamic=False)
         if self.processor.image_size != image_size:  # the decode tasks resized every image for `image_size`
             raise ValueError(f"{model.checkpoint} loaded a model of input size {self.processor.image_size}, but the "
                              f"job resizes images for {image_size}: did the checkpoint change after the job's checks?")
@@ -101,17 +100,15 @@ class ModelUDF(StageUDF):
             if not image.boxes.shape[1]:
                 results[i] = self._masks(image, None)
         todo = [i for i, image in enumerate(images) if image.boxes.shape[1]]
-        embeddings = None
+        decoded = None
         if todo:
             try:
-                embeddings = self._embed_images([images[i] for i in todo])
+                decoded = self._decode([images[i] for i in todo])
             except Exception:  # noqa: BLE001 - isolate the failing image below, one at a time
-                embeddings = None
+                decoded = None
         for k, i in enumerate(todo):
             try:
-                features = ((embeddings[0][k : k + 1], embeddings[1][k : k + 1]) if embeddings
-                            else self._embed_images([images[i]]))
-                results[i] = self._masks(images[i], features)
+                results[i] = self._masks(images[i], decoded[k] if decoded else self._decode([images[i]])[0])
             except Exception as e:  # noqa: BLE001 - a bad row never kills the job
                 results[i] = MaskResult(error=row_error("model", exception_detail(e)))
         return [r if r is not None else MaskResult() for r in results]
@@ -145,29 +142,39 @@ class ModelUDF(StageUDF):
         return tensor.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def _masks(self, image: _Image, features: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> MaskResult:
+    def _decode(self, images: Sequence[_Image]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Per image (all with boxes) its low-res mask logits (n, s, s) and predicted IoUs (n,),
+        on the device: the boxes of all images decoded together, `box_chunk_size` at a time."""
+        embeddings, intermediate = self._embed_images(images)
+        counts = [image.boxes.shape[1] for image in images]
+        boxes = self._to_device(torch.cat([image.boxes[0] for image in images]))  # N x 4
+        image_index = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(counts)).to(self.device)
+        if self.config.compile:
+            boxes, image_index = pad_to_bucket(boxes, dim=0), pad_to_bucket(image_index, dim=0)
+        with self._autocast():
+            logits, scores = self.decode(
+                embeddings, intermediate, image_index, boxes=boxes, multimask_output=self.config.multimask_output,
+                hq_token_only=self.config.hq_token_only, sam_only=self.config.sam_only,
+                prompt_chunk_size=self.config.box_chunk_size,
+            )
+        starts = [sum(counts[:k]) for k in range(len(counts))]
+        return [(logits[start : start + n, 0], scores[start : start + n, 0]) for start, n in zip(starts, counts,
+                                                                                                 strict=True)]
+
+    @torch.inference_mode()
+    def _masks(self, image: _Image, decoded: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> MaskResult:
+        """One image's result row from its decoded logits and scores (None: no usable box)."""
         h, w = image.original_hw
-        stats = rle.MaskStatistics([], np.zeros(0, np.int64), np.zeros((0, 4), np.float32), [])
-        scores, stabilities = np.zeros(0, np.float32), np.zeros(0, np.float32)
-        if features is not None:
-            num_boxes = image.boxes.shape[1]
-            boxes = self._to_device(image.boxes)
-            if self.config.compile:
-                boxes = pad_to_bucket(boxes, dim=1)
-            with self._autocast():
-                out = self.decode(
-                    features[0], features[1], input_boxes=boxes, multimask_output=self.config.multimask_output,
-                    hq_token_only=self.config.hq_token_only, sam_only=self.config.sam_only,
-                    prompt_chunk_size=self.config.box_chunk_size,
-                )
+        coder, iou_scores, stability = rle.RunLengthCoder(h, w), torch.zeros(0), []
+        if decoded is not None:
+            low_res, iou_scores = decoded
             threshold = self.config.mask_threshold
-            coder, stability = rle.RunLengthCoder(h, w), []
-            for logits in self.processor.masks_at_original_size(out.pred_masks[0, :num_boxes, 0], image.resized_hw,
-                                                                image.original_hw, threshold, binarize=False):
+            for logits in self.processor.masks_at_original_size(low_res, image.resized_hw, image.original_hw,
+                                                                threshold, binarize=False):
                 coder.add(logits > threshold)
                 stability.append(stability_scores(logits, threshold))
-            stats = coder.finish(out.iou_scores[0, :num_boxes, 0], torch.cat(stability))
-            scores, stabilities = stats.values
+        stats = coder.finish(iou_scores, torch.cat(stability) if stability else torch.zeros(0))
+        scores, stabilities = stats.values
         counts, areas, boxes_xywh = stats.counts, stats.areas, stats.boxes
         # Boxes that could not be used get an empty mask, NaN score, zero area and box.
         result, k = MaskResult(), 0

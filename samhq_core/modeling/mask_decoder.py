@@ -82,11 +82,12 @@ class MaskDecoderHQ(nn.Module):
         hq_token_only: bool,
         sam_only: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Masks for n prompts on one image.
+        """Masks for n prompts on one image (or each on its own image, with n embeddings).
 
         image_embedding: (1 or n, C, h, w), the image embedding plus dense prompt embeddings
         image_pe: (1, C, h, w); sparse_prompt_embeddings: (n, T, C)
-        hq_features: (1, C/8, 4h, 4w) for this image, or None for a plain SAM decoder
+        hq_features: (1 or n, C/8, 4h, 4w): this image's, or each prompt's image's; None for a
+          plain SAM decoder
         sam_only: SAM's masks as plain SAM computes them: no HQ token among the output tokens, no
           HQ term (the baseline the HQ output improves on)
         Returns mask logits (n, K, 4h, 4w) and IoU predictions (n, K): K = 3 candidates sorted
@@ -154,7 +155,11 @@ class MaskDecoderHQ(nn.Module):
         for i, j in [(i, j) for i in range(3) for j in range(3)][1:]:  # the taps in order, as a running sum
             masks = masks + tap_maps[:, i : i + h, j : j + w, i, j]
         bias = hyper @ last_conv.bias.to(hyper.dtype)  # n
-        shared = hyper @ _pixels_by_channels(hq_features)[0].T.to(hyper.dtype)  # n x HW
+        pixels = _pixels_by_channels(hq_features).to(hyper.dtype)  # 1 or n x HW x C/8
+        if pixels.shape[0] == 1:  # one image's features, shared by all n prompts
+            shared = hyper @ pixels[0].T  # n x HW
+        else:
+            shared = (pixels @ hyper[:, :, None])[..., 0]  # each prompt's own image
         return (masks.reshape(n, h * w) + shared + bias[:, None]).view(n, 1, h, w)
 
 

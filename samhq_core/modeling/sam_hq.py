@@ -180,48 +180,79 @@ class SamHQModel(PretrainedModel):
         and no data-dependent branches, so it runs asynchronously on an accelerator and
         compiles to one graph. For callers that checked their prompts already (the pipeline
         checks every box on its CPU workers); arguments as `forward`'s."""
+        batch = image_embeddings.shape[0]
+        num_prompts = next(p.shape[1] for p in (input_points, input_labels, input_boxes, input_masks) if p is not None)
+        points = None
+        if input_points is not None:
+            if input_labels is None:
+                input_labels = torch.ones(input_points.shape[:-1], dtype=torch.long, device=input_points.device)
+            points = (input_points.flatten(0, 1), input_labels.flatten(0, 1))
+        boxes = None if input_boxes is None else input_boxes.flatten(0, 1)
+        masks = None if input_masks is None else input_masks.flatten(0, 1)
+        image_index = torch.arange(batch, device=image_embeddings.device).repeat_interleave(num_prompts)
+        pred_masks, iou_scores = self.decode_flat(image_embeddings, intermediate_embeddings, image_index, points, boxes,
+                                                  masks, multimask_output, hq_token_only, sam_only, prompt_chunk_size)
+        return SamHQOutput(pred_masks.view(batch, num_prompts, *pred_masks.shape[1:]),
+                           iou_scores.view(batch, num_prompts, -1), image_embeddings, intermediate_embeddings)
+
+    def decode_flat(
+        self,
+        image_embeddings: torch.Tensor,
+        intermediate_embeddings: Optional[torch.Tensor],
+        image_index: torch.Tensor,
+        points: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        boxes: Optional[torch.Tensor] = None,
+        masks: Optional[torch.Tensor] = None,
+        multimask_output: bool = True,
+        hq_token_only: bool = False,
+        sam_only: bool = False,
+        prompt_chunk_size: Optional[int] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """N prompts over B images, each naming its image: decoded `prompt_chunk_size` at a
+        time whatever image they belong to, so that images with a few boxes each fill a
+        chunk together. No checks and no host syncs, as `decode_prompts`.
+
+        image_embeddings (B, C, h, w) and intermediate_embeddings (B, h, w, vit_dim) from
+        `get_image_embeddings`; image_index (N,) long: each prompt's image; points
+        ((N, T, 2), (N, T) labels), boxes (N, 4) and masks (N, 4h, 4w) as in `forward`.
+        Returns mask logits (N, K, 4h, 4w) and IoU predictions (N, K).
+        """
         if prompt_chunk_size is None:
             prompt_chunk_size = 1 if image_embeddings.is_cpu else 64
-        batch = image_embeddings.shape[0]
-        num_prompts = next(p.shape[1] for p in (input_points, input_boxes, input_masks) if p is not None)
-        if input_points is not None and input_labels is None:
-            input_labels = torch.ones(input_points.shape[:-1], dtype=torch.long, device=input_points.device)
-
-        points = None if input_points is None else (input_points, input_labels)
+        num_prompts = image_index.shape[0]
         sparse = None
-        if points is not None or input_boxes is not None:
-            sparse = self.prompt_encoder(points, input_boxes)  # B x P x T x C
+        if points is not None or boxes is not None:
+            sparse = self.prompt_encoder(points, boxes)  # N x T x C
         image_pe = self.prompt_encoder.get_dense_pe()
-        masks, scores = [], []
-        for b in range(batch):
-            hq_features = None
-            if self.mask_decoder.hq and not sam_only:
-                assert intermediate_embeddings is not None  # checked above for HQ models
-                hq_features = self.mask_decoder.hq_features(image_embeddings[b : b + 1], intermediate_embeddings[b : b + 1])
-            for start in range(0, num_prompts, prompt_chunk_size):
-                end = min(start + prompt_chunk_size, num_prompts)
-                if input_masks is None:
-                    dense = self.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
-                else:
-                    dense = self.prompt_encoder.embed_masks(input_masks[b, start:end, None].to(image_embeddings.dtype))
-                if sparse is None:
-                    tokens = image_embeddings.new_zeros(end - start, 0, image_embeddings.shape[1])
-                else:
-                    tokens = sparse[b, start:end]
-                chunk_masks, chunk_scores = self.mask_decoder(
-                    image_embedding=image_embeddings[b : b + 1] + dense,
-                    image_pe=image_pe,
-                    sparse_prompt_embeddings=tokens,
-                    hq_features=hq_features,
-                    multimask_output=multimask_output,
-                    hq_token_only=hq_token_only,
-                    sam_only=sam_only,
-                )
-                masks.append(chunk_masks.float())
-                scores.append(chunk_scores.float())
-        pred_masks = torch.cat(masks).view(batch, num_prompts, *masks[0].shape[1:])
-        iou_scores = torch.cat(scores).view(batch, num_prompts, -1)
-        return SamHQOutput(pred_masks, iou_scores, image_embeddings, intermediate_embeddings)
+        hq_features = None
+        if self.mask_decoder.hq and not sam_only:
+            assert intermediate_embeddings is not None  # checked by forward for HQ models
+            hq_features = self.mask_decoder.hq_features(image_embeddings, intermediate_embeddings)  # B x C/8 x 4h x 4w
+        one_image = image_embeddings.shape[0] == 1  # then every prompt shares it: broadcast, no gather
+        out_masks, out_scores = [], []
+        for start in range(0, num_prompts, prompt_chunk_size):
+            end = min(start + prompt_chunk_size, num_prompts)
+            index = image_index[start:end]
+            if masks is None:
+                dense = self.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
+            else:
+                dense = self.prompt_encoder.embed_masks(masks[start:end, None].to(image_embeddings.dtype))
+            if sparse is None:
+                tokens = image_embeddings.new_zeros(end - start, 0, image_embeddings.shape[1])
+            else:
+                tokens = sparse[start:end]
+            chunk_masks, chunk_scores = self.mask_decoder(
+                image_embedding=(image_embeddings if one_image else image_embeddings[index]) + dense,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=tokens,
+                hq_features=None if hq_features is None else hq_features if one_image else hq_features[index],
+                multimask_output=multimask_output,
+                hq_token_only=hq_token_only,
+                sam_only=sam_only,
+            )
+            out_masks.append(chunk_masks.float())
+            out_scores.append(chunk_scores.float())
+        return torch.cat(out_masks), torch.cat(out_scores)
 
     def _check_prompts(
         self,

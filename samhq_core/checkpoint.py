@@ -471,8 +471,8 @@ def _hub_lookup(hub: HubModel, src: str) -> Iterator[None]:
                  if isinstance(e, RepositoryNotFoundError) else "")
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(f"checkpoint not found: {src} is neither a local path (no file or directory "
-                                f"{os.path.abspath(src)}) nor a model {hub} {where}{token}: {type(e).__name__}: "
-                                f"{reason}") from None
+                                f"{os.path.abspath(src)}; ./{src} would name only that) nor a model {hub} {where}{token}: "
+                                f"{type(e).__name__}: {reason}") from None
 
 
 def _hub_snapshot(hub: HubModel, src: str) -> str:

@@ -29,7 +29,7 @@ OutputMode = Literal["error", "overwrite", "resume"]  # the first is the default
 OnBadFile = Literal["fail", "skip"]
 DType = Literal["float32", "bfloat16"]
 # Keys that would put credentials into a config file.
-_CREDENTIAL_KEYS = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+_CREDENTIAL_KEYS = {"key", "secret", "token", "hf_token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
                     "access_key", "secret_key", "password"}
 _CROSS_CHECK = "cross_check"
 _EXPECTED = {"string_type": "a string", "int_type": "an integer", "float_type": "a number", "bool_type": "true/false",
@@ -53,6 +53,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     section: ClassVar[str]
     replaced_keys: ClassVar[Dict[str, str]] = {}  # keys of earlier versions, with what replaces them
+    # Where the credentials of a section that reaches a service come from instead of the
+    # config: a credential key there (_CREDENTIAL_KEYS) is refused with this hint.
+    credentials_from: ClassVar[Optional[str]] = None
 
     @classmethod
     def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
@@ -72,8 +75,10 @@ class ImageSourceConfig(Section):
 
     id_column: str = Field(description="Column identifying each row; copied to the output.")
     boxes_column: str = Field(description="Column with a list of boxes per row, in absolute pixels.")
-    image_column: Optional[str] = Field(None, description="Column of encoded image bytes (PNG, JPEG, ...); set this "
-                                                          "or image_uri_column.")
+    image_column: Optional[str] = Field(None, description="Column of encoded image bytes (PNG, JPEG, ...), or a "
+                                                          "datasets Image column (struct<bytes, path>: the bytes, "
+                                                          "else the path read as an image URI); set this or "
+                                                          "image_uri_column.")
     image_uri_column: Optional[str] = Field(None, description="Column of image paths or URIs (any fsspec URL), read "
                                                               "by the decode tasks; set this or image_column.")
     box_format: BoxFormat = Field("xyxy", description="Box coordinates: xyxy (x1, y1, x2, y2), xywh (x, y, width, "
@@ -86,7 +91,8 @@ class ImageSourceConfig(Section):
     read_timeout_s: float = Field(60.0, gt=0, description="Seconds an image read (image_uri_column) may take; a "
                                                           "slower one is that row's error.")
     allowed_uri_prefixes: Optional[List[str]] = Field(
-        None, description="Where image URIs may point (URL or local path prefixes). Default: the bucket of an "
+        None, description="Where image URIs (and a datasets Image column's paths) may point (URL or local path "
+                          "prefixes). Default: the bucket of an "
                           "object-store input, or, for a local input, the directory above the input's "
                           "directory. A URI elsewhere is that row's error, so data cannot make the workers read "
                           "arbitrary local files or internal URLs.")
@@ -107,7 +113,8 @@ class ImageSourceConfig(Section):
 
 class InputConfig(ImageSourceConfig):
     section: ClassVar[str] = "input"
-    path: str = Field(description="Parquet file, directory (read recursively) or glob; local path or any fsspec URL.")
+    path: str = Field(description="Parquet file, directory (read recursively) or glob; local path or any fsspec URL "
+                                  "(hf://datasets/org/name/... for a Hugging Face Hub dataset).")
     passthrough_columns: List[str] = Field(default_factory=list, description="Input columns copied unchanged to the "
                                                                              "output.")
     category_column: Optional[str] = Field(None, description="Column with a category per box (names or integer ids), "
@@ -148,10 +155,17 @@ class OutputConfig(Section):
     keep_checkpoint: bool = Field(False, description="Keep the checkpoint after the job completes (default: removed).")
 
 
+HUB_CREDENTIALS = "set HF_TOKEN in the environment or run `hf auth login` (a Hugging Face Hub token)"
+
+
 class ModelConfig(Section):
     section: ClassVar[str] = "model"
+    credentials_from: ClassVar[Optional[str]] = HUB_CREDENTIALS
     checkpoint: str = Field(description="Official .pth or HF-layout directory (config.json + model.safetensors); "
-                                        "local path or any fsspec URL.")
+                                        "local path, any fsspec URL, or a Hugging Face Hub model id org/name or "
+                                        "org/name@revision (when no such local path exists), downloaded into each "
+                                        "node's Hugging Face cache (HF_HOME; HF_HUB_OFFLINE, HF_TOKEN from the "
+                                        "environment).")
     variant: Optional[str] = Field(None, description=f"One of {', '.join(VARIANTS)}; inferred from the checkpoint's "
                                                      "tensor shapes when omitted.")
     sha256: Optional[str] = Field(None, description="Expected hex digest of the weights file, checked before loading.")
@@ -203,6 +217,8 @@ class StorageConfig(Section):
     variables, shared config files or instance roles, never from a config."""
 
     section: ClassVar[str] = "storage"
+    credentials_from: ClassVar[Optional[str]] = ("set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment or "
+                                                 "use an instance role")
     endpoint_url: Optional[str] = Field(None, description="S3-compatible endpoint (MinIO, SeaweedFS, R2, ...), "
                                                           "http(s)://host[:port], without credentials.")
     region: Optional[str] = Field(None, description="Object-store region.")
@@ -266,10 +282,9 @@ class Sections(BaseModel):
 
 def _parse_section(cls: Type[Section], raw: Dict[str, Any]) -> Tuple[Optional[Section], List[str]]:
     problems = []
-    if cls is StorageConfig:
+    if cls.credentials_from is not None:
         for key in [k for k in raw if isinstance(k, str) and k.lower() in _CREDENTIAL_KEYS]:
-            problems.append(f"storage.{key}: credentials must not be in the config; set AWS_ACCESS_KEY_ID / "
-                            "AWS_SECRET_ACCESS_KEY in the environment or use an instance role")
+            problems.append(f"{cls.section}.{key}: credentials must not be in the config; {cls.credentials_from}")
             raw = {k: v for k, v in raw.items() if k != key}
     try:
         parsed: Optional[Section] = cls.model_validate(raw)

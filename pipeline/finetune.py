@@ -35,7 +35,7 @@ from samhq_core import SamHQModel, SamHQProcessor
 from samhq_core.training.recipe import Batch, set_trainable, train_phase
 
 from . import rle
-from .config import ImageSourceConfig, Section, Sections, StorageConfig
+from .config import HUB_CREDENTIALS, ImageSourceConfig, Section, Sections, StorageConfig
 from .evaluation import mask_scores
 from .ids import stable_hash
 from .preflight import plan_finetune
@@ -72,7 +72,9 @@ class DataConfig(ImageSourceConfig):
 
 class FinetuneModelConfig(Section):
     section: ClassVar[str] = "model"
-    checkpoint: str = Field(description="The checkpoint to start from: .pth or HF-layout directory, path or URL.")
+    credentials_from: ClassVar[Optional[str]] = HUB_CREDENTIALS
+    checkpoint: str = Field(description="The checkpoint to start from: .pth or HF-layout directory, path or URL, or a "
+                                        "Hugging Face Hub model id org/name[@revision].")
     output: str = Field(description="New directory for the fine-tuned HF-layout checkpoint; local path or fsspec URL.")
     variant: Optional[str] = Field(None, description="The checkpoint's variant; inferred from its tensor shapes when "
                                                      "omitted.")

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from samhq_core import SamHQConfig, SamHQModel
+from samhq_core.checkpoint import hub_model
 
 from .config import ConfigError, ImageSourceConfig, JobConfig, Section, StorageConfig
 from .ids import repeated_ids
@@ -38,7 +39,7 @@ from .output_files import (
     read_manifest,
     result_files,
 )
-from .schema import ERROR, error_kind
+from .schema import ERROR, error_kind, is_image_struct
 from .storage import (
     basename,
     filesystem,
@@ -48,6 +49,7 @@ from .storage import (
     local_path,
     read_tables,
     storage_options,
+    store_root,
     uri_allowed,
     within,
 )
@@ -253,13 +255,24 @@ def resolve_local_path(value: str, key: str, relative_to: Optional[str]) -> Tupl
     return os.path.abspath(path), []
 
 
+def resolve_checkpoint(value: str, key: str, relative_to: Optional[str]) -> Tuple[str, List[str]]:
+    """A checkpoint source with its local path made absolute (`resolve_local_path`), or as it
+    is when it is a Hugging Face Hub model id: `org/name[@revision]` that is no existing local
+    path against the same directory (`samhq_core.checkpoint.hub_model` has the rule). The
+    model actors load a Hub model through their own node's Hugging Face cache."""
+    if hub_model(value, relative_to) is not None:
+        return value, []
+    return resolve_local_path(value, key, relative_to)
+
+
 def resolve_job_paths(config: JobConfig, relative_to: Optional[str]) -> Tuple[JobConfig, List[str]]:
     """The config with its local input, output and checkpoint paths made absolute."""
     problems: List[str] = []
     resolved: Dict[str, Section] = {}
     for key, section, name in (("input.path", "input", "path"), ("output.path", "output", "path"),
                                ("model.checkpoint", "model", "checkpoint")):
-        value, found = resolve_local_path(getattr(getattr(config, section), name), key, relative_to)
+        resolve = resolve_checkpoint if key == "model.checkpoint" else resolve_local_path
+        value, found = resolve(getattr(getattr(config, section), name), key, relative_to)
         problems += found
         resolved[section] = resolved.get(section, getattr(config, section)).model_copy(update={name: value})
     config = config.model_copy(update=resolved)
@@ -270,10 +283,9 @@ def resolve_job_paths(config: JobConfig, relative_to: Optional[str]) -> Tuple[Jo
 def with_uri_prefixes(source: ImageSource, urls: Sequence[str], section: str,
                       relative_to: Optional[str]) -> Tuple[ImageSource, List[str]]:
     """An image source whose allowed_uri_prefixes are set (the default of `urls`, the data it
-    is read from) and made absolute, for sources that read image URIs; with the problems of
-    relative prefixes that cannot be resolved."""
-    if source.image_uri_column is None:
-        return source, []
+    is read from) and made absolute; with the problems of relative prefixes that cannot be
+    resolved. Also for an image_column, which may be a `datasets` Image column whose rows
+    without bytes are read from their paths."""
     key = f"{section}.allowed_uri_prefixes"
     if source.allowed_uri_prefixes is None:
         return source.model_copy(update={"allowed_uri_prefixes": [p for u in urls for p in default_uri_prefixes(u)]}), []
@@ -288,12 +300,12 @@ def with_uri_prefixes(source: ImageSource, urls: Sequence[str], section: str,
 
 def default_uri_prefixes(input_url: str) -> List[str]:
     """Where image URIs may point unless input.allowed_uri_prefixes says otherwise: the bucket
-    (or host) of an object-store input; for a local input, the directory above the input's
-    directory (so that sibling folders such as images/ next to boxes/ work), or the input's
-    directory itself when that would be the filesystem's root."""
+    (or host) of an object-store input, the Hub repository of an hf:// input (`store_root`);
+    for a local input, the directory above the input's directory (so that sibling folders
+    such as images/ next to boxes/ work), or the input's directory itself when that would be
+    the filesystem's root."""
     if not is_local(input_url):
-        scheme, rest = input_url.split("://", 1)
-        return [f"{scheme}://{rest.split('/', 1)[0]}/"]
+        return [store_root(input_url)]
     path = local_path(_root_of(input_url))
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     parent = os.path.dirname(directory)
@@ -487,9 +499,11 @@ _KIND_CHECKS = {
     "any": lambda t: None,
     "id": lambda t: None if not (pa.types.is_nested(t) or pa.types.is_null(t))
     else "ids must be single values (strings or integers)",
-    "image_bytes": lambda t: None if (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_null(t))
+    "image_bytes": lambda t: None if (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_null(t)
+                                      or is_image_struct(t))
     else ("it holds strings: if they are image paths or URIs, set image_uri_column instead of image_column"
-          if _is_string(t) else "encoded image bytes (binary) are expected"),
+          if _is_string(t) else "encoded image bytes (binary) or a datasets Image column (struct<bytes: binary, "
+                                "path: string>) are expected"),
     "image_uri": lambda t: None if _is_string(t)
     else ("it holds bytes: if they are encoded images, set image_column instead of image_uri_column"
           if pa.types.is_binary(t) or pa.types.is_large_binary(t) else "image paths or URIs (strings) are expected"),
@@ -786,7 +800,8 @@ def plan_finetune(config: "FinetuneConfig", relative_to: Optional[str] = None) -
         value = getattr(getattr(config, section), name)
         if value is None:
             continue
-        value, found = resolve_local_path(value, key, relative_to)
+        resolve = resolve_checkpoint if key == "model.checkpoint" else resolve_local_path
+        value, found = resolve(value, key, relative_to)
         problems += found
         resolved[section] = resolved.get(section, getattr(config, section)).model_copy(update={name: value})
     config = config.model_copy(update=resolved)

@@ -70,6 +70,25 @@ COLUMN_TYPES = {**RESULT_TYPES, **INTERNAL_TYPES}
 
 GROUND_TRUTH_MASKS = MASKS
 
+# An input image column may also be a Hugging Face `datasets` Image column, which `datasets`
+# writes to Parquet as struct<bytes: binary, path: string>: the encoded image, or, where bytes
+# is null, a path or URI to read it from.
+IMAGE_STRUCT_BYTES = "bytes"
+IMAGE_STRUCT_PATH = "path"
+
+
+def is_image_struct(t: pa.DataType) -> bool:
+    """Whether an Arrow type is a `datasets` Image column's struct (bytes and path fields,
+    binary and string; more fields are allowed, as later `datasets` versions may add some)."""
+    if not pa.types.is_struct(t):
+        return False
+    names = [t.field(i).name for i in range(t.num_fields)]
+    if IMAGE_STRUCT_BYTES not in names or IMAGE_STRUCT_PATH not in names:
+        return False
+    data, path = t.field(IMAGE_STRUCT_BYTES).type, t.field(IMAGE_STRUCT_PATH).type
+    return ((pa.types.is_binary(data) or pa.types.is_large_binary(data) or pa.types.is_null(data))
+            and (pa.types.is_string(path) or pa.types.is_large_string(path) or pa.types.is_null(path)))
+
 # "id": the row's id is null; "stage": a stage failed on the row in a way it has no kind for.
 ERROR_KINDS = ("id", "image_read", "image_decode", "boxes", "model", "stage")
 

@@ -205,6 +205,20 @@ class ParquetInput:
             yield from zip(*data, strict=True)
 
 
+# hf:// paths (huggingface_hub's HfFileSystem) begin with the repository: `org/name` for a
+# model, `datasets/org/name` or `spaces/org/name`, each optionally `@revision`.
+_HUB_REPO_TYPES = ("datasets", "spaces")
+
+
+def store_root(url: str) -> str:
+    """The top of a non-local URL, as `scheme://top/`: the bucket of an object store (the
+    host of an HTTP URL), or the Hub repository of an hf:// path (with its @revision)."""
+    scheme, rest = url.split("://", 1)
+    parts = rest.split("/")
+    depth = (3 if parts[0] in _HUB_REPO_TYPES else 2) if scheme == "hf" else 1
+    return f"{scheme}://{'/'.join(parts[:depth])}/"
+
+
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 

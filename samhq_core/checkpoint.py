@@ -5,17 +5,21 @@ Formats:
   `torch.load(weights_only=True)` so that a checkpoint can never execute code;
 - Hugging Face layout: a directory with `config.json` + `model.safetensors`, key names as
   transformers' `convert_samhq_to_hf.py` writes them.
-Sources are local paths or any fsspec URL (s3://, gs://, https://, file://); remote files
-are downloaded once into a local cache.
+Sources are local paths, any fsspec URL (s3://, gs://, https://, file://), whose remote files
+are downloaded once into a local cache, or Hugging Face Hub model ids (`org/name`,
+`org/name@revision`; see `hub_model` for how one is told from a local path), which go
+through huggingface_hub and its cache (HF_HOME, HF_HUB_OFFLINE, HF_TOKEN).
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from typing import IO, Any, Dict, List, Optional, Tuple, Type, TypeVar
+from dataclasses import dataclass
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Type, TypeVar
 
 import fsspec
 import torch
@@ -172,15 +176,20 @@ class PretrainedModel(nn.Module):
         map_location: str = "cpu",
     ) -> M:
         """Load from `src`: a path or fsspec URL of an official `.pth` / `.safetensors` file,
-        or of an HF-layout directory (`config.json` + `model.safetensors`).
+        or of an HF-layout directory (`config.json` + `model.safetensors`), or a Hugging Face
+        Hub model id of that layout, `org/name` or `org/name@revision` (a branch, tag or
+        commit; how an id is told from a local path: `hub_model`). Hub models are downloaded by
+        huggingface_hub into its cache (HF_HOME / HF_HUB_CACHE), read from the cache alone under
+        HF_HUB_OFFLINE=1, with the token of HF_TOKEN or `hf auth login`, never an argument.
 
         variant: "vit_b" | "vit_l" | "vit_h" | "vit_tiny" for a `.pth`; inferred from the
           tensor shapes when omitted (plain SAM checkpoints are recognised by their missing HQ
           weights).
         sha256: expected hex digest of the weights file; a mismatch raises ValueError.
-        cache_dir: where remote files are cached (default ~/.cache/samhq_core); a file is
-          downloaded once per version (size, ETag or modification time).
-        storage_options: fsspec options for remote sources (e.g. {"client_kwargs":
+        cache_dir: where files of fsspec URLs are cached (default ~/.cache/samhq_core); a file
+          is downloaded once per version (size, ETag or modification time). Not for Hub ids,
+          which use the Hugging Face cache.
+        storage_options: fsspec options for fsspec URLs (e.g. {"client_kwargs":
           {"endpoint_url": ...}} for an S3-compatible store).
         map_location: where the tensors are read to before the model takes them.
         """
@@ -207,12 +216,15 @@ class PretrainedModel(nn.Module):
         reading them: the config (an HF directory's `config.json`, else inferred from the
         tensor shapes or the given variant) and the tensor names and shapes from the weights
         file's header, which must fit the model exactly. A few KB are read, also from object
-        storage or HTTP; nothing is downloaded or cached.
+        storage or HTTP; nothing is downloaded or cached, except a Hub model's config.json,
+        which huggingface_hub keeps in its cache (the weights' header is read from the cached
+        model.safetensors when there is one, else by range requests to the Hub).
 
         Raises FileNotFoundError for a missing source and ValueError for a file that is not a
         SAM / SAM-HQ checkpoint (naming what it looks like instead, e.g. a JPEG image) or
         whose tensors do not fit the model."""
-        fs, path = _source_fs(src, storage_options)
+        hub = hub_model(src)
+        fs, path = _hub_header_source(hub, src) if hub is not None else _source_fs(src, storage_options)
         config: Optional[SamHQConfig] = None
         weights = path
         if _is_directory(fs, path):
@@ -389,10 +401,123 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class HubModel:
+    """A model repository on the Hugging Face Hub at a revision (a branch, tag or commit
+    hash; None: the repository's default branch)."""
+
+    repo_id: str
+    revision: Optional[str] = None
+
+    def __str__(self) -> str:
+        return self.repo_id if self.revision is None else f"{self.repo_id}@{self.revision}"
+
+
+_HUB_FORM = re.compile(r"(?P<repo_id>[^/@]+/[^/@]+)(?:@(?P<revision>[^@\s]+))?")
+_HUB_FILES = (_HF_CONFIG, _HF_WEIGHTS)
+
+
+def hub_model(src: str, relative_to: Optional[str] = None) -> Optional[HubModel]:
+    """The Hub model that checkpoint source `src` names, or None for a URL or a local path.
+
+    The rule, in order:
+    1. a source with "://" is an fsspec URL, never a Hub id;
+    2. an existing local file or directory is local: a local path always wins (a relative
+       one is looked up against `relative_to`, default the working directory);
+    3. `namespace/name` or `namespace/name@revision` is a Hub id when `namespace/name` is a
+       repository id huggingface_hub accepts (letters, digits, '-', '_' and '.', exactly one
+       '/', at most 96 characters, no '--' or '..', no '-' or '.' at either end) and the name
+       does not end in a weights-file suffix (.pth, .pt, .bin, .safetensors: a local file that
+       is missing, not a repository);
+    4. anything else is a local path, a missing one.
+
+    So a bare `name` (the Hub's legacy ids without a namespace) is always a local path, and
+    `./namespace/name` always reads the local directory."""
+    if "://" in src or os.path.exists(src if relative_to is None else os.path.join(relative_to, src)):
+        return None
+    match = _HUB_FORM.fullmatch(src)
+    if match is None or match["repo_id"].endswith(_WEIGHTS_SUFFIXES):
+        return None
+    # Imported on use, here and below: local and fsspec checkpoints never need its imports.
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(match["repo_id"])
+    except HFValidationError:
+        return None
+    return HubModel(match["repo_id"], match["revision"])
+
+
+@contextlib.contextmanager
+def _hub_lookup(hub: HubModel, src: str) -> Iterator[None]:
+    """huggingface_hub's "not found" errors (no such repository, revision or file; not in the
+    cache offline) as one FileNotFoundError that names both readings of `src`."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import (  # where every version since 0.24 exports them
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        yield
+    except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as e:
+        if constants.HF_HUB_OFFLINE:
+            where = f"in the Hugging Face cache {constants.HF_HUB_CACHE} (HF_HUB_OFFLINE is set: the Hub is not asked)"
+        else:
+            where = "on the Hugging Face Hub"
+        token = (" (a private or gated repository needs a token: set HF_TOKEN or run `hf auth login`)"
+                 if isinstance(e, RepositoryNotFoundError) else "")
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"checkpoint not found: {src} is neither a local path (no file or directory "
+                                f"{os.path.abspath(src)}; ./{src} would name only that) nor a model {hub} {where}{token}: "
+                                f"{type(e).__name__}: {reason}") from None
+
+
+def _hub_snapshot(hub: HubModel, src: str) -> str:
+    """The local directory of a Hub model's config.json and model.safetensors: its snapshot
+    in huggingface_hub's cache, downloaded there first unless HF_HUB_OFFLINE is set."""
+    from huggingface_hub import constants, snapshot_download
+
+    with _hub_lookup(hub, src):
+        directory = snapshot_download(hub.repo_id, revision=hub.revision, allow_patterns=list(_HUB_FILES))
+    missing = [name for name in _HUB_FILES if not os.path.exists(os.path.join(directory, name))]
+    if missing:
+        offline = " (HF_HUB_OFFLINE is set: only files already in the cache are there)" if constants.HF_HUB_OFFLINE else ""
+        raise FileNotFoundError(f"{src}: the snapshot of Hub model {hub} ({directory}) has no {' or '.join(missing)}"
+                                f"{offline}; an HF-layout checkpoint has {_HF_CONFIG} and {_HF_WEIGHTS}")
+    return directory
+
+
+def _hub_header_source(hub: HubModel, src: str) -> Tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, directory) to read a Hub model's config and weights header from: its
+    config.json is fetched into huggingface_hub's cache (a few KB), and the weights are the
+    same commit's cached model.safetensors, else the Hub's copy, of which HfFileSystem's range
+    requests read the header alone."""
+    from huggingface_hub import HfFileSystem, constants, hf_hub_download
+
+    with _hub_lookup(hub, src):
+        config_file = hf_hub_download(hub.repo_id, _HF_CONFIG, revision=hub.revision)
+    snapshot = os.path.dirname(config_file)
+    commit = os.path.basename(snapshot)  # the cache names each snapshot directory by its commit
+    if os.path.exists(os.path.join(snapshot, _HF_WEIGHTS)):
+        return LocalFileSystem(), snapshot
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"{src}: the Hugging Face cache has the {_HF_CONFIG} of Hub model {hub} (commit "
+                                f"{commit}) but not its {_HF_WEIGHTS}, and HF_HUB_OFFLINE is set: download the model "
+                                "once with the Hub reachable")
+    return HfFileSystem(), f"{hub.repo_id}@{commit}"
+
+
 def fetch(src: str, cache_dir: Optional[str] = None, storage_options: Optional[dict] = None) -> str:
     """Local path of `src`. A remote file or HF directory is downloaded into the cache once
     per version: the cache key holds the URL and the weights file's size and version stamp
-    (ETag / modification time), so a checkpoint replaced at the same URL is fetched again."""
+    (ETag / modification time), so a checkpoint replaced at the same URL is fetched again. A
+    Hub model id (`hub_model`) is its snapshot directory in huggingface_hub's cache."""
+    hub = hub_model(src)
+    if hub is not None:
+        return _hub_snapshot(hub, src)
     if "://" not in src or src.startswith("file://"):
         path = src[len("file://"):] if src.startswith("file://") else src
         if not os.path.exists(path):

@@ -14,7 +14,7 @@ from PIL import Image
 from samhq_core import SamHQProcessor
 
 from ..config import ImageSourceConfig, StorageConfig
-from ..schema import BOXES, PIXELS, RESIZED_HW, exception_detail, row_error
+from ..schema import BOXES, IMAGE_STRUCT_BYTES, IMAGE_STRUCT_PATH, PIXELS, RESIZED_HW, exception_detail, row_error
 from ..storage import filesystem, uri_allowed
 from .base import Stage, StageUDF, column
 from .crash_guard import CrashGuard
@@ -105,10 +105,13 @@ def _number(value: Any) -> float:
 
 
 class DecodeUDF(StageUDF):
-    """Per row: the image read (bytes column or URI) and decoded, resized by the processor,
+    """Per row: the image read (bytes column, `datasets` Image column or URI) and decoded,
+    resized by the processor,
     and its boxes parsed, converted to xyxy, clipped to the image, checked and scaled into
     the model's frame. A row whose id is null or empty, or whose boxes, image read or image
-    decode fail, gets its `error`. Image URIs must lie under input.allowed_uri_prefixes and
+    decode fail, gets its `error`. A `datasets` Image column's row gives its bytes, or where
+    they are null its path, read as an image URI. Image URIs must lie under
+    input.allowed_uri_prefixes and
     name a regular file of at most input.max_image_bytes, read within input.read_timeout_s;
     images over input.max_image_pixels are refused before they are decoded."""
 
@@ -174,19 +177,30 @@ class DecodeUDF(StageUDF):
 
     def _image_bytes(self, batch: pa.Table, i: int) -> bytes:
         limit = self.inputs.max_image_bytes
-        if self.inputs.image_column:
-            data = batch.column(self.inputs.image_column)[i].as_py()
-            if data is None:
-                raise ValueError(f"{self.inputs.image_column} is null")
+        value = batch.column(self.inputs.image_source_column)[i].as_py()
+        column = self.inputs.image_column
+        if self.inputs.image_uri_column:
+            data = self._read_uri(value, self.inputs.image_uri_column)
+        elif isinstance(value, dict):  # a datasets Image column (schema.is_image_struct): its bytes, else its path
+            if value[IMAGE_STRUCT_BYTES] is not None:
+                data = value[IMAGE_STRUCT_BYTES]
+            elif value[IMAGE_STRUCT_PATH]:
+                data = self._read_uri(value[IMAGE_STRUCT_PATH], f"{column}.{IMAGE_STRUCT_PATH}")
+            else:
+                raise ValueError(f"{column} has neither {IMAGE_STRUCT_BYTES} nor a {IMAGE_STRUCT_PATH}")
+        elif value is None:
+            raise ValueError(f"{column} is null")
         else:
-            data = self._read_uri(batch.column(self.inputs.image_source_column)[i].as_py())
+            data = value
         if len(data) > limit:
             raise ValueError(f"the image has more than input.max_image_bytes ({limit} bytes)")
         return data
 
-    def _read_uri(self, uri: Optional[str]) -> bytes:
+    def _read_uri(self, uri: Optional[str], where: str) -> bytes:
+        """The bytes of the image at `uri` (from the value `where` names, for messages), at
+        most input.max_image_bytes."""
         if not uri:
-            raise ValueError(f"{self.inputs.image_uri_column} is empty")
+            raise ValueError(f"{where} is empty")
         prefixes = self.inputs.allowed_uri_prefixes
         if prefixes is not None and not uri_allowed(uri, prefixes):
             raise PermissionError(f"{uri} lies outside input.allowed_uri_prefixes ({', '.join(prefixes)})")

@@ -5,9 +5,9 @@ import argparse
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Type
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type
 
-from .config import ConfigError, load_config
+from .config import ConfigError, StorageConfig, load_config
 
 if TYPE_CHECKING:
     from .preflight import JobPlan
@@ -81,23 +81,13 @@ EXPORT_FORMATS = ("coco-rle", "coco-polygons", "yolo-seg", "label-studio")
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .coco import write_coco
-    from .config import StorageConfig
     from .label_studio import labeling_config_path, write_label_studio
-    from .output_files import JOB_FILE, read_job_description
     from .results import ResultReader, job_columns
     from .yolo import write_yolo_seg
 
     if args.simplify and args.format not in ("coco-polygons", "yolo-seg"):
         raise ValueError(f"--simplify applies to the polygon formats (coco-polygons, yolo-seg), not {args.format}")
-    job: Optional[Dict[str, Any]]
-    if args.config:
-        config = load_config(args.config)
-        job, storage, source = config.to_dict(), config.storage, args.config
-    else:
-        storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region)
-        description = read_job_description(args.input, storage)
-        job = description["config"] if description else None
-        source = f"{args.input.rstrip('/')}/{JOB_FILE}"
+    job, storage, source = _job_of(args)
     columns = job_columns(args.input, storage, job or {}, args.id_column, args.category_column, args.image_column)
     if job:
         print(f"columns from {source}: id {columns.id_column!r}, categories {columns.category_column!r}, "
@@ -119,6 +109,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_of(args: argparse.Namespace) -> Tuple[Optional[Dict[str, Any]], StorageConfig, str]:
+    """The config (as a dict) of the job whose output is `args.input`, its storage settings and
+    where the config came from: `--config`, else the _samhq_job.json next to the results
+    (None when there is none)."""
+    from .output_files import JOB_FILE, read_job_description
+
+    if args.config:
+        config = load_config(args.config)
+        return config.to_dict(), config.storage, args.config
+    storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region)
+    description = read_job_description(args.input, storage)
+    return description["config"] if description else None, storage, f"{args.input.rstrip('/')}/{JOB_FILE}"
+
+
+def _add_job_output_arguments(cmd: argparse.ArgumentParser) -> None:
+    """The arguments that name a job's output and the job's columns and storage."""
+    cmd.add_argument("--input", required=True, help="the job's output Parquet (file, directory or glob)")
+    cmd.add_argument("--config", default=None,
+                     help="the job's YAML, for its columns and storage (default: the _samhq_job.json the job wrote "
+                          "next to its results)")
+    cmd.add_argument("--id-column", default=None, help="the job's input.id_column (default: from the job)")
+    cmd.add_argument("--category-column", default=None, help="the job's input.category_column (default: from the job)")
+    cmd.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint, as storage.endpoint_url")
+    cmd.add_argument("--region", default=None)
+
+
 def _warn_if_unfinished(output: str, storage: Any) -> None:
     """A warning on stderr when `output` is a job's output without its _SUCCESS manifest."""
     from .output_files import result_files
@@ -132,21 +148,15 @@ def _warn_if_unfinished(output: str, storage: Any) -> None:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from .config import StorageConfig
     from .review import write_review
 
-    job: Optional[Dict[str, Any]] = None
-    if args.config:
-        config = load_config(args.config)
-        job, storage = config.to_dict(), config.storage
-    else:
-        storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region)
+    job, storage, _ = _job_of(args)
     _warn_if_unfinished(args.input, storage)
     summary = write_review(args.input, args.out, images=args.images, storage=storage, job=job, id_column=args.id_column,
                            category_column=args.category_column, image_column=args.image_column,
                            max_images=args.max_images,
-                           needs_review=args.max_images // 4 if args.needs_review is None else args.needs_review, seed=args.seed,
-                           side=args.thumbnail_side)
+                           needs_review=args.max_images // 4 if args.needs_review is None else args.needs_review,
+                           seed=args.seed, side=args.thumbnail_side)
     totals = summary.totals
     unreadable = f", {summary.unreadable} of them unreadable (shown with their error)" if summary.unreadable else ""
     print(f"wrote {summary.page}: {summary.shown} of {totals['images']} images{unreadable}; {totals['num_masks']} masks, "
@@ -155,7 +165,6 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .config import StorageConfig
     from .evaluation import evaluate_masks, write_report
 
     if (args.overlays_dir is None) != (args.images is None):
@@ -236,15 +245,9 @@ def parser() -> argparse.ArgumentParser:
     coco = sub.add_parser("export-coco", help="write a COCO instances file from a job's output (export --format coco-rle)")
     coco.set_defaults(format="coco-rle")
     for cmd in (export, coco):
-        cmd.add_argument("--input", required=True, help="the job's output Parquet (file, directory or glob)")
+        _add_job_output_arguments(cmd)
         cmd.add_argument("--output", required=True,
                          help="the file to write (a new directory for yolo-seg)")
-        cmd.add_argument("--config", default=None,
-                         help="the job's YAML, for its columns and storage (default: the _samhq_job.json the job wrote "
-                              "next to its results)")
-        cmd.add_argument("--id-column", default=None, help="the job's input.id_column (default: from the job)")
-        cmd.add_argument("--category-column", default=None,
-                         help="the job's input.category_column (default: from the job)")
         cmd.add_argument("--image-column", default=None,
                          help="column of image URIs or paths that the export names the images by (default: the job's "
                               "input.image_uri_column; without one, images are named by their id)")
@@ -255,8 +258,6 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--simplify", type=float, default=0.0, metavar="PIXELS",
                          help="polygon formats: simplify the polygons with this tolerance in pixels (default: 0, "
                               "polygons on the masks' pixel edges, exact)")
-        cmd.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint, as storage.endpoint_url")
-        cmd.add_argument("--region", default=None)
         cmd.set_defaults(fn=cmd_export)
     ev = sub.add_parser("evaluate", help="mask quality (mIoU, boundary IoU, COCO AP) of a job's output vs ground truth")
     ev.add_argument("--predictions", required=True, help="the job's output Parquet (file, directory or glob)")
@@ -276,23 +277,16 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--region", default=None)
     ev.set_defaults(fn=cmd_evaluate)
     rev = sub.add_parser("review", help="a static HTML page of a job's masks over its images, lowest scores first")
-    rev.add_argument("--input", required=True, help="the job's output Parquet (file, directory or glob)")
+    _add_job_output_arguments(rev)
     rev.add_argument("--out", required=True, help="local directory for index.html and its pictures")
     rev.add_argument("--images", default=None, help="the job's input Parquet (default: the job's input.path)")
     rev.add_argument("--image-column", default=None,
                      help="its column of encoded images or image URIs (default: the job's)")
-    rev.add_argument("--config", default=None,
-                     help="the job's YAML, for its columns and storage (default: the _samhq_job.json the job wrote "
-                          "next to its results)")
-    rev.add_argument("--id-column", default=None, help="the job's input.id_column (default: from the job)")
-    rev.add_argument("--category-column", default=None, help="the job's input.category_column (default: from the job)")
     rev.add_argument("--max-images", type=int, default=200, help="images on the page, at most (default: 200)")
     rev.add_argument("--needs-review", type=int, default=None,
                      help="of them, the images with the lowest predicted IoU or stability (default: a quarter)")
     rev.add_argument("--seed", type=int, default=0, help="of the sample of the other images (default: 0)")
     rev.add_argument("--thumbnail-side", type=int, default=512, help="thumbnails' longest side in pixels (default: 512)")
-    rev.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint, as storage.endpoint_url")
-    rev.add_argument("--region", default=None)
     rev.set_defaults(fn=cmd_review)
     tune = sub.add_parser("finetune", help="train the HQ parameters of a checkpoint on labelled images")
     tune.add_argument("--config", required=True, help="fine-tuning YAML (see configs/finetune_example.yaml)")

@@ -356,13 +356,12 @@ def check_parity(settings: Settings, dev: Device, clock: Clock) -> Tuple[Dict[st
     pixels = scene_pixels(side, settings.seed)
     boxes = torch.from_numpy(random_boxes(np.random.default_rng(settings.seed), settings.parity_boxes, side, side))[None]
     with torch.inference_mode():
-        cpu_embeddings, _ = reference.get_image_embeddings(pixels)
         cpu_out = reference(pixel_values=pixels, input_boxes=boxes, multimask_output=False)
         pixels_d, boxes_d = pixels.to(dev.device), boxes.to(dev.device)
-        embeddings, _ = model.get_image_embeddings(pixels_d)
         out = model(pixel_values=pixels_d, input_boxes=boxes_d, multimask_output=False)
         with dev.autocast(True):
             bf16 = model(pixel_values=pixels_d, input_boxes=boxes_d, multimask_output=False)
+    cpu_embeddings, embeddings = cpu_out.image_embeddings, out.image_embeddings
     masks32, masks16 = out.pred_masks[0, :, 0] > 0, bf16.pred_masks[0, :, 0] > 0
     ious = mask_iou(masks32, masks16)
     result = {

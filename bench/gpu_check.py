@@ -499,12 +499,13 @@ def bench_encoders(settings: Settings, dev: Device, clock: Clock, peaks: Dict[st
     rows = []
     for name, config in settings.variants.items():
         flops = encoder_flops(config.vision_config)
-        model = None
+        model, refused = None, False
         for mode in ("fp32", "bf16"):
             for batch in settings.batches:
                 estimate = encoder_estimate(flops, batch, peaks[mode], settings)
-                if model is None and clock.allows(f"build {name}", estimate):
-                    model = random_model(config, settings.seed, dev.device)
+                if model is None and not refused:
+                    refused = not clock.allows(f"encoder {name} (all of its measurements)", estimate)
+                    model = None if refused else random_model(config, settings.seed, dev.device)
                 pixels = torch.randn(batch, 3, config.vision_config.image_size, config.vision_config.image_size,
                                      device=dev.device)
 
@@ -609,15 +610,19 @@ def bench_pipeline(settings: Settings, dev: Device, clock: Clock, work: str, che
                    input_path: str) -> List[PipelineRow]:
     # Without a GPU the same runs go with CPU actors, so that the smoke run takes this code path.
     rows = [PipelineRow(actors, gpus if dev.cuda else 0.0) for actors, gpus in settings.pipeline_runs]
-    # A local cluster of its own: never one that happens to run on this machine (RAY_ADDRESS is ignored).
-    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=1 if dev.cuda else 0, include_dashboard=False,
-             log_to_driver=False, logging_level=logging.WARNING)
     try:
         for row in rows:
             label = f"pipeline {row.actors} actor(s) x {row.gpus:g} GPU each"
             if not clock.allows(label, 25.0 if settings.smoke else 60.0):
                 row.status = "skipped (budget)"
                 continue
+            if not ray.is_initialized():
+                # A local cluster of its own: never one that happens to run on this machine (RAY_ADDRESS is ignored).
+                ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=1 if dev.cuda else 0,
+                         include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+                # Ray's core worker installs a SIGTERM handler that ends the process at once: take it back, so
+                # that the wrapper's `timeout` still gets a report and a shut-down cluster.
+                signal.signal(signal.SIGTERM, _interrupt)
             config = job_config(work, checkpoint, input_path, settings, row.actors, row.gpus)
             clock.log(f"{label}: start")
             try:
@@ -634,7 +639,8 @@ def bench_pipeline(settings: Settings, dev: Device, clock: Clock, work: str, che
             row.status = "ok" if closing_ok and not summary.errors else f"failed: errors {summary.errors}"
             clock.log(f"{label}: {row.rows_out / row.seconds:.2f} images/s ({row.status})")
     finally:
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
     return rows
 
 
@@ -707,8 +713,9 @@ def render_checks(r: Dict[str, Any]) -> List[str]:
         lines += ["not run", ""]
     else:
         fp32, bf16 = "passed" if p["fp32_passed"] else "FAILED", "passed" if p["bf16_passed"] else "FAILED"
+        trivial = "" if r["cuda"] else " The device is the CPU here, so device vs CPU is trivially 0."
         lines += [
-            f"Model: {p['model']}; device vs CPU on the same random weights, fp32 with TF32 off.", "",
+            f"Model: {p['model']}; device vs CPU on the same random weights, fp32 with TF32 off.{trivial}", "",
             "| check | value | limit | result |", "|---|---|---|---|",
             f"| mask logits, max abs difference (max abs logit {p['logit_scale']:.3g}) | {p['logits']:.2e} "
             f"| {LOGIT_TOLERANCE:g} | {fp32} |",
@@ -785,7 +792,7 @@ def render_throughput(settings: Settings, r: Dict[str, Any]) -> List[str]:
               f"compute.batch_size {settings.pipeline_batch_size}. Seconds from job start to the closing check "
               "(actor start-up and model loading included).", "",
               "| actors x GPUs each | status | seconds | images/s | masks/s |", "|---|---|---|---|---|"]
-    runs = r.get("pipeline") or [PipelineRow(a, g) for a, g in settings.pipeline_runs]
+    runs = r.get("pipeline") or [PipelineRow(a, g if r["cuda"] else 0.0) for a, g in settings.pipeline_runs]
     for p in runs:
         rates = ([f"{p.seconds:.1f}", f"{p.rows_out / p.seconds:.2f}", f"{p.masks / p.seconds:.0f}"]
                  if p.seconds else ["", "", ""])

@@ -53,9 +53,9 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 import transformers
+from benchlib import cpu_model, encoder_flops, mask_iou, max_abs_diff
 
 import samhq_core
-from samhq_core.config import SamHQVisionConfig
 
 IMAGE_SIZE = 1024
 NUM_SHAPES = 16
@@ -167,36 +167,6 @@ def matmul_peak_gflops(size: int, dtype: torch.dtype, tries: int = 3) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def encoder_flops(v: SamHQVisionConfig) -> float:
-    """Analytic FLOPs (2 per multiply-add) of one ViT encoder forward on one image; see the module docstring."""
-    grid = v.image_size // v.patch_size
-    dim, heads = v.hidden_size, v.num_attention_heads
-    head_dim, mlp_dim, tokens = dim // heads, int(dim * v.mlp_ratio), grid * grid
-    macs = tokens * dim * v.num_channels * v.patch_size**2  # patch embedding
-    for i in range(v.num_hidden_layers):
-        side = grid if i in v.global_attn_indexes else v.window_size
-        windows = math.ceil(grid / side) ** 2
-        window_tokens = side * side
-        executed = windows * window_tokens  # tokens incl. window padding
-        macs += executed * dim * 3 * dim + executed * dim * dim  # qkv, proj
-        macs += 2 * windows * heads * window_tokens * window_tokens * head_dim  # QK^T, AV
-        macs += 2 * windows * heads * window_tokens * side * head_dim  # rel-pos einsums along h and w
-        macs += 2 * tokens * dim * mlp_dim  # MLP
-    macs += tokens * dim * v.output_channels + tokens * v.output_channels**2 * 9  # neck: 1x1 and 3x3 convs
-    return 2.0 * macs
-
-
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU per mask of two boolean (N, H, W) stacks; 1 where both are empty."""
-    inter = (a & b).flatten(1).sum(1).float()
-    union = (a | b).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-
-
-def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.float() - b.float()).abs().max().item()
-
-
 # --------------------------------------------------------------------------- benchmark sections
 
 
@@ -269,11 +239,6 @@ def fmt_time(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> st
     """Median with the range of the runs, e.g. `5.91 (5.85–6.02)`."""
     med, low, high = (x * scale for x in (median(values), min(values), max(values)))
     return f"{med:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
 
 
 def cpu_counters() -> Tuple[float, float, float]:

@@ -22,7 +22,6 @@ Usage: python bench/bench_pipeline.py [--images 48] [--threads 2] [--out bench/r
 import argparse
 import datetime
 import os
-import platform
 import re
 import tempfile
 import time
@@ -30,17 +29,13 @@ import time
 import pyarrow.parquet as pq
 import ray
 import torch
+from benchlib import cpu_model
 
 from pipeline.config import parse_config
 from pipeline.demo import write_sample_dataset
 from pipeline.job import run_job
 from pipeline.reference import bare_loop
 from samhq_core import SamHQConfig, SamHQModel
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
 
 
 def main() -> None:

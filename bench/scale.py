@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
+from benchlib import cpu_model
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,11 +139,6 @@ def run_size(work: str, checkpoint: str, rows: int, rows_per_file: int, address:
         "mean_file_kib": sum(sizes) / len(sizes) / 1024, "load_mean": float(np.mean(load.samples or [0])),
         "load_max": float(np.max(load.samples or [0])), "summary": summary.strip(),
     }
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
 
 
 def extrapolate(results: list, target_rows: int = 10_000_000, target_files: int = 10_000) -> list:

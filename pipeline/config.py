@@ -90,6 +90,10 @@ class ImageSourceConfig(Section):
                                                                 "decode tasks' memory reservation grows with it.")
     read_timeout_s: float = Field(60.0, gt=0, description="Seconds an image read (image_uri_column) may take; a "
                                                           "slower one is that row's error.")
+    jpeg_draft: bool = Field(False, description="Decode JPEGs of twice the model's input size or more at a "
+                                                 "power-of-two reduction in the DCT domain: several times less CPU for "
+                                                 "4K images, with pixels that differ from the official preprocessing "
+                                                 "(mask IoU in bench/results/data_plane.md). Off: exact.")
     allowed_uri_prefixes: Optional[List[str]] = Field(
         None, description="Where image URIs (and a datasets Image column's paths) may point (URL or local path "
                           "prefixes). Default: the bucket of an "

@@ -39,6 +39,7 @@ class RunLengthCoder:
         self.height, self.width = height, width
         self._changes: List[torch.Tensor] = []  # (k, H*W - 1) bool: pixel differs from the previous one
         self._small: List[torch.Tensor] = []  # (k, 6) int64: first pixel, area, box xywh
+        self.num_masks = 0
 
     def add(self, masks: torch.Tensor) -> None:
         """(k, H, W) bool masks of this image, on any device."""
@@ -57,26 +58,38 @@ class RunLengthCoder:
         boxes = torch.where((areas > 0)[:, None], boxes, torch.zeros_like(boxes))
         self._small.append(torch.cat([flat[:, :1].long(), areas[:, None], boxes.long()], dim=1))
         self._changes.append(flat[:, 1:] != flat[:, :-1])
+        self.num_masks += k
 
     def finish(self, *values: torch.Tensor) -> MaskStatistics:
         """The statistics of every mask added, with `values` ((n,) tensors, e.g. scores, on the
         masks' device) copied in the same transfer, as float32."""
+        return self.unpack(self.transfer(*values), len(values))
+
+    def transfer(self, *values: torch.Tensor) -> np.ndarray:
+        """The device's part of `finish`: every run boundary found at once (one sync) and
+        packed with the masks' first pixels, areas, boxes and `values` into one int64 array,
+        copied to the host in one transfer."""
         if not self._small:
-            return MaskStatistics([], np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
-                                  [np.zeros(0, np.float32) for _ in values])
-        small = torch.cat(self._small)  # n x 6
-        n = small.shape[0]
+            return np.zeros(0, np.int64)
+        small, n = torch.cat(self._small), self.num_masks  # n x 6
         mask_ids, positions = torch.cat(self._changes).nonzero(as_tuple=True)
         # float32 values travel bit for bit inside the int64 transfer
         bits = [v.float().reshape(n).view(torch.int32).long() for v in values]
-        packed = torch.cat([small.flatten(), *bits, mask_ids, positions + 1]).cpu().numpy()
+        return torch.cat([small.flatten(), *bits, mask_ids, positions + 1]).cpu().numpy()
+
+    def unpack(self, packed: np.ndarray, num_values: int) -> MaskStatistics:
+        """The host's part of `finish`: the packed array → the masks' statistics."""
+        n = self.num_masks
+        if n == 0:
+            return MaskStatistics([], np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
+                                  [np.zeros(0, np.float32) for _ in range(num_values)])
         small_np = packed[: 6 * n].reshape(n, 6)
         offset = 6 * n
         floats = []
-        for _ in values:
+        for _ in range(num_values):
             floats.append(packed[offset : offset + n].astype(np.int32).view(np.float32))
             offset += n
-        num_changes = mask_ids.shape[0]
+        num_changes = (len(packed) - offset) // 2
         mask_ids_np, positions_np = packed[offset : offset + num_changes], packed[offset + num_changes :]
         bounds = np.searchsorted(mask_ids_np, np.arange(n + 1))
         pixels = self.height * self.width

@@ -172,8 +172,7 @@ class DecodeUDF(StageUDF):
             width, height = image.size
             if width * height > self.inputs.max_image_pixels:
                 raise ValueError(f"the image is {width} x {height} = {width * height / 1e6:.1f} MP, more than {limit}")
-            image.load()
-            return self.processor.resize_image(image)
+            return self.processor.resize_image(image, draft=self.inputs.jpeg_draft)
 
     def _image_bytes(self, batch: pa.Table, i: int) -> bytes:
         limit = self.inputs.max_image_bytes

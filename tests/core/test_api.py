@@ -293,3 +293,45 @@ def test_reduced_input_sizes(variant, size):
     with torch.no_grad():
         out = model(pixel_values=torch.randn(1, 3, size, size), input_boxes=torch.tensor([[[0.0, 0.0, 50.0, 60.0]]]))
     assert out.pred_masks.shape == (1, 1, 3, size // 4, size // 4)
+
+
+def test_resizing_a_pil_image_gives_the_array_paths_pixels():
+    """resize_image's PIL path (no array round trip) against the array path it replaces, for
+    every mode the decode stage meets and an EXIF-rotated JPEG."""
+    from samhq_core.processor import resize_longest_side
+
+    processor = SamHQProcessor(64)
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (37, 90, 3), dtype=np.uint8))
+    for image in (rgb, rgb.convert("L"), rgb.convert("RGBA"), rgb.convert("P"), _rotated_jpeg(rgb)):
+        got, size = processor.resize_image(image)
+        array = to_rgb_array(image)
+        np.testing.assert_array_equal(got, resize_longest_side(array, 64))
+        assert size == array.shape[:2]
+    assert processor.resize_image(_rotated_jpeg(rgb))[1] == (90, 37)
+
+
+def _rotated_jpeg(image: Image.Image) -> Image.Image:
+    """`image` as a JPEG whose EXIF says it is rotated by 90 degrees (decoded: w and h swap)."""
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(buffer, "JPEG", exif=exif)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def test_draft_decodes_large_jpegs_reduced_but_reports_their_own_size():
+    processor = SamHQProcessor(64)
+    flat = Image.new("RGB", (300, 70), "red")
+    buffer = io.BytesIO()
+    flat.save(buffer, "JPEG")
+    image = Image.open(io.BytesIO(buffer.getvalue()))
+    resized, size = processor.resize_image(image, draft=True)
+    assert image.size == (75, 18)  # decoded at 1/4: 1/8 would be narrower than 64
+    assert size == (70, 300) and resized.shape == (15, 64, 3)
+    exact = processor.resize_image(Image.open(io.BytesIO(buffer.getvalue())))[0]
+    assert np.abs(resized.astype(int) - exact).mean() < 2  # a flat colour survives the DCT reduction
+
+    rotated = _rotated_jpeg(Image.new("RGB", (300, 70), "blue"))
+    resized, size = processor.resize_image(rotated, draft=True)
+    assert size == (300, 70) and resized.shape == (64, 15, 3)

@@ -44,6 +44,8 @@ import datetime
 import math
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -76,6 +78,9 @@ def parse_args() -> argparse.Namespace:
         help="1 timed round, boxes 1 and 16 only, 2048^2 peak matmuls; no file unless --out",
     )
     parser.add_argument("--out", type=Path, help=f"markdown report path (default {DEFAULT_OUT}, none with --quick)")
+    parser.add_argument("--neighbour", action="store_true",
+                        help="run one busy process (a spinning Python loop) beside the benchmark for its whole run, "
+                             "as a shared machine has; its CPU time counts as other processes' in the report")
     args = parser.parse_args()
     if args.quick:
         args.repeats = 1
@@ -268,7 +273,8 @@ def render(args: argparse.Namespace, enc: Timings, dec: Dict[int, Timings], peak
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores, torch threads: {torch.get_num_threads()}",
-        f"- during the run: {contention(counters_at_start, runtime)} (anything but ~0% skews the timings)",
+        f"- during the run: {contention(counters_at_start, runtime)} (anything but ~0% skews the timings)"
+        + ("; of that, one busy neighbour process started by the benchmark (--neighbour)" if args.neighbour else ""),
         f"- torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
         "- model: vit_b SAM-HQ, random weights (see bench/bench_core.py), one 1024 x 1024 synthetic image",
         f"- timed rounds: {args.repeats} after {args.warmup} warm-up, alternating implementations; "
@@ -335,6 +341,17 @@ def encoder_checks(outputs: Dict) -> Dict[str, float]:
 
 def main() -> None:
     args = parse_args()
+    # The neighbour is this run's own child, ended by its pid.
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.neighbour else None
+    try:
+        run(args)
+    finally:
+        if neighbour is not None:
+            neighbour.kill()
+            neighbour.wait()
+
+
+def run(args: argparse.Namespace) -> None:
     started, counters_at_start = time.perf_counter(), cpu_counters()
     torch.set_num_threads(args.threads)
     ours, theirs = build_models(args.seed)

@@ -7,7 +7,7 @@ A stored mask is `{"size": [h, w], "counts": str}` (`pipeline.schema.RLE_TYPE`).
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Union
 
 import numpy as np
 import torch
@@ -32,14 +32,20 @@ class MaskStatistics:
 class RunLengthCoder:
     """Run lengths of the masks of one image, computed on the masks' device and brought to
     the host in one copy: `add` the masks chunk by chunk (device work only, nothing waits),
-    then `finish` finds every run boundary at once (one sync) and copies the boundaries,
+    then `finish` finds the run boundaries (one sync per `max_pending_pixels` of masks, so
+    device memory stays bounded however many masks an image has) and copies the boundaries,
     areas, boxes and the given per-mask values to the host together."""
 
-    def __init__(self, height: int, width: int) -> None:
+    def __init__(self, height: int, width: int, max_pending_pixels: int = 1 << 28) -> None:
         self.height, self.width = height, width
+        self.max_pending_pixels = max_pending_pixels
         self._changes: List[torch.Tensor] = []  # (k, H*W - 1) bool: pixel differs from the previous one
+        self._pending_pixels = 0
+        self._boundaries: List[torch.Tensor] = []  # (2, m) int64: mask index, position, of the runs found
         self._small: List[torch.Tensor] = []  # (k, 6) int64: first pixel, area, box xywh
         self.num_masks = 0
+        self._masks_found = 0  # masks whose boundaries are in _boundaries
+        self.boundary_searches = 0  # the syncs so far
 
     def add(self, masks: torch.Tensor) -> None:
         """(k, H, W) bool masks of this image, on any device."""
@@ -59,6 +65,19 @@ class RunLengthCoder:
         self._small.append(torch.cat([flat[:, :1].long(), areas[:, None], boxes.long()], dim=1))
         self._changes.append(flat[:, 1:] != flat[:, :-1])
         self.num_masks += k
+        self._pending_pixels += k * h * w
+        if self._pending_pixels >= self.max_pending_pixels:
+            self._find_boundaries()
+
+    def _find_boundaries(self) -> None:
+        """The boundaries of the pending masks' runs, kept on the device (one sync)."""
+        if not self._changes:
+            return
+        mask_ids, positions = torch.cat(self._changes).nonzero(as_tuple=True)
+        self._boundaries.append(torch.stack([mask_ids + self._masks_found, positions + 1]))
+        self._masks_found = self.num_masks
+        self._changes, self._pending_pixels = [], 0
+        self.boundary_searches += 1
 
     def finish(self, *values: torch.Tensor) -> MaskStatistics:
         """The statistics of every mask added, with `values` ((n,) tensors, e.g. scores, on the
@@ -66,16 +85,17 @@ class RunLengthCoder:
         return self.unpack(self.transfer(*values), len(values))
 
     def transfer(self, *values: torch.Tensor) -> np.ndarray:
-        """The device's part of `finish`: every run boundary found at once (one sync) and
-        packed with the masks' first pixels, areas, boxes and `values` into one int64 array,
-        copied to the host in one transfer."""
+        """The device's part of `finish`: the run boundaries found and packed with the masks'
+        first pixels, areas, boxes and `values` into one int64 array, copied to the host in one
+        transfer."""
         if not self._small:
             return np.zeros(0, np.int64)
+        self._find_boundaries()
         small, n = torch.cat(self._small), self.num_masks  # n x 6
-        mask_ids, positions = torch.cat(self._changes).nonzero(as_tuple=True)
+        mask_ids, positions = torch.cat(self._boundaries, dim=1)
         # float32 values travel bit for bit inside the int64 transfer
         bits = [v.float().reshape(n).view(torch.int32).long() for v in values]
-        return torch.cat([small.flatten(), *bits, mask_ids, positions + 1]).cpu().numpy()
+        return torch.cat([small.flatten(), *bits, mask_ids, positions]).cpu().numpy()
 
     def unpack(self, packed: np.ndarray, num_values: int) -> MaskStatistics:
         """The host's part of `finish`: the packed array → the masks' statistics."""
@@ -99,15 +119,6 @@ class RunLengthCoder:
             runs = np.diff(edges)
             counts.append(np.concatenate([[0], runs]) if small_np[i, 0] else runs)
         return MaskStatistics(counts, small_np[:, 1].astype(np.int64), small_np[:, 2:].astype(np.float32), floats)
-
-
-def run_lengths(masks: torch.Tensor) -> Tuple[List[np.ndarray], np.ndarray, np.ndarray]:
-    """(n, H, W) bool, on any device → per mask its COCO run lengths (uncompressed counts),
-    areas (n,) int64 and tight boxes (n, 4) float32 as COCO xywh ([0, 0, 0, 0] when empty)."""
-    coder = RunLengthCoder(masks.shape[1], masks.shape[2])
-    coder.add(masks)
-    stats = coder.finish()
-    return stats.counts, stats.areas, stats.boxes
 
 
 def empty_run_lengths(height: int, width: int) -> List[int]:

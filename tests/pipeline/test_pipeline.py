@@ -27,7 +27,7 @@ from pycocotools import mask as mask_utils
 from pipeline.config import ConfigError, parse_config
 from pipeline.job import JobFailed, run_job
 from pipeline.preflight import plan_job
-from pipeline.rle import run_lengths
+from pipeline.rle import RunLengthCoder
 from pipeline.stages import Stage, StageUDF, boxes_to_xyxy, check_boxes
 from pipeline.stages.crash_guard import CrashGuard
 
@@ -71,7 +71,7 @@ def test_box_conversion_and_checks():
                        "empty after clipping to the image"]
 
 
-def test_run_lengths_match_pycocotools():
+def _masks_of_every_kind() -> np.ndarray:
     rng = np.random.default_rng(0)
     masks = np.zeros((6, 37, 53), bool)
     masks[0, 5:20, 10:30] = True
@@ -79,7 +79,22 @@ def test_run_lengths_match_pycocotools():
     masks[2, 0, 0] = True  # a run of ones first
     masks[4] = True  # full; masks[3] stays empty
     masks[5, 36, 52] = True
-    counts, areas, boxes = run_lengths(torch.from_numpy(masks))
+    return masks
+
+
+@pytest.mark.parametrize("chunks, budget", [((6,), 1 << 28), ((2, 1, 3), 2 * 37 * 53)])
+def test_run_lengths_match_pycocotools(chunks, budget):
+    """In one search of the run boundaries, and in several when the pending masks reach the
+    coder's pixel budget (device memory stays bounded)."""
+    masks = _masks_of_every_kind()
+    coder, start = RunLengthCoder(37, 53, max_pending_pixels=budget), 0
+    for size in chunks:
+        coder.add(torch.from_numpy(masks[start : start + size]))
+        start += size
+    stats = coder.finish(torch.arange(6.0))
+    assert coder.boundary_searches == (1 if len(chunks) == 1 else 2)
+    np.testing.assert_array_equal(stats.values[0], np.arange(6.0))
+    counts, areas, boxes = stats.counts, stats.areas, stats.boxes
     for i, mask in enumerate(masks):
         reference = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
         ours = mask_utils.frPyObjects({"counts": counts[i].tolist(), "size": [37, 53]}, 37, 53)

@@ -376,12 +376,12 @@ def bucket_size(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def pad_to_bucket(tensor: torch.Tensor, dim: int) -> torch.Tensor:
-    """`tensor` padded along `dim` to `bucket_size` of its length by repeating its last entry
-    (a real image or prompt, so that padding never feeds the model values it cannot take);
-    the caller drops the padded entries' outputs."""
+def pad_to_bucket(tensor: torch.Tensor, dim: int, at_least: int = 1) -> torch.Tensor:
+    """`tensor` padded along `dim` to `bucket_size` of its length (or of `at_least`, if more)
+    by repeating its last entry (a real image or prompt, so that padding never feeds the model
+    values it cannot take); the caller drops the padded entries' outputs."""
     n = tensor.shape[dim]
-    extra = bucket_size(n) - n
+    extra = bucket_size(max(n, at_least)) - n
     if extra == 0:
         return tensor
     last = tensor.narrow(dim, n - 1, 1)

@@ -55,9 +55,10 @@ class ModelUDF(StageUDF):
 
     def __init__(self, model: ModelConfig, storage: StorageConfig, image_size: int,
                  torch_threads: Optional[int] = None, row_counter: Optional[Any] = None,
-                 crash_guard: Optional[CrashGuard] = None) -> None:
+                 crash_guard: Optional[CrashGuard] = None, batch_size: int = 1) -> None:
         super().__init__(crash_guard, model=model, storage=storage, image_size=image_size, torch_threads=torch_threads,
-                         row_counter=row_counter)
+                         row_counter=row_counter, batch_size=batch_size)
+        self.batch_size = batch_size
         self.row_counter = row_counter
         self.config = model
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,9 +71,11 @@ class ModelUDF(StageUDF):
         self.encode: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = self.model.get_image_embeddings
         self.decode: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = self.model.decode_flat
         if model.compile:
-            # One graph per padded count (pad_to_bucket): a few per power of two up to the batch
-            # size and the most boxes an image has, more than dynamo's default limit of 8.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            # The decoder compiles a graph per power of two of the boxes in a batch (pad_to_bucket):
+            # more than dynamo's default limit of 8. The limit's name changed in torch 2.7.
+            dynamo = torch._dynamo.config
+            limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
             self.encode = torch.compile(self.model.get_image_embeddings, fullgraph=True, dynamic=False)
             self.decode = torch.compile(self.model.decode_flat, fullgraph=True, dynamic=False)
         if self.processor.image_size != image_size:  # the decode tasks resized every image for `image_size`
@@ -130,10 +133,12 @@ class ModelUDF(StageUDF):
             pixels.append(self.processor.model_input(self._to_device(resized)))
         batch = torch.stack(pixels)
         if self.config.compile:
-            batch = pad_to_bucket(batch, dim=0)
+            # Every batch padded to the job's batch size: one encoder graph, and the decoder's
+            # graphs keyed on the box count alone (the images without a usable box vary).
+            batch = pad_to_bucket(batch, dim=0, at_least=self.batch_size)
         with self._autocast():
-            embeddings, intermediate = self.encode(batch)
-        return embeddings[: len(images)], intermediate[: len(images)]
+            # Padded rows stay: the decoder's graph is then keyed on the padded count too.
+            return self.encode(batch)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """On a GPU, through pinned memory, so that the copy runs asynchronously."""
@@ -207,7 +212,8 @@ def model_stage(model: ModelConfig, storage: StorageConfig, compute: ComputeConf
         name="model",
         udf=ModelUDF,
         constructor_kwargs=dict(model=model, storage=storage, image_size=image_size,
-                                torch_threads=compute.torch_threads, row_counter=row_counter, crash_guard=crash_guard),
+                                torch_threads=compute.torch_threads, row_counter=row_counter, crash_guard=crash_guard,
+                                batch_size=compute.batch_size),
         map_batches_kwargs=dict(
             batch_format="pyarrow",
             batch_size=compute.batch_size,

@@ -211,9 +211,11 @@ def rel_pos_flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, re
     if torch.compiler.is_compiling() or not q.is_cuda:  # inside a compiled model, or the CPU's reference path
         out = flex_attention(q, k, v, score_mod=add_rel_pos)
     else:
-        # Uncompiled, flex_attention runs an unfused reference; compiled once per process.
+        # Uncompiled, flex_attention runs an unfused reference; compiled once per process, with
+        # the batch size dynamic after it first changes (dynamo's automatic dynamic shapes), so
+        # that batch remainders do not exhaust the recompile limit and fall back to the reference.
         if _compiled_flex_attention is None:
-            _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+            _compiled_flex_attention = torch.compile(flex_attention)
         out = _compiled_flex_attention(q, k, v, score_mod=add_rel_pos)
     assert isinstance(out, torch.Tensor)
     return out

@@ -25,8 +25,8 @@ def test_counts_are_padded_to_powers_of_two_with_real_entries():
 
 
 def _decoded_batch(processor: SamHQProcessor) -> pa.Table:
-    """Three images (padded to 4) with 3, 4 and 4 boxes (one graph of 4 boxes), as the decode
-    stage hands them to the model stage."""
+    """Three images (padded to the batch size, 4) with 3, 4 and 4 boxes (11, padded to 16), as the
+    decode stage hands them to the model stage."""
     import io
 
     from PIL import Image
@@ -59,7 +59,7 @@ def checkpoint(tmp_path_factory) -> str:
 
 def test_compiled_model_stage_matches_eager(checkpoint):
     eager = ModelUDF(ModelConfig(checkpoint=checkpoint), StorageConfig(), image_size=64)
-    compiled = ModelUDF(ModelConfig(checkpoint=checkpoint, compile=True), StorageConfig(), image_size=64)
+    compiled = ModelUDF(ModelConfig(checkpoint=checkpoint, compile=True), StorageConfig(), image_size=64, batch_size=4)
     batch = _decoded_batch(eager.processor)
     expected, got = eager.process(batch), compiled.process(batch)
     assert [len(r.run_lengths) for r in got] == [3, 4, 4], got

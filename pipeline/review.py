@@ -30,13 +30,14 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from . import drawing, rle
-from .config import StorageConfig
+from .config import ImageSourceConfig, StorageConfig
 from .ids import id_key
 from .output_files import read_job_description
 from .preflight import default_uri_prefixes
 from .results import ResultColumns, ResultImage, ResultReader, job_columns, json_value
 from .stages.decode import boxes_to_xyxy, parse_boxes
-from .storage import ParquetInput, filesystem, uri_allowed
+from .stages.image_reader import ImageReader
+from .storage import ParquetInput, filesystem
 
 HISTOGRAM_BINS = 20
 PAGE = "index.html"
@@ -139,15 +140,20 @@ class Picture:
 
 def read_pictures(wanted: Iterable[Any], images: str, storage: StorageConfig, id_column: str, image_column: str,
                   boxes_column: Optional[str] = None, box_format: str = "xyxy",
-                  allowed_uri_prefixes: Optional[Sequence[str]] = None) -> Iterator[Tuple[bytes, Picture]]:
+                  allowed_uri_prefixes: Optional[Sequence[str]] = None,
+                  limits: Optional[Dict[str, Any]] = None) -> Iterator[Tuple[bytes, Picture]]:
     """(`ids.id_key` of the id, its Picture) for each id in `wanted`, from the images input, in
     the input's order, one image at a time: its id column is read row group by row group and
     only the row groups holding a wanted id are read further. `image_column` holds encoded
     bytes or URIs, read through fsspec as the job reads them: only under `allowed_uri_prefixes`
     (default: the job's default for an input at `images`), so that data cannot make the page
-    show arbitrary files. An unreadable image, or an id not in the input, is a Picture with its
-    error."""
-    prefixes = allowed_uri_prefixes or default_uri_prefixes(images)
+    show arbitrary files, and within the job's `limits` (input.max_image_bytes,
+    input.read_timeout_s), by the decode stage's own reader. An unreadable image, or an id not
+    in the input, is a Picture with its error."""
+    prefixes = default_uri_prefixes(images) if allowed_uri_prefixes is None else list(allowed_uri_prefixes)
+    reader = ImageReader(ImageSourceConfig(id_column=id_column, boxes_column=boxes_column or "boxes",
+                                           image_column=image_column, allowed_uri_prefixes=prefixes, **(limits or {})),
+                         storage)
     missing = {id_key(v): v for v in wanted}
     source = ParquetInput(images, storage, "images")
     for path in source.files:
@@ -168,7 +174,7 @@ def read_pictures(wanted: Iterable[Any], images: str, storage: StorageConfig, id
                 for row, values in zip(hits, table, strict=True):
                     key = id_key(ids[row])
                     if missing.pop(key, None) is not None:  # an id twice in the input: its first row
-                        yield key, _picture(values, image_column, boxes_column, box_format, storage, prefixes)
+                        yield key, _picture(values, image_column, boxes_column, box_format, reader)
                 if not missing:
                     return
     for key, value in missing.items():
@@ -176,24 +182,15 @@ def read_pictures(wanted: Iterable[Any], images: str, storage: StorageConfig, id
 
 
 def _picture(values: Dict[str, Any], image_column: str, boxes_column: Optional[str], box_format: str,
-             storage: StorageConfig, prefixes: Sequence[str]) -> Picture:
+             reader: ImageReader) -> Picture:
     picture = Picture()
     if boxes_column in values:
         try:
             picture.boxes = boxes_to_xyxy(parse_boxes(values[boxes_column]), box_format).tolist()
         except ValueError:
             pass  # the job wrote this row's error; the masks are drawn without their boxes
-    value = values[image_column]
     try:
-        if value is None:
-            raise ValueError(f"{image_column} is null")
-        if isinstance(value, str):
-            if not uri_allowed(value, prefixes):
-                raise PermissionError(f"{value} lies outside the allowed URI prefixes ({', '.join(prefixes)})")
-            fs, path = filesystem(value, storage)
-            with fs.open(path, "rb") as f:
-                value = f.read()
-        picture.data = value
+        picture.data = reader.image_bytes(values[image_column], image_column)
     except Exception as e:  # noqa: BLE001 - any read failure belongs to this image's card
         picture.error = f"cannot read the image: {type(e).__name__}: {e}"
     return picture
@@ -288,11 +285,11 @@ def write_review(input_path: str, out_dir: str, images: Optional[str] = None,
     if images is None or image_column is None:
         raise ValueError(f"--images / --image-column: {input_path} has no job description naming its input: give the "
                          "job's input Parquet and its column of images or image URIs")
+    _check_out(out_dir)
     reader = ResultReader(input_path, columns, storage)
     selection = select(reader.images(), max_images, needs_review, seed)
     boxes_column = inputs.get("boxes_column")
     chosen = [(image, "review") for image in selection.needs_review] + [(image, "sample") for image in selection.sample]
-    _check_out(out_dir)
     names = {c["id"]: str(c["name"]) for c in reader.categories()}
     places: Dict[bytes, List[int]] = {}
     for n, (image, _) in enumerate(chosen):
@@ -308,7 +305,8 @@ def write_review(input_path: str, out_dir: str, images: Optional[str] = None,
         cards: List[Dict[str, Any]] = [{}] * len(chosen)
         for key, picture in read_pictures([image.row_id for image, _ in chosen], images, storage, columns.id_column,
                                           image_column, boxes_column, inputs.get("box_format", "xyxy"),
-                                          inputs.get("allowed_uri_prefixes")):
+                                          inputs.get("allowed_uri_prefixes"),
+                                          {k: inputs[k] for k in ("max_image_bytes", "read_timeout_s") if k in inputs}):
             for n in places[key]:
                 cards[n] = _card(chosen[n][0], chosen[n][1], picture, n + 1, work, side, names)
         _write_page(work, input_path, images, reader, selection, cards, names, max_images, needs_review, seed)
@@ -341,8 +339,9 @@ def _write_page(out_dir: str, input_path: str, images: str, reader: ResultReader
     }
     with open(_TEMPLATE, encoding="utf-8") as f:
         template = f.read()
-    # "</" would end the script element the data sits in; "<\/" is the same JSON string.
-    page = template.replace("__REVIEW_DATA__", json.dumps(data, allow_nan=False).replace("</", "<\\/"))
+    # Every "<" as its JSON escape, so that no text in the data ("</script>", "<!--") can end or
+    # change the script element it sits in.
+    page = template.replace("__REVIEW_DATA__", json.dumps(data, allow_nan=False).replace("<", "\\u003c"))
     with open(os.path.join(out_dir, PAGE), "w", encoding="utf-8") as f:
         f.write(page)
 

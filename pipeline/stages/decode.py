@@ -2,7 +2,6 @@
 check, convert and rescale its boxes (the processor's transforms, as the official
 preprocessing does them)."""
 
-import concurrent.futures
 import io
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Tuple
@@ -14,10 +13,10 @@ from PIL import Image
 from samhq_core import SamHQProcessor
 
 from ..config import ImageSourceConfig, StorageConfig
-from ..schema import BOXES, IMAGE_STRUCT_BYTES, IMAGE_STRUCT_PATH, PIXELS, RESIZED_HW, exception_detail, row_error
-from ..storage import filesystem, uri_allowed
+from ..schema import BOXES, PIXELS, RESIZED_HW, exception_detail, row_error
 from .base import Stage, StageUDF, column
 from .crash_guard import CrashGuard
+from .image_reader import ImageReader
 
 # A decode task's memory, sized from bench/results/decode_memory.md for images up to 4K: the
 # worker process with its imports and first decoded image, plus what each further image of
@@ -125,7 +124,7 @@ class DecodeUDF(StageUDF):
         # Pillow's own bomb check (a warning above the limit, an error above twice it) agrees
         # with the explicit check in _decode.
         Image.MAX_IMAGE_PIXELS = inputs.max_image_pixels
-        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="image-read")
+        self._reader = ImageReader(inputs, storage)
 
     @classmethod
     def required_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
@@ -175,54 +174,9 @@ class DecodeUDF(StageUDF):
             return self.processor.resize_image(image, draft=self.inputs.jpeg_draft)
 
     def _image_bytes(self, batch: pa.Table, i: int) -> bytes:
-        limit = self.inputs.max_image_bytes
-        value = batch.column(self.inputs.image_source_column)[i].as_py()
-        column = self.inputs.image_column
-        if self.inputs.image_uri_column:
-            data = self._read_uri(value, self.inputs.image_uri_column)
-        elif isinstance(value, dict):  # a datasets Image column (schema.is_image_struct): its bytes, else its path
-            if value[IMAGE_STRUCT_BYTES] is not None:
-                data = value[IMAGE_STRUCT_BYTES]
-            elif value[IMAGE_STRUCT_PATH]:
-                data = self._read_uri(value[IMAGE_STRUCT_PATH], f"{column}.{IMAGE_STRUCT_PATH}")
-            else:
-                raise ValueError(f"{column} has neither {IMAGE_STRUCT_BYTES} nor a {IMAGE_STRUCT_PATH}")
-        elif value is None:
-            raise ValueError(f"{column} is null")
-        else:
-            data = value
-        if len(data) > limit:
-            raise ValueError(f"the image has more than input.max_image_bytes ({limit} bytes)")
-        return data
-
-    def _read_uri(self, uri: Optional[str], where: str) -> bytes:
-        """The bytes of the image at `uri` (from the value `where` names, for messages), at
-        most input.max_image_bytes."""
-        if not uri:
-            raise ValueError(f"{where} is empty")
-        prefixes = self.inputs.allowed_uri_prefixes
-        if prefixes is not None and not uri_allowed(uri, prefixes):
-            raise PermissionError(f"{uri} lies outside input.allowed_uri_prefixes ({', '.join(prefixes)})")
-        fs, path = filesystem(uri, self.storage)
-        limit = self.inputs.max_image_bytes
-
-        def read() -> bytes:
-            info = fs.info(path)
-            if info.get("type") != "file":  # a FIFO or device would block or never end
-                raise ValueError(f"{uri} is not a regular file (type {info.get('type')})")
-            if (info.get("size") or 0) > limit:
-                raise ValueError(f"{uri} has {info['size']} bytes, more than input.max_image_bytes ({limit})")
-            with fs.open(path, "rb") as f:
-                return f.read(limit + 1)
-
-        future = self._reader.submit(read)
-        try:
-            return future.result(timeout=self.inputs.read_timeout_s)
-        except concurrent.futures.TimeoutError:
-            # The stuck read keeps its thread; later rows get a fresh one.
-            self._reader.shutdown(wait=False)
-            self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="image-read")
-            raise TimeoutError(f"reading {uri} took more than input.read_timeout_s ({self.inputs.read_timeout_s:g} s)") from None
+        column = self.inputs.image_uri_column or self.inputs.image_column
+        assert column is not None  # the config requires one of the two
+        return self._reader.image_bytes(batch.column(column)[i].as_py(), column)
 
 
 def decode_memory(batch_size: int, max_image_pixels: int = _MEASURED_PIXELS) -> int:

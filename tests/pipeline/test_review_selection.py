@@ -151,7 +151,29 @@ def test_images_by_uri(job, tmp_path):
     cards = {c["id"]: c for c in page_data(summary.page)["cards"]}
     assert summary.shown == NUM_ROWS - len(FAILURES) and summary.unreadable == 2
     assert "FileNotFoundError" in cards["im0000"]["problem"]
-    assert "/etc/hostname lies outside the allowed URI prefixes" in cards["im0001"]["problem"]
+    assert "/etc/hostname lies outside input.allowed_uri_prefixes" in cards["im0001"]["problem"]
+
+
+def test_images_in_a_datasets_image_column(job, tmp_path):
+    """A `datasets` Image column ({bytes, path}) as the job reads it: the bytes, else the path."""
+    table = pq.read_table(job["images"])
+    structs = []
+    for k, (row_id, data) in enumerate(zip(table.column("id").to_pylist(), table.column("image").to_pylist(),
+                                           strict=True)):
+        path = str(tmp_path / f"{row_id}.png")
+        with open(path, "wb") as f:
+            f.write(data)
+        structs.append({"bytes": data if k % 2 else None, "path": path})
+    structs[3] = {"bytes": None, "path": None}
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = table.set_column(table.schema.get_field_index("image"), "image", pa.array(structs, image_type))
+    pq.write_table(images, str(tmp_path / "structs.parquet"))
+    summary = write_review(job["output"], str(tmp_path / "page"), images=str(tmp_path / "structs.parquet"),
+                           max_images=300, needs_review=0)
+    cards = {c["id"]: c for c in page_data(summary.page)["cards"]}
+    assert summary.shown == NUM_ROWS - len(FAILURES) and summary.unreadable == 1
+    assert "has neither bytes nor a path" in cards["im0003"]["problem"]
+    assert cards["im0000"]["thumbnail"] and cards["im0001"]["thumbnail"]  # from its path, from its bytes
 
 
 def cli(*args):

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from samhq_core import SamHQConfig, SamHQModel
-from samhq_core.checkpoint import hub_model
+from samhq_core.checkpoint import hub_model, pin_hub_revision
 
 from .config import ConfigError, ImageSourceConfig, JobConfig, Section, StorageConfig
 from .ids import repeated_ids
@@ -256,12 +256,16 @@ def resolve_local_path(value: str, key: str, relative_to: Optional[str]) -> Tupl
 
 
 def resolve_checkpoint(value: str, key: str, relative_to: Optional[str]) -> Tuple[str, List[str]]:
-    """A checkpoint source with its local path made absolute (`resolve_local_path`), or as it
-    is when it is a Hugging Face Hub model id: `org/name[@revision]` that is no existing local
-    path against the same directory (`samhq_core.checkpoint.hub_model` has the rule). The
-    model actors load a Hub model through their own node's Hugging Face cache."""
+    """A checkpoint source with its local path made absolute (`resolve_local_path`), or, when
+    it is a Hugging Face Hub model id (`org/name[@revision]` that is no existing local path
+    against the same directory: `samhq_core.checkpoint.hub_model` has the rule), pinned to the
+    commit its revision points to now, so that every model actor, each through its own node's
+    Hugging Face cache, loads the same weights and a resumed job sees when they changed."""
     if hub_model(value, relative_to) is not None:
-        return value, []
+        try:
+            return pin_hub_revision(value, relative_to), []
+        except FileNotFoundError:
+            return value, []  # the checkpoint check names what is missing
     return resolve_local_path(value, key, relative_to)
 
 

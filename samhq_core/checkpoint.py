@@ -415,6 +415,7 @@ class HubModel:
 
 _HUB_FORM = re.compile(r"(?P<repo_id>[^/@]+/[^/@]+)(?:@(?P<revision>[^@\s]+))?")
 _HUB_FILES = (_HF_CONFIG, _HF_WEIGHTS)
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def hub_model(src: str, relative_to: Optional[str] = None) -> Optional[HubModel]:
@@ -446,6 +447,21 @@ def hub_model(src: str, relative_to: Optional[str] = None) -> Optional[HubModel]
     except HFValidationError:
         return None
     return HubModel(match["repo_id"], match["revision"])
+
+
+def pin_hub_revision(src: str, relative_to: Optional[str] = None) -> str:
+    """`src` with a Hub model's branch or tag replaced by the commit it points to now
+    (`org/name@<40 hex digits>`), so that every process that loads it later loads the same
+    weights; other sources, and ids already at a commit, as they are. Reads config.json
+    alone (a few KB, into huggingface_hub's cache). FileNotFoundError as `from_pretrained`."""
+    hub = hub_model(src, relative_to)
+    if hub is None or (hub.revision is not None and _COMMIT.fullmatch(hub.revision)):
+        return src
+    from huggingface_hub import hf_hub_download
+
+    with _hub_lookup(hub, src):
+        config_file = hf_hub_download(hub.repo_id, _HF_CONFIG, revision=hub.revision)
+    return str(HubModel(hub.repo_id, os.path.basename(os.path.dirname(config_file))))  # snapshots are named by commit
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ _SCRIPT = r"""
 import json, os, sys
 import torch
 from samhq_core import SamHQModel, SamHQProcessor
+from samhq_core.checkpoint import pin_hub_revision
 
 out, operations = sys.argv[1], json.loads(sys.argv[2])
 results = {}
@@ -40,6 +41,8 @@ for name, what, src, kwargs in operations:
             results[name] = {"config": model.config.to_dict()}
         elif what == "config":
             results[name] = {"config": SamHQModel.config_from_pretrained(src).to_dict()}
+        elif what == "pin":
+            results[name] = {"pinned": pin_hub_revision(src)}
         else:
             results[name] = {"image_size": SamHQProcessor.from_pretrained(src).image_size}
     except Exception as e:
@@ -78,6 +81,9 @@ def hub(tmp_path_factory):
         ("checked", "load", REPO, {"sha256": weights_blob}), ("mismatch", "load", REPO, {"sha256": "0" * 64}),
         ("config_main", "config", REPO, {}), ("config_other", "config", f"{REPO}@{commits['b']}", {}),
         ("processor_other", "processor", f"{REPO}@other", {}),
+        ("pin_main", "pin", REPO, {}), ("pin_other", "pin", f"{REPO}@other", {}),
+        ("pin_commit", "pin", f"{REPO}@{commits['b']}", {}), ("pin_local", "pin", "samhq-test/shadowed", {}),
+        ("pin_missing", "pin", "samhq-test/missing", {}),
         ("shadowed", "load", "samhq-test/shadowed", {}),
         ("missing_repo", "load", "samhq-test/missing", {}), ("missing_repo_config", "config", "samhq-test/missing", {}),
         ("missing_branch", "load", f"{REPO}@no-such-branch", {}),
@@ -134,6 +140,17 @@ def test_config_and_processor_from_a_hub_id(hub):
     assert results["config_main"] == {"config": hub["models"]["a"].config.to_dict()}
     assert results["config_other"] == {"config": hub["models"]["b"].config.to_dict()}
     assert results["processor_other"] == {"image_size": 128}
+
+
+def test_hub_revisions_are_pinned_to_their_commit(hub):
+    """What the job's checks hand the model actors: a branch (named or the default) replaced by
+    its commit, a commit and a local path as they are, a missing repository a clear error."""
+    results, commits = hub["results"], hub["commits"]
+    assert results["pin_main"] == {"pinned": f"{REPO}@{commits['a']}"}
+    assert results["pin_other"] == {"pinned": f"{REPO}@{commits['b']}"}
+    assert results["pin_commit"] == {"pinned": f"{REPO}@{commits['b']}"}
+    assert results["pin_local"] == {"pinned": "samhq-test/shadowed"}
+    assert results["pin_missing"]["error"].startswith("FileNotFoundError: checkpoint not found: samhq-test/missing")
 
 
 def test_an_existing_local_path_wins_over_a_hub_id(hub):

@@ -38,7 +38,7 @@ def test_a_hub_model_id_as_the_checkpoint_of_a_run(vit_pair, tmp_path):
     model actors (started by the job's local Ray, which they inherit the environment from)
     load it from there, and the masks are samhq_core's for that model."""
     hf_home = tmp_path / "hf_home"
-    add_model(str(hf_home / "hub"), HUB_REPO, vit_pair.ours)
+    commit = add_model(str(hf_home / "hub"), HUB_REPO, vit_pair.ours)
     rows = sample_rows(num_good=3)[:3]
     (tmp_path / "input").mkdir()
     write_rows(str(tmp_path / "input" / "part-0.parquet"), rows)
@@ -58,12 +58,14 @@ def test_a_hub_model_id_as_the_checkpoint_of_a_run(vit_pair, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "SAM-HQ at 256 px" in proc.stdout
     description = json.loads((tmp_path / "output" / "_samhq_job.json").read_text())
-    assert description["config"]["model"]["checkpoint"] == HUB_REPO  # kept as an id, not made a local path
+    # Kept as an id, not made a local path, and pinned to the commit main pointed to, which
+    # every model actor then loads.
+    assert description["config"]["model"]["checkpoint"] == f"{HUB_REPO}@{commit}"
     out = {r["id"]: r for r in pq.read_table(tmp_path / "output").to_pylist()}
     for row in rows:
         got = out[row["id"]]
         assert got["error"] is None
-        expected, scores = samhq_core_masks(vit_pair.ours, row["image"], row["boxes"])
+        expected, scores, _ = samhq_core_masks(vit_pair.ours, row["image"], row["boxes"])
         for mask, reference in zip(_masks(got), expected, strict=True):
             assert (mask == reference).mean() > 0.999
         np.testing.assert_allclose(got["iou_scores"], scores, atol=1e-3)
@@ -126,7 +128,7 @@ def test_datasets_image_columns_and_load_dataset_on_the_output(ray_cluster, vit_
     assert from_datasets["null"]["error"] == "image_read: ValueError: image is null"
     assert from_datasets["outside"]["error"].startswith(f"image_read: PermissionError: {elsewhere} lies outside "
                                                         "input.allowed_uri_prefixes")
-    expected, _ = samhq_core_masks(vit_pair.ours, encoded[2], boxes[2])
+    expected, _, _ = samhq_core_masks(vit_pair.ours, encoded[2], boxes[2])
     assert all((m == e).mean() > 0.999 for m, e in zip(_masks(from_datasets["path2"]), expected, strict=True))
 
     output = tmp_path / "hf_output"

@@ -42,7 +42,7 @@ def blend(image: np.ndarray, masks: Iterable[Tuple[np.ndarray, Color]], alpha: f
 def mask_layer(mask: np.ndarray, rgb: Color, alpha: float = MASK_ALPHA) -> Image.Image:
     """A bool (H, W) mask as an image to lay over the picture: `rgb` at opacity `alpha` on the
     mask, transparent elsewhere. A two-colour palette image, so its PNG stays small."""
-    layer = Image.fromarray(mask.astype(np.uint8), mode="P")
+    layer = Image.fromarray(mask.astype(np.uint8)).convert("P")  # "L" values 0 and 1 become palette indices
     layer.putpalette([0, 0, 0, *rgb])
     layer.info["transparency"] = bytes([0, round(alpha * 255)])
     return layer

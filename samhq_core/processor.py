@@ -45,7 +45,8 @@ def preprocess_shape(height: int, width: int, long_side: int) -> Tuple[int, int]
     """(h, w) after resizing so that the longest side is `long_side`, rounding like the
     official ResizeLongestSide."""
     scale = long_side * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    # At least 1 pixel: past 2 * long_side : 1 the official rounding gives 0, which no resize takes.
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def resize_longest_side(array: np.ndarray, long_side: int) -> np.ndarray:

@@ -335,3 +335,9 @@ def test_draft_decodes_large_jpegs_reduced_but_reports_their_own_size():
     rotated = _rotated_jpeg(Image.new("RGB", (300, 70), "blue"))
     resized, size = processor.resize_image(rotated, draft=True)
     assert size == (300, 70) and resized.shape == (64, 15, 3)
+
+
+def test_images_longer_than_twice_the_input_size_to_one_keep_a_row():
+    """Official rounding would make a 5000 x 1 image 0 pixels high, which no resize takes."""
+    resized, size = SamHQProcessor(1024).resize_image(Image.new("RGB", (5000, 1)))
+    assert resized.shape == (1, 1024, 3) and size == (1, 5000)

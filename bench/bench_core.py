@@ -55,7 +55,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 import transformers
-from benchlib import cpu_model, encoder_flops, mask_iou, max_abs_diff
+from benchlib import contention, cpu_counters, cpu_model, encoder_flops, mask_iou, max_abs_diff
 
 import samhq_core
 
@@ -244,23 +244,6 @@ def fmt_time(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> st
     """Median with the range of the runs, e.g. `5.91 (5.85–6.02)`."""
     med, low, high = (x * scale for x in (median(values), min(values), max(values)))
     return f"{med:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
-
-
-def cpu_counters() -> Tuple[float, float, float]:
-    """(CPU seconds busy on the whole machine, stolen by the hypervisor, used by this process) so far."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
-    tick = os.sysconf("SC_CLK_TCK")
-    own = os.times()
-    return (user + nice + system + irq + softirq) / tick, steal / tick, own.user + own.system
-
-
-def contention(start: Tuple[float, float, float], runtime: float) -> str:
-    """How much CPU other processes and the hypervisor took during the run, as a share of all cores."""
-    busy, steal, own = (b - a for a, b in zip(start, cpu_counters(), strict=True))
-    capacity = runtime * os.cpu_count()
-    return (f"other processes used {busy - own:.0f} CPU-s ({(busy - own) / capacity:.0%} of the machine), "
-            f"hypervisor steal {steal:.0f} CPU-s ({steal / capacity:.0%})")
 
 
 def render(args: argparse.Namespace, enc: Timings, dec: Dict[int, Timings], peaks: Dict[str, float], flops: float,

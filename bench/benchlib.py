@@ -1,10 +1,13 @@
 """What more than one benchmark in bench/ measures the same way: the analytic FLOP count of
-the ViT encoder, the IoU of binarised masks, the largest difference of two outputs, and the
-CPU's name for the reports. The benchmarks run as scripts (`python bench/<name>.py`), which
-puts this directory on `sys.path`: they import it as `benchlib`."""
+the ViT encoder, the IoU of binarised masks, the largest difference of two outputs, the
+CPU's name for the reports, and how much CPU others took during a run (Linux: /proc/stat).
+The benchmarks run as scripts (`python bench/<name>.py`), which puts this directory on
+`sys.path`: they import it as `benchlib`."""
 
 import math
+import os
 import platform
+from typing import Tuple
 
 import torch
 
@@ -54,3 +57,20 @@ def cpu_model() -> str:
                         platform.processor())
     except OSError:
         return platform.processor()
+
+
+def cpu_counters() -> Tuple[float, float, float]:
+    """(CPU seconds busy on the whole machine, stolen by the hypervisor, used by this process) so far."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return (user + nice + system + irq + softirq) / tick, steal / tick, own.user + own.system
+
+
+def contention(start: Tuple[float, float, float], runtime: float) -> str:
+    """How much CPU other processes and the hypervisor took during the run, as a share of all cores."""
+    busy, steal, own = (b - a for a, b in zip(start, cpu_counters(), strict=True))
+    capacity = runtime * os.cpu_count()
+    return (f"other processes used {busy - own:.0f} CPU-s ({(busy - own) / capacity:.0%} of the machine), "
+            f"hypervisor steal {steal:.0f} CPU-s ({steal / capacity:.0%})")

@@ -179,8 +179,8 @@ class ModelConfig(Section):
     multimask_output: bool = Field(False, description="Keep the best of 3 candidate masks per box by predicted IoU.")
     mask_threshold: float = Field(0.0, description="Threshold on the mask logits.")
     dtype: DType = Field("float32", description="float32, or bfloat16 autocast (the prompt encoder stays in fp32).")
-    box_chunk_size: Optional[int] = Field(None, ge=1, description="Boxes decoded at once per image; default 64 on a "
-                                                                  "GPU, 1 on CPU.")
+    box_chunk_size: Optional[int] = Field(None, ge=1, description="Boxes decoded at once, from all images of a model "
+                                                                  "batch; default 64 on a GPU, 4 on CPU.")
     compile: bool = Field(False, description="torch.compile the encoder and the decoder once per actor (the first "
                                              "batches take minutes longer; image and box counts are padded to "
                                              "powers of two, so that new counts reuse a few compiled graphs).")

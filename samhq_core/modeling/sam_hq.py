@@ -139,9 +139,10 @@ class SamHQModel(PretrainedModel):
           input_masks (B, P, 4h, 4w) low-res mask logits, e.g. an earlier pred_masks.
         sam_only returns what plain SAM with these weights outputs: the HQ token left out of
         the decoder's tokens and no HQ term (the baseline of the paper's comparisons).
-        Prompts of one image are decoded `prompt_chunk_size` at a time, which bounds memory
-        (roughly 0.1 GB of fp32 activations per prompt): by default 64 on accelerators and 1 on CPU,
-        where one prompt's 256 x 256 activations stay in cache.
+        Prompts are decoded `prompt_chunk_size` at a time, which bounds memory (roughly 0.1 GB
+        of fp32 activations per prompt): by default 64 on accelerators and 4 on CPU, as fast as
+        1 on a quiet CPU and faster when other processes share its cores
+        (bench/results/cpu_core_neighbour.md).
         original_sizes and reshaped_input_sizes are accepted, and unused, so that the
         processor's whole output can be passed as `model(**inputs)`; post_process_masks
         needs them.
@@ -218,7 +219,7 @@ class SamHQModel(PretrainedModel):
         Returns mask logits (N, K, 4h, 4w) and IoU predictions (N, K).
         """
         if prompt_chunk_size is None:
-            prompt_chunk_size = 1 if image_embeddings.is_cpu else 64
+            prompt_chunk_size = 4 if image_embeddings.is_cpu else 64
         num_prompts = image_index.shape[0]
         sparse = None
         if points is not None or boxes is not None:

@@ -13,13 +13,13 @@ does), to show why the export puts its rings on the pixel edges.
 
 import argparse
 import os
-import platform
 import sys
 from collections import defaultdict
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
+from benchlib import cpu_model
 from pycocotools import mask as mask_utils
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,14 +113,8 @@ def table(results: Dict[str, Dict[str, List[float]]], title: str) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} CPUs, load average {load} (1, 5, 15 min) at the end"
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, load average {load} (1, 5, 15 min) at the end"
 
 
 def main(argv: Optional[List[str]] = None) -> None:

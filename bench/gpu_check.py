@@ -29,18 +29,20 @@ against the fp32 peak; bf16 means `torch.autocast(dtype=torch.bfloat16)`, as the
 4. The whole pipeline (`pipeline.job.run_job`) on a local Ray cluster of this node's CPUs and
    its one GPU: 256 synthetic 1080p JPEG rows (4 distinct scenes of
    `samhq_core.training.synthetic.make_scene`, 50 random boxes each) in one Parquet file, a
-   vit_b random-weight checkpoint (`save_pretrained`), bf16; 1 actor with 1 GPU, then 2 actors
-   with 0.5 GPU each. Timed from job start to the closing check, so actor start-up and model
-   loading count; Ray Data's per-stage throughput lines are quoted.
+   vit_b random-weight checkpoint (`save_pretrained`), bf16; 1 actor with 1 GPU, the same with
+   2 batches at once (`compute.concurrent_batches_per_actor`: threads with CUDA streams of their
+   own, so that copies and mask coding overlap the model), then 2 actors with 0.5 GPU each.
+   Timed from job start to the closing check, so actor start-up and model loading count; Ray
+   Data's per-stage throughput lines are quoted.
 Measurements run in order of importance; `--budget-s` skips those that would not finish in
 time (the report lists them), and a SIGTERM (the wrapper's `timeout`) still writes the report.
 
 Report: `bench/results/gpu_<device name>.md` (the machine, every table, the checks).
 `--smoke` runs every code path on the CPU (or a GPU if there is one) with a 64 px model, 2
-images, a few boxes and an 8-row pipeline run of 64 x 64 images, in well under a minute, without
-the CUDA-only calls (sync debug mode; time.perf_counter instead of CUDA events) and with
-torch.compile's "eager" backend (inductor's C++ build takes half a minute on a small CPU); its
-report goes to `--out` or a temporary file, never to bench/results.
+images, a few boxes and an 8-row pipeline run of 64 x 64 images (2 batches at once), in well
+under a minute, without the CUDA-only calls (sync debug mode; time.perf_counter instead of CUDA
+events) and with torch.compile's "eager" backend (inductor's C++ build takes half a minute on a
+small CPU); its report goes to `--out` or a temporary file, never to bench/results.
 
 Usage: bash bench/gpu_check.sh    (python bench/gpu_check.py --budget-s 420 under `timeout 480`)
        python bench/gpu_check.py --smoke [--out report.md]
@@ -112,7 +114,7 @@ class Settings:
     pipeline_hw: Tuple[int, int]
     pipeline_boxes: int
     pipeline_scenes: int
-    pipeline_runs: Tuple[Tuple[int, float], ...]  # (actors, GPUs per actor)
+    pipeline_runs: Tuple[Tuple[int, float, int], ...]  # (actors, GPUs per actor, concurrent batches per actor)
     pipeline_dtype: str
     pipeline_batch_size: int
     torch_threads: Optional[int]  # None: torch's default
@@ -150,7 +152,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
             smoke=True, seed=args.seed, parity_config=tiny, parity_boxes=4, variants={"smoke_64px": tiny},
             batches=(1, 2), compiled=(("smoke_64px", 2),), compile_backend=args.compile_backend or "eager",
             box_counts=(4, 80), peak_size=256, warmup=1, repeats=2, call_seconds=0.2, sync_images=2,
-            pipeline_images=8, pipeline_hw=(64, 64), pipeline_boxes=3, pipeline_scenes=2, pipeline_runs=((1, 1.0),),
+            pipeline_images=8, pipeline_hw=(64, 64), pipeline_boxes=3, pipeline_scenes=2, pipeline_runs=((1, 1.0, 2),),
             pipeline_dtype=args.pipeline_dtype, pipeline_batch_size=4, torch_threads=1,
         )
     else:
@@ -160,7 +162,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
             batches=(1, 8, 16), compiled=(("vit_b", 8), ("vit_h", 8)), compile_backend=args.compile_backend or "inductor",
             box_counts=(16, 64, 256), peak_size=8192, warmup=args.warmup, repeats=args.repeats, call_seconds=1.5,
             sync_images=4, pipeline_images=args.pipeline_images, pipeline_hw=(1080, 1920),
-            pipeline_boxes=args.pipeline_boxes, pipeline_scenes=4, pipeline_runs=((1, 1.0), (2, 0.5)),
+            pipeline_boxes=args.pipeline_boxes, pipeline_scenes=4, pipeline_runs=((1, 1.0, 1), (1, 1.0, 2), (2, 0.5, 1)),
             pipeline_dtype=args.pipeline_dtype, pipeline_batch_size=args.pipeline_batch_size, torch_threads=None,
         )
     return args, settings
@@ -331,13 +333,15 @@ def write_pipeline_input(path: str, settings: Settings) -> int:
     return settings.pipeline_images * settings.pipeline_boxes
 
 
-def job_config(work: str, checkpoint: str, input_path: str, settings: Settings, actors: int, gpus: float) -> JobConfig:
-    compute: Dict[str, Any] = {"num_actors": actors, "num_gpus_per_actor": gpus, "batch_size": settings.pipeline_batch_size}
+def job_config(work: str, checkpoint: str, input_path: str, settings: Settings, actors: int, gpus: float,
+               concurrent: int = 1) -> JobConfig:
+    compute: Dict[str, Any] = {"num_actors": actors, "num_gpus_per_actor": gpus, "batch_size": settings.pipeline_batch_size,
+                               "concurrent_batches_per_actor": concurrent}
     if settings.torch_threads:
         compute["torch_threads"] = settings.torch_threads
     return parse_config({
         "input": {"path": input_path, "id_column": "image_id", "image_column": "image", "boxes_column": "boxes"},
-        "output": {"path": os.path.join(work, f"output-{actors}x{gpus:g}"), "mode": "overwrite"},
+        "output": {"path": os.path.join(work, f"output-{actors}x{gpus:g}x{concurrent}"), "mode": "overwrite"},
         "model": {"checkpoint": checkpoint, "dtype": settings.pipeline_dtype},
         "compute": compute,
     })
@@ -598,6 +602,7 @@ def bench_decoder(settings: Settings, dev: Device, clock: Clock, model: SamHQMod
 class PipelineRow:
     actors: int
     gpus: float
+    concurrent: int  # compute.concurrent_batches_per_actor
     status: str = "not run"
     seconds: float = 0.0
     rows_out: int = 0
@@ -605,14 +610,19 @@ class PipelineRow:
     summary: str = ""
     stats: List[str] = dataclasses.field(default_factory=list)
 
+    @property
+    def label(self) -> str:
+        return f"{self.actors} actor(s) x {self.gpus:g} GPU each, {self.concurrent} batch(es) at once"
+
 
 def bench_pipeline(settings: Settings, dev: Device, clock: Clock, work: str, checkpoint: str,
                    input_path: str) -> List[PipelineRow]:
     # Without a GPU the same runs go with CPU actors, so that the smoke run takes this code path.
-    rows = [PipelineRow(actors, gpus if dev.cuda else 0.0) for actors, gpus in settings.pipeline_runs]
+    rows = [PipelineRow(actors, gpus if dev.cuda else 0.0, concurrent)
+            for actors, gpus, concurrent in settings.pipeline_runs]
     try:
         for row in rows:
-            label = f"pipeline {row.actors} actor(s) x {row.gpus:g} GPU each"
+            label = f"pipeline {row.label}"
             if not clock.allows(label, 25.0 if settings.smoke else 60.0):
                 row.status = "skipped (budget)"
                 continue
@@ -623,7 +633,7 @@ def bench_pipeline(settings: Settings, dev: Device, clock: Clock, work: str, che
                 # Ray's core worker installs a SIGTERM handler that ends the process at once: take it back, so
                 # that the wrapper's `timeout` still gets a report and a shut-down cluster.
                 signal.signal(signal.SIGTERM, _interrupt)
-            config = job_config(work, checkpoint, input_path, settings, row.actors, row.gpus)
+            config = job_config(work, checkpoint, input_path, settings, row.actors, row.gpus, row.concurrent)
             clock.log(f"{label}: start")
             try:
                 summary = run_job(config, log=lambda line: clock.log(f"  job: {line}"), progress_interval=15.0)
@@ -791,15 +801,16 @@ def render_throughput(settings: Settings, r: Dict[str, Any]) -> List[str]:
               f"{describe(settings.parity_config)} random weights, model.dtype {settings.pipeline_dtype}, "
               f"compute.batch_size {settings.pipeline_batch_size}. Seconds from job start to the closing check "
               "(actor start-up and model loading included).", "",
-              "| actors x GPUs each | status | seconds | images/s | masks/s |", "|---|---|---|---|---|"]
-    runs = r.get("pipeline") or [PipelineRow(a, g if r["cuda"] else 0.0) for a, g in settings.pipeline_runs]
+              "| actors x GPUs each | batches at once per actor | status | seconds | images/s | masks/s |",
+              "|---|---|---|---|---|---|"]
+    runs = r.get("pipeline") or [PipelineRow(a, g if r["cuda"] else 0.0, c) for a, g, c in settings.pipeline_runs]
     for p in runs:
         rates = ([f"{p.seconds:.1f}", f"{p.rows_out / p.seconds:.2f}", f"{p.masks / p.seconds:.0f}"]
                  if p.seconds else ["", "", ""])
-        lines.append(f"| {p.actors} x {p.gpus:g} | {p.status} | " + " | ".join(rates) + " |")
+        lines.append(f"| {p.actors} x {p.gpus:g} | {p.concurrent} | {p.status} | " + " | ".join(rates) + " |")
     for p in runs:
         if p.summary:
-            lines += ["", f"{p.actors} x {p.gpus:g}: {p.summary}", "", "```", *p.stats, "```"]
+            lines += ["", f"{p.label}: {p.summary}", "", "```", *p.stats, "```"]
     return lines + [""]
 
 
@@ -819,7 +830,7 @@ def run_checks(settings: Settings, dev: Device, clock: Clock, r: Dict[str, Any],
     os.makedirs(os.path.dirname(input_path))
     write_pipeline_input(input_path, settings)
     clock.log(f"wrote {settings.pipeline_images} input rows and the checkpoint")
-    first_actors, first_gpus = settings.pipeline_runs[0]
+    first_actors, first_gpus, _ = settings.pipeline_runs[0]
     first_gpus = first_gpus if dev.cuda else 0.0
     r["syncs"] = check_syncs(settings, dev, clock, model,
                              job_config(work, checkpoint, input_path, settings, first_actors, first_gpus), input_path)
@@ -837,7 +848,7 @@ def run_checks(settings: Settings, dev: Device, clock: Clock, r: Dict[str, Any],
               if row.timing.status.startswith("error")]
     failed += [f"decoder {d.boxes} boxes {d.chunk}: {t.status}" for d in r["decoder"] for t in (d.fp32, d.bf16)
                if t.status.startswith("error")]
-    failed += [f"pipeline {p.actors} x {p.gpus:g}: {p.status}" for p in r["pipeline"]
+    failed += [f"pipeline {p.label}: {p.status}" for p in r["pipeline"]
                if p.status.startswith(("error", "failed"))]
     r["failures"] += failed
 

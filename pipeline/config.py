@@ -209,6 +209,12 @@ class ComputeConfig(Section):
     torch_threads: Optional[int] = Field(None, ge=1, description="Intra-op threads per actor on CPU; default: Ray's "
                                                                  "(num_cpus_per_actor).")
     batch_size: int = Field(4, ge=1, description="Images per model call.")
+    concurrent_batches_per_actor: int = Field(
+        1, ge=1, le=8, description="Batches a model actor works on at once, each in a thread of its own (on a GPU "
+                                   "with a CUDA stream of its own): one batch's model call runs while another's "
+                                   "inputs are read and copied and its masks are run-length coded and copied back. "
+                                   "The model calls themselves take turns. Device memory grows with it; on CPU "
+                                   "leave it at 1 (the threads would share the actor's cores).")
     decode_batch_size: int = Field(8, ge=1, description="Images per CPU decode task.")
     max_worker_crashes: int = Field(3, ge=2, description="Times a row may be in flight when its worker process dies "
                                                          "(a native crash, an out-of-memory kill) before it is written "

@@ -1,8 +1,16 @@
 """The model stage (actors): one SAM-HQ replica each. Runs the image encoder on the batch's
 images, the HQ decoder on all usable boxes of all of them (in bounded chunks), and upsamples,
 thresholds, scores the stability of and run-length-codes the masks on the actor's device,
-so that only run boundaries, scores, areas and boxes leave it."""
+so that only run boundaries, scores, areas and boxes leave it.
 
+With `compute.concurrent_batches_per_actor` above 1, Ray Data calls an actor's UDF from that
+many threads at once; each thread has a CUDA stream of its own, so that one batch's copies,
+mask post-processing and run-length coding overlap another's model call on the GPU. The model
+calls take turns under a lock: torch.compile'd functions (the compiled model, FlexAttention's
+kernel) are not thread-safe, and one model call at a time bounds the device memory."""
+
+import contextlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, List, Mapping, Optional, Sequence, Tuple
 
@@ -55,10 +63,12 @@ class ModelUDF(StageUDF):
 
     def __init__(self, model: ModelConfig, storage: StorageConfig, image_size: int,
                  torch_threads: Optional[int] = None, row_counter: Optional[Any] = None,
-                 crash_guard: Optional[CrashGuard] = None, batch_size: int = 1) -> None:
+                 crash_guard: Optional[CrashGuard] = None, batch_size: int = 1, concurrent_batches: int = 1) -> None:
         super().__init__(crash_guard, model=model, storage=storage, image_size=image_size, torch_threads=torch_threads,
-                         row_counter=row_counter, batch_size=batch_size)
-        self.batch_size = batch_size
+                         row_counter=row_counter, batch_size=batch_size, concurrent_batches=concurrent_batches)
+        self.batch_size, self.concurrent_batches = batch_size, concurrent_batches
+        self._model_turn = threading.Lock()
+        self._thread_state = threading.local()
         self.row_counter = row_counter
         self.config = model
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -67,6 +77,8 @@ class ModelUDF(StageUDF):
         self.model = SamHQModel.from_pretrained(
             model.checkpoint, variant=model.variant, sha256=model.sha256, storage_options=storage_options(storage)
         ).to(self.device)
+        if self.device.type == "cuda":  # the weights' copies finish before another thread's stream reads them
+            torch.cuda.synchronize(self.device)
         self.processor = SamHQProcessor.for_model(self.model)
         self.encode: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = self.model.get_image_embeddings
         self.decode: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = self.model.decode_flat
@@ -97,6 +109,18 @@ class ModelUDF(StageUDF):
         return super().shape(batch)
 
     def process(self, batch: pa.Table) -> List[MaskResult]:
+        with self._stream():
+            return self._process(batch)
+
+    def _stream(self) -> ContextManager[Any]:
+        """This thread's own CUDA stream, when batches run concurrently on a GPU."""
+        if self.device.type != "cuda" or self.concurrent_batches == 1:
+            return contextlib.nullcontext()
+        if not hasattr(self._thread_state, "stream"):
+            self._thread_state.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(self._thread_state.stream)
+
+    def _process(self, batch: pa.Table) -> List[MaskResult]:
         images = [self._image(batch, i) for i in range(batch.num_rows)]
         results: List[Optional[MaskResult]] = [None] * len(images)
         for i, image in enumerate(images):
@@ -136,7 +160,7 @@ class ModelUDF(StageUDF):
             # Every batch padded to the job's batch size: one encoder graph, and the decoder's
             # graphs keyed on the box count alone (the images without a usable box vary).
             batch = pad_to_bucket(batch, dim=0, at_least=self.batch_size)
-        with self._autocast():
+        with self._autocast(), self._model_turn:
             # Padded rows stay: the decoder's graph is then keyed on the padded count too.
             return self.encode(batch)
 
@@ -156,7 +180,7 @@ class ModelUDF(StageUDF):
         image_index = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(counts)).to(self.device)
         if self.config.compile:
             boxes, image_index = pad_to_bucket(boxes, dim=0), pad_to_bucket(image_index, dim=0)
-        with self._autocast():
+        with self._autocast(), self._model_turn:
             logits, scores = self.decode(
                 embeddings, intermediate, image_index, boxes=boxes, multimask_output=self.config.multimask_output,
                 hq_token_only=self.config.hq_token_only, sam_only=self.config.sam_only,
@@ -205,6 +229,8 @@ def model_stage(model: ModelConfig, storage: StorageConfig, compute: ComputeConf
                 ) -> Stage:
     device = "GPU" if num_gpus > 0 else "CPU"
     actors = f"{compute.num_actors} actor{'s' if compute.num_actors != 1 else ''}"
+    if compute.concurrent_batches_per_actor > 1:
+        actors += f" ({compute.concurrent_batches_per_actor} batches at once each)"
     source = ("SAM's mask only (model.sam_only)" if model.sam_only else
               "the HQ token's mask (model.hq_token_only)" if model.hq_token_only else
               "SAM's mask plus the HQ term (as official)")
@@ -213,11 +239,11 @@ def model_stage(model: ModelConfig, storage: StorageConfig, compute: ComputeConf
         udf=ModelUDF,
         constructor_kwargs=dict(model=model, storage=storage, image_size=image_size,
                                 torch_threads=compute.torch_threads, row_counter=row_counter, crash_guard=crash_guard,
-                                batch_size=compute.batch_size),
+                                batch_size=compute.batch_size, concurrent_batches=compute.concurrent_batches_per_actor),
         map_batches_kwargs=dict(
             batch_format="pyarrow",
             batch_size=compute.batch_size,
-            compute=ActorPoolStrategy(size=compute.num_actors),
+            compute=actor_pool(compute),
             num_gpus=num_gpus,
             num_cpus=compute.num_cpus_per_actor,
             # On CPU the actors share cores with the decode and encode tasks; spinning OpenMP
@@ -227,3 +253,13 @@ def model_stage(model: ModelConfig, storage: StorageConfig, compute: ComputeConf
         description=f"{actors} ({compute.num_cpus_per_actor:g} CPU, {num_gpus:g} GPU each) on {device}: "
                     f"{describe_model}, batches of {compute.batch_size}, {model.dtype}, {source}",
     )
+
+
+def actor_pool(compute: ComputeConfig) -> ActorPoolStrategy:
+    """The model actors' pool: `compute.num_actors` of them, each running up to
+    `compute.concurrent_batches_per_actor` calls of the UDF at once in threads of its own."""
+    concurrent = compute.concurrent_batches_per_actor
+    if concurrent == 1:
+        return ActorPoolStrategy(size=compute.num_actors)
+    return ActorPoolStrategy(size=compute.num_actors, max_concurrent_calls_per_actor=concurrent,
+                             enable_true_multi_threading=True)

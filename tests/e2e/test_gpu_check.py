@@ -41,5 +41,5 @@ def test_gpu_check_smoke_writes_every_section_and_passes(tmp_path):
     assert "parity: passed" in report
     assert "Result: **passed**" in report
     assert "\n- nothing\n" in report  # nothing skipped for the budget, nothing failed
-    assert "| 1 x " in report and " | ok | " in report  # the pipeline run finished, closing check passed
+    assert "| 1 x 0 | 2 | ok | " in report  # the pipeline run (2 batches at once) finished, closing check passed
     assert "compiled | 2 |" in report and "error: " not in report  # every measurement ran

@@ -1,6 +1,11 @@
-"""The model stage's compiled path (`model.compile: true`) against its eager path, in
-process: same masks, scores within 1e-4 in fp32, with image and box counts that need
-padding to their buckets."""
+"""The model stage in process: its compiled path (`model.compile: true`) against its eager
+path (same masks, scores within 1e-4 in fp32, with image and box counts that need padding
+to their buckets), and batches run concurrently from threads (as Ray Data runs them with
+`compute.concurrent_batches_per_actor`)."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -70,3 +75,35 @@ def test_compiled_model_stage_matches_eager(checkpoint):
         assert have.mask_areas == pytest.approx(want.mask_areas, abs=2)
         same = [np.array_equal(a, b) for a, b in zip(have.run_lengths, want.run_lengths, strict=True)]
         assert sum(same) >= len(same) - 1, same  # a logit at the threshold may flip a pixel
+
+
+def test_concurrent_batches_take_turns_on_the_model_and_match_one_at_a_time(checkpoint):
+    udf = ModelUDF(ModelConfig(checkpoint=checkpoint), StorageConfig(), image_size=64, concurrent_batches=2)
+    batch = _decoded_batch(udf.processor)
+    batches = [batch, batch.slice(1), batch.slice(0, 1), batch.slice(2)]
+    expected = [udf.process(b) for b in batches]
+    counter, inside, most = threading.Lock(), 0, 0
+
+    def counted(model_call):
+        def call(*args, **kwargs):
+            nonlocal inside, most
+            with counter:
+                inside += 1
+                most = max(most, inside)
+            try:
+                time.sleep(0.05)  # time for another thread to come in, were the calls not taking turns
+                return model_call(*args, **kwargs)
+            finally:
+                with counter:
+                    inside -= 1
+        return call
+
+    udf.encode, udf.decode = counted(udf.encode), counted(udf.decode)
+    with ThreadPoolExecutor(len(batches)) as pool:
+        results = list(pool.map(udf.process, batches))
+    assert most == 1
+    for want, have in zip(expected, results, strict=True):
+        assert [r.error for r in have] == [None] * len(want)
+        for a, b in zip(want, have, strict=True):
+            assert a.iou_scores == b.iou_scores and a.mask_areas == b.mask_areas
+            assert all(np.array_equal(x, y) for x, y in zip(a.run_lengths, b.run_lengths, strict=True))

@@ -108,9 +108,13 @@ def test_every_row_comes_out_and_masks_match_samhq_core(ray_cluster, checkpoint,
     os.makedirs(tmp_path / "input")
     write_rows(str(tmp_path / "input" / "part-0.parquet"), rows[:7], row_group_size=3)
     write_rows(str(tmp_path / "input" / "part-1.parquet"), rows[7:])
-    summary = run_job(job_config(tmp_path, checkpoint))
+    # Two batches at once in the one model actor (threads): the same masks as samhq_core's.
+    config = job_config(tmp_path, checkpoint, compute={"concurrent_batches_per_actor": 2, "batch_size": 1})
+    lines = []
+    summary = run_job(config, log=lines.append)
     out = read_output(str(tmp_path / "output"))
 
+    assert any(line.startswith("model:") and "1 actor (2 batches at once each)" in line for line in lines), lines
     assert set(out) == {r["id"] for r in rows}
     assert summary.rows_in == summary.rows_out == len(rows)
     assert summary.errors == {"image_decode": 2, "image_read": 1, "boxes": 1}

@@ -1,6 +1,8 @@
 """ViT image encoder (SAM vit_b / vit_l / vit_h): windowed + global attention with
 decomposed relative positions, and a neck down to the prompt embedding width."""
 
+import functools
+import math
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
@@ -77,7 +79,10 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)  # B x h x w x C
+        # Contiguous: as a view of the convolution's B x C x h x w output, the residual stream would
+        # keep that layout through every block (elementwise ops follow their first input's), and
+        # each LayerNorm and linear would copy it to channels-last first.
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()  # B x h x w x C
 
 
 class Block(nn.Module):
@@ -123,8 +128,9 @@ class Block(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with decomposed relative positions: added as an SDPA bias, or
-    inside FlexAttention's kernel for global attention on a GPU (`use_flex_attention`)."""
+    """Multi-head attention with decomposed relative positions: added as an SDPA bias, inside
+    FlexAttention's kernel for global attention on a GPU (`use_flex_attention`), or folded into
+    the dot products in bf16/fp16 on a CPU with AMX (`use_folded_rel_pos`)."""
 
     def __init__(
         self,
@@ -157,6 +163,8 @@ class Attention(nn.Module):
             rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, (h, w))
             if use_flex_attention(q, self.global_attention):
                 x = rel_pos_flex_attention(q, k, v, rel_h, rel_w)
+            elif use_folded_rel_pos(q):
+                x = rel_pos_folded_attention(q, k, v, rel_h, rel_w)
             else:
                 x = rel_pos_bias_attention(q, k, v, rel_h, rel_w)
         x = x.transpose(1, 2).reshape(b, h, w, -1)
@@ -170,6 +178,41 @@ def use_flex_attention(q: torch.Tensor, global_attention: bool) -> bool:
     (196 tokens) and the CPU, where the blocked bias below is faster, keep the bias."""
     head_dim = q.shape[-1]
     return q.is_cuda and global_attention and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX bf16 tiles (torch.cpu.get_capabilities, in torch >= 2.10)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    return bool(capabilities is not None and capabilities().get("amx_bf16"))
+
+
+def use_folded_rel_pos(q: torch.Tensor) -> bool:
+    """The folded bias for bf16 / fp16 attention on a CPU with AMX, whose matrix units make the
+    wider dot products cheaper than building and reading the bias (bench/results/cpu_core.md).
+    fp32 keeps the blocked bias, which is as fast there and exactly the official arithmetic."""
+    return q.is_cpu and q.dtype in (torch.bfloat16, torch.float16) and cpu_has_amx_bf16()
+
+
+def rel_pos_folded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor,
+                             rel_w: torch.Tensor) -> torch.Tensor:
+    """The same attention with the bias folded into the dot products, so that SDPA runs
+    without a mask: each query (i, j) gets its h + w relative-position terms as extra channels
+    (times sqrt(C), undone by SDPA's scale), each key (k, l) the one-hot of its row k and its
+    column l, so that q' . k' / sqrt(C) = q . k / sqrt(C) + rel_h[i, j, k] + rel_w[i, j, l]. v is
+    zero-padded to the same width (the CPU's flash kernel needs equal widths) and cut back after.
+    (B, heads, h*w, C) in and out."""
+    b, heads, h, w = rel_h.shape[:4]
+    tokens, dim = q.shape[2], q.shape[3]
+    unscale = math.sqrt(dim)
+    folded_q = torch.cat([q, rel_h.reshape(b, heads, tokens, h) * unscale,
+                          rel_w.reshape(b, heads, tokens, w) * unscale], dim=-1)  # B x heads x h*w x (C+h+w)
+    key = torch.arange(tokens, device=q.device)
+    one_hot = torch.cat([(key // w)[:, None] == torch.arange(h, device=q.device),
+                         (key % w)[:, None] == torch.arange(w, device=q.device)], dim=1).to(q.dtype)  # h*w x (h+w)
+    folded_k = torch.cat([k, one_hot.expand(b, heads, tokens, h + w)], dim=-1)
+    padded_v = F.pad(v, (0, h + w))
+    return F.scaled_dot_product_attention(folded_q, folded_k, padded_v, scale=1 / unscale)[..., :dim]
 
 
 def rel_pos_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor,

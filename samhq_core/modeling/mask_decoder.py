@@ -81,13 +81,16 @@ class MaskDecoderHQ(nn.Module):
         multimask_output: bool,
         hq_token_only: bool,
         sam_only: bool = False,
+        hq_image_index: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Masks for n prompts on one image (or each on its own image, with n embeddings).
+        """Masks for n prompts on one image (or each on its own image, with n embeddings and
+        `hq_image_index`).
 
         image_embedding: (1 or n, C, h, w), the image embedding plus dense prompt embeddings
         image_pe: (1, C, h, w); sparse_prompt_embeddings: (n, T, C)
-        hq_features: (1 or n, C/8, 4h, 4w): this image's, or each prompt's image's; None for a
-          plain SAM decoder
+        hq_features: (B, C/8, 4h, 4w): the images' HQ features; None for a plain SAM decoder
+        hq_image_index: (n,) each prompt's image among the B; None when B is 1 (one image's
+          features, shared by all prompts)
         sam_only: SAM's masks as plain SAM computes them: no HQ token among the output tokens, no
           HQ term (the baseline the HQ output improves on)
         Returns mask logits (n, K, 4h, 4w) and IoU predictions (n, K): K = 3 candidates sorted
@@ -114,10 +117,10 @@ class MaskDecoderHQ(nn.Module):
             token_ids = torch.zeros(n, 1, dtype=torch.long, device=iou_pred.device)
 
         if hq_token_only:
-            return self._hq_mask(hs, upscaled, hq_features), iou_pred[:, :1]
+            return self._hq_mask(hs, upscaled, hq_features, hq_image_index), iou_pred[:, :1]
         masks = self._sam_masks(hs, upscaled, token_ids, multimask_output)
         if self.hq and not sam_only:
-            masks = masks + self._hq_mask(hs, upscaled, hq_features)
+            masks = masks + self._hq_mask(hs, upscaled, hq_features, hq_image_index)
         return masks, iou_pred
 
     def _sam_masks(
@@ -133,13 +136,17 @@ class MaskDecoderHQ(nn.Module):
         n, _, h, w = upscaled.shape
         return (hyper @ _pixels_by_channels(upscaled).transpose(1, 2)).view(n, -1, h, w)
 
-    def _hq_mask(self, hs: torch.Tensor, upscaled: torch.Tensor, hq_features: Optional[torch.Tensor]) -> torch.Tensor:
+    def _hq_mask(self, hs: torch.Tensor, upscaled: torch.Tensor, hq_features: Optional[torch.Tensor],
+                 image_index: Optional[torch.Tensor]) -> torch.Tensor:
         """The HQ token's mask (n, 1, H, W).
 
         Its hypernetwork vector multiplies the output of embedding_maskfeature's last conv,
         which is linear, so the vector is folded into that conv per prompt: a 3x3 conv to a
         single channel, computed as one matmul of every pixel with the 9 folded taps followed
-        by a shifted sum of the 9 tap maps. hq_features stay shared per image.
+        by a shifted sum of the 9 tap maps. hq_features stay shared per image: with prompts of
+        several images, the vectors meet every image's features (B x n maps of H x W, fewer
+        bytes than n copies of the C/8 feature channels while B < C/8) and each prompt keeps
+        its own image's map.
         """
         if hq_features is None:
             raise ValueError("hq_token_only=True needs an HQ checkpoint; this model is plain SAM")
@@ -155,11 +162,11 @@ class MaskDecoderHQ(nn.Module):
         for i, j in [(i, j) for i in range(3) for j in range(3)][1:]:  # the taps in order, as a running sum
             masks = masks + tap_maps[:, i : i + h, j : j + w, i, j]
         bias = hyper @ last_conv.bias.to(hyper.dtype)  # n
-        pixels = _pixels_by_channels(hq_features).to(hyper.dtype)  # 1 or n x HW x C/8
-        if pixels.shape[0] == 1:  # one image's features, shared by all n prompts
-            shared = hyper @ pixels[0].T  # n x HW
+        features = hq_features.flatten(2).to(hyper.dtype)  # B x C/8 x HW
+        if image_index is None:  # one image's features, shared by all n prompts
+            shared = hyper @ features[0]  # n x HW
         else:
-            shared = (pixels @ hyper[:, :, None])[..., 0]  # each prompt's own image
+            shared = (hyper @ features)[image_index, torch.arange(n, device=hyper.device)]  # B x n x HW → n x HW
         return (masks.reshape(n, h * w) + shared + bias[:, None]).view(n, 1, h, w)
 
 

@@ -54,19 +54,20 @@ def test_eager_forward_still_checks_prompt_values(model):
               input_boxes=torch.tensor([[[9.0, 0.0, 4.0, 4.0]]]))
 
 
+@pytest.mark.parametrize("hq_token_only", [False, True])
 @torch.inference_mode()
-def test_boxes_of_several_images_decode_together_as_each_alone(model):
+def test_boxes_of_several_images_decode_together_as_each_alone(model, hq_token_only):
     embeddings, intermediate = model.get_image_embeddings(torch.randn(3, 3, 64, 64))
     boxes = _prompts(3, 4)["boxes"]["input_boxes"]
     counts = [1, 4, 2]  # chunks of 3 cross image boundaries
     flat = torch.cat([boxes[b, :n] for b, n in enumerate(counts)])
     index = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
     masks, scores = model.decode_flat(embeddings, intermediate, index, boxes=flat, multimask_output=False,
-                                      prompt_chunk_size=3)
+                                      hq_token_only=hq_token_only, prompt_chunk_size=3)
     start = 0
     for b, n in enumerate(counts):
         alone = model.decode_prompts(embeddings[b : b + 1], intermediate[b : b + 1], input_boxes=boxes[b : b + 1, :n],
-                                     multimask_output=False)
+                                     multimask_output=False, hq_token_only=hq_token_only)
         torch.testing.assert_close(masks[start : start + n], alone.pred_masks[0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(scores[start : start + n], alone.iou_scores[0], atol=1e-5, rtol=1e-5)
         start += n

@@ -47,9 +47,7 @@ class TwoWayTransformer(nn.Module):
         Returns the updated tokens (n, T, C) and image tokens (n, h*w, C).
         """
         keys = image_embedding.flatten(2).transpose(1, 2)  # B x hw x C
-        # Contiguous: a sum's layout may follow either input, and linears and LayerNorms copy
-        # image tokens of any other layout first.
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)

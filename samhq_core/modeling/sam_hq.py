@@ -230,9 +230,9 @@ class SamHQModel(PretrainedModel):
             assert intermediate_embeddings is not None  # checked by forward for HQ models
             hq_features = self.mask_decoder.hq_features(image_embeddings, intermediate_embeddings)  # B x C/8 x 4h x 4w
         one_image = image_embeddings.shape[0] == 1  # then every prompt shares it: broadcast, no gather
-        # Gathered per prompt channels-last, so that the decoder's image tokens (n, h*w, C) are a
-        # contiguous view of it, as they are when one image's embedding is broadcast.
-        channels_last = image_embeddings.permute(0, 2, 3, 1).contiguous()  # B x h x w x C
+        # Otherwise gathered per prompt channels-last, so that the decoder's image tokens
+        # (n, h*w, C) are a contiguous view of it, as they are when one image is broadcast.
+        channels_last = None if one_image else image_embeddings.permute(0, 2, 3, 1).contiguous()  # B x h x w x C
         out_masks, out_scores = [], []
         for start in range(0, num_prompts, prompt_chunk_size):
             end = min(start + prompt_chunk_size, num_prompts)
@@ -246,7 +246,7 @@ class SamHQModel(PretrainedModel):
             else:
                 tokens = sparse[start:end]
             chunk_masks, chunk_scores = self.mask_decoder(
-                image_embedding=image_embeddings + dense if one_image else
+                image_embedding=image_embeddings + dense if channels_last is None else
                 (channels_last[index] + dense.permute(0, 2, 3, 1)).permute(0, 3, 1, 2),
                 image_pe=image_pe,
                 sparse_prompt_embeddings=tokens,

@@ -615,11 +615,15 @@ class PipelineRow:
         return f"{self.actors} actor(s) x {self.gpus:g} GPU each, {self.concurrent} batch(es) at once"
 
 
+def planned_pipeline_rows(settings: Settings, cuda: bool) -> List[PipelineRow]:
+    """The pipeline runs, not run yet. Without a GPU the same runs go with CPU actors, so that
+    the smoke run takes this code path."""
+    return [PipelineRow(actors, gpus if cuda else 0.0, concurrent) for actors, gpus, concurrent in settings.pipeline_runs]
+
+
 def bench_pipeline(settings: Settings, dev: Device, clock: Clock, work: str, checkpoint: str,
                    input_path: str) -> List[PipelineRow]:
-    # Without a GPU the same runs go with CPU actors, so that the smoke run takes this code path.
-    rows = [PipelineRow(actors, gpus if dev.cuda else 0.0, concurrent)
-            for actors, gpus, concurrent in settings.pipeline_runs]
+    rows = planned_pipeline_rows(settings, dev.cuda)
     try:
         for row in rows:
             label = f"pipeline {row.label}"
@@ -803,7 +807,7 @@ def render_throughput(settings: Settings, r: Dict[str, Any]) -> List[str]:
               "(actor start-up and model loading included).", "",
               "| actors x GPUs each | batches at once per actor | status | seconds | images/s | masks/s |",
               "|---|---|---|---|---|---|"]
-    runs = r.get("pipeline") or [PipelineRow(a, g if r["cuda"] else 0.0, c) for a, g, c in settings.pipeline_runs]
+    runs = r.get("pipeline") or planned_pipeline_rows(settings, r["cuda"])
     for p in runs:
         rates = ([f"{p.seconds:.1f}", f"{p.rows_out / p.seconds:.2f}", f"{p.masks / p.seconds:.0f}"]
                  if p.seconds else ["", "", ""])

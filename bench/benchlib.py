@@ -59,18 +59,22 @@ def cpu_model() -> str:
         return platform.processor()
 
 
-def cpu_counters() -> Tuple[float, float, float]:
-    """(CPU seconds busy on the whole machine, stolen by the hypervisor, used by this process) so far."""
+def cpu_counters(children: bool = False) -> Tuple[float, float, float]:
+    """(CPU seconds busy on the whole machine, stolen by the hypervisor, used by this process) so far;
+    with `children`, this process's count includes the child processes it has waited for (a bench
+    that measures in subprocesses of its own)."""
     with open("/proc/stat") as f:
         user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
     tick = os.sysconf("SC_CLK_TCK")
     own = os.times()
-    return (user + nice + system + irq + softirq) / tick, steal / tick, own.user + own.system
+    waited = own.children_user + own.children_system if children else 0.0
+    return (user + nice + system + irq + softirq) / tick, steal / tick, own.user + own.system + waited
 
 
-def contention(start: Tuple[float, float, float], runtime: float) -> str:
-    """How much CPU other processes and the hypervisor took during the run, as a share of all cores."""
-    busy, steal, own = (b - a for a, b in zip(start, cpu_counters(), strict=True))
+def contention(start: Tuple[float, float, float], runtime: float, children: bool = False) -> str:
+    """How much CPU other processes and the hypervisor took during the run, as a share of all cores
+    (`start` from `cpu_counters(children)`, with the same `children`)."""
+    busy, steal, own = (b - a for a, b in zip(start, cpu_counters(children), strict=True))
     capacity = runtime * os.cpu_count()
     return (f"other processes used {busy - own:.0f} CPU-s ({(busy - own) / capacity:.0%} of the machine), "
             f"hypervisor steal {steal:.0f} CPU-s ({steal / capacity:.0%})")

@@ -239,12 +239,21 @@ class ProgressReporter:
         self._thread.join()
 
     def _run(self) -> None:
+        # One question to the counter at a time, waited on across intervals: a reply dropped at
+        # each timeout and asked again would never arrive while the counter starts on a busy
+        # node, and the job could end without one progress line.
+        reply: Any = None
         while not self._stop.wait(self.interval):
+            if reply is None:
+                reply = self.counter.value.remote()
             try:
-                reply: Any = self.counter.value.remote()
                 done = ray.get(reply, timeout=self.interval)
-            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
-                continue  # a busy or restarting cluster; the next interval tries again
+            except ray.exceptions.GetTimeoutError:
+                continue
+            except ray.exceptions.RayError:
+                reply = None  # a restarting counter; ask again next interval
+                continue
+            reply = None
             self.log(progress_line(done.get("model", 0), done.get("encoded", 0), self.total,
                                    time.perf_counter() - self.start))
 

@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pipeline.config import ConfigError, parse_config
-from pipeline.job import JobFailed, run_job
+from pipeline.job import JobFailed, ProgressReporter, run_job
 from pipeline.preflight import plan_job
 from pipeline.rle import RunLengthCoder
 from pipeline.stages import Stage, StageUDF, boxes_to_xyxy, check_boxes
@@ -539,3 +540,25 @@ def test_a_row_that_kills_its_worker_every_time_becomes_a_row_error(ray_cluster,
     died = [line.split() for line in deaths.read_text().splitlines()]
     assert [size for _, size in died] == ["4", "1", "1"] and len({pid for pid, _ in died}) == 3
     assert not [path for path in (tmp_path / "markers").rglob("*") if path.is_file()]  # no marker left
+
+
+class SlowCounter:
+    """A row counter that takes longer to answer than the progress interval, like one still
+    starting on a busy node."""
+
+    def value(self):
+        time.sleep(0.6)
+        return {"model": 3, "encoded": 2}
+
+
+def test_progress_lines_come_from_a_counter_slower_than_the_interval(ray_cluster):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    counter = ray.remote(num_cpus=0)(SlowCounter).remote()
+    lines = []
+    try:
+        with ProgressReporter(counter, total=4, interval=0.2, log=lines.append):
+            time.sleep(3)
+    finally:
+        ray.kill(counter)
+    assert lines and all(re.match(r"progress: 3 / 4 rows through the model \(75%\), 2 encoded for writing", line)
+                         for line in lines)

@@ -58,7 +58,7 @@ import transformers
 from benchlib import contention, cpu_counters, cpu_model, encoder_flops, mask_iou, max_abs_diff
 
 import samhq_core
-from samhq_core.modeling.image_encoder import cpu_has_amx_bf16
+from samhq_core.modeling.image_encoder import cpu_has_amx_bf16, cpu_has_avx512_bf16
 
 IMAGE_SIZE = 1024
 NUM_SHAPES = 16
@@ -260,7 +260,9 @@ def render(args: argparse.Namespace, enc: Timings, dec: Dict[int, Timings], peak
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores, torch threads: {torch.get_num_threads()}, "
-        f"AMX bf16: {'yes (bf16 attention folds the relative positions into its dot products)' if amx else 'no'}",
+        f"AMX bf16: {'yes (bf16 attention folds the relative positions into its dot products)' if amx else 'no'}"
+        + ("; AVX512-BF16: yes (bf16 global attention as explicit matmul scores)"
+           if not amx and cpu_has_avx512_bf16() else ""),
         f"- during the run: {contention(counters_at_start, runtime)} (anything but ~0% skews the timings)"
         + ("; of that, one busy neighbour process started by the benchmark (--neighbour)" if args.neighbour else ""),
         f"- torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",

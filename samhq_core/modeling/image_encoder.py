@@ -129,8 +129,10 @@ class Block(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head attention with decomposed relative positions: added as an SDPA bias, inside
-    FlexAttention's kernel for global attention on a GPU (`use_flex_attention`), or folded into
-    the dot products in bf16/fp16 on a CPU with AMX (`use_folded_rel_pos`)."""
+    FlexAttention's kernel for global attention on a GPU (`use_flex_attention`), folded into
+    the dot products in bf16/fp16 on a CPU with AMX (`use_folded_rel_pos`), or added to scores
+    computed by plain matmuls for global attention in bf16 on a CPU with AVX512-BF16 but no
+    AMX (`use_explicit_scores`)."""
 
     def __init__(
         self,
@@ -165,6 +167,8 @@ class Attention(nn.Module):
                 x = rel_pos_flex_attention(q, k, v, rel_h, rel_w)
             elif use_folded_rel_pos(q):
                 x = rel_pos_folded_attention(q, k, v, rel_h, rel_w)
+            elif use_explicit_scores(q, self.global_attention):
+                x = rel_pos_explicit_attention(q, k, v, rel_h, rel_w)
             else:
                 x = rel_pos_bias_attention(q, k, v, rel_h, rel_w)
         x = x.transpose(1, 2).reshape(b, h, w, -1)
@@ -180,11 +184,20 @@ def use_flex_attention(q: torch.Tensor, global_attention: bool) -> bool:
     return q.is_cuda and global_attention and head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=None)
+def _cpu_has(capability: str) -> bool:
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.10
+    return bool(capabilities is not None and capabilities().get(capability))
+
+
 def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU has AMX bf16 tiles (torch.cpu.get_capabilities, in torch >= 2.10)."""
-    capabilities = getattr(torch.cpu, "get_capabilities", None)
-    return bool(capabilities is not None and capabilities().get("amx_bf16"))
+    """Whether this CPU has AMX bf16 tiles."""
+    return _cpu_has("amx_bf16")
+
+
+def cpu_has_avx512_bf16() -> bool:
+    """Whether this CPU has AVX512-BF16 dot-product instructions (bf16 matmuls at twice fp32's rate)."""
+    return _cpu_has("avx512_bf16")
 
 
 def use_folded_rel_pos(q: torch.Tensor) -> bool:
@@ -213,6 +226,34 @@ def rel_pos_folded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     folded_k = torch.cat([k, one_hot.expand(b, heads, tokens, h + w)], dim=-1)
     padded_v = F.pad(v, (0, h + w))
     return F.scaled_dot_product_attention(folded_q, folded_k, padded_v, scale=1 / unscale)[..., :dim]
+
+
+def use_explicit_scores(q: torch.Tensor, global_attention: bool) -> bool:
+    """Scores by plain matmuls for global attention in bf16 on a CPU without AMX but with
+    AVX512-BF16: there the fused CPU kernel runs bf16 no faster than fp32, while bf16 matmuls
+    run at twice fp32's rate (bench/results/cpu_core_amd_epyc.md). Windowed blocks (196 tokens)
+    are faster in the fused kernel."""
+    return (q.is_cpu and q.dtype == torch.bfloat16 and global_attention and not cpu_has_amx_bf16()
+            and cpu_has_avx512_bf16())
+
+
+def rel_pos_explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor,
+                               rel_w: torch.Tensor) -> torch.Tensor:
+    """The same attention as plain matmuls and a softmax, one grid row of queries at a time, so
+    that a row's scores (B x heads x w x h*w) stay small. Scores are rounded to q's dtype before
+    the relative positions are added. (B, heads, h*w, C) in and out."""
+    b, heads, h, w = rel_h.shape[:4]
+    # Contiguous once: k and v are views into the qkv projection, which every matmul would copy.
+    keys_t = k.transpose(-1, -2).contiguous()  # B x heads x C x h*w
+    values = v.contiguous()
+    scaled_q = q * q.shape[-1] ** -0.5
+    rows = []
+    for r in range(h):
+        scores = torch.matmul(scaled_q[:, :, r * w : (r + 1) * w], keys_t).view(b, heads, w, h, w)
+        scores += rel_h[:, :, r, :, :, None]
+        scores += rel_w[:, :, r, :, None, :]
+        rows.append(torch.matmul(scores.view(b, heads, w, h * w).softmax(-1), values))
+    return torch.cat(rows, dim=2)
 
 
 def rel_pos_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor,

@@ -1,7 +1,8 @@
-"""The encoder's three ways of adding decomposed relative positions to attention: the blocked
+"""The encoder's four ways of adding decomposed relative positions to attention: the blocked
 SDPA bias (fp32 on CPU, windowed blocks), FlexAttention's score_mod (global blocks on a GPU;
-here its unfused reference runs, as on a CPU) and the bias folded into the dot products (bf16
-on a CPU with AMX) give the same attention."""
+here its unfused reference runs, as on a CPU), the bias folded into the dot products (bf16
+on a CPU with AMX) and explicit matmul scores (bf16 global blocks on a CPU with AVX512-BF16
+and no AMX) give the same attention."""
 
 import warnings
 
@@ -9,10 +10,13 @@ import torch
 
 from samhq_core.modeling.image_encoder import (
     cpu_has_amx_bf16,
+    cpu_has_avx512_bf16,
     decomposed_rel_pos,
     rel_pos_bias_attention,
+    rel_pos_explicit_attention,
     rel_pos_flex_attention,
     rel_pos_folded_attention,
+    use_explicit_scores,
     use_flex_attention,
     use_folded_rel_pos,
 )
@@ -76,3 +80,33 @@ def test_folded_attention_only_in_reduced_precision_on_a_cpu_with_amx():
     assert use_folded_rel_pos(torch.zeros(1, 1, 4, 64, dtype=torch.bfloat16)) == cpu_has_amx_bf16()
     if torch.cuda.is_available():
         assert not use_folded_rel_pos(torch.zeros(1, 1, 4, 64, dtype=torch.bfloat16, device="cuda"))
+
+
+def test_explicit_scores_add_the_same_relative_positions_as_the_bias():
+    q, k, v, rel_h, rel_w = _attention_inputs()
+    expected = rel_pos_bias_attention(q, k, v, rel_h, rel_w)
+    got = rel_pos_explicit_attention(q, k, v, rel_h, rel_w)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_explicit_scores_in_bf16_are_about_as_close_to_fp32_as_the_bias():
+    """The explicit path rounds the scores to bf16 before adding the positions, the fused
+    kernel keeps them in fp32: on average it may be a little further from fp32, never much."""
+    inputs = _attention_inputs(torch.bfloat16)
+    reference = rel_pos_bias_attention(*(t.float() for t in inputs))
+    bias_error = (rel_pos_bias_attention(*inputs).float() - reference).abs()
+    explicit = rel_pos_explicit_attention(*inputs)
+    assert explicit.dtype == torch.bfloat16
+    explicit_error = (explicit.float() - reference).abs()
+    assert explicit_error.mean() <= 1.25 * bias_error.mean() and explicit_error.max() <= 1.25 * bias_error.max()
+
+
+def test_explicit_scores_only_for_global_bf16_blocks_on_a_cpu_with_avx512_bf16_and_no_amx():
+    bf16 = torch.zeros(1, 1, 4, 64, dtype=torch.bfloat16)
+    assert use_explicit_scores(bf16, global_attention=True) == (cpu_has_avx512_bf16() and not cpu_has_amx_bf16())
+    assert not use_explicit_scores(bf16, global_attention=False)
+    assert not use_explicit_scores(torch.zeros(1, 1, 4, 64), global_attention=True)  # fp32: the official arithmetic
+    assert not use_explicit_scores(bf16.half(), global_attention=True)
+    if torch.cuda.is_available():
+        assert not use_explicit_scores(bf16.cuda(), global_attention=True)

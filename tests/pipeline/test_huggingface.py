@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import datasets
+import huggingface_hub
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -166,7 +167,10 @@ def test_the_column_checks_take_a_datasets_image_struct_and_name_what_else_they_
         "(struct<bytes: binary, path: string>) are expected"]
 
 
-def test_hub_ids_are_kept_and_local_paths_resolved(tmp_path):
+def test_hub_ids_are_kept_and_local_paths_resolved(tmp_path, monkeypatch):
+    """Offline, as the tests are: the ids are not in the cache, so they stay as given (online,
+    the lookup of these made-up repositories would wait on the network)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert resolve_checkpoint("org/name", "model.checkpoint", str(tmp_path)) == ("org/name", [])
     assert resolve_checkpoint("org/name@v2", "model.checkpoint", None) == ("org/name@v2", [])
     (tmp_path / "org" / "name").mkdir(parents=True)

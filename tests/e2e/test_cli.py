@@ -83,6 +83,13 @@ def test_cli_on_seaweedfs_and_coco_export(seaweedfs, vit_pair, tmp_path):
             assert annotation["score"] == pytest.approx(float(score), abs=1e-3)
 
 
+# Ray's GCS logs at error level when it stops an actor whose worker has already exited (a
+# released Ray Data pool actor, say): "the success behavior for KillActor is the rpc failing"
+# (ray-project/ray#53412; quieted in the actor manager by #58544, not in the scheduler). The job
+# is unaffected; any other error line still fails the test.
+RAY_KILL_ACTOR_RACE = re.compile(r"\(pid=gcs_server\).*KillActor RPC failed for actor \S+: RpcError: RPC error: Socket closed")
+
+
 def alive_nodes(gcs_port: int) -> int:
     listing = run(["ray", "list", "nodes", f"--address=127.0.0.1:{gcs_port}", "--format=json"]).stdout
     try:
@@ -125,7 +132,8 @@ def test_ray_job_submit_to_two_node_cluster(vit_pair, tmp_path):
         assert f"rows in: {len(rows)}, rows out: {len(rows)}" in proc.stdout and "succeeded" in proc.stdout, printed
         assert re.search(r"^model: +1 actor \(1 CPU, 0 GPU each\) on CPU", proc.stdout, re.M), printed
         for noise in ("core_worker.cc", " E ", "Traceback", "Total Progress"):
-            assert not [line for line in printed.splitlines() if noise in line], (noise, printed)
+            assert not [line for line in printed.splitlines()
+                        if noise in line and not RAY_KILL_ACTOR_RACE.search(line)], (noise, printed)
     finally:
         for owned in reversed(started):
             owned.stop()

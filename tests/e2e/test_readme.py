@@ -22,7 +22,7 @@ from helpers.paths import ROOT
 SKIP = re.compile(r"<!-- readme-test: skip \((?P<reason>[^)]+)\) -->\s*$")
 FENCE = re.compile(r"^```(\w*)\s*$")
 # Run by CI (.ci/run) around this test: the set-up, lint and type checks, and this very test run.
-ALREADY_RUN = {"bash scripts/setup.sh", "python3 -m pytest -q", "python3 -m ruff check . && python3 -m mypy"}
+ALREADY_RUN = {"bash scripts/setup.sh --dev --browser", "python3 -m pytest -q", "python3 -m ruff check . && python3 -m mypy"}
 RAY_PORTS = (6379, 8265)  # the README's `ray start --head` uses Ray's default ports
 
 

@@ -28,6 +28,11 @@ for mode in runtime dev; do
     torch=$("$work/venv-$mode/bin/python" -c 'import torch; print(torch.__version__)')
     rows+=("| \`bash scripts/setup.sh${flag:+ $flag}\` | $seconds s | $size MB | $backtracks | $torch |")
     echo "$mode: ${seconds} s, ${size} MB, ${backtracks} backtracking lines"
+    if [[ $mode == runtime ]]; then
+        largest=$(du -sm "$work/venv-$mode"/lib/python3*/site-packages/* | sort -rn | head -8 \
+                  | awk '{n = split($2, p, "/"); printf "%s%s %s MB", (NR > 1 ? ", " : ""), p[n], $1}')
+        pycache=$(find "$work/venv-$mode" -name '*.pyc' -printf '%s\n' | awk '{s += $1} END {printf "%.0f", s / 1048576}')
+    fi
 done
 {
     echo "# Set-up time and size"
@@ -42,5 +47,7 @@ done
     echo "| command | time | virtual environment | pip backtracking lines | torch |"
     echo "|---|---:|---:|---:|---|"
     printf '%s\n' "${rows[@]}"
+    echo
+    echo "The runtime environment's largest packages: $largest; compiled bytecode (.pyc) ${pycache} MB of it."
 } >"$out"
 echo "wrote $out"

@@ -29,8 +29,8 @@ for mode in runtime dev; do
     rows+=("| \`bash scripts/setup.sh${flag:+ $flag}\` | $seconds s | $size MB | $backtracks | $torch |")
     echo "$mode: ${seconds} s, ${size} MB, ${backtracks} backtracking lines"
     if [[ $mode == runtime ]]; then
-        largest=$(du -sm "$work/venv-$mode"/lib/python3*/site-packages/* | sort -rn | head -8 \
-                  | awk '{n = split($2, p, "/"); printf "%s%s %s MB", (NR > 1 ? ", " : ""), p[n], $1}')
+        largest=$(du -sm "$work/venv-$mode"/lib/python3*/site-packages/* | sort -rn \
+                  | awk 'NR <= 8 {n = split($2, p, "/"); printf "%s%s %s MB", (NR > 1 ? ", " : ""), p[n], $1}')
         pycache=$(find "$work/venv-$mode" -name '*.pyc' -printf '%s\n' | awk '{s += $1} END {printf "%.0f", s / 1048576}')
     fi
 done

@@ -32,9 +32,9 @@ import torch
 from benchlib import cpu_model
 
 from pipeline.config import parse_config
-from pipeline.demo import write_sample_dataset
-from pipeline.job import run_job
-from pipeline.reference import bare_loop
+from pipeline.demo.dataset import write_sample_dataset
+from pipeline.evaluation.reference import bare_loop
+from pipeline.job.run import run_job
 from samhq_core import SamHQConfig, SamHQModel
 
 

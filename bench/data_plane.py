@@ -51,11 +51,12 @@ import torch
 from benchlib import contention, cpu_counters, cpu_model, mask_iou
 from PIL import Image
 
-from pipeline import rle
 from pipeline.config import ImageSourceConfig, StorageConfig
 from pipeline.schema import IMAGE_SIZE, PIXELS, RESIZED_HW, RESULT_FIELDS, RUN_LENGTHS
+from pipeline.stages.contract import StageRunner
 from pipeline.stages.decode import DecodeUDF
 from pipeline.stages.encode import EncodeUDF
+from pipeline.stages.run_lengths import RunLengthCoder
 from samhq_core import SamHQConfig, SamHQModel, SamHQProcessor
 from samhq_core.processor import resize_longest_side, to_rgb_array
 
@@ -116,7 +117,7 @@ def measure_size(name: str, data: List[bytes], rounds: int) -> Dict[str, float]:
              "boxes": random_boxes(*sizes[i % len(data)], rng).tolist()} for i in range(BATCH)]
     batch = pa.Table.from_pylist(rows)
     inputs = ImageSourceConfig(id_column="id", image_column="image", boxes_column="boxes")
-    decode = DecodeUDF(inputs, StorageConfig(), IMAGE_SIZE_MODEL, keep_image=False)
+    decode = StageRunner(DecodeUDF.stage(inputs, StorageConfig(), IMAGE_SIZE_MODEL, BATCH, keep_image=False))
     decoded = decode(batch)
     out: Dict[str, float] = {"jpeg_kb": float(np.mean([len(d) for d in data]) / 1024)}
     out["decode"] = cpu_ms(lambda: decode(batch), rounds, BATCH)
@@ -141,7 +142,7 @@ def measure_size(name: str, data: List[bytes], rounds: int) -> Dict[str, float]:
             rh, rw = decoded.column(RESIZED_HW)[i].as_py()
             torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(rh, rw, 3)
 
-    coder = rle.RunLengthCoder(height, width)
+    coder = RunLengthCoder(height, width)
     coder.add(masks)  # the device's work (on a GPU), not timed
     packed = coder.transfer(scores, scores)
     out["model_host"] = cpu_ms(row_read, rounds, BATCH) + cpu_ms(lambda: coder.unpack(packed, 2), rounds, 1)
@@ -152,7 +153,7 @@ def measure_size(name: str, data: List[bytes], rounds: int) -> Dict[str, float]:
         if field.name not in encode_input:
             encode_input[field.name] = pa.nulls(BATCH, field.type)
     encode_batch = pa.table(encode_input)
-    encode = EncodeUDF(keep_columns=["id"])
+    encode = StageRunner(EncodeUDF.stage(["id"], "-"))
 
     def encode_and_write() -> None:
         table = encode(encode_batch)

@@ -29,7 +29,8 @@ import pyarrow as pa
 import ray.data
 from PIL import Image
 from pipeline.config import InputConfig, StorageConfig
-from pipeline.stages import DecodeUDF
+from pipeline.stages.contract import StageRunner
+from pipeline.stages.decode import DecodeUDF
 imported = process.memory_full_info().uss
 h, w, n = (int(v) for v in sys.argv[1:4])
 rng = np.random.default_rng(0)
@@ -38,8 +39,8 @@ image = np.stack([xx * 255 // w, yy * 255 // h, rng.integers(0, 256, (h, w))], -
 buffer = io.BytesIO()
 Image.fromarray(image).save(buffer, format="JPEG", quality=90)
 table = pa.table({"id": list(range(n)), "image": [buffer.getvalue()] * n, "boxes": [[[1.0, 1.0, 50.0, 50.0]]] * n})
-stage = DecodeUDF(InputConfig(path="-", id_column="id", boxes_column="boxes", image_column="image"), StorageConfig(),
-                  1024, keep_image=False)
+stage = StageRunner(DecodeUDF.stage(InputConfig(path="-", id_column="id", boxes_column="boxes", image_column="image"),
+                                    StorageConfig(), 1024, n, keep_image=False))
 out = stage(table)
 assert out.column("error").null_count == n
 print(json.dumps({"start": start, "imported": imported, "after": process.memory_full_info().uss,

@@ -34,21 +34,23 @@ _CHILD = r"""
 import json, resource, sys, time
 start = time.perf_counter()
 from pipeline.config import parse_config
-from pipeline.preflight import check_columns, input_rules, read_columns, scan_input
-from pipeline.storage import arrow_filesystem
+from pipeline.checks.columns import check_columns
+from pipeline.checks.input_files import scan_input
+from pipeline.job.plan import input_rules, read_columns
+from pipeline.storage import Location
 imported = time.perf_counter()
 config = parse_config({"input": {"path": sys.argv[1], "id_column": "id", "image_uri_column": "uri",
                                  "boxes_column": "boxes"},
                        "output": {"path": sys.argv[1].rstrip("/") + "-out"}, "model": {"checkpoint": "unused"},
                        "storage": {"endpoint_url": sys.argv[2] or None}})
-scan = scan_input(config.input.path, config.storage, "input.path", read_columns(config))
+scan = scan_input(Location(config.input.path, config.storage), "input.path", read_columns(config))
 problems = check_columns(scan, input_rules(config), "input.path")
 done = time.perf_counter()
 assert not problems, problems
 scan_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 import ray
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-fs, _ = arrow_filesystem(config.input.path, config.storage)
+fs, _ = scan.location.arrow()
 began = time.perf_counter()
 first = ray.data.read_parquet([f.path for f in scan.files], filesystem=fs).select_columns(["id"]).take(1)
 first_row = time.perf_counter() - began

@@ -81,7 +81,8 @@ from benchlib import cpu_model, encoder_flops, mask_iou, max_abs_diff
 from PIL import Image
 
 from pipeline.config import JobConfig, parse_config
-from pipeline.job import run_job
+from pipeline.job.run import run_job
+from pipeline.stages.contract import StageRunner
 from pipeline.stages.decode import DecodeUDF
 from pipeline.stages.model import ModelUDF
 from samhq_core import SamHQConfig, SamHQModel, SamHQProcessor
@@ -456,7 +457,7 @@ def check_syncs(settings: Settings, dev: Device, clock: Clock, model: SamHQModel
 
     # The model stage as the pipeline runs it, on rows its decode stage decoded.
     rows = pq.read_table(input_path).slice(0, settings.sync_images)
-    decoded = DecodeUDF(config.input, config.storage, side, keep_image=False)(rows)
+    decoded = StageRunner(DecodeUDF.stage(config.input, config.storage, side, rows.num_rows, keep_image=False))(rows)
     udf = ModelUDF(config.model, config.storage, side, torch_threads=settings.torch_threads)
     udf.process(decoded)  # warm-up
     result["images"] = decoded.num_rows

@@ -24,10 +24,10 @@ from pycocotools import mask as mask_utils
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline import polygons, rle  # noqa: E402
-from pipeline.config import StorageConfig  # noqa: E402
-from pipeline.results import ResultReader, job_columns  # noqa: E402
-from pipeline.yolo import label_line  # noqa: E402
+from pipeline.exports.yolo import label_line  # noqa: E402
+from pipeline.masks import polygons, rle  # noqa: E402
+from pipeline.output import JobOutput  # noqa: E402
+from pipeline.output.results import ResultReader, job_columns  # noqa: E402
 from samhq_core.training.synthetic import make_scene  # noqa: E402
 
 TOLERANCES = (0.0, 0.5, 1.0)
@@ -65,7 +65,8 @@ def synthetic_masks(num_scenes: int, side: int, seed: int) -> Iterator[Tuple[str
 
 
 def result_masks(path: str) -> Iterator[Tuple[str, np.ndarray]]:
-    reader = ResultReader(path, job_columns(path, StorageConfig()))
+    output = JobOutput(path)
+    reader = ResultReader(output, job_columns(output))
     names: Dict[int, str] = {}
     for image in reader.images():
         for mask in image.masks:

@@ -13,9 +13,25 @@ in its 2-d LayerNorms, whatever a transformers config.json says.
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 VARIANTS = ("vit_b", "vit_l", "vit_h", "vit_tiny")
+# Prompts the decoder takes at once unless told (`SamHQModel.decode_flat`): on a CPU 4 is as
+# fast as 1 when the cores are the process's own and holds up best when other processes share
+# them (bench/results/cpu_core_neighbour.md); an accelerator wants larger batches.
+PROMPT_CHUNK_SIZE_CPU = 4
+PROMPT_CHUNK_SIZE_ACCELERATOR = 64
+# What sets each official variant's image encoder apart (SamHQVisionConfig fields).
+_VISION_PRESETS: Dict[str, Dict[str, Any]] = {
+    "vit_b": dict(encoder_type="vit", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  global_attn_indexes=[2, 5, 8, 11]),
+    "vit_l": dict(encoder_type="vit", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                  global_attn_indexes=[5, 11, 17, 23]),
+    "vit_h": dict(encoder_type="vit", hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
+                  global_attn_indexes=[7, 15, 23, 31]),
+    "vit_tiny": dict(encoder_type="tiny_vit", tiny_embed_dims=[64, 128, 160, 320], tiny_depths=[2, 2, 6, 2],
+                     tiny_num_heads=[2, 4, 5, 10], tiny_window_sizes=[7, 7, 14, 7]),
+}
 
 
 @dataclass
@@ -132,20 +148,22 @@ class SamHQConfig:
     @classmethod
     def from_variant(cls, variant: str, **vision_overrides: Any) -> "SamHQConfig":
         """Preset of an official variant: vit_b, vit_l, vit_h or vit_tiny."""
-        presets: Dict[str, Dict[str, Any]] = {
-            "vit_b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, global_attn_indexes=[2, 5, 8, 11]),
-            "vit_l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, global_attn_indexes=[5, 11, 17, 23]),
-            "vit_h": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, global_attn_indexes=[7, 15, 23, 31]),
-            "vit_tiny": dict(encoder_type="tiny_vit"),
-        }
-        if variant not in presets:
+        if variant not in _VISION_PRESETS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-        vision = SamHQVisionConfig(**{**presets[variant], **vision_overrides})
+        vision = SamHQVisionConfig(**{**_VISION_PRESETS[variant], **vision_overrides})
         return cls(
             vision_config=vision,
             prompt_encoder_config=SamHQPromptEncoderConfig(image_size=vision.image_size),
             mask_decoder_config=SamHQMaskDecoderConfig(vit_dim=vision.early_dim),
         )
+
+    @property
+    def variant(self) -> Optional[str]:
+        """The official variant whose image encoder this config has (at any input size), or
+        None for an encoder of another shape."""
+        v = self.vision_config
+        return next((name for name, preset in _VISION_PRESETS.items()
+                     if all(getattr(v, key) == value for key, value in preset.items())), None)
 
     @property
     def embedding_size(self) -> Tuple[int, int]:

@@ -25,12 +25,13 @@ import ray
 import torch
 
 from pipeline.config import parse_config
-from pipeline.demo import DEMO_CHECKPOINT, write_sample_dataset
-from pipeline.evaluation import evaluate_masks, write_report
-from pipeline.finetune import SOURCES
-from pipeline.job import run_job
-from pipeline.reference import bare_loop
-from samhq_core import SamHQModel
+from pipeline.demo.dataset import DEMO_CHECKPOINT, write_sample_dataset
+from pipeline.evaluation.evaluate import evaluate_masks
+from pipeline.evaluation.reference import bare_loop
+from pipeline.evaluation.report import write_report
+from pipeline.job.run import run_job
+from pipeline.storage import Location
+from samhq_core import MaskSource, SamHQModel
 
 HELD_OUT_SEED = 1000
 
@@ -53,26 +54,27 @@ def main() -> None:
         f"{platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}, ray {ray.__version__}.", "",
         "| mask source | runner | boxes | mIoU | mBIoU | AP | AP50 | AP75 | seconds |", "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, source in SOURCES.items():
+    for source in MaskSource:
+        name = source.value
         for runner in ("bare_loop", "pipeline"):
             output = os.path.join(work, f"{name}_{runner}")
             start = time.perf_counter()
             if runner == "bare_loop":
                 os.makedirs(output)
-                results = list(bare_loop(model, pq.read_table(input_path).to_pylist(), **source))
+                results = list(bare_loop(model, pq.read_table(input_path).to_pylist(), mask_source=source))
                 pq.write_table(pa.Table.from_pylist(results), os.path.join(output, "part.parquet"))
             else:
                 config = parse_config({
                     "input": {"path": input_path, "id_column": "image_id", "image_column": "image",
                               "boxes_column": "boxes", "category_column": "labels"},
                     "output": {"path": output, "mode": "overwrite"},
-                    "model": {"checkpoint": args.checkpoint, **source},
+                    "model": {"checkpoint": args.checkpoint, "mask_source": name},
                     "compute": {"num_actors": 1, "batch_size": 4, "torch_threads": 1},
                 })
                 run_job(config)
             seconds = time.perf_counter() - start
             result = evaluate_masks(output, truth_path, id_column="image_id", category_column="labels", worst=10)
-            write_report(result, os.path.join(args.out, f"{name}_{runner}.md"))
+            write_report(result, Location(os.path.join(args.out, f"{name}_{runner}.md")))
             lines.append(f"| {name} | {runner} | {result.evaluated_boxes} | {result.miou:.4f} | {result.mbiou:.4f} | "
                          f"{result.ap:.4f} | {result.ap50:.4f} | {result.ap75:.4f} | {seconds:.0f} |")
             print(lines[-1], flush=True)

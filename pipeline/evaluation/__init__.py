@@ -1,8 +1,10 @@
 """Mask quality of the pipeline's results against ground-truth masks: mIoU, boundary IoU, COCO mask AP.
 
-`evaluate_masks` compares the result Parquet (see `pipeline.schema`) with a ground-truth Parquet and
-returns an `EvaluationResult` (`render_markdown()` gives the report). `python -m pipeline evaluate`
-is its command line.
+`evaluate.evaluate_masks` compares the result Parquet (see `pipeline.schema`) with a ground-truth
+Parquet and returns an `EvaluationResult` (`report`; `render_markdown()` gives the report).
+`python -m pipeline evaluate` is its command line (`command`); the per-box metrics are
+`pipeline.masks.metrics`'s; `reference` is the bare samhq_core loop the pipeline's masks are
+checked and timed against.
 
 Ground truth: Parquet (file, directory searched recursively for ``*.parquet``, or glob; local or any
 fsspec URL) with
@@ -59,11 +61,3 @@ temporary files need about the size of both inputs' mask columns. Masks are deco
 Results do not depend on the partitioning, batch size or file order: means are exactly rounded sums,
 and COCO image ids follow the sorted row ids.
 """
-
-from .evaluate import evaluate_masks
-from .metrics import DILATION_RATIO, boundary, dilation_pixels, erode, mask_scores
-from .overlays import overlay
-from .report import CategoryMetrics, EvaluationResult, WorstBox, write_report
-
-__all__ = ["DILATION_RATIO", "CategoryMetrics", "EvaluationResult", "WorstBox", "boundary", "dilation_pixels", "erode",
-           "evaluate_masks", "mask_scores", "overlay", "write_report"]

@@ -7,15 +7,15 @@ import math
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import rle
 from ..config import StorageConfig
 from ..ids import id_key
-from ..output_files import result_files
+from ..masks import rle
+from ..masks.metrics import Accumulator, dilation_pixels, mask_scores
+from ..output import JobOutput
 from ..schema import BOX_ERRORS, ERROR, GROUND_TRUTH_MASKS, IOU_SCORES, MASKS
-from ..storage import ParquetInput
+from ..storage import Location, ParquetInput
 from .coco_ap import EvaluatedImage, category_order, coco_ap
 from .join import Spool
-from .metrics import Accumulator, dilation_pixels, mask_scores
 from .overlays import write_overlays
 from .report import SKIP_REASONS, CategoryMetrics, EvaluationResult, WorstBox
 
@@ -34,7 +34,7 @@ def evaluate_masks(
     overlays_dir: Optional[str] = None,
     images: Optional[str] = None,
     image_column: str = "image",
-    storage: StorageConfig = StorageConfig(),  # noqa: B008 - a frozen-in-practice default, never mutated
+    storage: Optional[StorageConfig] = None,
     batch_rows: int = 256,
     num_partitions: int = 16,
     temp_dir: Optional[str] = None,
@@ -66,12 +66,13 @@ def evaluate_masks(
                          f"{num_partitions}, {worst}")
     if (overlays_dir is None) != (images is None):
         raise ValueError("overlays_dir and images go together: overlays need the images")
-    gt_files = ParquetInput(ground_truth, storage, "ground truth")
+    gt_files = ParquetInput(Location(ground_truth, storage), "ground truth")
+    predicted = JobOutput(predictions, storage)
     try:
-        listed = result_files(predictions, storage).files
+        listed = predicted.result_files().files
     except FileNotFoundError as e:
         raise FileNotFoundError(f"predictions: {e}") from None
-    pred_files = ParquetInput(predictions, storage, "predictions", listed)
+    pred_files = ParquetInput(predicted.location, "predictions", listed)
     gt_category = pred_category = None
     if category_column is not None:
         if category_column in gt_files.first_schema().names:
@@ -106,7 +107,8 @@ def evaluate_masks(
             log.debug("evaluated partition %d/%d (%d boxes so far)", part + 1, num_partitions, state.boxes)
     result = state.result(predictions, ground_truth, category_column)
     if overlays_dir is not None and images is not None and state.worst_boxes():
-        write_overlays(state.worst_boxes(), images, id_column, image_column, overlays_dir, storage, batch_rows)
+        write_overlays(state.worst_boxes(), Location(images, storage), id_column, image_column,
+                       Location(overlays_dir, storage), batch_rows)
     return result
 
 

@@ -7,38 +7,34 @@ import re
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..config import StorageConfig
-from ..drawing import MASK_ALPHA, blend, open_rgb, png_bytes
 from ..ids import id_key
-from ..storage import ParquetInput, filesystem
-from .report import WorstBox, write_bytes
+from ..masks.drawing import MASK_ALPHA, blend, open_rgb, png_bytes
+from ..storage import Location, ParquetInput
+from .report import WorstBox
 
 log = logging.getLogger("pipeline.evaluation")
 
 GT_ONLY_COLOR, PRED_ONLY_COLOR, OVERLAP_COLOR = (0, 200, 0), (230, 0, 0), (255, 215, 0)
 
 
-def write_overlays(worst: List[Tuple[WorstBox, Dict[str, Any], Dict[str, Any]]], images: str, id_column: str,
-                    image_column: str, overlays_dir: str, storage: StorageConfig, batch_rows: int) -> None:
+def write_overlays(worst: List[Tuple[WorstBox, Dict[str, Any], Dict[str, Any]]], images: Location, id_column: str,
+                   image_column: str, overlays_dir: Location, batch_rows: int) -> None:
     """One PNG per worst box whose row is in `images`; sets `WorstBox.overlay` (the objects of the result)."""
     wanted: Dict[bytes, List[int]] = {}
     for rank, (w, _, _) in enumerate(worst):
         wanted.setdefault(id_key(w.id), []).append(rank)
-    source = ParquetInput(images, storage, "images")
-    out_fs, out_base = filesystem(overlays_dir, storage)
-    if isinstance(out_fs, LocalFileSystem):
-        os.makedirs(out_base, exist_ok=True)
+    source = ParquetInput(images, "images")
+    if overlays_dir.is_local:
+        os.makedirs(overlays_dir.path, exist_ok=True)
     for row_id, data, _ in source.rows(id_column, [image_column], None, max(1, min(batch_rows, 16))):
         ranks = wanted.pop(id_key(row_id), None) if row_id is not None else None
         if ranks is None or data is None:
             continue
         if isinstance(data, str):  # a URI
-            fs, path = filesystem(data, storage)
-            with fs.open(path, "rb") as f:
+            with Location(data, images.storage).open("rb") as f:
                 data = f.read()
         pixels = np.asarray(open_rgb(data))
         for rank in ranks:
@@ -50,10 +46,10 @@ def write_overlays(worst: List[Tuple[WorstBox, Dict[str, Any], Dict[str, Any]]],
                 continue
             name = f"worst_{rank + 1:03d}_{_safe_name(w.id)}_box{w.box_index}.png"
             data = png_bytes(Image.fromarray(overlay(pixels, gt_mask, pred_mask)))
-            url = (os.path.join(overlays_dir, name) if isinstance(out_fs, LocalFileSystem)
-                   else overlays_dir.rstrip("/") + "/" + name)
-            write_bytes(url, data, storage)
-            w.overlay = url
+            target = overlays_dir.join(name)
+            with target.open_for_write() as f:
+                f.write(data)
+            w.overlay = target.url
         if not wanted:
             break
 

@@ -4,9 +4,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..config import StorageConfig
-from ..storage import open_for_write
-from .metrics import DILATION_RATIO
+from ..masks.metrics import DILATION_RATIO
+from ..storage import Location
 
 SKIP_REASONS = {
     "row_error": "prediction row failed (`error` set)",
@@ -119,9 +118,10 @@ class EvaluationResult:
         return "\n".join(parts) + "\n"
 
 
-def write_report(result: EvaluationResult, path: str, storage: StorageConfig = StorageConfig()) -> None:  # noqa: B008
+def write_report(result: EvaluationResult, destination: Location) -> None:
     """Write `result.render_markdown()` to a local path or fsspec URL (local parents are created)."""
-    write_bytes(path, result.render_markdown().encode("utf-8"), storage)
+    with destination.open_for_write() as f:
+        f.write(result.render_markdown().encode("utf-8"))
 
 
 def _fmt(value: float) -> str:
@@ -134,8 +134,3 @@ def _md(value: Any) -> str:
 
 def _examples(ids: Optional[List[Any]]) -> str:
     return f" (e.g. {', '.join(_md(repr(i)) for i in ids)})" if ids else ""
-
-
-def write_bytes(url: str, data: bytes, storage: StorageConfig) -> None:
-    with open_for_write(url, storage) as f:
-        f.write(data)

@@ -1,10 +1,12 @@
-"""The job's stages: CPU decode → SAM-HQ model actors → CPU RLE encode (`base` holds the
-contract they follow)."""
+"""The job's stages: CPU decode → SAM-HQ model actors → CPU RLE encode, each a typed result and
+a UDF under the contract of `contract` (after Ray's own batch-inference stages); the model
+stage's masks are run-length coded on its device (`run_lengths`), and worker deaths are
+counted per row (`crash_guard`)."""
 
-from .base import Stage, StageUDF, check_column_flow
-from .decode import DecodeUDF, boxes_to_xyxy, check_boxes, decode_memory, decode_stage
-from .encode import EncodeUDF, encode_stage
-from .model import ModelUDF, model_stage
+from .contract import Stage, StageRunner, StageUDF, check_column_flow
+from .decode import DecodeUDF, decode_memory
+from .encode import EncodeUDF
+from .model import ModelUDF
 
-__all__ = ["DecodeUDF", "EncodeUDF", "ModelUDF", "Stage", "StageUDF", "boxes_to_xyxy", "check_boxes",
-           "check_column_flow", "decode_memory", "decode_stage", "encode_stage", "model_stage"]
+__all__ = ["DecodeUDF", "EncodeUDF", "ModelUDF", "Stage", "StageRunner", "StageUDF", "check_column_flow",
+           "decode_memory"]

@@ -4,7 +4,7 @@ preprocessing does them)."""
 
 import io
 from dataclasses import dataclass, field
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -13,10 +13,10 @@ from PIL import Image
 from samhq_core import SamHQProcessor
 
 from ..config import ImageSourceConfig, StorageConfig
+from ..inputs.boxes import boxes_to_xyxy, check_boxes, parse_boxes
+from ..inputs.images import ImageReader
 from ..schema import BOXES, PIXELS, RESIZED_HW, exception_detail, row_error
-from .base import Stage, StageUDF, column
-from .crash_guard import CrashGuard
-from .image_reader import ImageReader
+from .contract import Stage, StageUDF, column
 
 # A decode task's memory, sized from bench/results/decode_memory.md for images up to 4K: the
 # worker process with its imports and first decoded image, plus what each further image of
@@ -53,56 +53,6 @@ class DecodedImage:
         return cls(error=error, num_boxes=num_boxes)
 
 
-def boxes_to_xyxy(boxes: np.ndarray, box_format: str) -> np.ndarray:
-    """(N, 4) boxes in xyxy, xywh or cxcywh → xyxy."""
-    if box_format == "xywh":
-        return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-    if box_format == "cxcywh":
-        return np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], axis=1)
-    return boxes
-
-
-def check_boxes(boxes: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, List[Optional[str]]]:
-    """Clip xyxy boxes to the image; return them with a reason per box that cannot be used."""
-    clipped = boxes.copy()
-    clipped[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
-    clipped[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
-    reasons: List[Optional[str]] = []
-    for box, clip in zip(boxes, clipped, strict=True):
-        if not np.isfinite(box).all():
-            reasons.append("non-finite coordinates")
-        elif box[2] < box[0] or box[3] < box[1]:
-            reasons.append("inverted box (x2 < x1 or y2 < y1)")
-        elif clip[2] <= clip[0] or clip[3] <= clip[1]:
-            reasons.append("empty after clipping to the image")
-        else:
-            reasons.append(None)
-    return clipped, reasons
-
-
-def parse_boxes(value: Any) -> np.ndarray:
-    """A row's boxes (null, or a list of 4-number lists) → float64 (N, 4). Values must be
-    numbers (null reads as NaN): numpy would take "10" for 10."""
-    if value is None:
-        return np.zeros((0, 4))
-    try:
-        rows = [[np.nan if v is None else _number(v) for v in box] for box in value]
-        boxes = np.array(rows, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"boxes must be a list of [4 numbers]: {e}") from None
-    if boxes.size == 0:
-        return np.zeros((0, 4))
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must be a list of [4 numbers], got shape {boxes.shape}")
-    return boxes
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{value!r} ({type(value).__name__}) is not a number")
-    return float(value)
-
-
 class DecodeUDF(StageUDF):
     """Per row: the image read (bytes column, `datasets` Image column or URI) and decoded,
     resized by the processor,
@@ -116,9 +66,7 @@ class DecodeUDF(StageUDF):
 
     result_type = DecodedImage
 
-    def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, keep_image: bool,
-                 crash_guard: Optional[CrashGuard] = None) -> None:
-        super().__init__(crash_guard, inputs=inputs, storage=storage, image_size=image_size, keep_image=keep_image)
+    def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int) -> None:
         self.inputs, self.storage = inputs, storage
         self.processor = SamHQProcessor(image_size)
         # Pillow's own bomb check (a warning above the limit, an error above twice it) agrees
@@ -127,14 +75,22 @@ class DecodeUDF(StageUDF):
         self._reader = ImageReader(inputs, storage)
 
     @classmethod
-    def required_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
-        inputs: ImageSourceConfig = constructor_kwargs["inputs"]
-        return (inputs.id_column, inputs.image_source_column, inputs.boxes_column)
-
-    @classmethod
-    def dropped_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
-        inputs: ImageSourceConfig = constructor_kwargs["inputs"]
-        return (inputs.image_column,) if inputs.image_column and not constructor_kwargs["keep_image"] else ()
+    def stage(cls, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, batch_size: int,
+              keep_image: bool) -> Stage:
+        """CPU tasks of `batch_size` rows; the image bytes column is handed on with `keep_image`."""
+        memory = decode_memory(batch_size, inputs.max_image_pixels)
+        return Stage(
+            name="decode",
+            udf=cls,
+            constructor_kwargs=dict(inputs=inputs, storage=storage, image_size=image_size),
+            # Having a memory reservation also keeps Ray Data from fusing decoding into the model
+            # actors, whose remote args differ, so the model never waits on it.
+            map_batches_kwargs=dict(batch_format="pyarrow", batch_size=batch_size, num_cpus=1, memory=memory),
+            description=f"CPU tasks of {batch_size} images (1 CPU, {memory / 2**20:.0f} MiB each): read, decode, "
+                        f"resize to {image_size} px, check boxes ({inputs.box_format})",
+            required_columns=(inputs.id_column, inputs.image_source_column, inputs.boxes_column),
+            dropped_columns=(inputs.image_column,) if inputs.image_column and not keep_image else (),
+        )
 
     def process(self, batch: pa.Table) -> List[DecodedImage]:
         return [self._row(batch, i) for i in range(batch.num_rows)]
@@ -174,8 +130,7 @@ class DecodeUDF(StageUDF):
             return self.processor.resize_image(image, draft=self.inputs.jpeg_draft)
 
     def _image_bytes(self, batch: pa.Table, i: int) -> bytes:
-        column = self.inputs.image_uri_column or self.inputs.image_column
-        assert column is not None  # the config requires one of the two
+        column = self.inputs.image_source_column
         return self._reader.image_bytes(batch.column(column)[i].as_py(), column)
 
 
@@ -183,19 +138,3 @@ def decode_memory(batch_size: int, max_image_pixels: int = _MEASURED_PIXELS) -> 
     """Bytes a decode task of `batch_size` images, each at most `max_image_pixels`, reserves."""
     extra = max(0, max_image_pixels - _MEASURED_PIXELS) * _BYTES_PER_EXTRA_PIXEL
     return _DECODE_WORKER_BYTES + batch_size * _DECODE_BYTES_PER_IMAGE + extra
-
-
-def decode_stage(inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, batch_size: int,
-                 keep_image: bool, crash_guard: Optional[CrashGuard] = None) -> Stage:
-    memory = decode_memory(batch_size, inputs.max_image_pixels)
-    return Stage(
-        name="decode",
-        udf=DecodeUDF,
-        constructor_kwargs=dict(inputs=inputs, storage=storage, image_size=image_size, keep_image=keep_image,
-                                crash_guard=crash_guard),
-        # Having a memory reservation also keeps Ray Data from fusing decoding into the model
-        # actors, whose remote args differ, so the model never waits on it.
-        map_batches_kwargs=dict(batch_format="pyarrow", batch_size=batch_size, num_cpus=1, memory=memory),
-        description=f"CPU tasks of {batch_size} images (1 CPU, {memory / 2**20:.0f} MiB each): read, decode, resize to "
-                    f"{image_size} px, check boxes ({inputs.box_format})",
-    )

@@ -2,14 +2,13 @@
 shape the output rows (id, passthrough and result columns, `pipeline.schema`)."""
 
 from dataclasses import dataclass, field
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import List, Sequence
 
 import pyarrow as pa
 
-from .. import rle
+from ..masks import rle
 from ..schema import IMAGE_SIZE, RESULT_FIELDS, RUN_LENGTHS
-from .base import Stage, StageUDF
-from .crash_guard import CrashGuard
+from .contract import Stage, StageUDF
 
 
 @dataclass
@@ -22,19 +21,23 @@ class EncodedMasks:
 
 
 class EncodeUDF(StageUDF):
-    """Counts finished rows on `row_counter` (an actor with an `add` method) when given, for
-    the driver's progress lines."""
+    """Hands on the input columns the output keeps (`keep_columns`) and the result columns."""
 
     result_type = EncodedMasks
 
-    def __init__(self, keep_columns: Sequence[str], row_counter: Optional[Any] = None,
-                 crash_guard: Optional[CrashGuard] = None) -> None:
-        super().__init__(crash_guard, keep_columns=keep_columns, row_counter=row_counter)
-        self.keep_columns, self.row_counter = list(keep_columns), row_counter
+    def __init__(self, keep_columns: Sequence[str]) -> None:
+        self.keep_columns = list(keep_columns)
 
     @classmethod
-    def required_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
-        return (*constructor_kwargs["keep_columns"], IMAGE_SIZE, RUN_LENGTHS)
+    def stage(cls, keep_columns: Sequence[str], output_url: str) -> Stage:
+        return Stage(
+            name="encode",
+            udf=cls,
+            constructor_kwargs=dict(keep_columns=list(keep_columns)),
+            map_batches_kwargs=dict(batch_format="pyarrow", num_cpus=1),
+            description=f"CPU tasks (1 CPU each): COCO RLE, then Parquet to {output_url}",
+            required_columns=(*keep_columns, IMAGE_SIZE, RUN_LENGTHS),
+        )
 
     def process(self, batch: pa.Table) -> List[EncodedMasks]:
         sizes, counts = batch.column(IMAGE_SIZE).to_pylist(), batch.column(RUN_LENGTHS).to_pylist()
@@ -45,17 +48,4 @@ class EncodeUDF(StageUDF):
         columns = {name: batch.column(name) for name in self.keep_columns}
         for result in RESULT_FIELDS:
             columns[result.name] = batch.column(result.name).cast(result.type)
-        if self.row_counter is not None:
-            self.row_counter.add.remote("encoded", batch.num_rows)
         return pa.table(columns)
-
-
-def encode_stage(keep_columns: Sequence[str], output_path: str, row_counter: Optional[Any] = None,
-                 crash_guard: Optional[CrashGuard] = None) -> Stage:
-    return Stage(
-        name="encode",
-        udf=EncodeUDF,
-        constructor_kwargs=dict(keep_columns=list(keep_columns), row_counter=row_counter, crash_guard=crash_guard),
-        map_batches_kwargs=dict(batch_format="pyarrow", num_cpus=1),
-        description=f"CPU tasks (1 CPU each): COCO RLE, then Parquet to {output_path}",
-    )

@@ -12,21 +12,22 @@ kernel) are not thread-safe, and one model call at a time bounds the device memo
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import torch
 from ray.data import ActorPoolStrategy
 
-from samhq_core import SamHQModel, SamHQProcessor
+from samhq_core import MaskSource, SamHQModel, SamHQProcessor
 from samhq_core.processor import pad_to_bucket, stability_scores
 
-from .. import rle
 from ..config import ComputeConfig, ModelConfig, StorageConfig
+from ..masks import rle
 from ..schema import BOX_ERRORS, BOXES, IMAGE_SIZE, PIXELS, RESIZED_HW, RUN_LENGTHS, exception_detail, row_error
-from ..storage import storage_options
-from .base import Stage, StageUDF, column
-from .crash_guard import CrashGuard
+from ..storage import s3_options
+from ..text import plural
+from .contract import Stage, StageUDF, column
+from .run_lengths import RunLengthCoder
 
 
 @dataclass
@@ -56,26 +57,27 @@ class _Image:
     box_errors: List[Optional[str]]
 
 
+_MASK_SOURCES = {MaskSource.SAM_PLUS_HQ: "SAM's mask plus the HQ term (as official)",
+                 MaskSource.HQ_ONLY: "the HQ token's mask (model.mask_source: hq_only)",
+                 MaskSource.SAM_ONLY: "SAM's mask only (model.mask_source: sam_only)"}
+
+
 class ModelUDF(StageUDF):
     """A model replica on the actor's device (CUDA when present)."""
 
     result_type = MaskResult
 
     def __init__(self, model: ModelConfig, storage: StorageConfig, image_size: int,
-                 torch_threads: Optional[int] = None, row_counter: Optional[Any] = None,
-                 crash_guard: Optional[CrashGuard] = None, batch_size: int = 1, concurrent_batches: int = 1) -> None:
-        super().__init__(crash_guard, model=model, storage=storage, image_size=image_size, torch_threads=torch_threads,
-                         row_counter=row_counter, batch_size=batch_size, concurrent_batches=concurrent_batches)
+                 torch_threads: Optional[int] = None, batch_size: int = 1, concurrent_batches: int = 1) -> None:
         self.batch_size, self.concurrent_batches = batch_size, concurrent_batches
         self._model_turn = threading.Lock()
         self._thread_state = threading.local()
-        self.row_counter = row_counter
         self.config = model
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.model = SamHQModel.from_pretrained(
-            model.checkpoint, variant=model.variant, sha256=model.sha256, storage_options=storage_options(storage)
+            model.checkpoint, variant=model.variant, sha256=model.sha256, storage_options=s3_options(storage)
         ).to(self.device)
         if self.device.type == "cuda":  # the weights' copies finish before another thread's stream reads them
             torch.cuda.synchronize(self.device)
@@ -95,18 +97,35 @@ class ModelUDF(StageUDF):
                              f"job resizes images for {image_size}: did the checkpoint change after the job's checks?")
 
     @classmethod
-    def required_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
-        return (PIXELS, RESIZED_HW, BOXES, IMAGE_SIZE, BOX_ERRORS)
-
-    @classmethod
-    def dropped_columns(cls, constructor_kwargs: Mapping[str, Any]) -> Tuple[str, ...]:
-        return (PIXELS, BOXES)
-
-    def shape(self, batch: pa.Table) -> pa.Table:
-        """As every stage's, and counts the batch's rows on `row_counter` (progress lines)."""
-        if self.row_counter is not None:
-            self.row_counter.add.remote("model", batch.num_rows)
-        return super().shape(batch)
+    def stage(cls, model: ModelConfig, storage: StorageConfig, compute: ComputeConfig, num_gpus: float,
+              image_size: int, model_name: str) -> Stage:
+        """The actor pool of `compute.num_actors` replicas (`model_name` describes the model)."""
+        device = "GPU" if num_gpus > 0 else "CPU"
+        actors = plural(compute.num_actors, "actor")
+        if compute.concurrent_batches_per_actor > 1:
+            actors += f" ({compute.concurrent_batches_per_actor} batches at once each)"
+        return Stage(
+            name="model",
+            udf=cls,
+            constructor_kwargs=dict(model=model, storage=storage, image_size=image_size,
+                                    torch_threads=compute.torch_threads, batch_size=compute.batch_size,
+                                    concurrent_batches=compute.concurrent_batches_per_actor),
+            map_batches_kwargs=dict(
+                batch_format="pyarrow",
+                batch_size=compute.batch_size,
+                num_gpus=num_gpus,
+                num_cpus=compute.num_cpus_per_actor,
+                # On CPU the actors share cores with the decode and encode tasks; spinning OpenMP
+                # threads would burn the time slices those need (bench/results/cpu_pipeline.md).
+                runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+            ),
+            description=f"{actors} ({compute.num_cpus_per_actor:g} CPU, {num_gpus:g} GPU each) on {device}: "
+                        f"{model_name}, batches of {compute.batch_size}, {model.dtype}, "
+                        f"{_MASK_SOURCES[model.mask_source]}",
+            required_columns=(PIXELS, RESIZED_HW, BOXES, IMAGE_SIZE, BOX_ERRORS),
+            dropped_columns=(PIXELS, BOXES),
+            actors=actor_pool(compute),
+        )
 
     def process(self, batch: pa.Table) -> List[MaskResult]:
         with self._stream():
@@ -183,8 +202,7 @@ class ModelUDF(StageUDF):
         with self._autocast(), self._model_turn:
             logits, scores = self.decode(
                 embeddings, intermediate, image_index, boxes=boxes, multimask_output=self.config.multimask_output,
-                hq_token_only=self.config.hq_token_only, sam_only=self.config.sam_only,
-                prompt_chunk_size=self.config.box_chunk_size,
+                mask_source=self.config.mask_source, prompt_chunk_size=self.config.box_chunk_size,
             )
         starts = [sum(counts[:k]) for k in range(len(counts))]
         return [(logits[start : start + n, 0], scores[start : start + n, 0]) for start, n in zip(starts, counts,
@@ -194,7 +212,7 @@ class ModelUDF(StageUDF):
     def _masks(self, image: _Image, decoded: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> MaskResult:
         """One image's result row from its decoded logits and scores (None: no usable box)."""
         h, w = image.original_hw
-        coder, iou_scores, stability = rle.RunLengthCoder(h, w), torch.zeros(0), []
+        coder, iou_scores, stability = RunLengthCoder(h, w), torch.zeros(0), []
         if decoded is not None:
             low_res, iou_scores = decoded
             threshold = self.config.mask_threshold
@@ -222,37 +240,6 @@ class ModelUDF(StageUDF):
                 result.mask_areas.append(0)
                 result.mask_bboxes.append([0.0, 0.0, 0.0, 0.0])
         return result
-
-
-def model_stage(model: ModelConfig, storage: StorageConfig, compute: ComputeConfig, num_gpus: float, image_size: int,
-                describe_model: str, row_counter: Optional[Any] = None, crash_guard: Optional[CrashGuard] = None
-                ) -> Stage:
-    device = "GPU" if num_gpus > 0 else "CPU"
-    actors = f"{compute.num_actors} actor{'s' if compute.num_actors != 1 else ''}"
-    if compute.concurrent_batches_per_actor > 1:
-        actors += f" ({compute.concurrent_batches_per_actor} batches at once each)"
-    source = ("SAM's mask only (model.sam_only)" if model.sam_only else
-              "the HQ token's mask (model.hq_token_only)" if model.hq_token_only else
-              "SAM's mask plus the HQ term (as official)")
-    return Stage(
-        name="model",
-        udf=ModelUDF,
-        constructor_kwargs=dict(model=model, storage=storage, image_size=image_size,
-                                torch_threads=compute.torch_threads, row_counter=row_counter, crash_guard=crash_guard,
-                                batch_size=compute.batch_size, concurrent_batches=compute.concurrent_batches_per_actor),
-        map_batches_kwargs=dict(
-            batch_format="pyarrow",
-            batch_size=compute.batch_size,
-            compute=actor_pool(compute),
-            num_gpus=num_gpus,
-            num_cpus=compute.num_cpus_per_actor,
-            # On CPU the actors share cores with the decode and encode tasks; spinning OpenMP
-            # threads would burn the time slices those need (bench/results/cpu_pipeline.md).
-            runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
-        ),
-        description=f"{actors} ({compute.num_cpus_per_actor:g} CPU, {num_gpus:g} GPU each) on {device}: "
-                    f"{describe_model}, batches of {compute.batch_size}, {model.dtype}, {source}",
-    )
 
 
 def actor_pool(compute: ComputeConfig) -> ActorPoolStrategy:

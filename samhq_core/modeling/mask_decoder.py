@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..mask_source import MaskSource
 from .common import MLP, LayerNorm2d
 from .transformer import TwoWayTransformer
 
@@ -79,8 +80,7 @@ class MaskDecoderHQ(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         hq_features: Optional[torch.Tensor],
         multimask_output: bool,
-        hq_token_only: bool,
-        sam_only: bool = False,
+        mask_source: MaskSource,
         hq_image_index: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Masks for n prompts on one image (or each on its own image, with n embeddings and
@@ -91,14 +91,15 @@ class MaskDecoderHQ(nn.Module):
         hq_features: (B, C/8, 4h, 4w): the images' HQ features; None for a plain SAM decoder
         hq_image_index: (n,) each prompt's image among the B; None when B is 1 (one image's
           features, shared by all prompts)
-        sam_only: SAM's masks as plain SAM computes them: no HQ token among the output tokens, no
-          HQ term (the baseline the HQ output improves on)
+        mask_source: which mask each prompt gets (`MaskSource`); SAM_ONLY leaves the HQ token out
+          of the output tokens, so that the masks are exactly plain SAM's
         Returns mask logits (n, K, 4h, 4w) and IoU predictions (n, K): K = 3 candidates sorted
         by IoU with multimask_output (the first is the official output), else K = 1.
         """
         n = sparse_prompt_embeddings.shape[0]
         token_weights = [self.iou_token.weight, self.mask_tokens.weight]
-        if self.hq and not sam_only:  # without the HQ token in the sequence this is exactly SAM
+        with_hq = self.hq and mask_source != MaskSource.SAM_ONLY
+        if with_hq:  # without the HQ token in the sequence this is exactly SAM
             token_weights.append(self.hf_token.weight)
         output_tokens = torch.cat(token_weights).to(sparse_prompt_embeddings.dtype)
         tokens = torch.cat([output_tokens.expand(n, -1, -1), sparse_prompt_embeddings], dim=1)
@@ -116,10 +117,10 @@ class MaskDecoderHQ(nn.Module):
             iou_pred = iou_pred[:, :1]
             token_ids = torch.zeros(n, 1, dtype=torch.long, device=iou_pred.device)
 
-        if hq_token_only:
+        if mask_source == MaskSource.HQ_ONLY:
             return self._hq_mask(hs, upscaled, hq_features, hq_image_index), iou_pred[:, :1]
         masks = self._sam_masks(hs, upscaled, token_ids, multimask_output)
-        if self.hq and not sam_only:
+        if with_hq:
             masks = masks + self._hq_mask(hs, upscaled, hq_features, hq_image_index)
         return masks, iou_pred
 
@@ -149,7 +150,7 @@ class MaskDecoderHQ(nn.Module):
         its own image's map.
         """
         if hq_features is None:
-            raise ValueError("hq_token_only=True needs an HQ checkpoint; this model is plain SAM")
+            raise ValueError("mask_source hq_only needs an HQ checkpoint; this model is plain SAM")
         hyper = self.hf_mlp(hs[:, self.num_mask_tokens + 1])  # n x C/8
         hidden = self.embedding_maskfeature[:3](upscaled)  # n x C/4 x H x W
         last_conv = self.embedding_maskfeature[3]

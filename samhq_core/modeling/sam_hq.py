@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ..checkpoint import PretrainedModel
-from ..config import SamHQConfig
+from ..config import PROMPT_CHUNK_SIZE_ACCELERATOR, PROMPT_CHUNK_SIZE_CPU, SamHQConfig
+from ..mask_source import MaskSource
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoderHQ
 from .prompt_encoder import LABEL_NEGATIVE, LABEL_PAD, LABEL_POSITIVE, PromptEncoder
@@ -19,11 +20,16 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+def default_prompt_chunk_size(device: torch.device) -> int:
+    """Prompts the decoder takes at once on `device` when the caller does not say."""
+    return PROMPT_CHUNK_SIZE_CPU if device.type == "cpu" else PROMPT_CHUNK_SIZE_ACCELERATOR
+
+
 @dataclass
 class SamHQOutput:
     """pred_masks: (B, P, K, 4h, 4w) low-res mask logits (256 x 256 for 1024 inputs);
     iou_scores: (B, P, K) predicted IoU; K is 3 with multimask_output (sorted by IoU,
-    best first) unless hq_token_only, else 1. The image embeddings are returned for reuse
+    best first) unless the mask source is HQ_ONLY, else 1. The image embeddings are returned for reuse
     (the intermediate ones are None when plain SAM was given only image embeddings)."""
 
     pred_masks: torch.Tensor
@@ -122,8 +128,7 @@ class SamHQModel(PretrainedModel):
         image_embeddings: Optional[torch.Tensor] = None,
         intermediate_embeddings: Optional[torch.Tensor] = None,
         multimask_output: bool = True,
-        hq_token_only: bool = False,
-        sam_only: bool = False,
+        mask_source: MaskSource = MaskSource.SAM_PLUS_HQ,
         prompt_chunk_size: Optional[int] = None,
         original_sizes: Optional[torch.Tensor] = None,
         reshaped_input_sizes: Optional[torch.Tensor] = None,
@@ -137,12 +142,11 @@ class SamHQModel(PretrainedModel):
             0 background, -1 padding (ignored); labels default to 1.
           input_boxes (B, P, 4) as (x1, y1, x2, y2).
           input_masks (B, P, 4h, 4w) low-res mask logits, e.g. an earlier pred_masks.
-        sam_only returns what plain SAM with these weights outputs: the HQ token left out of
-        the decoder's tokens and no HQ term (the baseline of the paper's comparisons).
+        mask_source (`MaskSource`, or its value as a string) picks the mask: SAM's plus the HQ
+        term (the official output), the HQ token's alone, or plain SAM's with these weights (the
+        baseline of the paper's comparisons).
         Prompts are decoded `prompt_chunk_size` at a time, which bounds memory (roughly 0.1 GB
-        of fp32 activations per prompt): by default 64 on accelerators and 4 on CPU, as fast as
-        1 on a quiet CPU and faster when other processes share its cores
-        (bench/results/cpu_core_neighbour.md).
+        of fp32 activations per prompt): by default `default_prompt_chunk_size` of the device.
         original_sizes and reshaped_input_sizes are accepted, and unused, so that the
         processor's whole output can be passed as `model(**inputs)`; post_process_masks
         needs them.
@@ -153,16 +157,19 @@ class SamHQModel(PretrainedModel):
             image_embeddings, intermediate_embeddings = self.get_image_embeddings(pixel_values)
         elif intermediate_embeddings is None and self.mask_decoder.hq:
             raise ValueError("image_embeddings need their intermediate_embeddings (see get_image_embeddings)")
-        if hq_token_only and not self.mask_decoder.hq:
-            raise ValueError("hq_token_only=True needs an HQ checkpoint; this model is plain SAM")
-        if hq_token_only and sam_only:
-            raise ValueError("hq_token_only and sam_only exclude each other: pick one mask source")
+        try:
+            mask_source = MaskSource(mask_source)
+        except ValueError:
+            raise ValueError(f"mask_source must be one of {', '.join(m.value for m in MaskSource)}, "
+                             f"got {mask_source!r}") from None
+        if mask_source == MaskSource.HQ_ONLY and not self.mask_decoder.hq:
+            raise ValueError("mask_source hq_only needs an HQ checkpoint; this model is plain SAM")
         assert image_embeddings is not None  # one of the two inputs, checked above
         if prompt_chunk_size is not None and prompt_chunk_size < 1:
             raise ValueError(f"prompt_chunk_size must be >= 1, got {prompt_chunk_size}")
         self._check_prompts(image_embeddings.shape[0], input_points, input_labels, input_boxes, input_masks)
         return self.decode_prompts(image_embeddings, intermediate_embeddings, input_points, input_labels, input_boxes,
-                                   input_masks, multimask_output, hq_token_only, sam_only, prompt_chunk_size)
+                                   input_masks, multimask_output, mask_source, prompt_chunk_size)
 
     def decode_prompts(
         self,
@@ -173,8 +180,7 @@ class SamHQModel(PretrainedModel):
         input_boxes: Optional[torch.Tensor] = None,
         input_masks: Optional[torch.Tensor] = None,
         multimask_output: bool = True,
-        hq_token_only: bool = False,
-        sam_only: bool = False,
+        mask_source: MaskSource = MaskSource.SAM_PLUS_HQ,
         prompt_chunk_size: Optional[int] = None,
     ) -> SamHQOutput:
         """`forward` from image embeddings, without its checks of the inputs: no host syncs
@@ -192,7 +198,7 @@ class SamHQModel(PretrainedModel):
         masks = None if input_masks is None else input_masks.flatten(0, 1)
         image_index = torch.arange(batch, device=image_embeddings.device).repeat_interleave(num_prompts)
         pred_masks, iou_scores = self.decode_flat(image_embeddings, intermediate_embeddings, image_index, points, boxes,
-                                                  masks, multimask_output, hq_token_only, sam_only, prompt_chunk_size)
+                                                  masks, multimask_output, mask_source, prompt_chunk_size)
         return SamHQOutput(pred_masks.view(batch, num_prompts, *pred_masks.shape[1:]),
                            iou_scores.view(batch, num_prompts, -1), image_embeddings, intermediate_embeddings)
 
@@ -205,8 +211,7 @@ class SamHQModel(PretrainedModel):
         boxes: Optional[torch.Tensor] = None,
         masks: Optional[torch.Tensor] = None,
         multimask_output: bool = True,
-        hq_token_only: bool = False,
-        sam_only: bool = False,
+        mask_source: MaskSource = MaskSource.SAM_PLUS_HQ,
         prompt_chunk_size: Optional[int] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """N prompts over B images, each naming its image: decoded `prompt_chunk_size` at a
@@ -219,14 +224,14 @@ class SamHQModel(PretrainedModel):
         Returns mask logits (N, K, 4h, 4w) and IoU predictions (N, K).
         """
         if prompt_chunk_size is None:
-            prompt_chunk_size = 4 if image_embeddings.is_cpu else 64
+            prompt_chunk_size = default_prompt_chunk_size(image_embeddings.device)
         num_prompts = image_index.shape[0]
         sparse = None
         if points is not None or boxes is not None:
             sparse = self.prompt_encoder(points, boxes)  # N x T x C
         image_pe = self.prompt_encoder.get_dense_pe()
         hq_features = None
-        if self.mask_decoder.hq and not sam_only:
+        if self.mask_decoder.hq and mask_source != MaskSource.SAM_ONLY:
             assert intermediate_embeddings is not None  # checked by forward for HQ models
             hq_features = self.mask_decoder.hq_features(image_embeddings, intermediate_embeddings)  # B x C/8 x 4h x 4w
         one_image = image_embeddings.shape[0] == 1  # then every prompt shares it: broadcast, no gather
@@ -253,8 +258,7 @@ class SamHQModel(PretrainedModel):
                 hq_features=hq_features,
                 hq_image_index=None if one_image else index,
                 multimask_output=multimask_output,
-                hq_token_only=hq_token_only,
-                sam_only=sam_only,
+                mask_source=mask_source,
             )
             out_masks.append(chunk_masks.float())
             out_scores.append(chunk_scores.float())

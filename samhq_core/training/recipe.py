@@ -1,11 +1,11 @@
 """The two training phases of HQ-SAM on one model, and one optimisation step.
 
 - "sam": the SAM part (image encoder, prompt encoder, SAM mask decoder) trains; the HQ
-  parameters are frozen and unused. Loss on SAM's own mask (`sam_only`) plus the IoU head's
+  parameters are frozen and unused. Loss on SAM's own mask (`MaskSource.SAM_ONLY`) plus the IoU head's
   regression to the mask's real IoU. This stands in for SAM's pre-training.
 - "hq": everything is frozen but the HQ parameters (HQ token, its MLP, compress_vit_feat,
   embedding_encoder, embedding_maskfeature), as in the SAM-HQ paper; the encoder then runs
-  without autograd. Loss on the HQ token's mask (`hq_token_only`).
+  without autograd. Loss on the HQ token's mask (`MaskSource.HQ_ONLY`).
 """
 
 import functools
@@ -17,10 +17,12 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch.nn import functional as F
 
+from ..mask_source import MaskSource
 from ..modeling import SamHQModel
 from .losses import mask_iou, point_sampled_mask_loss
 
 PHASES = ("sam", "hq")
+PHASE_MASK_SOURCE = {"sam": MaskSource.SAM_ONLY, "hq": MaskSource.HQ_ONLY}  # the mask each phase trains
 # Points per mask of the loss: a sixteenth of a 256 x 256 target, as the official
 # training takes 112 x 112 of its 1024 x 1024 ones (about 1%), but more for the small frame.
 LOSS_POINTS = 64 * 64
@@ -72,7 +74,7 @@ def phase_logits(model: SamHQModel, phase: str, image_embeddings: torch.Tensor, 
     """Mask logits (P, 1, s, s) and IoU predictions (P,) of one image's boxes, from the mask
     source that `phase` trains."""
     out = model(image_embeddings=image_embeddings, intermediate_embeddings=early, input_boxes=boxes[None],
-                multimask_output=False, sam_only=phase == "sam", hq_token_only=phase == "hq",
+                multimask_output=False, mask_source=PHASE_MASK_SOURCE[phase],
                 prompt_chunk_size=len(boxes))
     return out.pred_masks[0], out.iou_scores[0, :, 0]
 

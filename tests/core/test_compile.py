@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers.models import perturb, smallest_config
 
-from samhq_core import SamHQModel
+from samhq_core import MaskSource, SamHQModel
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +54,20 @@ def test_eager_forward_still_checks_prompt_values(model):
               input_boxes=torch.tensor([[[9.0, 0.0, 4.0, 4.0]]]))
 
 
-@pytest.mark.parametrize("hq_token_only", [False, True])
+@pytest.mark.parametrize("mask_source", [MaskSource.SAM_PLUS_HQ, MaskSource.HQ_ONLY])
 @torch.inference_mode()
-def test_boxes_of_several_images_decode_together_as_each_alone(model, hq_token_only):
+def test_boxes_of_several_images_decode_together_as_each_alone(model, mask_source):
     embeddings, intermediate = model.get_image_embeddings(torch.randn(3, 3, 64, 64))
     boxes = _prompts(3, 4)["boxes"]["input_boxes"]
     counts = [1, 4, 2]  # chunks of 3 cross image boundaries
     flat = torch.cat([boxes[b, :n] for b, n in enumerate(counts)])
     index = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
     masks, scores = model.decode_flat(embeddings, intermediate, index, boxes=flat, multimask_output=False,
-                                      hq_token_only=hq_token_only, prompt_chunk_size=3)
+                                      mask_source=mask_source, prompt_chunk_size=3)
     start = 0
     for b, n in enumerate(counts):
         alone = model.decode_prompts(embeddings[b : b + 1], intermediate[b : b + 1], input_boxes=boxes[b : b + 1, :n],
-                                     multimask_output=False, hq_token_only=hq_token_only)
+                                     multimask_output=False, mask_source=mask_source)
         torch.testing.assert_close(masks[start : start + n], alone.pred_masks[0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(scores[start : start + n], alone.iou_scores[0], atol=1e-5, rtol=1e-5)
         start += n

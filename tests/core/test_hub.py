@@ -18,7 +18,7 @@ from helpers.paths import ROOT
 from huggingface_hub import scan_cache_dir
 
 from samhq_core import SamHQModel
-from samhq_core.checkpoint import HubModel, hub_model
+from samhq_core.checkpoint_sources import HubModel, hub_model
 
 REPO = "samhq-test/tiny"
 
@@ -29,7 +29,7 @@ _SCRIPT = r"""
 import json, os, sys
 import torch
 from samhq_core import SamHQModel, SamHQProcessor
-from samhq_core.checkpoint import pin_hub_revision
+from samhq_core.checkpoint_sources import pin_hub_revision
 
 out, operations = sys.argv[1], json.loads(sys.argv[2])
 results = {}

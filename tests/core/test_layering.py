@@ -1,5 +1,7 @@
-"""The seam between the packages: samhq_core is a library that never imports the job
-(pipeline), and no module of either imports itself through others (no import cycles)."""
+"""The seams between and within the packages: samhq_core is a library that never imports the
+job (pipeline); no module of either imports itself through others (no import cycles, imports
+for type checkers included); and pipeline's packages stand in layers, each importing only
+from itself and the layers below it."""
 
 import ast
 import os
@@ -10,6 +12,20 @@ from typing import Dict, Iterator, List, Set
 from helpers.paths import ROOT
 
 PACKAGES = ("samhq_core", "pipeline")
+# pipeline's packages (and top-level modules), top layer first: `python -m pipeline`, the command line, the demo
+# that strings commands together, the commands, what the job is built from, what reads and
+# writes data, and the floor.
+LAYERS = [
+    ["pipeline", "pipeline.__main__"],
+    ["pipeline.cli"],
+    ["pipeline.demo"],
+    ["pipeline.job", "pipeline.exports", "pipeline.review", "pipeline.evaluation", "pipeline.finetune"],
+    ["pipeline.checks", "pipeline.stages"],
+    ["pipeline.output", "pipeline.inputs"],
+    ["pipeline.masks", "pipeline.storage"],
+    ["pipeline.config"],
+    ["pipeline.schema", "pipeline.ids", "pipeline.text"],
+]
 
 
 def modules(package: str) -> Dict[str, str]:
@@ -34,14 +50,14 @@ def _type_checking_only(node: ast.AST, parents: Dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
-def imports(module: str, path: str, known: Set[str]) -> Iterator[str]:
-    """The project modules `module` imports when it runs (at module level or inside functions;
-    imports for type checkers only are left out)."""
+def imports(module: str, path: str, known: Set[str], type_only: bool = False) -> Iterator[str]:
+    """The project modules `module` imports when it runs (at module level or inside functions),
+    and with `type_only` also those it imports for type checkers only."""
     tree = ast.parse(open(path).read(), path)
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
     for node in ast.walk(tree):
-        if _type_checking_only(node, parents):
+        if not type_only and _type_checking_only(node, parents):
             continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -61,9 +77,9 @@ def imports(module: str, path: str, known: Set[str]) -> Iterator[str]:
                 yield target
 
 
-def import_graph() -> Dict[str, Set[str]]:
+def import_graph(type_only: bool = False) -> Dict[str, Set[str]]:
     files = {name: path for package in PACKAGES for name, path in modules(package).items()}
-    return {name: set(imports(name, path, set(files))) for name, path in files.items()}
+    return {name: set(imports(name, path, set(files), type_only)) for name, path in files.items()}
 
 
 def cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
@@ -117,9 +133,48 @@ def test_samhq_core_never_imports_the_job():
 
 
 def test_no_import_cycles():
-    graph = import_graph()
+    graph = import_graph(type_only=True)
     assert len(graph) > 30 and graph["samhq_core.modeling.sam_hq"]  # the scan sees the packages
     assert not cycles(graph), cycles(graph)
+
+
+def unit_of(module: str) -> str:
+    """The package of LAYERS a pipeline module belongs to (its top-level subpackage or module)."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def layer_of(unit: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if unit in layer)
+
+
+def upward_imports(graph: Dict[str, Set[str]]) -> List[str]:
+    """"module -> target" for each import of a pipeline module from its own layer (another
+    package of it) or a higher one."""
+    found = []
+    for module, targets in graph.items():
+        if module.split(".")[0] != "pipeline":
+            continue
+        unit = unit_of(module)
+        for target in sorted(targets):
+            other = unit_of(target) if target.split(".")[0] == "pipeline" else None
+            if other is not None and other != unit and layer_of(other) <= layer_of(unit):
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_pipeline_packages_import_only_downwards():
+    graph = import_graph(type_only=True)
+    units = {unit_of(m) for m in graph if m.split(".")[0] == "pipeline"}
+    assert units == {u for layer in LAYERS for u in layer}, "a package of pipeline/ is missing from LAYERS, or gone"
+    assert not upward_imports(graph), upward_imports(graph)
+
+
+def test_the_layer_check_finds_upward_and_sideways_imports():
+    graph = {"pipeline.storage.location": {"pipeline.output.handle", "pipeline.config.base"},
+             "pipeline.exports.coco": {"pipeline.review.page", "pipeline.exports.yolo", "samhq_core.config"}}
+    assert upward_imports(graph) == ["pipeline.storage.location -> pipeline.output.handle",
+                                     "pipeline.exports.coco -> pipeline.review.page"]
 
 
 def test_the_cycle_check_finds_a_cycle():
@@ -145,3 +200,31 @@ def test_column_names_are_spelled_only_in_the_schema():
             if isinstance(node, ast.Constant) and node.value in names and id(node) not in literal_values:
                 found.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}: {node.value!r}")
     assert not found, found
+
+
+def readme_tree() -> Dict[str, Set[str]]:
+    """The README's layout tree: package → the names listed under it ("modeling/", "cli.py")."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = text[text.index("## Layout"):]
+    block = block[block.index("```text\n") + len("```text\n"):block.index("```", block.index("```text\n") + 8)]
+    tree: Dict[str, Set[str]] = {}
+    package = None
+    for line in block.splitlines():
+        name = line.split()[0]
+        if not line.startswith(" "):
+            package = name.rstrip("/")
+            tree[package] = set()
+        else:
+            assert package is not None, line
+            tree[package].add(name)
+    return tree
+
+
+def test_the_readme_layout_tree_matches_the_folders():
+    tree = readme_tree()
+    assert set(tree) == set(PACKAGES)
+    for package, listed in tree.items():
+        root = os.path.join(ROOT, package)
+        present = {f"{name}/" for name in os.listdir(root) if os.path.isfile(os.path.join(root, name, "__init__.py"))}
+        present |= {name for name in os.listdir(root) if name.endswith(".py") and name not in ("__init__.py", "__main__.py")}
+        assert listed == present, (package, sorted(listed - present), sorted(present - listed))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers.models import Pair
 
-from samhq_core import SamHQModel, SamHQProcessor
+from samhq_core import MaskSource, SamHQModel, SamHQProcessor
 
 TOL = 1e-3
 
@@ -78,7 +78,8 @@ def assert_matches_official(pair, case, multimask, hq_token_only, num_images=1, 
     pixel_values = torch.randn(num_images, 3, size, size, generator=gen)
     with torch.no_grad():
         prompts = random_prompts(case, num_images, size // 16, gen)
-        ours = pair.ours(pixel_values=pixel_values, multimask_output=multimask, hq_token_only=hq_token_only,
+        source = MaskSource.HQ_ONLY if hq_token_only else MaskSource.SAM_PLUS_HQ
+        ours = pair.ours(pixel_values=pixel_values, multimask_output=multimask, mask_source=source,
                          prompt_chunk_size=3, **prompts)
         features, interm = pair.official.image_encoder(pixel_values)
         for b in range(num_images):
@@ -152,8 +153,8 @@ def test_baseline_sam_matches_official(sam_pair, multimask):
         ref_masks = ref_masks.gather(1, order[..., None, None].expand_as(ref_masks))
     assert (ours.pred_masks[0] - ref_masks).abs().max() <= TOL
     assert (ours.iou_scores[0] - ref_iou).abs().max() <= TOL
-    with pytest.raises(ValueError, match="hq_token_only"):
-        sam_pair.ours(pixel_values=x, hq_token_only=True, **prompts)
+    with pytest.raises(ValueError, match="hq_only needs an HQ checkpoint"):
+        sam_pair.ours(pixel_values=x, mask_source=MaskSource.HQ_ONLY, **prompts)
 
 
 def test_hf_layout_round_trip_matches_official(vit_pair, tiny_pair, tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from samhq_core import SamHQConfig, SamHQModel
+from samhq_core import MaskSource, SamHQConfig, SamHQModel
 from samhq_core.training.demo_model import demo_config, prefetched_batches, synthetic_batches
 from samhq_core.training.losses import mask_iou, mask_loss, point_sampled_mask_loss
 from samhq_core.training.recipe import HQ_PARAMETER_PREFIXES, batch_loss, set_trainable, train_phase
@@ -83,13 +83,14 @@ def test_sam_only_is_plain_sam_with_the_same_weights():
     pixels, boxes = torch.randn(1, 3, 256, 256), torch.tensor([[[10.0, 20, 120, 200], [50, 50, 60, 90]]])
     with torch.no_grad():
         for multimask in (False, True):
-            ours = model(pixel_values=pixels, input_boxes=boxes, multimask_output=multimask, sam_only=True)
+            ours = model(pixel_values=pixels, input_boxes=boxes, multimask_output=multimask,
+                         mask_source=MaskSource.SAM_ONLY)
             reference = plain(pixel_values=pixels, input_boxes=boxes, multimask_output=multimask)
             torch.testing.assert_close(ours.pred_masks, reference.pred_masks)
             with_hq = model(pixel_values=pixels, input_boxes=boxes, multimask_output=multimask)
             assert (with_hq.pred_masks - ours.pred_masks).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="exclude each other"):
-        model(pixel_values=pixels, input_boxes=boxes, hq_token_only=True, sam_only=True)
+    with pytest.raises(ValueError, match="mask_source must be one of sam_plus_hq, hq_only, sam_only, got 'hq'"):
+        model(pixel_values=pixels, input_boxes=boxes, mask_source="hq")
 
 
 @pytest.mark.parametrize("phase", ["sam", "hq"])

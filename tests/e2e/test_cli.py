@@ -159,7 +159,7 @@ def test_demo_command(tmp_path):
 
 def test_console_script_is_the_cli():
     """`samhq-annotate`, installed with the project, is `python -m pipeline`."""
-    from pipeline.__main__ import config_schema
+    from pipeline.config.command import config_schema
 
     script = shutil.which("samhq-annotate") or os.path.join(os.path.dirname(sys.executable), "samhq-annotate")
     proc = run([script, "schema", "finetune"])

@@ -1,7 +1,7 @@
 """The README's code blocks, run as written, in document order, in a copy of the repository
 (so that what they write lands there): the bash blocks in one bash session, each run of
 consecutive Python blocks as one script. A block preceded by `<!-- readme-test: skip (why) -->`
-is not run; the reason is required.
+is not run; the reason is required. `text` blocks (the layout's tree) are not code.
 
 The `ray job submit` block starts a Ray head with `ray start`: the whole session runs in a
 process session of its own, and the test ends exactly that session's processes afterwards
@@ -51,7 +51,7 @@ def test_every_block_is_run_or_says_why_not():
     blocks = code_blocks(open(os.path.join(ROOT, "README.md")).read())
     assert len(blocks) >= 8
     for language, code, reason in blocks:
-        assert language in ("bash", "python"), f"untagged or unknown block language {language!r}:\n{code}"
+        assert language in ("bash", "python", "text"), f"untagged or unknown block language {language!r}:\n{code}"
         assert reason is None or len(reason) > 10, code
 
 
@@ -73,7 +73,7 @@ def test_readme_blocks_run_as_written(tmp_path):
             python.clear()
 
     for language, code, reason in code_blocks((repo / "README.md").read_text()):
-        if reason is not None or code.strip() in ALREADY_RUN:
+        if reason is not None or code.strip() in ALREADY_RUN or language == "text":  # text: a picture, not code
             continue
         if language == "python":
             python.append(code)

@@ -31,8 +31,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 def chromium_binary() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        pytest.fail("chromium is not installed: the review page is tested in a real browser; run `bash scripts/setup.sh --dev --browser` "
-                    "(it installs Debian's chromium), or `apt-get install chromium`")
+        pytest.fail("chromium is not installed: the review page is tested in a real browser; run "
+                    "`bash scripts/setup.sh --dev --browser` (it installs Debian's chromium), or `apt-get install chromium`")
     return found
 
 

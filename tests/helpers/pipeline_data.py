@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.demo import write_sample_dataset
+from pipeline.demo.dataset import write_sample_dataset
 
 INPUT_SCHEMA = pa.schema([
     pa.field("id", pa.string()),

@@ -7,6 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
+from pipeline.config import parse_config
+from pipeline.output import JobDescription, JobOutput
 from pipeline.schema import RESULT_FIELDS
 
 
@@ -26,9 +28,9 @@ def encode(m):
     return rle, {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def result_row(row_id, size, masks, scores, box_errors=None, categories=None, error=None):
+def result_row(row_id, size, masks, scores, box_errors=None, categories=None, error=None, stabilities=None):
     """One result row as the pipeline writes it; `masks` are numpy masks (None: an unusable box,
-    written as an empty mask)."""
+    written as an empty mask); the stability scores are the IoU scores minus 0.1 unless given."""
     h, w = size if size is not None else (0, 0)
     box_errors = box_errors or [None] * len(masks)
     rles, areas, bboxes = [], [], []
@@ -37,8 +39,10 @@ def result_row(row_id, size, masks, scores, box_errors=None, categories=None, er
         rles.append(stored)
         areas.append(int(mask_utils.area(rle)))
         bboxes.append([float(v) for v in mask_utils.toBbox(rle)])
+    stabilities = stabilities if stabilities is not None else [s - 0.1 for s in scores]
     row = {"id": row_id, "image_size": list(size) if size is not None else None, "masks": rles,
-           "iou_scores": scores, "mask_areas": areas, "mask_bboxes": bboxes, "box_errors": box_errors, "error": error}
+           "iou_scores": scores, "stability_scores": stabilities, "mask_areas": areas, "mask_bboxes": bboxes,
+           "box_errors": box_errors, "error": error}
     if categories is not None:
         row["cat"] = categories
     return row
@@ -52,3 +56,12 @@ def write_results(path, rows, id_type=None, category_type=None):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return path
+
+
+def describe_job(output, rows_in, input_keys, model_keys=None, output_keys=None):
+    """The job description (`_samhq_job.json`) beside results at `output`: a job config with
+    `input_keys` (path and boxes column filled in when not given), `model_keys` and `output_keys`."""
+    config = parse_config({"input": {"path": "unused.parquet", "boxes_column": "boxes", **input_keys},
+                           "output": {"path": output, **(output_keys or {})},
+                           "model": {"checkpoint": "unused", **(model_keys or {})}})
+    JobOutput(output).write_description(JobDescription(config, rows_in))

@@ -1,5 +1,5 @@
 """A synthetic job's output and input for the review page's tests: result Parquet as the job
-writes it (with `_samhq_job.json`), spread over several files, with scores known in advance,
+writes it (with its description and manifest), spread over several files, with scores known in advance,
 failed rows of several kinds, and an input Parquet of small PNGs in many row groups."""
 
 import io
@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline import rle
-from pipeline.output_files import JOB_FILE, JOB_FILE_FORMAT, SUCCESS_FILE
+from pipeline.config import parse_config
+from pipeline.masks import rle
+from pipeline.output import JobDescription, JobOutput, Manifest, config_digest
 from pipeline.schema import RESULT_FIELDS, row_error
 
 CATEGORIES = ("cat", "dog", "bird")
@@ -71,13 +72,12 @@ def write_job(root: str, num_rows: int, files: int = 3) -> Dict[str, Any]:
                   for i, r in enumerate(rows)]
     images = os.path.join(inputs, "images.parquet")
     pq.write_table(pa.Table.from_pylist(input_rows), images, row_group_size=16)
-    config = {"input": {"path": images, "id_column": "id", "image_column": "image", "image_uri_column": None,
-                        "boxes_column": "boxes", "box_format": "xyxy", "category_column": "labels"},
-              "output": {"path": output}, "model": {"checkpoint": "unused"}}
-    with open(os.path.join(output, JOB_FILE), "w") as f:
-        json.dump({"format": JOB_FILE_FORMAT, "config": config, "rows_in": num_rows}, f)
-    with open(os.path.join(output, SUCCESS_FILE), "w") as f:  # the part of the manifest readers use
-        json.dump({"format": JOB_FILE_FORMAT, "files": names}, f)
+    config = parse_config({"input": {"path": images, "id_column": "id", "image_column": "image", "boxes_column": "boxes",
+                                     "box_format": "xyxy", "category_column": "labels"},
+                           "output": {"path": output}, "model": {"checkpoint": "unused"}})
+    job_output = JobOutput(output)
+    job_output.write_description(JobDescription(config, num_rows))
+    job_output.write_manifest(Manifest(config_digest(config), num_rows, num_rows, names))
     return {"rows": rows, "output": output, "images": images}
 
 

@@ -8,13 +8,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers.result_data import disk_mask, encode, rect_mask, result_row, write_results
+from helpers.result_data import describe_job, disk_mask, encode, rect_mask, result_row, write_results
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.coco import export_coco
 from pipeline.config import StorageConfig
+from pipeline.exports.coco import export_coco
 from pipeline.schema import RESULT_FIELDS
 
 H1, W1, H2, W2 = 20, 30, 16, 24
@@ -80,22 +80,40 @@ def test_export_loads_in_pycocotools(string_results, tmp_path):
         assert list(json.load(f)) == ["info", "licenses", "images", "annotations", "categories"]
 
 
-def test_cocoeval_of_ground_truth_as_predictions(string_results, tmp_path):
+def test_cocoeval_scores_the_export_against_the_masks_it_came_from(string_results, tmp_path):
+    """pycocotools' COCOeval of the exported annotations as detections against a ground truth
+    made here from the masks the results were written from (not from the export): AP 1 only
+    when every exported mask is its source mask, in its image, under its category."""
     out = str(tmp_path / "coco.json")
     export_coco(string_results, out, id_column="id", category_column="cat")
-    gt = COCO(out)
-    anns = gt.loadAnns(gt.getAnnIds())
+    exported = json.load(open(out))
+    image_ids = {im["source_id"]: im["id"] for im in exported["images"]}
+    category_ids = {c["name"]: c["id"] for c in exported["categories"]}
+    # The usable masks: img-b's box 0 has an error, box 2 an empty mask, box 3 a null category.
+    expected = [("img-a", "cat", MASKS["a0"]), ("img-a", "dog", MASKS["a1"]), ("img-b", "dog", MASKS["b1"])]
+    truth = COCO()
+    truth.dataset = {
+        "images": [{"id": image_ids[row_id], "height": h, "width": w} for row_id, (h, w) in
+                   (("img-a", (H1, W1)), ("img-b", (H2, W2)))],
+        "annotations": [{"id": n + 1, "image_id": image_ids[row_id], "category_id": category_ids[name],
+                         "segmentation": encode(mask)[1], "area": float(mask.sum()), "iscrowd": 0,
+                         "bbox": [float(v) for v in mask_utils.toBbox(encode(mask)[0])]}
+                        for n, (row_id, name, mask) in enumerate(expected)],
+        "categories": [{"id": i, "name": name} for name, i in category_ids.items()],
+    }
+    truth.createIndex()
 
     def evaluate(dets):
         # loadRes adds keys (bbox, area, id) to the dicts it gets: give it copies.
-        ev = COCOeval(gt, gt.loadRes([dict(d) for d in dets]), "segm")
+        ev = COCOeval(truth, truth.loadRes([dict(d) for d in dets]), "segm")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
         return ev.stats
 
     dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
-             "score": a["score"]} for a in anns]
+             "score": a["score"]} for a in exported["annotations"]]
+    assert len(dets) == len(expected)
     assert evaluate(dets)[0] == pytest.approx(1.0)
 
     # The evaluation is sensitive: a wrong mask for one annotation lowers the AP.
@@ -227,8 +245,7 @@ def test_scores_are_finite_json(string_results, tmp_path):
 def test_export_knows_the_job_from_its_output(tmp_path, capsys):
     """With the job's description beside its results, the CLI needs no column flags; file_name
     is each image's path; --min-score leaves out the low-scored masks."""
-    from pipeline.__main__ import main
-    from pipeline.output_files import write_job_description
+    from pipeline.cli import main
 
     rows = [{**row, "image_id": row.pop("id"), "image_path": f"/data/images/{i}.jpg"}
             for i, row in enumerate(string_category_rows())]
@@ -238,8 +255,8 @@ def test_export_knows_the_job_from_its_output(tmp_path, capsys):
     output.mkdir()
     pq.write_table(pa.Table.from_pylist([{**r, "num_boxes": len(r["masks"])} for r in rows], schema=schema),
                    output / "masks-0-000000-0.parquet")
-    config = {"input": {"id_column": "image_id", "category_column": "cat", "image_uri_column": "image_path"}}
-    write_job_description(str(output), StorageConfig(), config, rows_in=len(rows))
+    describe_job(str(output), len(rows), {"id_column": "image_id", "category_column": "cat",
+                                          "image_uri_column": "image_path"})
     coco_path = tmp_path / "coco.json"
     assert main(["export-coco", "--input", str(output), "--output", str(coco_path), "--min-score", "0.6"]) == 0
     assert "columns from" in capsys.readouterr().out

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from helpers.paths import ROOT
 
-from pipeline.config import ConfigError, load_config, parse_config, read_yaml
-from pipeline.finetune import parse_finetune_config
+from pipeline.config import ConfigError, load_config, parse_config, parse_finetune_config, read_yaml
+from samhq_core import MaskSource
 
 
 def minimal():
@@ -20,7 +20,7 @@ def test_every_problem_is_reported_at_once():
     data = minimal()
     data["input"].update(box_format="yxyx", bogus=1, image_uri_column="uri", passthrough_columns=["a", 2])
     del data["input"]["id_column"]
-    data["model"].update(checkpoint=7, dtype="fp8", hq_token_only=True, sam_only=True)
+    data["model"].update(checkpoint=7, dtype="fp8", mask_source="hq")
     data["compute"] = {"num_actors": 0, "batch_size": "4"}
     data["storage"] = {"aws_secret_access_key": "hunter2"}
     data["extra"] = {}
@@ -31,7 +31,7 @@ def test_every_problem_is_reported_at_once():
                      "input.passthrough_columns[1]: expected a string, got 2", "model.checkpoint: expected a string",
                      "exactly one of image_column", "input.box_format", "model.dtype", "compute.num_actors: must be >= 1",
                      "compute.batch_size: expected an integer", "credentials must not be in the config",
-                     "hq_token_only and sam_only exclude each other"]:
+                     "model.mask_source: must be one of 'sam_plus_hq', 'hq_only' or 'sam_only', got 'hq'"]:
         assert expected in problems
     assert "hunter2" not in str(err.value)
     assert len(err.value.problems) == 12  # one per problem, nothing else
@@ -48,8 +48,9 @@ def test_missing_sections_and_defaults():
 def test_overrides(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(minimal()))
-    config = load_config(str(path), ["compute.num_actors=3", "model.hq_token_only=true", "storage.region=eu-west-1"])
-    assert (config.compute.num_actors, config.model.hq_token_only, config.storage.region) == (3, True, "eu-west-1")
+    config = load_config(str(path), ["compute.num_actors=3", "model.mask_source=hq_only", "storage.region=eu-west-1"])
+    assert (config.compute.num_actors, config.model.mask_source, config.storage.region) == (3, MaskSource.HQ_ONLY,
+                                                                                          "eu-west-1")
     with pytest.raises(ConfigError, match="expected key.sub=value"):
         load_config(str(path), ["compute.num_actors"])
 
@@ -70,13 +71,13 @@ def test_committed_json_schema_is_current_and_agrees_with_the_parser(kind):
 
     import jsonschema
 
-    from pipeline.__main__ import config_schema
+    from pipeline.config.command import config_schema
 
     generated = config_schema(kind)
     with open(os.path.join(ROOT, "configs", f"{kind}.schema.json")) as f:
         assert f.read() == generated, "run: python -m pipeline schema {kind} > configs/{kind}.schema.json"
     schema = json.loads(generated)
-    assert all("description" in p for d in schema["$defs"].values() for p in d["properties"].values())
+    assert all("description" in p for d in schema["$defs"].values() for p in d.get("properties", {}).values())
     examples = [p for p in glob.glob(os.path.join(ROOT, "configs", "*.yaml"))
                 if os.path.basename(p).startswith("finetune") == (kind == "finetune")]
     assert examples

@@ -19,11 +19,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 
-from pipeline.__main__ import main
+from pipeline.cli import main
 from pipeline.config import StorageConfig
-from pipeline.evaluation import boundary, dilation_pixels, erode, evaluate_masks, mask_scores, write_report
+from pipeline.evaluation.evaluate import evaluate_masks
 from pipeline.evaluation.join import Spool
+from pipeline.evaluation.report import write_report
+from pipeline.masks.metrics import boundary, dilation_pixels, erode, mask_scores
 from pipeline.schema import RESULT_FIELDS, RLE_TYPE
+from pipeline.storage import Location
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -444,7 +447,7 @@ def test_s3_inputs_and_report(s3_endpoint, tmp_path):
                             storage=storage, num_partitions=2)
     local = evaluate_masks(pred, gt, category_column="cat")
     assert dataclasses.replace(remote, predictions=pred, ground_truth=gt) == local
-    write_report(remote, "s3://eval/reports/quality.md", storage)
+    write_report(remote, Location("s3://eval/reports/quality.md", storage))
     text = client.get_object(Bucket="eval", Key="reports/quality.md")["Body"].read().decode()
     assert text == remote.render_markdown() and "Predictions: `s3://eval/run1/output`" in text
 

@@ -9,19 +9,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers.result_data import rect_mask, result_row, write_results
+from helpers.result_data import describe_job, rect_mask, result_row, write_results
 from label_studio_converter.brush import decode_rle
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from pipeline.__main__ import main
-from pipeline.coco import export_coco
-from pipeline.config import StorageConfig
-from pipeline.label_studio import write_label_studio
-from pipeline.output_files import write_job_description
-from pipeline.results import ResultColumns, ResultReader
+from pipeline.cli import main
+from pipeline.exports.coco import export_coco
+from pipeline.exports.label_studio import write_label_studio
+from pipeline.exports.yolo import write_yolo_seg
+from pipeline.output import JobOutput
+from pipeline.output.results import ResultColumns, ResultReader
 from pipeline.schema import RESULT_FIELDS
-from pipeline.yolo import write_yolo_seg
+from pipeline.storage import Location
 
 H, W = 40, 50
 
@@ -73,7 +73,7 @@ def results(tmp_path):
 
 
 def reader(path, **kw):
-    return ResultReader(path, ResultColumns("id", "cat", "path"), **kw)
+    return ResultReader(JobOutput(path), ResultColumns("id", "cat", "path"), **kw)
 
 
 def test_coco_polygons(results, tmp_path):
@@ -150,7 +150,7 @@ def test_yolo_seg_integer_categories_and_a_bad_input(tmp_path):
         result_row("a", (H, W), [ring(), line()], [0.9, 0.8], categories=[3, 1])],
         category_type=pa.list_(pa.int64()))
     out = tmp_path / "yolo"
-    write_yolo_seg(ResultReader(path, ResultColumns("id", "cat")), str(out))
+    write_yolo_seg(ResultReader(JobOutput(path), ResultColumns("id", "cat")), str(out))
     assert yaml.safe_load((out / "data.yaml").read_text())["names"] == {0: "0", 1: "1", 2: "2", 3: "3"}
     assert [cls for cls, _ in read_label_polygons(out / "labels" / "a.txt", H, W)] == [3, 1]
     assert os.listdir(out / "images") == []  # no image column: the images are named by their ids
@@ -160,14 +160,14 @@ def test_yolo_seg_integer_categories_and_a_bad_input(tmp_path):
         result_row("a", (H, W), [ring()], [0.9], categories=["x"]),
         result_row("b", (H, W), [ring(), line()], [0.9, 0.8], categories=["x"])])  # lists of different lengths
     with pytest.raises(ValueError, match="differ in length"):
-        write_yolo_seg(ResultReader(bad, ResultColumns("id", "cat")), str(tmp_path / "bad_yolo"))
+        write_yolo_seg(ResultReader(JobOutput(bad), ResultColumns("id", "cat")), str(tmp_path / "bad_yolo"))
     assert not (tmp_path / "bad_yolo").exists()
     assert [p for p in os.listdir(tmp_path) if "partial" in p] == []
 
 
 def test_label_studio_tasks_decode_to_the_masks(results, tmp_path):
     out = str(tmp_path / "ls" / "tasks.json")
-    counts = write_label_studio(reader(results, min_score=0.7), out, model_version="demo")
+    counts = write_label_studio(reader(results, min_score=0.7), Location(str(out)), model_version="demo")
     assert counts == {"tasks": 3, "regions": 2, "skipped_rows": 1, "skipped_boxes": 2, "categories": 3}
     tasks = json.load(open(out))
     assert [t["data"]["image"] for t in tasks] == [str(tmp_path / "pictures" / "a" / "x.png"),
@@ -195,9 +195,8 @@ def test_label_studio_tasks_decode_to_the_masks(results, tmp_path):
 
 
 def test_cli_every_format(results, tmp_path, capsys):
-    config = {"input": {"id_column": "id", "category_column": "cat", "image_uri_column": "path"},
-              "model": {"checkpoint": "models/samhq-demo-synthetic"}}
-    write_job_description(results, StorageConfig(), config, rows_in=4)
+    describe_job(results, 4, {"id_column": "id", "category_column": "cat", "image_uri_column": "path"},
+                 {"checkpoint": "models/samhq-demo-synthetic"})
     for fmt, out in (("coco-rle", "rle.json"), ("coco-polygons", "poly.json"), ("yolo-seg", "yolo"),
                      ("label-studio", "ls.json")):
         assert main(["export", "--format", fmt, "--input", results, "--output", str(tmp_path / out)]) == 0, fmt
@@ -208,8 +207,9 @@ def test_cli_every_format(results, tmp_path, capsys):
     strip = lambda p: {k: v for k, v in json.load(open(p)).items() if k != "info"}  # noqa: E731
     assert strip(tmp_path / "alias.json") == strip(tmp_path / "rle.json")
     assert main(["export", "--format", "coco-rle", "--input", results, "--output", str(tmp_path / "s.json"),
-                 "--min-stability", "0.5"]) == 0  # result_row writes no stability scores: all masks filtered
-    assert json.load(open(tmp_path / "s.json"))["annotations"] == []
+                 "--min-stability", "0.75"]) == 0  # r0's masks have stability 0.8 and 0.5, r1's usable one 0.7
+    kept = json.load(open(tmp_path / "s.json"))["annotations"]
+    assert [(a["image_id"], round(a["score"], 4)) for a in kept] == [(1, 0.9)]
 
     for argv, message in (
         (["--format", "label-studio", "--simplify", "1"], "--simplify applies to the polygon formats"),

@@ -9,9 +9,9 @@ import torch
 import yaml
 from helpers.pipeline_data import labelled_parquet
 
-from pipeline.__main__ import main
-from pipeline.config import ConfigError
-from pipeline.finetune import in_validation, parse_finetune_config
+from pipeline.cli import main
+from pipeline.config import ConfigError, parse_finetune_config
+from pipeline.finetune.data import in_validation
 from samhq_core import SamHQModel
 from samhq_core.training.demo_model import demo_config
 from samhq_core.training.recipe import HQ_PARAMETER_PREFIXES
@@ -65,7 +65,7 @@ def test_finetune_trains_only_hq_parameters_from_s3(s3_endpoint, tmp_path, capsy
 
     report = open(os.path.join(output, "finetune_report.md")).read()
     assert report in printed
-    for name in ("hq_token_only", "sam_plus_hq", "sam_only"):
+    for name in ("hq_only", "sam_plus_hq", "sam_only"):
         line = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
         validation_boxes = sum(len(r["boxes"]) for r in rows[:-3] if in_validation(r["image_id"], 0.3))

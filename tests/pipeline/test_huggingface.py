@@ -21,10 +21,11 @@ from helpers.paths import ROOT
 from helpers.pipeline_data import png_bytes, sample_rows, write_rows
 from pycocotools import mask as mask_utils
 
-from pipeline.config import ConfigError, StorageConfig, parse_config
-from pipeline.job import run_job
-from pipeline.preflight import default_uri_prefixes, resolve_checkpoint
-from pipeline.storage import filesystem, uri_allowed
+from pipeline.checks.paths import resolve_checkpoint
+from pipeline.config import ConfigError, parse_config
+from pipeline.inputs.images import default_uri_prefixes
+from pipeline.job.run import run_job
+from pipeline.storage import Location, uri_allowed
 
 HUB_REPO = "samhq-test/vit-small"
 
@@ -144,7 +145,7 @@ def test_datasets_image_columns_and_load_dataset_on_the_output(ray_cluster, vit_
 
 
 def test_the_column_checks_take_a_datasets_image_struct_and_name_what_else_they_take(tmp_path, vit_pair):
-    from pipeline.preflight import plan_job
+    from pipeline.job.plan import plan_job
 
     (tmp_path / "input").mkdir()
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -196,7 +197,8 @@ def test_hf_input_paths_are_accepted_and_image_uris_kept_to_their_repository():
                                      "boxes_column": "boxes"},
                            "output": {"path": "/tmp/out"}, "model": {"checkpoint": "org/model"}})
     assert config.input.path == url
-    fs, path = filesystem(url, StorageConfig())
+    location = Location(url)
+    fs, path = location.fs, location.path
     assert type(fs).__name__ == "HfFileSystem" and path == "datasets/org/name@main/data/train-*.parquet"
     (prefix,) = default_uri_prefixes(url)
     assert prefix == "hf://datasets/org/name@main/"

@@ -26,11 +26,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pipeline.config import ConfigError, parse_config
-from pipeline.job import JobFailed, ProgressReporter, run_job
-from pipeline.preflight import plan_job
-from pipeline.rle import RunLengthCoder
-from pipeline.stages import Stage, StageUDF, boxes_to_xyxy, check_boxes
+from pipeline.inputs.boxes import boxes_to_xyxy, check_boxes
+from pipeline.job.plan import plan_job
+from pipeline.job.progress import ProgressReporter
+from pipeline.job.run import JobFailed, run_job
+from pipeline.stages import Stage, StageUDF
 from pipeline.stages.crash_guard import CrashGuard
+from pipeline.stages.run_lengths import RunLengthCoder
 
 
 @pytest.fixture(scope="module")
@@ -267,8 +269,8 @@ def test_summary_counts_why_boxes_got_no_mask_and_warns_of_xywh_boxes(ray_cluste
     assert "  warning: 16 of 18 boxes" in rendered
     assert lines[0].startswith("warning: input.box_format is xyxy, but 16 of 18 boxes in the first rows of ")
     assert [line.split(":")[0] for line in lines[1:6]] == ["input", "decode", "model", "encode", "cluster"]
-    assert any(re.match(r"progress: \d+ / 5 rows through the model \(\d+%\), \d+ encoded for writing, after \d+ s, "
-                        r"[0-9.]+ images/s", line) for line in lines)
+    assert any(re.match(r"progress: \d+ / 5 rows decoded, \d+ through the model \(\d+%\), \d+ encoded for writing, "
+                        r"after \d+ s, [0-9.]+ images/s", line) for line in lines)
     assert {r["id"]: r["num_boxes"] for r in read_output(str(tmp_path / "output")).values()} == {
         "xywh0": 4, "xywh1": 4, "xywh2": 4, "xywh3": 4, "broken": 2}
 
@@ -352,7 +354,7 @@ def test_image_uris_outside_the_allowed_prefixes_fifos_and_traversal_are_row_err
 
 
 def test_box_values_must_be_numbers():
-    from pipeline.stages.decode import parse_boxes
+    from pipeline.inputs.boxes import parse_boxes
 
     assert parse_boxes([[1, 2.5, None, 4]]).tolist()[0][:2] == [1.0, 2.5]
     for value in ("10", " 80 ", "1e1", True):
@@ -373,17 +375,18 @@ def test_uri_prefixes_compare_whole_path_segments():
 def test_readers_leave_out_interrupted_writes_named_by_a_checkpoint_elsewhere(tmp_path):
     """An unfinished output whose checkpoint is at output.checkpoint_path (not inside it):
     readers still leave out the result files whose writes the checkpoint holds as pending."""
-    from pipeline.config import StorageConfig
-    from pipeline.output_files import result_files, write_job_description
+    from helpers.result_data import describe_job
+
+    from pipeline.output import JobOutput
 
     output, checkpoint = tmp_path / "output", tmp_path / "checkpoints"
-    write_job_description(str(output), StorageConfig(), {"output": {"path": str(output),
-                                                                    "checkpoint_path": str(checkpoint)}}, 2)
+    describe_job(str(output), 2, {"id_column": "id", "image_column": "image"},
+                 output_keys={"checkpoint_path": str(checkpoint)})
     for task in (0, 1):
         write_rows(str(output / f"masks-abc-00000{task}-0.parquet"), sample_rows(num_good=1)[:1])
     checkpoint.mkdir()
     (checkpoint / "masks-abc-000001.pending.parquet").write_bytes(b"")
-    listing = result_files(str(output), StorageConfig())
+    listing = JobOutput(str(output)).result_files()
     assert [os.path.basename(f) for f in listing.files] == ["masks-abc-000000-0.parquet"]
     assert "has no _SUCCESS" in listing.warning and "leaving out 1 of interrupted writes" in listing.warning
 
@@ -507,8 +510,7 @@ class KillsItsWorkerOnPoison(StageUDF):
 
     result_type = Echo
 
-    def __init__(self, deaths: str, crash_guard=None):
-        super().__init__(crash_guard, deaths=deaths)
+    def __init__(self, deaths: str):
         self.deaths = deaths
 
     def process(self, batch):
@@ -525,11 +527,10 @@ def test_a_row_that_kills_its_worker_every_time_becomes_a_row_error(ray_cluster,
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
     guard = CrashGuard("id", max_crashes=3, directory=str(tmp_path / "markers"))
     ids = [f"row{i}" for i in range(7)] + ["poison"] + [f"row{i}" for i in range(7, 10)]
-    kwargs = dict(batch_format="pyarrow", batch_size=4, num_cpus=0.5)
-    if on_actor:
-        kwargs["compute"] = ray.data.ActorPoolStrategy(size=1)
     deaths = tmp_path / "deaths.txt"
-    stage = Stage("poison", KillsItsWorkerOnPoison, {"deaths": str(deaths), "crash_guard": guard}, kwargs, "test")
+    stage = Stage("poison", KillsItsWorkerOnPoison, {"deaths": str(deaths)},
+                  dict(batch_format="pyarrow", batch_size=4, num_cpus=0.5), "test", required_columns=("id",),
+                  actors=ray.data.ActorPoolStrategy(size=1) if on_actor else None, crash_guard=guard)
     out = stage.apply(ray.data.from_arrow(pa.table({"id": ids})).repartition(1)).take_all()
     rows = {r["id"]: r for r in out}
     assert sorted(r["id"] for r in out) == sorted(ids)  # every row out, once
@@ -548,7 +549,7 @@ class SlowCounter:
 
     def value(self):
         time.sleep(0.6)
-        return {"model": 3, "encoded": 2}
+        return {"decode": 4, "model": 3, "encode": 2}
 
 
 def test_progress_lines_come_from_a_counter_slower_than_the_interval(ray_cluster):
@@ -560,5 +561,6 @@ def test_progress_lines_come_from_a_counter_slower_than_the_interval(ray_cluster
             time.sleep(3)
     finally:
         ray.kill(counter)
-    assert lines and all(re.match(r"progress: 3 / 4 rows through the model \(75%\), 2 encoded for writing", line)
+    assert lines and all(re.match(r"progress: 4 / 4 rows decoded, 3 through the model \(75%\), 2 encoded for writing",
+                                  line)
                          for line in lines)

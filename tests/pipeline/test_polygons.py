@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipeline import polygons
+from pipeline.masks import polygons
 from samhq_core.training.synthetic import make_scene
 
 H, W = 60, 70

@@ -17,7 +17,7 @@ from helpers.paths import ROOT
 from helpers.pipeline_data import sample_rows, write_rows
 from PIL import Image
 
-from pipeline.__main__ import main
+from pipeline.cli import main
 
 
 @pytest.fixture
@@ -140,12 +140,6 @@ def test_an_output_that_holds_data(job, capsys):
     assert not ray.is_initialized()  # run refused before starting Ray
 
 
-def test_the_old_overwrite_key_names_its_replacement(job, capsys):
-    job.config["output"]["overwrite"] = True
-    (problem,) = job.errors(capsys)
-    assert problem.startswith("output.overwrite: replaced by output.mode: write mode: overwrite")
-
-
 @pytest.mark.parametrize("where", ["same", "inside", "around"])
 def test_an_output_where_the_input_is(job, capsys, where):
     output = {"same": job.input, "inside": job.input / "results", "around": job.tmp}[where]
@@ -258,8 +252,9 @@ def test_footers_from_an_object_store(s3_endpoint, tmp_path):
     with what the files hold."""
     import s3fs
 
+    from pipeline.checks.input_files import scan_input
     from pipeline.config import ConfigError, StorageConfig
-    from pipeline.preflight import scan_input
+    from pipeline.storage import Location
 
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
     fs.mkdir("scan")
@@ -272,11 +267,11 @@ def test_footers_from_an_object_store(s3_endpoint, tmp_path):
     storage = StorageConfig(endpoint_url=s3_endpoint)
     footer = int.from_bytes(fs.cat_file("scan/in/wide.parquet", start=-8)[:4], "little")
     assert footer > 64 << 10  # the wide file's footer is not in the bytes fetched first
-    scan = scan_input("s3://scan/in/", storage, "input.path", ["id", "boxes"])
+    scan = scan_input(Location("s3://scan/in/", storage), "input.path", ["id", "boxes"])
     assert {(f.url.rsplit("/", 1)[1], f.num_rows, len(f.schema)) for f in scan.files} == {
         ("small.parquet", 3, 2), ("wide.parquet", 1, 1502)}
     assert all(f.read_bytes > 0 for f in scan.files)
     fs.pipe_file("scan/in/zz-corrupt.parquet", b"PAR1 and then nothing")
     with pytest.raises(ConfigError, match=r"input.path: s3://scan/in/zz-corrupt.parquet is not a readable Parquet "
                                           r"file"):
-        scan_input("s3://scan/in/", storage, "input.path", ["id", "boxes"])
+        scan_input(Location("s3://scan/in/", storage), "input.path", ["id", "boxes"])

@@ -15,9 +15,10 @@ import pytest
 from helpers.paths import ROOT
 from helpers.review_data import FAILURES, expected_lowest, page_data, write_job
 
-from pipeline import review
-from pipeline.results import ResultColumns, ResultReader
-from pipeline.review import select, write_review
+from pipeline.output import JobOutput
+from pipeline.output.results import ResultColumns, ResultReader
+from pipeline.review.page import PICTURES, write_review
+from pipeline.review.selection import select
 
 NUM_ROWS, MAX_IMAGES, NEEDS_REVIEW = 300, 40, 10
 
@@ -37,7 +38,8 @@ def test_page_data_over_an_output_larger_than_max_images(job, tmp_path, monkeypa
         return read_row_group(self, i, columns=columns, **kwargs)
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
-    summary = write_review(job["output"], str(tmp_path / "page"), max_images=MAX_IMAGES, needs_review=NEEDS_REVIEW, seed=3)
+    summary = write_review(JobOutput(job["output"]), str(tmp_path / "page"), max_images=MAX_IMAGES,
+                           needs_review=NEEDS_REVIEW, seed=3)
     data, rows = page_data(summary.page), job["rows"]
 
     good = [r for r in rows if r["error"] is None]
@@ -60,7 +62,7 @@ def test_page_data_over_an_output_larger_than_max_images(job, tmp_path, monkeypa
     sample = [c["id"] for c in cards if c["section"] == "sample"]
     assert len(sample) == MAX_IMAGES - NEEDS_REVIEW == len(set(sample)) and not set(sample) & set(lowest)
     assert all(c["thumbnail"] and c["problem"] is None for c in cards)
-    pictures = os.listdir(tmp_path / "page" / review.PICTURES)
+    pictures = os.listdir(tmp_path / "page" / PICTURES)
     assert len([p for p in pictures if p.endswith(".jpg")]) == MAX_IMAGES
     assert len([p for p in pictures if p.endswith(".png")]) == sum(len(c["segments"]) for c in cards)
     prompts = {r["id"]: r for r in rows}
@@ -73,10 +75,10 @@ def test_page_data_over_an_output_larger_than_max_images(job, tmp_path, monkeypa
     assert sorted(image_reads) == sorted(holding) and len(holding) < -(-NUM_ROWS // 16)
 
     # The sample is seeded: the same again with the same seed, another with another.
-    again = page_data(write_review(job["output"], str(tmp_path / "page"), max_images=MAX_IMAGES,
+    again = page_data(write_review(JobOutput(job["output"]), str(tmp_path / "page"), max_images=MAX_IMAGES,
                                    needs_review=NEEDS_REVIEW, seed=3).page)
     assert [c["id"] for c in again["cards"]] == lowest + sample
-    other = page_data(write_review(job["output"], str(tmp_path / "other"), max_images=MAX_IMAGES,
+    other = page_data(write_review(JobOutput(job["output"]), str(tmp_path / "other"), max_images=MAX_IMAGES,
                                    needs_review=NEEDS_REVIEW, seed=4).page)
     assert [c["id"] for c in other["cards"] if c["section"] == "review"] == lowest
     assert [c["id"] for c in other["cards"] if c["section"] == "sample"] != sample
@@ -85,7 +87,7 @@ def test_page_data_over_an_output_larger_than_max_images(job, tmp_path, monkeypa
 def test_selection_holds_at_most_max_images(job):
     """By construction: the pass never keeps more than max_images of the images it was given
     alive (each is dropped once it leaves both the heap and the reservoir)."""
-    reader = ResultReader(job["output"], ResultColumns("id", "labels"))
+    reader = ResultReader(JobOutput(job["output"]), ResultColumns("id", "labels"))
     alive = []
     peak = 0
 
@@ -104,7 +106,7 @@ def test_selection_holds_at_most_max_images(job):
 
 
 def test_small_output_and_no_needs_review(job):
-    images = list(ResultReader(job["output"], ResultColumns("id", "labels")).images())[:5]
+    images = list(ResultReader(JobOutput(job["output"]), ResultColumns("id", "labels")).images())[:5]
     everything = select(images, max_images=10, needs_review=3)
     assert len(everything.needs_review) == 3 and len(everything.sample) == 2
     only_sample = select(images, max_images=4, needs_review=0, seed=1)
@@ -116,7 +118,7 @@ def test_small_output_and_no_needs_review(job):
 def test_unreadable_images_are_placeholder_cards(job, tmp_path):
     table = pq.read_table(job["images"])
     ids = table.column("id").to_pylist()
-    chosen = [c["id"] for c in page_data(write_review(job["output"], str(tmp_path / "first"), max_images=6,
+    chosen = [c["id"] for c in page_data(write_review(JobOutput(job["output"]), str(tmp_path / "first"), max_images=6,
                                                       needs_review=2).page)["cards"]]
     images = table.column("image").to_pylist()
     images[ids.index(chosen[0])] = b"not an image"  # corrupt
@@ -125,7 +127,7 @@ def test_unreadable_images_are_placeholder_cards(job, tmp_path):
     broken = table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())).take(keep)
     pq.write_table(broken, str(tmp_path / "broken.parquet"), row_group_size=16)
 
-    summary = write_review(job["output"], str(tmp_path / "page"), images=str(tmp_path / "broken.parquet"),
+    summary = write_review(JobOutput(job["output"]), str(tmp_path / "page"), images=str(tmp_path / "broken.parquet"),
                            max_images=6, needs_review=2)
     cards = {c["id"]: c for c in page_data(summary.page)["cards"]}
     assert summary.shown == 6 and summary.unreadable == 3
@@ -146,7 +148,7 @@ def test_images_by_uri(job, tmp_path):
     paths[1] = "/etc/hostname"  # outside the input's tree: not read
     uris = table.drop_columns(["image"]).append_column("path", pa.array(paths))
     pq.write_table(uris, str(tmp_path / "uris.parquet"))
-    summary = write_review(job["output"], str(tmp_path / "page"), images=str(tmp_path / "uris.parquet"),
+    summary = write_review(JobOutput(job["output"]), str(tmp_path / "page"), images=str(tmp_path / "uris.parquet"),
                            image_column="path", max_images=300, needs_review=0)
     cards = {c["id"]: c for c in page_data(summary.page)["cards"]}
     assert summary.shown == NUM_ROWS - len(FAILURES) and summary.unreadable == 2
@@ -168,7 +170,7 @@ def test_images_in_a_datasets_image_column(job, tmp_path):
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     images = table.set_column(table.schema.get_field_index("image"), "image", pa.array(structs, image_type))
     pq.write_table(images, str(tmp_path / "structs.parquet"))
-    summary = write_review(job["output"], str(tmp_path / "page"), images=str(tmp_path / "structs.parquet"),
+    summary = write_review(JobOutput(job["output"]), str(tmp_path / "page"), images=str(tmp_path / "structs.parquet"),
                            max_images=300, needs_review=0)
     cards = {c["id"]: c for c in page_data(summary.page)["cards"]}
     assert summary.shown == NUM_ROWS - len(FAILURES) and summary.unreadable == 1
@@ -199,5 +201,5 @@ def test_cli_messages(job, tmp_path):
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
     assert os.listdir(tmp_path / "taken") == ["notes.txt"]
     assert len(page_data(str(tmp_path / "page" / "index.html"))["cards"]) == 8
-    assert len([p for p in os.listdir(tmp_path / "page" / review.PICTURES) if p.endswith(".jpg")]) == 8
+    assert len([p for p in os.listdir(tmp_path / "page" / PICTURES) if p.endswith(".jpg")]) == 8
     assert sorted(os.listdir(tmp_path)) == ["page", "taken"]  # no work directory left behind

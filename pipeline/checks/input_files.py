@@ -1,0 +1,113 @@
+"""The input's Parquet files and what their footers say (row counts, schemas, the bytes of the
+columns read), read in parallel before any work starts; files that are no readable Parquet
+are refused, or left out and listed under `input.on_bad_file: skip`."""
+
+import concurrent.futures
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import ConfigError
+from ..storage import Location
+
+_FOOTER_THREADS = 32
+_FOOTER_TAIL_BYTES = 64 << 10  # a file's last bytes, fetched in one request: its footer, most often
+_SAMPLE_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input Parquet file, from its footer."""
+
+    path: str  # within the input's filesystem
+    url: str  # for messages: the local path, or the URL with its protocol
+    num_rows: int
+    read_bytes: int  # uncompressed bytes of the columns the job reads
+    schema: pa.Schema
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """An input file left out under `input.on_bad_file: skip`, and why."""
+
+    url: str
+    reason: str
+
+
+@dataclass
+class InputScan:
+    location: Location
+    files: List[InputFile]
+    skipped: List[SkippedFile] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(f.num_rows for f in self.files)
+
+    @property
+    def read_bytes(self) -> int:
+        return sum(f.read_bytes for f in self.files)
+
+    def first_rows(self, column: str) -> Optional[Tuple[InputFile, List[Any]]]:
+        """The first file with rows, and the values of `column` in its first rows (the sample
+        the box-format and URI checks look at); None when no file has rows."""
+        first = next((f for f in self.files if f.num_rows), None)
+        if first is None:
+            return None
+        with self.location.fs.open(first.path, "rb") as f:
+            batch = next(pq.ParquetFile(f).iter_batches(batch_size=_SAMPLE_ROWS, columns=[column]), None)
+        return first, batch.column(0).to_pylist() if batch is not None else []
+
+
+def scan_input(location: Location, key: str, columns: Sequence[str], skip_bad: bool = False) -> InputScan:
+    """The input's files with their footers, read in parallel; ConfigError (under `key`)
+    when nothing is there or a file is not readable Parquet (with `skip_bad`, such files are
+    listed in the scan's `skipped` instead)."""
+    try:
+        paths = location.parquet_files()
+    except FileNotFoundError as e:
+        raise ConfigError([f"{key}: {e}"]) from None
+    except Exception as e:  # noqa: BLE001 - permissions, endpoints, credentials: report what the store said
+        raise ConfigError([f"{key}: cannot list {location.url}: {type(e).__name__}: {e}"]) from None
+    fs = location.fs
+    wanted = set(columns)
+
+    def described(path: str, parquet: pq.ParquetFile) -> InputFile:
+        metadata = parquet.metadata
+        size = sum(group.column(c).total_uncompressed_size
+                   for group in (metadata.row_group(g) for g in range(metadata.num_row_groups))
+                   for c in range(group.num_columns)
+                   if group.column(c).path_in_schema.split(".")[0] in wanted)
+        return InputFile(path, location.url_of(path), metadata.num_rows, size, parquet.schema_arrow)
+
+    def footer(path: str) -> Tuple[Optional[InputFile], Optional[SkippedFile]]:
+        try:
+            with fs.open(path, "rb") as f:
+                return described(path, pq.ParquetFile(f)), None
+        except Exception as e:  # noqa: BLE001 - a corrupt, truncated or empty file
+            return None, SkippedFile(location.url_of(path), f"not a readable Parquet file: {type(e).__name__}: {e}")
+
+    results: List[Tuple[Optional[InputFile], Optional[SkippedFile]]] = [(None, None)] * len(paths)
+    if not location.is_local:
+        # One request per file for its last bytes, all in flight together on fsspec's event
+        # loop (threads would queue on that one loop); a footer larger than that, or a file
+        # that fails here, is read again below, alone.
+        tails = fs.cat_ranges(paths, [-_FOOTER_TAIL_BYTES] * len(paths), [None] * len(paths), on_error="return")
+        for i, (path, tail) in enumerate(zip(paths, tails, strict=True)):
+            if isinstance(tail, bytes) and tail[-4:] == b"PAR1" and int.from_bytes(tail[-8:-4], "little") + 8 <= len(tail):
+                try:
+                    results[i] = described(path, pq.ParquetFile(pa.BufferReader(tail))), None
+                except Exception:  # noqa: BLE001 - read whole below, where the error is reported
+                    pass
+    again = [i for i, (found, _) in enumerate(results) if found is None]
+    if again:
+        with concurrent.futures.ThreadPoolExecutor(min(_FOOTER_THREADS, len(again))) as pool:
+            for i, result in zip(again, pool.map(footer, [paths[i] for i in again]), strict=True):
+                results[i] = result
+    skipped = [bad for _, bad in results if bad is not None]
+    if skipped and not skip_bad:
+        raise ConfigError([f"{key}: {bad.url} is {bad.reason} (input.on_bad_file: skip leaves such files out)"
+                           for bad in skipped])
+    return InputScan(location, [f for f, _ in results if f is not None], skipped)

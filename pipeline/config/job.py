@@ -1,0 +1,139 @@
+"""The job's config (`python -m pipeline run --config job.yaml`): input, output, model,
+compute and storage sections. Reachability of the input, checkpoint and output is checked
+separately (`pipeline.checks`, `pipeline.job.plan`), since it needs the network. Every key
+carries a description, which `python -m pipeline schema` turns into a JSON Schema for editors
+(`configs/job.schema.json`)."""
+
+from typing import Any, ClassVar, List, Literal, Mapping, Optional, get_args
+
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from samhq_core import MaskSource
+from samhq_core.config import PROMPT_CHUNK_SIZE_ACCELERATOR, PROMPT_CHUNK_SIZE_CPU, VARIANTS
+
+from ..schema import RESULT_COLUMNS
+from .base import Section, Sections
+from .shared import HUB_CREDENTIALS, ImageSourceConfig, StorageConfig
+from .yaml_source import read_yaml
+
+OutputMode = Literal["error", "overwrite", "resume"]  # the first is the default
+OnBadFile = Literal["fail", "skip"]
+DType = Literal["float32", "bfloat16"]
+
+
+class InputConfig(ImageSourceConfig):
+    section: ClassVar[str] = "input"
+    path: str = Field(description="Parquet file, directory (read recursively) or glob; local path or any fsspec URL "
+                                  "(hf://datasets/org/name/... for a Hugging Face Hub dataset).")
+    passthrough_columns: List[str] = Field(default_factory=list, description="Input columns copied unchanged to the "
+                                                                             "output.")
+    category_column: Optional[str] = Field(None, description="Column with a category per box (names or integer ids), "
+                                                             "copied to the output and used by export-coco.")
+    num_blocks: Optional[int] = Field(None, ge=1, description="Blocks the input is cut into (each becomes one result "
+                                                              "file and one checkpoint entry); default 4 per model "
+                                                              "actor, more for large inputs: at most 1000 rows and "
+                                                              "256 MiB of input per block.")
+    on_bad_file: OnBadFile = Field("fail", description="An input file that is not readable Parquet or lacks a "
+                                                       "configured column: fail (refuse to start) or skip it (listed, "
+                                                       "with the reason, in the summary and the _SUCCESS manifest).")
+
+    @classmethod
+    def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
+        problems = super().cross_checks(values)
+        passthrough = values.get("passthrough_columns")
+        if isinstance(passthrough, list):
+            clashes = sorted(set(RESULT_COLUMNS) & {c for c in passthrough if isinstance(c, str)})
+            if clashes:
+                problems.append(f"input.passthrough_columns: {', '.join(clashes)} clash with output columns")
+        return problems
+
+
+class OutputConfig(Section):
+    section: ClassVar[str] = "output"
+    path: str = Field(description="Directory for the result Parquet files; local path or any fsspec URL.")
+    include_image_bytes: bool = Field(False, description="Copy the image bytes column into the output (with "
+                                                         "input.image_column).")
+    mode: OutputMode = Field(get_args(OutputMode)[0],
+                             description="A non-empty path: error (refuse to start), overwrite (replace the files an "
+                                         "earlier run wrote there, never any other file) or resume (continue an "
+                                         "interrupted run: rows already written are not processed again).")
+    checkpoint_path: Optional[str] = Field(None, description="Where Ray Data's checkpoint of written ids goes; default "
+                                                             "<path>/_checkpoint (same storage settings).")
+    keep_checkpoint: bool = Field(False, description="Keep the checkpoint after the job completes (default: removed).")
+
+
+class ModelConfig(Section):
+    section: ClassVar[str] = "model"
+    credentials_from: ClassVar[Optional[str]] = HUB_CREDENTIALS
+    checkpoint: str = Field(description="Official .pth or HF-layout directory (config.json + model.safetensors); "
+                                        "local path, any fsspec URL, or a Hugging Face Hub model id org/name or "
+                                        "org/name@revision (when no such local path exists), downloaded into each "
+                                        "node's Hugging Face cache (HF_HOME; HF_HUB_OFFLINE, HF_TOKEN from the "
+                                        "environment).")
+    variant: Optional[str] = Field(None, description=f"One of {', '.join(VARIANTS)}; inferred from the checkpoint's "
+                                                     "tensor shapes when omitted.")
+    sha256: Optional[str] = Field(None, description="Expected hex digest of the weights file, checked before loading.")
+    # Not strict: YAML gives the value as a string.
+    mask_source: MaskSource = Field(MaskSource.SAM_PLUS_HQ, strict=False,
+                                    description="sam_plus_hq: SAM's mask plus the HQ term (the official output); "
+                                                "hq_only: the HQ token's mask alone; sam_only: SAM's mask without "
+                                                "HQ, the baseline to compare HQ against.")
+    multimask_output: bool = Field(False, description="Keep the best of 3 candidate masks per box by predicted IoU.")
+    mask_threshold: float = Field(0.0, description="Threshold on the mask logits.")
+    dtype: DType = Field("float32", description="float32, or bfloat16 autocast (the prompt encoder stays in fp32).")
+    box_chunk_size: Optional[int] = Field(None, ge=1, description="Boxes decoded at once, from all images of a model "
+                                                                  f"batch; default {PROMPT_CHUNK_SIZE_ACCELERATOR} on a "
+                                                                  f"GPU, {PROMPT_CHUNK_SIZE_CPU} on CPU (samhq_core."
+                                                                  "config.PROMPT_CHUNK_SIZE_*).")
+    compile: bool = Field(False, description="torch.compile the encoder and the decoder once per actor (the first "
+                                             "batches take minutes longer; image and box counts are padded to "
+                                             "powers of two, so that new counts reuse a few compiled graphs).")
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in VARIANTS:
+            raise PydanticCustomError("variant", "must be one of {variants}, got {value!r}",
+                                      {"variants": ", ".join(VARIANTS), "value": value})
+        return value
+
+
+class ComputeConfig(Section):
+    section: ClassVar[str] = "compute"
+    num_actors: int = Field(1, ge=1, description="Model replicas (the actor pool's size).")
+    num_gpus_per_actor: Optional[float] = Field(None, ge=0, description="GPUs per model actor, fractions allowed; "
+                                                                        "default 1 when the cluster has GPUs, else 0.")
+    num_cpus_per_actor: float = Field(1.0, ge=0, description="CPUs each model actor reserves.")
+    torch_threads: Optional[int] = Field(None, ge=1, description="Intra-op threads per actor on CPU; default: Ray's "
+                                                                 "(num_cpus_per_actor).")
+    batch_size: int = Field(4, ge=1, description="Images per model call.")
+    concurrent_batches_per_actor: int = Field(
+        1, ge=1, le=8, description="Batches a model actor works on at once, each in a thread of its own (on a GPU "
+                                   "with a CUDA stream of its own): one batch's model call runs while another's "
+                                   "inputs are read and copied and its masks are run-length coded and copied back. "
+                                   "The model calls themselves take turns. Device memory grows with it; on CPU "
+                                   "leave it at 1 (the threads would share the actor's cores).")
+    decode_batch_size: int = Field(8, ge=1, description="Images per CPU decode task.")
+    max_worker_crashes: int = Field(3, ge=2, description="Times a row may be in flight when its worker process dies "
+                                                         "(a native crash, an out-of-memory kill) before it is written "
+                                                         "with a 'stage' error instead of run again; after the first "
+                                                         "death its batch runs one row at a time. Counted per node.")
+
+
+class JobConfig(Sections):
+    input: InputConfig = Field(description="Where the images and boxes are.")
+    output: OutputConfig = Field(description="Where the results go.")
+    model: ModelConfig = Field(description="The SAM-HQ checkpoint and how its masks are made.")
+    compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Actors, GPUs, CPUs and batch sizes.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Object-store settings.")
+
+
+def load_config(path: str, overrides: Optional[List[str]] = None) -> JobConfig:
+    """Read a YAML job config and apply `key.sub=value` overrides (values parsed as YAML)."""
+    return parse_config(read_yaml(path, overrides))
+
+
+def parse_config(data: Mapping[str, Any]) -> JobConfig:
+    """Build a JobConfig from plain data, collecting every problem."""
+    return JobConfig.parse(data)

@@ -1,0 +1,98 @@
+"""Label Studio export of a job's results: pre-annotations for review.
+
+`write_label_studio` streams the results (`pipeline.output.results.ResultReader`) into a JSON array
+of Label Studio tasks, one per image, with the masks as a prediction of brush regions:
+
+    {"data": {"image": <the image's URI or path>, "source_id": <the row's id>},
+     "predictions": [{"model_version": ..., "score": <lowest predicted IoU of the image's masks>,
+                      "result": [{"id", "type": "brushlabels", "from_name": "label",
+                                  "to_name": "image", "original_width", "original_height",
+                                  "image_rotation": 0, "score": <the mask's predicted IoU>,
+                                  "value": {"format": "rle", "rle": [...],
+                                            "brushlabels": [<category name>]}}, ...]}]}
+
+The prediction's score is its least confident mask's, so that sorting tasks by prediction
+score puts the images most in need of review first; an image without masks has no score.
+Brush RLE is Label Studio's own (`label_studio_converter.brush.mask2rle`: the mask as an RGBA
+image of 0 / 255, row-major). Beside the tasks, `<output stem>.labeling_config.xml` is the
+labeling interface they fit (BrushLabels named "label" on an Image named "image", with the
+category names).
+
+Tasks are spooled to a local temporary file while the input streams and copied to the output
+once all of it has been read, so memory stays bounded and a bad input leaves no output.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, List
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from ..masks import rle
+from ..output.results import ResultImage, ResultReader, json_value
+from ..storage import Location
+
+FROM_NAME, TO_NAME = "label", "image"
+
+
+def write_label_studio(reader: ResultReader, output: Location, model_version: str = "samhq-annotate") -> Dict[str, int]:
+    """Write the results `reader` streams as Label Studio tasks at `output` (local or any
+    fsspec URL) and their labeling config beside it (`labeling_config_path`). Returns counts:
+    tasks, regions (masks), and the reader's skipped_rows, skipped_boxes and categories."""
+    from label_studio_converter.brush import mask2rle  # slow to import (pandas, nltk)
+
+    names: Dict[int, str] = {}
+    with tempfile.TemporaryDirectory(prefix="label_studio_export_") as tmp:
+        spool = os.path.join(tmp, "tasks.json")
+        with open(spool, "w", encoding="utf-8") as tasks:
+            for image in reader.images():
+                for mask in image.masks:
+                    if mask.category_id not in names:  # a new category: the table grows as rows are read
+                        names = {c["id"]: c["name"] for c in reader.categories()}
+                tasks.write(("[" if image.index == 1 else ",\n") + _dumps(_task(image, names, model_version, mask2rle)))
+            tasks.write("[]" if reader.num_images == 0 else "]\n")
+        with output.open_for_write() as out, open(spool, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+    with Location(labeling_config_path(output.url), output.storage).open_for_write() as out:
+        out.write(labeling_config([c["name"] for c in reader.categories()]).encode())
+    return {"tasks": reader.num_images, "regions": reader.num_masks, "skipped_rows": reader.skipped_rows,
+            "skipped_boxes": reader.skipped_boxes, "categories": len(reader.categories())}
+
+
+def labeling_config_path(output_path: str) -> str:
+    """Where the labeling config of the tasks at `output_path` goes."""
+    stem = output_path[:-len(".json")] if output_path.endswith(".json") else output_path
+    return f"{stem}.labeling_config.xml"
+
+
+def labeling_config(category_names: List[str]) -> str:
+    """Label Studio's labeling interface for the tasks: brush labels on the image."""
+    labels = "".join(f"    <Label value={quoteattr(name)}/>\n" for name in category_names)
+    return (f'<View>\n  <Image name="{TO_NAME}" value="$image" zoom="true"/>\n'
+            f'  <BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}  </BrushLabels>\n</View>\n')
+
+
+def _task(image: ResultImage, names: Dict[int, str], model_version: str, mask2rle: Any) -> Dict[str, Any]:
+    results = []
+    for mask in image.masks:
+        decoded = rle.decode(mask.rle, f"image {image.file_name!r}", f"mask {mask.box_index}")
+        results.append({
+            "id": f"{image.index}_{mask.box_index}", "type": "brushlabels", "from_name": FROM_NAME, "to_name": TO_NAME,
+            "original_width": image.width, "original_height": image.height, "image_rotation": 0,
+            "value": {"format": "rle", "rle": mask2rle(decoded.astype(np.uint8) * 255),
+                      "brushlabels": [names[mask.category_id]]},
+            "score": mask.score})
+    prediction: Dict[str, Any] = {"model_version": model_version, "result": results}
+    if image.masks:
+        prediction["score"] = min(mask.score for mask in image.masks)
+    return {"data": {"image": image.file_name, "source_id": json_value(image.row_id)}, "predictions": [prediction]}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+__all__ = ["labeling_config", "labeling_config_path", "write_label_studio"]

@@ -1,0 +1,22 @@
+"""`finetune`: its arguments, and the report it prints."""
+
+import argparse
+
+
+def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    tune = sub.add_parser("finetune", help="train the HQ parameters of a checkpoint on labelled images")
+    tune.add_argument("--config", required=True, help="fine-tuning YAML (see configs/finetune_example.yaml)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, e.g. --set training.steps=200 (repeatable)")
+    tune.add_argument("--relative-to", default=None, metavar="DIR",
+                      help="resolve the config's relative local paths against DIR (default: the working directory)")
+    tune.set_defaults(fn=cmd_finetune)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from ..config import load_finetune_config
+    from .run import finetune
+
+    config = load_finetune_config(args.config, args.set)
+    print(finetune(config, log=lambda message: print(message, flush=True), relative_to=args.relative_to))
+    return 0

@@ -1,0 +1,100 @@
+"""`run` and `validate`: their arguments, and what each does with them. Imports of the job
+itself wait for the command to run, so that `--help` stays quick."""
+
+import argparse
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .plan import JobPlan
+
+
+def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    for name, fn, help_text in (("run", cmd_run, "run a job"), ("validate", cmd_validate, "check a config, run nothing")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--config", required=True, help="job YAML (see configs/)")
+        cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key, e.g. --set compute.num_actors=4 (repeatable)")
+        cmd.add_argument("--relative-to", default=None, metavar="DIR",
+                         help="resolve the config's relative local paths against DIR (default: the working "
+                              "directory); under `ray job submit` on this machine: --relative-to \"$PWD\"")
+        cmd.add_argument("--retry-errors", action="store_true",
+                         help="a second pass over the completed output at output.path: run again only the rows "
+                              "whose error is transient (image reads that timed out, 5xx replies, lost connections; "
+                              "not corrupt images or bad boxes) and put the new rows in place of the failed ones")
+        cmd.set_defaults(fn=fn)
+    run_cmd = sub.choices["run"]
+    run_cmd.add_argument("--verbose", action="store_true",
+                         help="Ray's own logs and progress bars, and Ray Data's per-stage stats at the end")
+    run_cmd.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
+                         help="seconds between progress lines (default: 10)")
+
+
+def _plan(args: argparse.Namespace) -> "JobPlan":
+    from ..config import load_config
+    from .plan import plan_job
+
+    return plan_job(load_config(args.config, args.set), relative_to=args.relative_to, retry_errors=args.retry_errors)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ..checks.resources import check_resources, cluster_resources, local_resources
+    from ..config import ConfigError
+    from ..stages import decode_memory
+    from ..text import plural
+    from .dataset import model_name
+
+    plan = _plan(args)
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if os.environ.get("RAY_ADDRESS"):
+        import ray
+
+        from .cluster import quiet_ray_logging
+
+        quiet_ray_logging(verbose=False)
+        ray.init(logging_level=logging.WARNING)  # the cluster in RAY_ADDRESS
+        resources = cluster_resources()
+    else:
+        resources = local_resources()
+    compute, inputs = plan.config.compute, plan.config.input
+    problems = check_resources(plan.config, resources, decode_memory(compute.decode_batch_size, inputs.max_image_pixels),
+                               checkpoint_filter=plan.resume.filters_rows)
+    if problems:
+        raise ConfigError(problems)
+    retry = (f"; --retry-errors: {plural(len(plan.retry.ids), 'row')} with transient errors to run again"
+             if plan.retry is not None else "")
+    print(f"config OK: {args.config}: {plural(plan.scan.num_rows, 'row')} in "
+          f"{plural(len(plan.scan.files), 'file')}, model "
+          f"{model_name(plan.model_config)}, output {plan.config.output.path}; fits {resources.describe()}{retry}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .run import JobFailed, nothing_to_do, run_job
+
+    plan = _plan(args)
+    stderr = None
+    if nothing_to_do(plan) is None:  # else the answer needs no cluster
+        from .cluster import connect
+
+        stderr = connect(verbose=args.verbose)
+    try:
+        summary = run_job(plan.config, plan, verbose=args.verbose, progress_interval=args.progress_interval)
+    except JobFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if stderr is not None:
+            stderr.stop()
+    if args.verbose:
+        print(summary.stats)
+    print(f"job summary: {summary.render()}")
+    print(f"results: {plan.config.output.path}")
+    if summary.closing is not None and not summary.closing.passed:
+        print(f"error: the results at {plan.config.output.path} failed the closing check (see above); no "
+              "_SUCCESS manifest was written", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,148 @@
+"""The job as a Ray Data dataset: read Parquet, then its stages (decode → model → encode), cut
+into blocks that bound what a crash costs, with Ray Data's checkpoint of the ids written."""
+
+import dataclasses
+import math
+import warnings
+from typing import Any, List, Optional
+
+import ray
+from ray.data.checkpoint import CheckpointConfig
+from ray.data.datasource import FilenameProvider
+from ray.data.expressions import col
+
+from samhq_core import SamHQConfig
+
+from ..checks.resources import Resources, num_gpus_per_actor
+from ..config import JobConfig
+from ..output import JobOutput, result_file_name
+from ..stages import DecodeUDF, EncodeUDF, ModelUDF, Stage, check_column_flow
+from ..stages.crash_guard import CrashGuard
+from ..storage import TRANSIENT_ERRORS
+from ..text import byte_size, plural
+from .plan import JobPlan, read_columns
+from .progress import Log
+
+# Ray Data's checkpoint filter actor (resumed runs) holds the sorted ids written so far; its
+# default reservation (1 GiB, up to 10 actors) would starve a small cluster of the CPUs and
+# memory its read and write tasks need. One actor does a searchsorted per block.
+_CHECKPOINT_FILTER_MEMORY = 256 << 20
+# Default block bounds (input.num_blocks unset): a 10M-image job becomes about 10k result files.
+_ROWS_PER_BLOCK = 1000
+_BLOCK_BYTES = 256 << 20
+
+
+class ResultFilenames(FilenameProvider):
+    """Ray Data's names for the result files (`pipeline.output.layout.result_file_name`)."""
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return result_file_name(write_uuid, task_index)
+
+
+def model_name(config: SamHQConfig) -> str:
+    """"vit_b SAM-HQ at 1024 px"; an encoder of no official variant by its widths and depth."""
+    v = config.vision_config
+    if config.variant is not None:
+        encoder = config.variant
+    elif v.encoder_type == "tiny_vit":
+        encoder = f"TinyViT {'/'.join(map(str, v.tiny_embed_dims))}"
+    else:
+        encoder = f"ViT {v.hidden_size}x{v.num_hidden_layers}"
+    kind = "SAM-HQ" if config.mask_decoder_config.hq else "SAM"
+    return f"{encoder} {kind} at {v.image_size} px"
+
+
+def output_columns(config: JobConfig) -> List[str]:
+    """The input columns the output keeps: id, passthrough, category, image URIs, and the
+    image bytes with output.include_image_bytes."""
+    inp = config.input
+    keep = [inp.id_column, *inp.passthrough_columns]
+    for extra in (inp.category_column, inp.image_uri_column):
+        if extra:
+            keep.append(extra)
+    if config.output.include_image_bytes and inp.image_column:
+        keep.append(inp.image_column)
+    return list(dict.fromkeys(keep))
+
+
+def job_stages(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None,
+               crash_guard: Optional[CrashGuard] = None) -> List[Stage]:
+    """decode (CPU tasks) → SAM-HQ (actor pool) → RLE encode (CPU tasks), each counting its
+    rows on `counter` and its worker deaths on `crash_guard` when given."""
+    config = plan.config
+    keep = output_columns(config)
+    stages = [
+        DecodeUDF.stage(config.input, config.storage, plan.image_size, config.compute.decode_batch_size,
+                        keep_image=config.input.image_column in keep),
+        ModelUDF.stage(config.model, config.storage, config.compute, num_gpus_per_actor(config, resources),
+                       plan.image_size, model_name(plan.model_config)),
+        EncodeUDF.stage(keep, config.output.path),
+    ]
+    return [dataclasses.replace(stage, row_counter=counter, crash_guard=crash_guard) for stage in stages]
+
+
+def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None,
+                  log: Log = print, verbose: bool = False, only_ids: Optional[List[Any]] = None,
+                  crash_guard: Optional[CrashGuard] = None) -> ray.data.Dataset:
+    """read Parquet (the rows of `only_ids` alone, when given: a --retry-errors pass, which
+    has no checkpoint), then the job's stages in turn."""
+    config = plan.config
+    stages = job_stages(plan, resources, counter, crash_guard)
+    columns = read_columns(config)
+    check_column_flow(stages, columns)
+    read_fs, _ = plan.scan.location.arrow()
+    ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(columns)
+    if only_ids is not None:
+        ds = ds.filter(expr=col(config.input.id_column).is_in(only_ids))
+    num_blocks = block_count(plan)
+    _size_blocks(ds, plan, num_blocks)
+    ds.context.checkpoint_config = job_checkpoint(plan.output, config.input.id_column) if only_ids is None else None
+    # Reads, writes and checkpoint entries retry (10 tries, backoff up to 32 s: about 2.5 min
+    # in all) on the store's transient errors as our clients word them too. Ray warns on any
+    # change to the list that its substring matching is deprecated; ours are regexes.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.context.retried_io_errors = list(dict.fromkeys([*ds.context.retried_io_errors, *TRANSIENT_ERRORS]))
+    ds.context.enable_progress_bars = verbose
+    log(f"input:   {plural(len(plan.scan.files), 'Parquet file')}, {plural(plan.scan.num_rows, 'row')}, "
+        f"{byte_size(plan.scan.read_bytes)} to read, in about {num_blocks} blocks (input.num_blocks)")
+    for stage in stages:
+        log(f"{stage.name + ':':<8} {stage.description}")
+        ds = stage.apply(ds)
+    log(f"cluster: {resources.describe()}")
+    return ds
+
+
+def job_checkpoint(output: JobOutput, id_column: str) -> CheckpointConfig:
+    """Ray Data's checkpointing for the job: every written result file's ids are recorded (a
+    pending entry before the file is written, committed after), and a rerun over the same
+    checkpoint filters out the ids already written and deletes the files of interrupted
+    writes. The job removes the checkpoint itself, only after its closing check and manifest,
+    so that a driver that dies in between still leaves a resumable output."""
+    fs, path = output.checkpoint.arrow()
+    checkpoint = CheckpointConfig(id_column, path, override_filesystem=fs, delete_checkpoint_on_success=False)
+    checkpoint.checkpoint_actor_pool_max_size = 1
+    checkpoint.checkpoint_actor_memory_bytes = _CHECKPOINT_FILTER_MEMORY
+    return checkpoint
+
+
+def block_count(plan: JobPlan) -> int:
+    """input.num_blocks, or by default 4 blocks per model actor, more for a large input:
+    blocks of at most _ROWS_PER_BLOCK rows and _BLOCK_BYTES of input. A block is one result
+    file and one checkpoint entry: what a crash costs, and what a worker holds at once."""
+    scan = plan.scan
+    return plan.config.input.num_blocks or max(4 * plan.config.compute.num_actors,
+                                               math.ceil(scan.num_rows / _ROWS_PER_BLOCK),
+                                               math.ceil(scan.read_bytes / _BLOCK_BYTES))
+
+
+def _size_blocks(ds: ray.data.Dataset, plan: JobPlan, num_blocks: int) -> None:
+    """Make Ray Data cut the input into about `num_blocks` blocks. Its Parquet reader ignores
+    override_num_blocks and packs small files into one block, which one actor then processes
+    alone; blocks are cut by size, so this dataset's target block size is set from the rows'
+    average size in the Parquet footers (halved: a block is cut once it exceeds the target, so
+    blocks come out between 1 and 2 targets big)."""
+    rows = plan.scan.num_rows
+    rows_per_block = max(1, math.ceil(rows / num_blocks))
+    row_bytes = max(1, plan.scan.read_bytes // max(rows, 1))
+    ds.context.target_max_block_size = max(1024, row_bytes * rows_per_block // 2)

@@ -1,0 +1,133 @@
+"""The job's plan: every check that needs no Ray cluster, run by `validate` and before `run`
+does anything. A job that would fail once Ray is up (a misspelt column, a checkpoint that is
+not a model, an output that would overwrite someone's files or its own input) fails here
+instead, with every problem named at once in one `ConfigError`.
+
+What is read: each input file's Parquet footer (`pipeline.checks.input_files`), the first
+rows of one file's boxes and image URI columns (`pipeline.checks.samples`), with
+`output.mode: resume` every input id, the checkpoint's header (no weights are downloaded),
+and a listing of the output directory."""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from samhq_core import SamHQConfig
+
+from ..checks.checkpoint import check_checkpoint
+from ..checks.columns import ColumnRule, check_columns, skip_files_with_bad_columns
+from ..checks.input_files import InputScan, scan_input
+from ..checks.output_dir import check_output
+from ..checks.paths import resolve_checkpoint, resolve_local_path, with_uri_prefixes
+from ..checks.samples import box_format_warnings, check_ids_unique, check_uri_sample
+from ..config import ConfigError, JobConfig, Section
+from ..output import JobOutput
+from ..storage import Location
+from .resume import ResumeState, RetryState, check_resume, check_retry
+
+
+@dataclass
+class JobPlan:
+    """What the checks found: the input's files, the model's architecture, what an earlier
+    run left (resume), and warnings (things that look wrong but may be intended)."""
+
+    config: JobConfig
+    scan: InputScan
+    model_config: SamHQConfig
+    output: JobOutput
+    warnings: List[str] = field(default_factory=list)
+    resume: ResumeState = field(default_factory=ResumeState)
+    retry: Optional[RetryState] = None  # set for a --retry-errors pass
+
+    @property
+    def image_size(self) -> int:
+        return self.model_config.vision_config.image_size
+
+
+def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors: bool = False) -> JobPlan:
+    """Every check that needs no Ray cluster; ConfigError listing every problem found.
+    Relative local paths are resolved (`pipeline.checks.paths`) in the returned plan.
+    `retry_errors`: plan a second pass over the completed output at output.path that runs
+    again only its rows with transient errors (`RetryState`)."""
+    config, problems = resolve_job_paths(config, relative_to)
+    unresolved = {problem.split(":", 1)[0] for problem in problems}
+    scan: Optional[InputScan] = None
+    warnings: List[str] = []
+    skip_bad = config.input.on_bad_file == "skip"
+    input_location = Location(config.input.path, config.storage)
+    if "input.path" not in unresolved:
+        try:
+            scan = scan_input(input_location, "input.path", read_columns(config), skip_bad)
+        except ConfigError as e:
+            problems += e.problems
+    if scan is not None:
+        rules = input_rules(config)
+        if skip_bad:
+            scan = skip_files_with_bad_columns(scan, rules)
+        if not scan.files:
+            problems.append(f"input.path: no usable input file (all {len(scan.skipped)} skipped under "
+                            f"input.on_bad_file: skip; e.g. {scan.skipped[0].url}: {scan.skipped[0].reason})")
+        column_problems = check_columns(scan, rules, "input.path")
+        problems += column_problems
+        if not column_problems and scan.files:
+            warnings += box_format_warnings(scan, config.input.boxes_column, config.input.box_format)
+            problems += check_uri_sample(scan, config)
+            if config.output.mode == "resume":
+                problems += check_ids_unique(scan, config.input.id_column)
+    model_config: Optional[SamHQConfig] = None
+    if "model.checkpoint" not in unresolved:
+        model_config, found = check_checkpoint(config.model.checkpoint, config.model.variant, config.storage,
+                                               "model.checkpoint")
+        problems += found
+    resume, retry = ResumeState(), None
+    output = JobOutput.of(config)
+    if not unresolved & {"input.path", "output.path"}:
+        mode = "resume" if retry_errors else config.output.mode  # both work on the job's own files
+        problems += check_output(output.location, input_location, mode)
+        if retry_errors and not problems:
+            retry, found = check_retry(config, output)
+            problems += found
+        elif config.output.mode == "resume" and not problems:
+            resume, found = check_resume(config, output)
+            problems += found
+    if problems:
+        raise ConfigError(problems)
+    assert scan is not None and model_config is not None
+    return JobPlan(config, scan, model_config, output, warnings, resume, retry)
+
+
+def read_columns(config: JobConfig) -> List[str]:
+    """The input columns the job reads, each once: id, passthrough, category, image, boxes."""
+    inp = config.input
+    return list(dict.fromkeys([inp.id_column, *inp.passthrough_columns,
+                               *([inp.category_column] if inp.category_column else []), inp.image_source_column,
+                               inp.boxes_column]))
+
+
+def input_rules(config: JobConfig) -> List[ColumnRule]:
+    """What each input column the config names must hold."""
+    inp = config.input
+    rules = [ColumnRule("input.id_column", inp.id_column, "id"), ColumnRule("input.boxes_column", inp.boxes_column, "boxes")]
+    if inp.image_column:
+        rules.append(ColumnRule("input.image_column", inp.image_column, "image_bytes"))
+    if inp.image_uri_column:
+        rules.append(ColumnRule("input.image_uri_column", inp.image_uri_column, "image_uri"))
+    if inp.category_column:
+        rules.append(ColumnRule("input.category_column", inp.category_column, "categories"))
+    rules += [ColumnRule("input.passthrough_columns", name, "any") for name in inp.passthrough_columns]
+    return rules
+
+
+def resolve_job_paths(config: JobConfig, relative_to: Optional[str]) -> Tuple[JobConfig, List[str]]:
+    """The config with its local input, output and checkpoint paths made absolute, and the
+    input's allowed URI prefixes filled in."""
+    problems: List[str] = []
+    resolved: Dict[str, Section] = {}
+    for key, section, name in (("input.path", "input", "path"), ("output.path", "output", "path"),
+                               ("model.checkpoint", "model", "checkpoint")):
+        resolve = resolve_checkpoint if key == "model.checkpoint" else resolve_local_path
+        value, found = resolve(getattr(getattr(config, section), name), key, relative_to)
+        problems += found
+        resolved[section] = resolved.get(section, getattr(config, section)).model_copy(update={name: value})
+    config = config.model_copy(update=resolved)
+    inputs, found = with_uri_prefixes(config.input, [config.input.path], "input", relative_to)
+    return config.model_copy(update={"input": inputs}), problems + found

@@ -1,0 +1,292 @@
+"""Reading a job's results for the exports and the review page: one streaming reader of the
+result Parquet (see `pipeline.schema`) that yields each exportable image with its exportable
+masks, and keeps the counts and the category table every output format shares.
+
+`ResultReader.images()` goes file by file, record batch by record batch, reading only the
+columns it needs, so memory is bounded by one record batch and the category table, never by
+the size of the output.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import JobConfig
+from ..masks import rle
+from ..schema import (
+    BOX_ERRORS,
+    ERROR,
+    IMAGE_SIZE,
+    IOU_SCORES,
+    MASK_AREAS,
+    MASK_BBOXES,
+    MASKS,
+    PER_BOX_COLUMNS,
+    STABILITY_SCORES,
+    error_kind,
+)
+from .handle import JobOutput
+from .layout import JOB_FILE
+
+# Result columns every reader needs (besides the id, category and image-path columns).
+_RESULT_COLUMNS = (IMAGE_SIZE, *PER_BOX_COLUMNS, ERROR)
+DEFAULT_CATEGORY_ID = 1
+DEFAULT_CATEGORY: Dict[str, Any] = {"id": DEFAULT_CATEGORY_ID, "name": "object"}
+
+
+@dataclass(frozen=True)
+class ResultColumns:
+    """Which input columns of the job the results carry: its id, its per-box categories (or
+    None) and its image URIs or paths (or None)."""
+
+    id_column: str
+    category_column: Optional[str] = None
+    image_column: Optional[str] = None
+
+
+def job_columns(output: JobOutput, config: Optional[JobConfig] = None, id_column: Optional[str] = None,
+                category_column: Optional[str] = None, image_column: Optional[str] = None) -> ResultColumns:
+    """The result columns: those given, else the job's (`config`, else the description the
+    job wrote with its results). ValueError when no id column is known."""
+    if config is None:
+        description = output.read_description()
+        config = description.config if description is not None else None
+    id_column = id_column or (config.input.id_column if config else None)
+    if id_column is None:
+        raise ValueError(f"--id-column: {output.url} has no {JOB_FILE} (written by the job) and no --config was "
+                         "given: name the id column (the job's input.id_column)")
+    return ResultColumns(id_column, category_column or (config.input.category_column if config else None),
+                         image_column or (config.input.image_uri_column if config else None))
+
+
+@dataclass
+class ResultMask:
+    """One exportable mask of an image."""
+
+    box_index: int  # its place among the row's input boxes
+    rle: rle.Rle  # {"size": [h, w], "counts": str}
+    score: float  # the model's predicted IoU
+    stability: float  # SAM's stability score
+    area: int
+    bbox: List[float]  # COCO xywh
+    category_id: int
+
+
+@dataclass
+class ResultImage:
+    """One row that succeeded, with the masks that pass the reader's filters."""
+
+    index: int  # 1-based running index over the exported images
+    row_id: Any
+    file_name: str  # the image's URI or path (with an image column), else str(id)
+    height: int
+    width: int
+    masks: List[ResultMask] = field(default_factory=list)
+
+
+class ResultReader:
+    """Streams a job's result files as `ResultImage`s.
+
+    Skipped and counted: rows that failed (``error`` non-null, no ``image_size``) or have a null
+    id (``skipped_rows``; their boxes are not counted; the failed ones also per error kind in
+    ``failed_rows``, `pipeline.schema.error_kind`), and boxes with a ``box_errors`` entry,
+    an empty mask, a non-finite score, a null category, a score below ``min_score`` or a
+    stability below ``min_stability`` (``skipped_boxes``). The counts are attributes that
+    `images()` keeps up to date: ``num_images``, ``num_masks`` (exported), ``skipped_rows``,
+    ``skipped_boxes``.
+
+    Categories: without a category column every mask is ``{"id": 1, "name": "object"}``. With
+    string categories, ids 1, 2, ... in order of first appearance over all rows (failed rows and
+    skipped boxes included, so that the ids do not depend on which images failed); with integer
+    categories, the ids themselves, named ``str(id)``. A column mixing the two is an error.
+
+    Raises ValueError (from `images()`, naming the file and row) for missing columns, per-box
+    lists of different lengths, masks whose size is not the row's image_size, and malformed
+    image_size or bbox values.
+    """
+
+    def __init__(self, output: JobOutput, columns: ResultColumns, min_score: Optional[float] = None,
+                 min_stability: Optional[float] = None, batch_rows: int = 256) -> None:
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+        for name, value in (("min_score", min_score), ("min_stability", min_stability)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        self.output = output
+        self.columns = columns
+        self.min_score = min_score
+        self.min_stability = min_stability
+        self.batch_rows = batch_rows
+        self.files = output.result_files().files
+        self.num_images = 0
+        self.num_masks = 0
+        self.skipped_rows = 0
+        self.failed_rows: Dict[str, int] = {}  # error kind -> rows, of the skipped rows that have an error
+        self.skipped_boxes = 0
+        self._category_kind: Optional[type] = None  # str or int, fixed by the first non-null value
+        self._category_ids: Dict[Any, int] = {}  # name -> id (strings) or id -> id (integers)
+
+    def images(self) -> Iterator[ResultImage]:
+        """Every exportable image, in file order then row order."""
+        fs = self.output.location.fs
+        for path in self.files:
+            url = self.output.url_of(path)
+            with fs.open(path, "rb") as f:
+                parquet = pq.ParquetFile(f)
+                names = self._check_schema(parquet.schema_arrow, url)
+                for batch in parquet.iter_batches(batch_size=self.batch_rows, columns=names):
+                    data = {name: batch.column(name).to_pylist() for name in names}
+                    for row in range(batch.num_rows):
+                        image = self._image({name: values[row] for name, values in data.items()}, url)
+                        if image is not None:
+                            yield image
+
+    def categories(self) -> List[Dict[str, Any]]:
+        """The category table, `[{"id", "name"}]`, of the rows read so far."""
+        if self.columns.category_column is None:
+            return [dict(DEFAULT_CATEGORY)]
+        if self._category_kind is str:
+            return [{"id": cid, "name": name} for name, cid in self._category_ids.items()]
+        return [{"id": cid, "name": str(cid)} for cid in sorted(self._category_ids)]
+
+    @property
+    def integer_categories(self) -> bool:
+        """Whether the category column holds integer ids (rather than names), as far as read."""
+        return self._category_kind is int
+
+    def _check_schema(self, schema: pa.Schema, url: str) -> List[str]:
+        """The columns to read; ValueError naming every missing column."""
+        names = set(schema.names)
+        columns = self.columns
+        problems = []
+        named_by = [(columns.id_column, "--id-column", "input.id_column"),
+                    (columns.category_column, "--category-column", "input.category_column"),
+                    (columns.image_column, "--image-column", "input.image_uri_column")]
+        missing_config = [f"{column!r} ({flag}: the run's {key})" for column, flag, key in named_by
+                          if column is not None and column not in names]
+        if missing_config:
+            problems.append(f"missing column(s) {', '.join(missing_config)}")
+        missing_result = [c for c in _RESULT_COLUMNS if c not in names]
+        if missing_result:
+            problems.append(f"missing result column(s) {', '.join(repr(c) for c in missing_result)}: "
+                            "is this the pipeline's output?")
+        if problems:
+            raise ValueError(f"{url}: " + "; ".join(problems) + f" (columns present: {', '.join(schema.names)})")
+        if columns.category_column is not None:
+            category_type = schema.field(columns.category_column).type
+            if not (pa.types.is_list(category_type) or pa.types.is_large_list(category_type)
+                    or pa.types.is_fixed_size_list(category_type)):
+                raise ValueError(f"{url}: category column {columns.category_column!r} must hold a list per row (one "
+                                 f"category per box), got type {category_type}")
+        wanted = (columns.id_column, *_RESULT_COLUMNS, columns.category_column, columns.image_column)
+        return list(dict.fromkeys(c for c in wanted if c))
+
+    def _register_categories(self, values: Sequence[Any], where: str) -> List[Optional[int]]:
+        """Category ids of one row's values (None where the value is null)."""
+        column = self.columns.category_column
+        ids: List[Optional[int]] = []
+        for value in values:
+            if value is None:
+                ids.append(None)
+                continue
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise ValueError(f"{where}: category column {column!r} must hold category names (strings) or "
+                                 f"integer ids, got {value!r} ({type(value).__name__})")
+            kind = str if isinstance(value, str) else int
+            if self._category_kind is None:
+                self._category_kind = kind
+            elif kind is not self._category_kind:
+                before = "category names" if self._category_kind is str else "integer ids"
+                raise ValueError(f"{where}: category column {column!r} mixes category names (strings) and integer "
+                                 f"ids (got {value!r} after {before}); use one or the other")
+            if value not in self._category_ids:
+                self._category_ids[value] = len(self._category_ids) + 1 if isinstance(value, str) else value
+            ids.append(self._category_ids[value])
+        return ids
+
+    def _image(self, row: Dict[str, Any], url: str) -> Optional[ResultImage]:
+        columns = self.columns
+        row_id = row[columns.id_column]
+        where = f"{url}: row {columns.id_column}={row_id!r}"
+        category_ids: Optional[List[Optional[int]]] = None
+        if columns.category_column is not None and row[columns.category_column] is not None:
+            # Every row's categories, failed rows' included, so that ids do not depend on failures.
+            category_ids = self._register_categories(row[columns.category_column], where)
+        size = row[IMAGE_SIZE]
+        if row[ERROR] is not None or size is None or row_id is None:
+            self.skipped_rows += 1
+            kind = error_kind(row[ERROR])
+            if kind is not None:
+                self.failed_rows[kind] = self.failed_rows.get(kind, 0) + 1
+            return None
+        if len(size) != 2 or any(s is None or s < 1 for s in size):
+            raise ValueError(f"{where}: image_size must be [height, width] > 0, got {size!r}")
+        height, width = int(size[0]), int(size[1])
+        per_box = {name: row[name] if row[name] is not None else [] for name in PER_BOX_COLUMNS}
+        num_boxes = len(per_box[MASKS])
+        lengths = {name: len(values) for name, values in per_box.items()}
+        if columns.category_column is not None:
+            if category_ids is None:  # a null list: every box's category is null
+                category_ids = [None] * num_boxes
+            lengths[columns.category_column] = len(category_ids)
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{where}: per-box lists differ in length "
+                             f"({', '.join(f'{k}: {v}' for k, v in lengths.items())})")
+
+        file_name = row[columns.image_column] if columns.image_column else None
+        image = ResultImage(self.num_images + 1, row_id, str(file_name if file_name else _id_text(row_id)),
+                            height, width)
+        self.num_images += 1
+        for i in range(num_boxes):
+            mask, area, score = per_box[MASKS][i], per_box[MASK_AREAS][i], per_box[IOU_SCORES][i]
+            stability = per_box[STABILITY_SCORES][i]
+            category_id = category_ids[i] if category_ids is not None else DEFAULT_CATEGORY_ID
+            if (per_box[BOX_ERRORS][i] is not None or mask is None or area is None or area <= 0
+                    or score is None or not math.isfinite(score) or category_id is None
+                    or (self.min_score is not None and score < self.min_score)
+                    or (self.min_stability is not None and not (stability is not None
+                                                                and stability >= self.min_stability))):
+                self.skipped_boxes += 1
+                continue
+            if mask["size"] is None or list(mask["size"]) != [height, width]:
+                raise ValueError(f"{where}: mask {i} has size {mask['size']!r}, not the image_size {[height, width]}")
+            bbox = per_box[MASK_BBOXES][i]
+            if bbox is None or len(bbox) != 4:
+                raise ValueError(f"{where}: mask_bboxes[{i}] must be [x, y, w, h], got {bbox!r}")
+            image.masks.append(ResultMask(
+                box_index=i, rle={"size": [height, width], "counts": rle.counts_text(mask["counts"])},
+                score=float(score), stability=float("nan") if stability is None else float(stability), area=int(area),
+                bbox=[float(v) for v in bbox], category_id=category_id))
+            self.num_masks += 1
+        return image
+
+
+def json_value(value: Any) -> Any:
+    """A row id as a JSON value: strings, integers, booleans and finite floats as they are,
+    bytes decoded as UTF-8 (hex if not UTF-8), anything else (dates, decimals, ...) as str."""
+    if isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.hex()
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    return str(value)
+
+
+def _id_text(row_id: Any) -> str:
+    value = json_value(row_id)
+    return value if isinstance(value, str) else str(value)
+
+
+__all__ = ["DEFAULT_CATEGORY", "ResultColumns", "ResultImage", "ResultMask", "ResultReader", "job_columns",
+           "json_value"]

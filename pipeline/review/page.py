@@ -1,0 +1,204 @@
+"""`python -m pipeline review`: a static HTML page for looking over a job's masks (no
+server: `index.html` and its pictures in one directory, opened from disk).
+
+The page shows the totals (rows, failed rows by error kind, images, masks), the masks per
+category, histograms of the predicted IoU and the stability score, and at most `max_images`
+images with their masks and boxes: first the `needs_review` images with the lowest review
+score (an image's lowest predicted IoU or stability over its masks), then a seeded sample of
+the others. It filters by category in the browser (also from the address:
+`index.html#category=<name>`).
+
+Bounded over any output size: one pass over the results (`ResultReader`) keeps only counters,
+histogram bins, a heap of the `needs_review` lowest-scored images and a reservoir sample of
+the rest, so never more than `max_images` images' masks at once; then a second, targeted read
+of the images input fetches only the row groups that hold the chosen images, and draws them
+one at a time. The page is made beside `--out` and takes its place when complete.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+
+from ..config import ImageSourceConfig, JobConfig
+from ..ids import id_key
+from ..inputs.images import default_uri_prefixes
+from ..masks import drawing, rle
+from ..output import JobOutput
+from ..output.results import ResultColumns, ResultImage, ResultReader, job_columns, json_value
+from ..storage import Location
+from .pictures import Picture, read_pictures
+from .selection import Selection, finite_score, review_score, select
+
+PAGE = "index.html"
+PICTURES = "img"  # the page's thumbnails and mask layers, beside it
+_GENERATOR = '<meta name="generator" content="samhq-annotate review">'
+_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "review_page.html")
+
+
+def _card(image: ResultImage, section: str, picture: Picture, number: int, out_dir: str, side: int,
+          category_names: Dict[int, str]) -> Dict[str, Any]:
+    """One image's entry in the page's data, its thumbnail and mask layers written to `out_dir`."""
+    masks = [{"box": m.box_index, "category": category_names.get(m.category_id, str(m.category_id)),
+              "iou": m.score, "stability": finite_score(m.stability), "bbox": m.bbox, "color": "#%02x%02x%02x" % drawing.color(k),
+              "prompt": picture.boxes[m.box_index] if picture.boxes and m.box_index < len(picture.boxes) else None}
+             for k, m in enumerate(image.masks)]
+    card = {"id": json_value(image.row_id), "file": image.file_name, "section": section, "score": review_score(image),
+            "width": image.width, "height": image.height, "segments": masks, "thumbnail": None, "problem": picture.error}
+    if picture.data is None:
+        return card
+    try:
+        thumbnail = drawing.open_rgb(picture.data)
+    except Exception as e:  # noqa: BLE001 - corrupt or unsupported image: a placeholder card
+        card["problem"] = f"cannot decode the image: {type(e).__name__}: {e}"
+        return card
+    if thumbnail.size != (image.width, image.height):
+        card["problem"] = (f"the image is {thumbnail.width} x {thumbnail.height}, the results say {image.width} x "
+                         f"{image.height}: not the image the job read?")
+        return card
+    scale = min(1.0, side / max(image.width, image.height))
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    name = f"{number}.jpg"
+    thumbnail.resize(size, Image.Resampling.LANCZOS).save(os.path.join(out_dir, PICTURES, name), quality=85)
+    card["thumbnail"] = f"{PICTURES}/{name}"
+    for k, (entry, mask) in enumerate(zip(masks, image.masks, strict=True)):
+        pixels = rle.decode(mask.rle, f"{image.file_name}", f"mask {mask.box_index}")
+        # A pixel of the thumbnail is in the mask when at least half of what it covers is.
+        small = np.asarray(Image.fromarray(pixels.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)) >= 128
+        layer = f"{number}_{k}.png"
+        with open(os.path.join(out_dir, PICTURES, layer), "wb") as f:
+            f.write(drawing.png_bytes(drawing.mask_layer(small, drawing.color(k))))
+        entry["layer"] = f"{PICTURES}/{layer}"
+    return card
+
+
+def _check_out(out_dir: str) -> None:
+    """ValueError unless `out_dir` is missing, empty or an earlier review page's directory
+    (which the new page replaces): nothing else is ever removed."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} is a file, not a directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        page = os.path.join(out_dir, PAGE)
+        earlier = False
+        if os.path.isfile(page):
+            with open(page, encoding="utf-8", errors="replace") as f:
+                earlier = _GENERATOR in f.read(4096)
+        if not earlier:
+            raise ValueError(f"--out {out_dir} is not empty and holds no earlier review page: choose another directory")
+
+
+@dataclasses.dataclass
+class ReviewSummary:
+    page: str
+    totals: Dict[str, Any]
+    shown: int  # cards on the page
+    unreadable: int  # of them, placeholders for images that could not be read
+
+
+def write_review(output: JobOutput, out_dir: str, images: Optional[str] = None, config: Optional[JobConfig] = None,
+                 id_column: Optional[str] = None, category_column: Optional[str] = None,
+                 image_column: Optional[str] = None, max_images: int = 200, needs_review: int = 50, seed: int = 0,
+                 side: int = 512) -> ReviewSummary:
+    """Write the review page of the results at `output` into the local directory `out_dir`.
+
+    `images`: the job's input Parquet (default: the job's input.path); `image_column` its
+    column of encoded images or image URIs (default: the job's). The job's config (`config`,
+    else the description beside the results) also gives the id and category columns, the
+    prompt boxes' column and format, and the limits and allowed URIs its images are read
+    within. `side`: thumbnails' longest side.
+
+    Raises ValueError for what the page cannot be made from (unknown columns, no images input,
+    a non-empty `out_dir` that is no earlier review) and FileNotFoundError for missing inputs.
+    """
+    if side < 16:
+        raise ValueError(f"thumbnails need a side of at least 16 pixels, got {side}")
+    location = output.location
+    if not any(ch in location.path for ch in "*?[") and not location.exists():
+        raise FileNotFoundError(f"results not found: {output.url}")
+    if config is None:
+        description = output.read_description()
+        config = description.config if description is not None else None
+    columns: ResultColumns = job_columns(output, config, id_column, category_column)
+    images = images or (config.input.path if config else None)
+    image_column = image_column or (config.input.image_source_column if config else None)
+    if images is None or image_column is None:
+        raise ValueError(f"--images / --image-column: {output.url} has no job description naming its input: give the "
+                         "job's input Parquet and its column of images or image URIs")
+    _check_out(out_dir)
+    storage = location.storage
+    source = _image_source(config, columns.id_column, images, image_column)
+    reader = ResultReader(output, columns)
+    selection = select(reader.images(), max_images, needs_review, seed)
+    chosen = [(image, "review") for image in selection.needs_review] + [(image, "sample") for image in selection.sample]
+    names = {c["id"]: str(c["name"]) for c in reader.categories()}
+    places: Dict[bytes, List[int]] = {}
+    for n, (image, _) in enumerate(chosen):
+        places.setdefault(id_key(image.row_id), []).append(n)
+    # The page is made beside `out_dir` and put in its place when complete, so that a failure
+    # leaves an earlier page as it was.
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".review-", dir=parent)
+    try:
+        os.chmod(work, 0o755)  # a page to share, not mkdtemp's private directory
+        os.makedirs(os.path.join(work, PICTURES))
+        cards: List[Dict[str, Any]] = [{}] * len(chosen)
+        for key, picture in read_pictures([image.row_id for image, _ in chosen], Location(images, storage), source):
+            for n in places[key]:
+                cards[n] = _card(chosen[n][0], chosen[n][1], picture, n + 1, work, side, names)
+        _write_page(work, output.url, images, reader, selection, cards, names, max_images, needs_review, seed)
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)  # empty, or an earlier review (_check_out)
+        os.replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return ReviewSummary(os.path.join(out_dir, PAGE), _totals(reader), len(cards),
+                         sum(1 for c in cards if c["thumbnail"] is None))
+
+
+def _image_source(config: Optional[JobConfig], id_column: str, images: str, image_column: str) -> ImageSourceConfig:
+    """How the page reads its images: as the job read them where the job is known (its limits,
+    allowed URIs and boxes), from the columns the arguments name; by default under the job's
+    default URI prefixes for an input at `images`."""
+    if config is None:
+        return ImageSourceConfig(id_column=id_column, boxes_column="", image_column=image_column,
+                                 allowed_uri_prefixes=default_uri_prefixes(images))
+    prefixes = config.input.allowed_uri_prefixes
+    return config.input.model_copy(update={
+        "id_column": id_column, "image_column": image_column, "image_uri_column": None,
+        "allowed_uri_prefixes": default_uri_prefixes(images) if prefixes is None else prefixes})
+
+
+def _totals(reader: ResultReader) -> Dict[str, Any]:
+    return {"rows": reader.num_images + reader.skipped_rows, "images": reader.num_images, "num_masks": reader.num_masks,
+            "skipped_rows": reader.skipped_rows, "failed_rows": dict(sorted(reader.failed_rows.items())),
+            "skipped_boxes": reader.skipped_boxes}
+
+
+def _write_page(out_dir: str, input_path: str, images: str, reader: ResultReader, selection: Selection,
+                cards: List[Dict[str, Any]], names: Dict[int, str], max_images: int, needs_review: int,
+                seed: int) -> None:
+    data = {
+        "results": input_path, "images": images, "totals": _totals(reader),
+        "categories": [{"name": names[cid], "num_masks": selection.masks_per_category.get(cid, 0)} for cid in names],
+        "histograms": {"iou": dataclasses.asdict(selection.iou), "stability": dataclasses.asdict(selection.stability)},
+        "selection": {"max_images": max_images, "needs_review": needs_review, "seed": seed,
+                      "others": selection.images_seen - len(selection.needs_review)},
+        "cards": cards,
+    }
+    with open(_TEMPLATE, encoding="utf-8") as f:
+        template = f.read()
+    # Every "<" as its JSON escape, so that no text in the data ("</script>", "<!--") can end or
+    # change the script element it sits in.
+    page = template.replace("__REVIEW_DATA__", json.dumps(data, allow_nan=False).replace("<", "\\u003c"))
+    with open(os.path.join(out_dir, PAGE), "w", encoding="utf-8") as f:
+        f.write(page)
+
+
+__all__ = ["ReviewSummary", "write_review"]

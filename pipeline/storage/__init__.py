@@ -1,0 +1,15 @@
+"""Where data lives: local paths and fsspec URLs (S3, GCS, HTTP, the Hugging Face Hub), each
+opened once as a `Location`; the rules for comparing them (`urls`); Parquet reading shared by
+every reader (`parquet`); and which store errors are worth another try (`transient`).
+
+Credentials are never taken from a config: s3fs/botocore read the standard AWS environment
+variables, shared config files and instance roles.
+"""
+
+from .location import Location, s3_options
+from .parquet import ParquetInput
+from .transient import TRANSIENT_ERRORS, is_transient
+from .urls import basename, glob_root, is_local, join, local_path, plain_path, store_root, uri_allowed, within
+
+__all__ = ["TRANSIENT_ERRORS", "Location", "ParquetInput", "basename", "glob_root", "is_local", "is_transient", "join",
+           "local_path", "plain_path", "s3_options", "store_root", "uri_allowed", "within"]

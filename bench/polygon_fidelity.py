@@ -24,11 +24,11 @@ from pycocotools import mask as mask_utils
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.exports.yolo import label_line  # noqa: E402
-from pipeline.masks import polygons, rle  # noqa: E402
-from pipeline.output import JobOutput  # noqa: E402
-from pipeline.output.results import ResultReader, job_columns  # noqa: E402
-from samhq_core.training.synthetic import make_scene  # noqa: E402
+from pipeline.exports.yolo import label_line
+from pipeline.masks import polygons, rle
+from pipeline.output import JobOutput
+from pipeline.output.results import ResultReader, job_columns
+from samhq_core.training.synthetic import make_scene
 
 TOLERANCES = (0.0, 0.5, 1.0)
 

@@ -126,7 +126,7 @@ def _run_stages(plan: JobPlan, resources: Resources, destination: Location, rows
         with ProgressReporter(counter, rows, progress_interval, log):
             dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=ResultFilenames(),
                                   min_rows_per_file=rows_per_file)
-    except Exception as e:  # noqa: BLE001 - Ray raises its own wrappers of whatever stopped a task
+    except Exception as e:  # Ray raises its own wrappers of whatever stopped a task
         if only_ids is not None:
             raise JobFailed(f"the --retry-errors pass stopped: {root_cause(e)}. The output at {config.output.path} "
                             "is as it was; run the pass again once the cause is fixed") from e

@@ -83,12 +83,12 @@ class Stage:
         return self.udf.added_columns()
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        # A runner class of the UDF's name, so that Ray's process titles and stats name the UDF.
+        runner = type(self.udf.__name__, (StageRunner,), {"__module__": __name__})
         if self.actors is not None:
-            # A class of the UDF's name, so that Ray's process titles and stats name the stage's UDF.
-            runner = type(self.udf.__name__, (StageRunner,), {"__module__": __name__})
             return ds.map_batches(runner, fn_constructor_kwargs={"stage": self}, compute=self.actors,
                                   **self.map_batches_kwargs)
-        return ds.map_batches(StageRunner(self, build=False), **self.map_batches_kwargs)
+        return ds.map_batches(runner(self, build=False), **self.map_batches_kwargs)
 
 
 class StageRunner:

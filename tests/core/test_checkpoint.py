@@ -10,11 +10,11 @@ import fsspec
 import pytest
 import torch
 from helpers.http_server import LocalHTTPServer
-from helpers.models import smallest_config
 
 from samhq_core import SamHQConfig, SamHQModel
 from samhq_core.checkpoint import infer_config, to_hf_key
 from samhq_core.checkpoint_sources import file_sha256
+from samhq_core.random_weights import smallest_config
 
 
 def test_variant_inferred_from_shapes(vit_pair, tiny_pair):

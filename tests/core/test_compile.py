@@ -4,9 +4,9 @@ prompts) as one graph each, and the compiled model gives eager's results."""
 
 import pytest
 import torch
-from helpers.models import perturb, smallest_config
 
 from samhq_core import MaskSource, SamHQModel
+from samhq_core.random_weights import perturb, smallest_config
 
 
 @pytest.fixture(scope="module")

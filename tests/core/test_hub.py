@@ -13,12 +13,12 @@ import sys
 import pytest
 import torch
 from helpers.hub_cache import add_model, repo_folder
-from helpers.models import perturb, smallest_config
 from helpers.paths import ROOT
 from huggingface_hub import scan_cache_dir
 
 from samhq_core import SamHQModel
 from samhq_core.checkpoint_sources import HubModel, hub_model
+from samhq_core.random_weights import perturb, smallest_config
 
 REPO = "samhq-test/tiny"
 

@@ -10,42 +10,12 @@ import torch
 from PIL import Image
 
 from helpers import official
-from samhq_core import SamHQConfig, SamHQModel, SamHQProcessor
-from samhq_core.config import SamHQMaskDecoderConfig, SamHQPromptEncoderConfig, SamHQVisionConfig
+from samhq_core import SamHQModel, SamHQProcessor
+from samhq_core.random_weights import perturb
 
 # Reduced ViT: keeps windowed blocks (with window padding: a 16x16 grid in 14x14 windows)
 # and global blocks, at a quarter of the input size.
 SMALL_VIT = dict(img_size=256, embed_dim=64, depth=4, num_heads=2, global_attn_indexes=(1, 3), window_size=14)
-
-
-def smallest_config(width: int = 32, side: int = 64) -> SamHQConfig:
-    """The smallest SAM-HQ the code runs: a 64 px ViT of one `width`-wide block, a
-    `width`-wide decoder."""
-    return SamHQConfig(
-        vision_config=SamHQVisionConfig(hidden_size=width, output_channels=width, num_hidden_layers=1,
-                                        num_attention_heads=1, image_size=side, window_size=4,
-                                        global_attn_indexes=[0], num_pos_feats=width // 2),
-        prompt_encoder_config=SamHQPromptEncoderConfig(hidden_size=width, image_size=side),
-        mask_decoder_config=SamHQMaskDecoderConfig(hidden_size=width, mlp_dim=64, num_attention_heads=1,
-                                                   iou_head_hidden_dim=width, vit_dim=width),
-    )
-
-
-def perturb(model: torch.nn.Module, seed: int) -> None:
-    """Random, non-trivial values for every parameter and buffer (zero-initialised biases,
-    LayerNorm affines, position tables, BatchNorm statistics included)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-            if not tensor.is_floating_point() or name.endswith(("pixel_mean", "pixel_std")):
-                continue
-            noise = torch.randn(tensor.shape, generator=gen)
-            if name.endswith("running_var"):
-                tensor.copy_(0.5 + noise.abs())
-            else:
-                tensor.add_(0.1 * noise)
-    # Official TinyViT caches its attention bias table in .eval(); refresh it from the new weights.
-    model.eval()
 
 
 def official_vit(hq: bool = True, seed: int = 0) -> torch.nn.Module:

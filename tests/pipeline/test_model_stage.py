@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from helpers.models import perturb, smallest_config
 from helpers.pipeline_data import png_bytes
 
 from pipeline.config import ModelConfig, StorageConfig
@@ -19,6 +18,7 @@ from pipeline.schema import BOX_ERRORS, BOXES, IMAGE_SIZE, PIXELS, RESIZED_HW
 from pipeline.stages.model import ModelUDF
 from samhq_core import SamHQModel, SamHQProcessor
 from samhq_core.processor import bucket_size, pad_to_bucket
+from samhq_core.random_weights import perturb, smallest_config
 
 
 def test_counts_are_padded_to_powers_of_two_with_real_entries():

@@ -36,7 +36,7 @@ to agree.
 Linux only (reads /proc/cpuinfo and /proc/stat; the report states how much CPU other processes took
 during the run, since a concurrent job distorts the timings by far more than the differences measured).
 
-Usage: python bench/bench_core.py [--repeats 3] [--quick] [--out bench/results/cpu_core.md]
+Usage: python -m bench.bench_core [--repeats 3] [--quick] [--out bench/results/cpu_core.md]
 """
 
 import argparse
@@ -50,14 +50,16 @@ import tempfile
 import time
 from pathlib import Path
 from statistics import median
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
 import transformers
-from benchlib import contention, cpu_counters, cpu_model, encoder_flops, mask_iou, max_abs_diff
 
 import samhq_core
+from bench.common.compare import mask_iou, max_abs_diff
+from bench.common.flops import encoder_flops
+from bench.common.machine import contention, cpu_counters, cpu_model
 from samhq_core.modeling.image_encoder import cpu_has_amx_bf16, cpu_has_avx512_bf16
 
 IMAGE_SIZE = 1024
@@ -148,7 +150,7 @@ def box_prompts(shape_boxes: np.ndarray, count: int, seed: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- measurement
 
 
-def time_alternating(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int) -> Tuple[Timings, Dict]:
+def time_alternating(fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int) -> Tuple[Timings, Dict]:
     """Run every callable once per round, in turn; return the timed rounds' seconds and each last output."""
     times: Timings = {name: [] for name in fns}
     outputs = {}

@@ -16,7 +16,7 @@ exactly what trained ones do.
    loading count against the pipeline.
 Reports images/s of both and their ratio (target >= 0.8), and Ray Data's per-stage stats.
 
-Usage: python bench/bench_pipeline.py [--images 48] [--threads 2] [--out bench/results/cpu_pipeline.md]
+Usage: python -m bench.bench_pipeline [--images 48] [--threads 2] [--out bench/results/cpu_pipeline.md]
 """
 
 import argparse
@@ -29,8 +29,8 @@ import time
 import pyarrow.parquet as pq
 import ray
 import torch
-from benchlib import cpu_model
 
+from bench.common.machine import cpu_model
 from pipeline.config import parse_config
 from pipeline.demo.dataset import write_sample_dataset
 from pipeline.evaluation.reference import bare_loop

@@ -30,7 +30,7 @@ resized image and, through a random-weight vit_b (weights perturbed by 0.02 N(0,
 bench_core), the mask IoU against the exact path over the 50 boxes. Random weights say how much
 the masks move, not how good they are.
 
-Usage: python bench/data_plane.py [--rounds 5] [--out bench/results/data_plane.md] [--no-iou]
+Usage: python -m bench.data_plane [--rounds 5] [--out bench/results/data_plane.md] [--no-iou]
 """
 
 import argparse
@@ -48,9 +48,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sklearn.datasets
 import torch
-from benchlib import contention, cpu_counters, cpu_model, mask_iou
 from PIL import Image
 
+from bench.common.compare import mask_iou
+from bench.common.machine import contention, cpu_counters, cpu_model
 from pipeline.config import ImageSourceConfig, StorageConfig
 from pipeline.schema import IMAGE_SIZE, PIXELS, RESIZED_HW, RESULT_FIELDS, RUN_LENGTHS
 from pipeline.stages.contract import StageRunner
@@ -76,7 +77,7 @@ def scaled(photo: Image.Image, size: Tuple[int, int]) -> Image.Image:
     width, height = photo.size
     crop_h = round(width * size[1] / size[0])
     top = (height - crop_h) // 2
-    return photo.crop((0, top, width, top + crop_h)).resize(size, Image.LANCZOS)
+    return photo.crop((0, top, width, top + crop_h)).resize(size, Image.Resampling.LANCZOS)
 
 
 def jpeg(image: Image.Image) -> bytes:
@@ -174,7 +175,7 @@ def resize_variants(image_bytes: bytes) -> Dict[str, np.ndarray]:
     image = Image.open(io.BytesIO(image_bytes))
     scale = IMAGE_SIZE_MODEL / max(image.size)
     target = (round(image.width * scale), round(image.height * scale))
-    reducing = np.asarray(image.resize(target, Image.BILINEAR, reducing_gap=2.0))
+    reducing = np.asarray(image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0))
     return {"exact": exact, "draft": draft, "reducing_gap=2": reducing}
 
 
@@ -199,7 +200,7 @@ def option_costs(data: List[bytes], rounds: int) -> Dict[str, float]:
         for d in data:
             image = Image.open(io.BytesIO(d))
             scale = IMAGE_SIZE_MODEL / max(image.size)
-            image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR, reducing_gap=2.0)
+            image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
     return {"exact": cpu_ms(exact, rounds, len(data)), "array path": cpu_ms(array_path, rounds, len(data)),
             "draft": cpu_ms(draft, rounds, len(data)),

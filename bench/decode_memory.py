@@ -7,7 +7,7 @@ batch of JPEGs of one size and reports the process's unique memory (USS, what Ra
 memory warnings compare with the reservation) after the imports and after the batch, and its
 peak resident memory.
 
-Usage: python bench/decode_memory.py [--out bench/results/decode_memory.md]
+Usage: python -m bench.decode_memory [--out bench/results/decode_memory.md]
 """
 
 import argparse
@@ -65,7 +65,7 @@ def main() -> None:
     load = os.getloadavg()
     lines = [
         "# Decode task memory", "",
-        f"`python bench/decode_memory.py` on {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"`python -m bench.decode_memory` on {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; load average during the run {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
         "Each row is a fresh process: import the decode stage, decode one batch of identical JPEGs (quality 90),",
         "resize them for a 1024 model. MiB; USS = unique set size, what Ray Data's memory warnings compare",

@@ -13,7 +13,7 @@ call's peak; the ratios of the two cases (peak, seconds) are the cost of spannin
 images. On a GPU the same tensors are allocated, so the ratio carries over; the absolute
 numbers do not.
 
-Usage: python bench/decoder_memory.py [--boxes 64] [--images 4] [--out bench/results/decoder_memory.md]
+Usage: python -m bench.decoder_memory [--boxes 64] [--images 4] [--out bench/results/decoder_memory.md]
 """
 
 import argparse
@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Dict
 
 import torch
-from benchlib import contention, cpu_counters, cpu_model
+
+from bench.common.machine import contention, cpu_counters, cpu_model
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "decoder_memory.md"
 

@@ -5,7 +5,7 @@ bench starts and ends it by process id). Each size runs in a fresh Python proces
 peak RSS is the driver's alone; after the scan, the same process starts a local Ray and times
 Ray Data's own Parquet read of the same files to its first row (its listing and planning).
 
-    python bench/driver_scan.py [--sizes 10,1000,10000] [--rows-per-file 10] [--stores local,seaweedfs]
+    python -m bench.driver_scan [--sizes 10,1000,10000] [--rows-per-file 10] [--stores local,seaweedfs]
                                 [--out bench/results/driver_scan.md]
 
 Ray Data's own planning (listing the files again, its read tasks) is not in these numbers.
@@ -23,10 +23,11 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from benchlib import cpu_model
+
+from bench.common.machine import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the processes and servers the tests own, shared
 
 from helpers.seaweedfs import CREDENTIALS, SeaweedFS  # noqa: E402
 
@@ -127,7 +128,7 @@ def main() -> None:
         "",
         f"Machine: {machine()}. Load average (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/"
         f"{load_before[2]:.2f}, after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}.",
-        f"Command: `python bench/driver_scan.py --sizes {args.sizes} --rows-per-file {args.rows_per_file} "
+        f"Command: `python -m bench.driver_scan --sizes {args.sizes} --rows-per-file {args.rows_per_file} "
         f"--stores {args.stores}`.",
         "",
         "| store | files | rows | footer scan + column checks (s) | files/s | driver peak RSS (MiB) | imports (s) "

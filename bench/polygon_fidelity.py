@@ -8,22 +8,19 @@ rings and frames with holes, wires, twigs, strokes) and, with --results, a job's
 taken as they are (pixel-centre coordinates) and shifted by half a pixel (as Detectron2
 does), to show why the export puts its rings on the pixel edges.
 
-    python bench/polygon_fidelity.py --results demo_output/output
+    python -m bench.polygon_fidelity --results demo_output/output
 """
 
 import argparse
 import os
-import sys
 from collections import defaultdict
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-from benchlib import cpu_model
 from pycocotools import mask as mask_utils
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from bench.common.machine import cpu_model
 from pipeline.exports.yolo import label_line
 from pipeline.masks import polygons, rle
 from pipeline.output import JobOutput
@@ -37,7 +34,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
-def rasterise(polys: List[List[float]], height: int, width: int) -> np.ndarray:
+def rasterise(polys: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
     rles = mask_utils.frPyObjects([[float(v) for v in p] for p in polys], height, width)
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
 
@@ -135,7 +132,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "Each mask as the exports write it (COCO polygons: masks without holes only, since masks with holes keep "
         "their RLE; YOLO-seg: one bridged polygon per mask, through its normalised label line), rasterised back "
         "with pycocotools (`frPyObjects` → `decode`), IoU against the mask. Written by "
-        "`python bench/polygon_fidelity.py" + (f" --results {args.results}" if args.results else "") + "`.", "",
+        "`python -m bench.polygon_fidelity" + (f" --results {args.results}" if args.results else "") + "`.", "",
         *sections, f"Machine: {machine()}.", ""])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -11,14 +11,13 @@ local 2-CPU Ray cluster the bench starts and ends by process id. Measured per si
 - result files written, their total and mean size; the host's load average while it ran.
 Then a table extrapolated to 10M images in 10k files, and what binds first.
 
-    python bench/scale.py [--sizes 1000,10000,100000] [--rows-per-file 100] [--out bench/results/scale.md]
+    python -m bench.scale [--sizes 1000,10000,100000] [--rows-per-file 100] [--out bench/results/scale.md]
 """
 
 import argparse
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -31,16 +30,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
-from benchlib import cpu_model
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+from bench.common.machine import cpu_model, memory_gib
 
-from helpers.models import smallest_config  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the processes and servers the tests own, shared
+
 from helpers.owned_processes import OwnedProcess, free_port, wait_for_port  # noqa: E402
 
 from samhq_core import SamHQModel  # noqa: E402
+from samhq_core.random_weights import smallest_config  # noqa: E402
 
 IMAGE_SIDE = 64
 
@@ -197,8 +197,7 @@ def main() -> None:
     smallest_model(checkpoint)
     with open("/proc/loadavg") as f:
         load_before = " ".join(f.read().split()[:3])
-    with open("/proc/meminfo") as f:
-        memory = int(re.search(r"MemTotal:\s+(\d+)", f.read()).group(1)) / 2**20
+    memory = memory_gib()
     import ray
 
     machine = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),

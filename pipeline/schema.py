@@ -9,7 +9,7 @@ the category and image-URI columns, when configured), then:
 - iou_scores: per box, the model's predicted IoU (NaN for unusable boxes)
 - stability_scores: per box, SAM's stability score: the IoU of the mask logits thresholded
   at mask_threshold + 1 and at mask_threshold - 1, at the original size (NaN for unusable
-  boxes; absent from outputs written before it existed)
+  boxes)
 - mask_areas: per box, the mask's pixel count
 - mask_bboxes: per box, the mask's tight bounding box in COCO xywh ([0, 0, 0, 0] if empty)
 - box_errors: per box, null, or why the box was not used (non-finite, inverted, empty

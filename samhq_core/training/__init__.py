@@ -1,1 +1,2 @@
-"""Training utilities: synthetic data with exact masks (more to come: losses, HQ fine-tuning)."""
+"""Training: synthetic scenes with exact masks (`synthetic`), the losses (`losses`), the two
+phases of HQ-SAM's recipe (`recipe`) and the demo model's training script (`demo_model`)."""

@@ -1,6 +1,8 @@
-"""The model path the pipeline runs is sync-free and compilable: torch.compile traces the
-public `get_image_embeddings` and `forward` (from embeddings, with box, point and mask
-prompts) as one graph each, and the compiled model gives eager's results."""
+"""The model path the pipeline runs is sync-free and compilable: dynamo traces the public
+`get_image_embeddings` and `forward` (from embeddings, with box, point and mask prompts) as one
+graph each, without a break; the eager forward still checks prompt values; and boxes of several
+images decoded together give each image's own result. (Compiled results against eager ones:
+tests/pipeline/test_model_stage.py.)"""
 
 import pytest
 import torch
@@ -29,6 +31,7 @@ def _prompts(batch: int, prompts: int):
             "all three": dict(input_boxes=boxes, input_points=points, input_labels=labels, input_masks=masks)}
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_the_model_path_traces_without_graph_breaks(model):
     pixels = torch.randn(2, 3, 64, 64)

@@ -116,13 +116,14 @@ def test_vit_matches_official(vit_pair, case, multimask, hq_token_only):
     assert_matches_official(vit_pair, case, multimask, hq_token_only, num_images=2)
 
 
+@pytest.mark.slow  # the official TinyViT at 1024 px
 @pytest.mark.parametrize("case", ["many_boxes", "ragged_points", "box_and_points", "masks"])
 @pytest.mark.parametrize("multimask,hq_token_only", [(False, False), (True, False), (True, True)])
 def test_tiny_matches_official(tiny_pair, case, multimask, hq_token_only):
     assert_matches_official(tiny_pair, case, multimask, hq_token_only)
 
 
-@pytest.mark.parametrize("pair_name", ["vit_pair", "tiny_pair"])
+@pytest.mark.parametrize("pair_name", ["vit_pair", pytest.param("tiny_pair", marks=pytest.mark.slow)])
 def test_encoder_matches_official(pair_name, request):
     pair = request.getfixturevalue(pair_name)
     size = pair.ours.config.vision_config.image_size
@@ -157,6 +158,7 @@ def test_baseline_sam_matches_official(sam_pair, multimask):
         sam_pair.ours(pixel_values=x, mask_source=MaskSource.HQ_ONLY, **prompts)
 
 
+@pytest.mark.slow  # the official TinyViT at 1024 px
 def test_hf_layout_round_trip_matches_official(vit_pair, tiny_pair, tmp_path):
     """save_pretrained → from_pretrained (HF layout) keeps every weight, and the official outputs."""
     for name, pair in (("vit", vit_pair), ("tiny", tiny_pair)):

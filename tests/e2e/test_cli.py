@@ -42,6 +42,7 @@ def seaweedfs(tmp_path):
         server.stop()
 
 
+@pytest.mark.cluster
 def test_cli_on_seaweedfs_and_coco_export(seaweedfs, vit_pair, tmp_path):
     seaweedfs.create_bucket("e2e")
     client = seaweedfs.client()
@@ -98,6 +99,7 @@ def alive_nodes(gcs_port: int) -> int:
         return 0
 
 
+@pytest.mark.cluster
 def test_ray_job_submit_to_two_node_cluster(vit_pair, tmp_path):
     gcs_port, dashboard_port = free_port(), free_port()
     # Ray's socket paths must stay short (107 bytes): a temp dir of its own under /tmp.
@@ -141,6 +143,7 @@ def test_ray_job_submit_to_two_node_cluster(vit_pair, tmp_path):
     assert not any(session_members(owned.session_id) for owned in started)
 
 
+@pytest.mark.cluster
 def test_demo_command(tmp_path):
     """`python -m pipeline demo`, the README's first command, end to end with the shipped
     demo model: its masks are real (evaluated against the scenes' exact masks)."""

@@ -22,6 +22,8 @@ from helpers.paths import ROOT
 from helpers.pipeline_data import png_bytes, write_rows
 from helpers.seaweedfs import CREDENTIALS, SeaweedFS
 
+pytestmark = pytest.mark.cluster  # every test starts a Ray head, nodes and SeaweedFS
+
 NUM_FILES, ROWS_PER_FILE = 8, 10
 
 

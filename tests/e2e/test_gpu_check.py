@@ -1,4 +1,4 @@
-"""The GPU check (`bench/gpu_check.py`) in its --smoke mode: every code path of it on this
+"""The GPU check (`python -m bench.gpu_check`) in its --smoke mode: every code path of it on this
 machine's CPU (or GPU) with a tiny model, so that the script that runs on a GPU node cannot rot.
 It starts a local Ray cluster of its own for its pipeline run and must end it itself."""
 
@@ -8,19 +8,21 @@ import sys
 import tempfile
 import time
 
+import pytest
 from helpers.owned_processes import OwnedProcess, session_members
 from helpers.paths import ROOT
 
 SECTIONS = ("Machine", "Parity", "Host syncs", "Matmul peak", "Encoder", "Decoder", "Pipeline", "Skipped or failed")
 
 
+@pytest.mark.cluster
 def test_gpu_check_smoke_writes_every_section_and_passes(tmp_path):
     out = tmp_path / "gpu_smoke.md"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # Ray's state in a directory of the test's own (short, for Ray's socket paths).
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     env.update(PYTHONPATH=ROOT, RAY_TMPDIR=ray_tmp)
-    check = OwnedProcess([sys.executable, "bench/gpu_check.py", "--smoke", "--out", str(out)], env=env, cwd=ROOT)
+    check = OwnedProcess([sys.executable, "-m", "bench.gpu_check", "--smoke", "--out", str(out)], env=env, cwd=ROOT)
     try:
         deadline = time.time() + 240
         while check.process.poll() is None and time.time() < deadline:

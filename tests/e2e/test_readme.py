@@ -55,6 +55,7 @@ def test_every_block_is_run_or_says_why_not():
         assert reason is None or len(reason) > 10, code
 
 
+@pytest.mark.cluster
 def test_readme_blocks_run_as_written(tmp_path):
     busy = [p for p in RAY_PORTS if _port_in_use(p)]
     if busy:

@@ -23,6 +23,8 @@ from helpers.paths import ROOT
 from helpers.review_data import FAILURES, page_data, write_job
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # every test drives a real browser
+
 NUM_ROWS, MAX_IMAGES, NEEDS_REVIEW = 120, 24, 6
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]

@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 from helpers.hub_cache import add_model
 from helpers.models import samhq_core_masks
@@ -34,6 +33,7 @@ def _masks(row):
     return [mask_utils.decode({"size": m["size"], "counts": m["counts"].encode()}).astype(bool) for m in row["masks"]]
 
 
+@pytest.mark.cluster  # run_job starts a local Ray cluster
 def test_a_hub_model_id_as_the_checkpoint_of_a_run(vit_pair, tmp_path):
     """`model.checkpoint: org/name` with HF_HOME and HF_HUB_OFFLINE=1 in the environment of
     `python -m pipeline run`: the checks read the model's config from the hub cache, the
@@ -71,13 +71,6 @@ def test_a_hub_model_id_as_the_checkpoint_of_a_run(vit_pair, tmp_path):
         for mask, reference in zip(_masks(got), expected, strict=True):
             assert (mask == reference).mean() > 0.999
         np.testing.assert_allclose(got["iou_scores"], scores, atol=1e-3)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_datasets_image_columns_and_load_dataset_on_the_output(ray_cluster, vit_pair, tmp_path, tmp_path_factory):

@@ -62,6 +62,7 @@ def checkpoint(tmp_path_factory) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_compiled_model_stage_matches_eager(checkpoint):
     eager = ModelUDF(ModelConfig(checkpoint=checkpoint), StorageConfig(), image_size=64)
     compiled = ModelUDF(ModelConfig(checkpoint=checkpoint, compile=True), StorageConfig(), image_size=64, batch_size=4)

@@ -36,13 +36,6 @@ from pipeline.stages.run_lengths import RunLengthCoder
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(s3_endpoint):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def checkpoint(vit_pair):
     return vit_pair.pth
 

@@ -73,7 +73,14 @@ _UNUSED_KEYS = re.compile(r"^(image_encoder\.(norm_head|head)\.|pixel_mean$|pixe
 
 
 def to_hf_key(key: str) -> str:
-    """Official state-dict key → the key transformers' SAM-HQ conversion gives it."""
+    """Rename an official state-dict key to the key transformers' SAM-HQ conversion gives it.
+
+    Arguments:
+      key (str): a key of the official (SysCV / segment-anything) layout.
+
+    Returns:
+      (str): the key in the HF layout.
+    """
     for old, new in _HF_RENAMES:
         if old in key:
             key = key.replace(old, new)
@@ -81,7 +88,18 @@ def to_hf_key(key: str) -> str:
 
 
 def from_hf_state_dict(state: Dict[str, torch.Tensor], model_keys: List[str]) -> Dict[str, torch.Tensor]:
-    """Rename an HF-layout state dict to this model's (official) key names."""
+    """Rename an HF-layout state dict to this model's (official) key names. The positional
+    encoding's alias that transformers also writes is used only where the prompt encoder's own
+    key is missing.
+
+    Arguments:
+      state (dict(str, torch.Tensor)): the HF-layout state dict; it is not modified.
+      model_keys (list(str)): the model's state-dict keys, in the official layout.
+
+    Returns:
+      (dict(str, torch.Tensor)): the same tensors under the official key names; keys that no
+        model key maps to keep their names.
+    """
     state = dict(state)
     alias = state.pop(_HF_POSITIONAL_ALIAS, None)
     if alias is not None:
@@ -91,7 +109,21 @@ def from_hf_state_dict(state: Dict[str, torch.Tensor], model_keys: List[str]) ->
 
 
 def infer_config(state: Dict[str, torch.Tensor]) -> SamHQConfig:
-    """Derive the architecture of an official-layout state dict from its tensor shapes."""
+    """Derive the architecture of an official-layout state dict from its tensor shapes: ViT or
+    TinyViT encoder, widths, depths, heads, window sizes, input size and whether it has the HQ
+    weights.
+
+    Arguments:
+      state (dict(str, torch.Tensor)): the state dict (meta tensors suffice: only shapes are
+        read).
+
+    Returns:
+      (SamHQConfig): the config of the model the weights fit.
+
+    Raises:
+      KeyError or IndexError: for a state dict without a tensor it reads, or with one of
+        another rank: not a SAM / SAM-HQ checkpoint.
+    """
     hq = "mask_decoder.hf_token.weight" in state
     decoder: Dict[str, Any] = dict(
         hidden_size=state["mask_decoder.iou_token.weight"].shape[1],
@@ -169,23 +201,35 @@ class PretrainedModel(nn.Module):
         storage_options: Optional[dict] = None,
         map_location: str = "cpu",
     ) -> M:
-        """Load from `src`: a path or fsspec URL of an official `.pth` / `.safetensors` file,
-        or of an HF-layout directory (`config.json` + `model.safetensors`), or a Hugging Face
-        Hub model id of that layout, `org/name` or `org/name@revision` (a branch, tag or
-        commit; how an id is told from a local path: `hub_model`). Hub models are downloaded by
+        """Load a model with its weights from a checkpoint. Hub models are downloaded by
         huggingface_hub into its cache (HF_HOME / HF_HUB_CACHE), read from the cache alone under
         HF_HUB_OFFLINE=1, with the token of HF_TOKEN or `hf auth login`, never an argument.
 
-        variant: "vit_b" | "vit_l" | "vit_h" | "vit_tiny" for a `.pth`; inferred from the
-          tensor shapes when omitted (plain SAM checkpoints are recognised by their missing HQ
-          weights).
-        sha256: expected hex digest of the weights file; a mismatch raises ValueError.
-        cache_dir: where files of fsspec URLs are cached (default ~/.cache/samhq_core); a file
-          is downloaded once per version (size, ETag or modification time). Not for Hub ids,
-          which use the Hugging Face cache.
-        storage_options: fsspec options for fsspec URLs (e.g. {"client_kwargs":
-          {"endpoint_url": ...}} for an S3-compatible store).
-        map_location: where the tensors are read to before the model takes them.
+        Arguments:
+          src (str): a path or fsspec URL of an official `.pth` / `.safetensors` file, or of an
+            HF-layout directory (`config.json` + `model.safetensors`), or a Hugging Face Hub
+            model id of that layout, `org/name` or `org/name@revision` (a branch, tag or
+            commit; how an id is told from a local path: `hub_model`).
+          variant (str or None): "vit_b" | "vit_l" | "vit_h" | "vit_tiny" for a `.pth`;
+            inferred from the tensor shapes when omitted (plain SAM checkpoints are recognised
+            by their missing HQ weights).
+          sha256 (str or None): expected hex digest of the weights file; a mismatch raises
+            ValueError.
+          cache_dir (str or None): where files of fsspec URLs are cached (default
+            ~/.cache/samhq_core); a file is downloaded once per version (size, ETag or
+            modification time). Not for Hub ids, which use the Hugging Face cache.
+          storage_options (dict or None): fsspec options for fsspec URLs (e.g.
+            {"client_kwargs": {"endpoint_url": ...}} for an S3-compatible store).
+          map_location (str): where the tensors are read to before the model takes them.
+
+        Returns:
+          (SamHQModel): the model (an instance of the class it is called on), on the CPU, in
+            eval mode.
+
+        Raises:
+          FileNotFoundError: for a missing source.
+          ValueError: for a sha256 mismatch, a file that is not a SAM / SAM-HQ checkpoint, or
+            weights that do not fit the model exactly.
         """
         local = fetch(src, cache_dir=cache_dir, storage_options=storage_options)
         config: Optional[SamHQConfig] = None
@@ -214,9 +258,20 @@ class PretrainedModel(nn.Module):
         which huggingface_hub keeps in its cache (the weights' header is read from the cached
         model.safetensors when there is one, else by range requests to the Hub).
 
-        Raises FileNotFoundError for a missing source and ValueError for a file that is not a
-        SAM / SAM-HQ checkpoint (naming what it looks like instead, e.g. a JPEG image) or
-        whose tensors do not fit the model."""
+        Arguments:
+          src (str): the checkpoint, as `from_pretrained` takes it.
+          variant (str or None): as `from_pretrained`'s: the official variant of a `.pth`,
+            inferred from the tensor shapes when omitted.
+          storage_options (dict or None): fsspec options for fsspec URLs.
+
+        Returns:
+          (SamHQConfig): the checkpoint's config.
+
+        Raises:
+          FileNotFoundError: for a missing source.
+          ValueError: for a file that is not a SAM / SAM-HQ checkpoint (naming what it looks
+            like instead, e.g. a JPEG image) or whose tensors do not fit the model.
+        """
         hub = hub_model(src)
         fs, path = hub_header_source(hub, src) if hub is not None else _source_fs(src, storage_options)
         config: Optional[SamHQConfig] = None
@@ -244,7 +299,11 @@ class PretrainedModel(nn.Module):
 
     def save_pretrained(self, directory: str) -> None:
         """Write `config.json` + `model.safetensors` in the HF layout, with transformers' key
-        names (what `from_pretrained` and transformers' SamHQModel load)."""
+        names (what `from_pretrained` and transformers' SamHQModel load).
+
+        Arguments:
+          directory (str): where the two files go; created if missing.
+        """
         os.makedirs(directory, exist_ok=True)
         state = {to_hf_key(k): v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         state[_HF_POSITIONAL_ALIAS] = state[_HF_POSITIONAL].clone()

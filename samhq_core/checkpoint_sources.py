@@ -22,6 +22,15 @@ WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 def file_sha256(path: str) -> str:
+    """SHA-256 of a local file, read in 1 MiB blocks so that a large checkpoint never sits in
+    memory whole.
+
+    Arguments:
+      path (str): the file.
+
+    Returns:
+      (str): the hex digest, lower case.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -61,7 +70,17 @@ def hub_model(src: str, relative_to: Optional[str] = None) -> Optional[HubModel]
     4. anything else is a local path, a missing one.
 
     So a bare `name` (the Hub's legacy ids without a namespace) is always a local path, and
-    `./namespace/name` always reads the local directory."""
+    `./namespace/name` always reads the local directory.
+
+    Arguments:
+      src (str): a checkpoint source, as `SamHQModel.from_pretrained` takes it.
+      relative_to (str or None): the directory a relative local path is looked up against;
+        default the working directory.
+
+    Returns:
+      (HubModel or None): the repository and revision (None: the default branch), or None
+        when `src` is not a Hub id.
+    """
     if "://" in src or os.path.exists(src if relative_to is None else os.path.join(relative_to, src)):
         return None
     match = _HUB_FORM.fullmatch(src)
@@ -81,7 +100,19 @@ def pin_hub_revision(src: str, relative_to: Optional[str] = None) -> str:
     """`src` with a Hub model's branch or tag replaced by the commit it points to now
     (`org/name@<40 hex digits>`), so that every process that loads it later loads the same
     weights; other sources, and ids already at a commit, as they are. Reads config.json
-    alone (a few KB, into huggingface_hub's cache). FileNotFoundError as `from_pretrained`."""
+    alone (a few KB, into huggingface_hub's cache).
+
+    Arguments:
+      src (str): a checkpoint source, as `SamHQModel.from_pretrained` takes it.
+      relative_to (str or None): as `hub_model`'s: where a relative local path is looked up.
+
+    Returns:
+      (str): `src` pinned to a commit, or as it is.
+
+    Raises:
+      FileNotFoundError: as `from_pretrained`, for a repository, revision or config.json that
+        the Hub (or, under HF_HUB_OFFLINE, the cache) does not have.
+    """
     hub = hub_model(src, relative_to)
     if hub is None or (hub.revision is not None and _COMMIT.fullmatch(hub.revision)):
         return src
@@ -135,10 +166,24 @@ def _hub_snapshot(hub: HubModel, src: str) -> str:
 
 
 def hub_header_source(hub: HubModel, src: str) -> Tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, directory) to read a Hub model's config and weights header from: its
-    config.json is fetched into huggingface_hub's cache (a few KB), and the weights are the
-    same commit's cached model.safetensors, else the Hub's copy, of which HfFileSystem's range
-    requests read the header alone."""
+    """Where to read a Hub model's config and weights header from: its config.json is
+    fetched into huggingface_hub's cache (a few KB), and the weights are the same commit's
+    cached model.safetensors, else the Hub's copy, of which HfFileSystem's range requests read
+    the header alone.
+
+    Arguments:
+      hub (HubModel): the model, as `hub_model` gives it.
+      src (str): the source as the caller gave it, for error messages.
+
+    Returns:
+      (fsspec.AbstractFileSystem): the local filesystem, or an HfFileSystem.
+      (str): the directory that holds config.json and model.safetensors on it: the cache's
+        snapshot, or `repo_id@commit` on the Hub.
+
+    Raises:
+      FileNotFoundError: for a model the Hub (or the cache offline) does not have, or whose
+        weights are not cached while HF_HUB_OFFLINE is set.
+    """
     from huggingface_hub import HfFileSystem, constants, hf_hub_download
 
     with _hub_lookup(hub, src):
@@ -158,7 +203,19 @@ def fetch(src: str, cache_dir: Optional[str] = None, storage_options: Optional[d
     """Local path of `src`. A remote file or HF directory is downloaded into the cache once
     per version: the cache key holds the URL and the weights file's size and version stamp
     (ETag / modification time), so a checkpoint replaced at the same URL is fetched again. A
-    Hub model id (`hub_model`) is its snapshot directory in huggingface_hub's cache."""
+    Hub model id (`hub_model`) is its snapshot directory in huggingface_hub's cache.
+
+    Arguments:
+      src (str): a local path, `file://` or other fsspec URL, or Hub model id.
+      cache_dir (str or None): the cache of remote files (default ~/.cache/samhq_core).
+      storage_options (dict or None): fsspec options for a remote URL.
+
+    Returns:
+      (str): the local weights file, or the local HF-layout directory.
+
+    Raises:
+      FileNotFoundError: for a source, or a file of an HF directory, that does not exist.
+    """
     hub = hub_model(src)
     if hub is not None:
         return _hub_snapshot(hub, src)

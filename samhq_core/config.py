@@ -59,7 +59,11 @@ class SamHQVisionConfig:
 
     @property
     def early_dim(self) -> int:
-        """Width of the early encoder features that the HQ decoder fuses in (`vit_dim`)."""
+        """Width of the early encoder features that the HQ decoder fuses in (`vit_dim`).
+
+        Returns:
+          (int): tiny_embed_dims[2] for TinyViT, else hidden_size.
+        """
         return self.tiny_embed_dims[2] if self.encoder_type == "tiny_vit" else self.hidden_size
 
 
@@ -147,7 +151,19 @@ class SamHQConfig:
 
     @classmethod
     def from_variant(cls, variant: str, **vision_overrides: Any) -> "SamHQConfig":
-        """Preset of an official variant: vit_b, vit_l, vit_h or vit_tiny."""
+        """Preset of an official variant: vit_b, vit_l, vit_h or vit_tiny.
+
+        Arguments:
+          variant (str): the variant's name.
+          **vision_overrides (Any): SamHQVisionConfig fields that replace the preset's (e.g.
+            image_size); the prompt encoder's image size and the decoder's vit_dim follow them.
+
+        Returns:
+          (SamHQConfig): the config, with the HQ decoder.
+
+        Raises:
+          ValueError: for an unknown variant, or overrides that make the config invalid.
+        """
         if variant not in _VISION_PRESETS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         vision = SamHQVisionConfig(**{**_VISION_PRESETS[variant], **vision_overrides})
@@ -159,24 +175,49 @@ class SamHQConfig:
 
     @property
     def variant(self) -> Optional[str]:
-        """The official variant whose image encoder this config has (at any input size), or
-        None for an encoder of another shape."""
+        """The official variant whose image encoder this config has (at any input size).
+
+        Returns:
+          (str or None): vit_b, vit_l, vit_h or vit_tiny, or None for an encoder of another
+            shape.
+        """
         v = self.vision_config
         return next((name for name, preset in _VISION_PRESETS.items()
                      if all(getattr(v, key) == value for key, value in preset.items())), None)
 
     @property
     def embedding_size(self) -> Tuple[int, int]:
-        """Spatial size (h, w) of the image embedding."""
+        """Spatial size of the image embedding: a sixteenth of the input size per side.
+
+        Returns:
+          (tuple(int, int)): (h, w).
+        """
         side = self.vision_config.image_size // 16
         return side, side
 
     def to_dict(self) -> Dict[str, Any]:
+        """The config as plain data, as `save` writes it and `from_dict` reads it.
+
+        Returns:
+          (dict): one nested dict per sub-config, plus model_type.
+        """
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "SamHQConfig":
-        """Build from a dict such as a SAM-HQ `config.json`; unknown keys are an error."""
+        """Build from a dict such as a SAM-HQ `config.json`; unknown keys are an error. Keys
+        that transformers writes and this model has no use for are dropped.
+
+        Arguments:
+          data (dict): the config, with model_type "sam_hq" or "sam" (or none) and the
+            sections vision_config, prompt_encoder_config and mask_decoder_config.
+
+        Returns:
+          (SamHQConfig): the validated config.
+
+        Raises:
+          ValueError: for another model_type, unknown keys, or sub-configs that disagree.
+        """
         if data.get("model_type", "sam_hq") not in ("sam_hq", "sam"):
             raise ValueError(f"config model_type is {data['model_type']!r}, expected 'sam_hq'")
         kwargs: Dict[str, Any] = {}
@@ -192,10 +233,23 @@ class SamHQConfig:
         return cls(**kwargs)
 
     def save(self, path: str) -> None:
+        """Write the config as JSON (`to_dict`, keys sorted), in the layout of a `config.json`.
+
+        Arguments:
+          path (str): the file to write.
+        """
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
 
     @classmethod
     def load(cls, path: str) -> "SamHQConfig":
+        """Read a config JSON file, such as `save` or transformers writes (`from_dict`).
+
+        Arguments:
+          path (str): the file to read.
+
+        Returns:
+          (SamHQConfig): the validated config.
+        """
         with open(path) as f:
             return cls.from_dict(json.load(f))

@@ -38,30 +38,63 @@ class ProcessorOutput(dict):
     """Dict of model inputs; `.to(device)` moves every tensor."""
 
     def to(self, device: Union[str, torch.device]) -> "ProcessorOutput":
+        """Move every tensor to `device`; other values are kept as they are.
+
+        Arguments:
+          device (str or torch.device): where the tensors go.
+
+        Returns:
+          (ProcessorOutput): a new dict with the moved tensors.
+        """
         return ProcessorOutput({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
 
 
 def preprocess_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
-    """(h, w) after resizing so that the longest side is `long_side`, rounding like the
-    official ResizeLongestSide."""
+    """The size of an image after resizing so that its longest side is `long_side`, rounding
+    like the official ResizeLongestSide.
+
+    Arguments:
+      height (int): the image's height.
+      width (int): the image's width.
+      long_side (int): the longest side after resizing.
+
+    Returns:
+      (tuple(int, int)): (h, w), each at least 1.
+    """
     scale = long_side * 1.0 / max(height, width)
     # At least 1 pixel: past 2 * long_side : 1 the official rounding gives 0, which no resize takes.
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def resize_longest_side(array: np.ndarray, long_side: int) -> np.ndarray:
-    """uint8 RGB (H, W, 3) → resized so that its longest side is `long_side`, with PIL
-    bilinear as the official preprocessing (torchvision's resize of a PIL image)."""
+    """Resize an image so that its longest side is `long_side`, with PIL bilinear as the
+    official preprocessing (torchvision's resize of a PIL image).
+
+    Arguments:
+      array (np.ndarray): uint8 RGB (H, W, 3).
+      long_side (int): the longest side after resizing.
+
+    Returns:
+      (np.ndarray): uint8 RGB (h, w, 3), (h, w) as `preprocess_shape` gives it.
+    """
     new_h, new_w = preprocess_shape(array.shape[0], array.shape[1], long_side)
     return np.array(Image.fromarray(array).resize((new_w, new_h), Image.Resampling.BILINEAR))
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
-    """Any supported image → uint8 RGB array (H, W, 3).
+    """Convert any supported image to a uint8 RGB array.
 
-    PIL images get their EXIF orientation applied; any PIL mode is converted (16-bit modes
-    scaled to 8 bits); arrays/tensors may be (H, W), (H, W, 1|3|4) or, for tensors,
-    (1|3|4, H, W), as uint8, uint16, bool or floats in [0, 1] or [0, 255].
+    Arguments:
+      image (PIL.Image.Image, np.ndarray or torch.Tensor): PIL images get their EXIF
+        orientation applied; any PIL mode is converted (16-bit modes scaled to 8 bits);
+        arrays/tensors may be (H, W), (H, W, 1|3|4) or, for tensors, (1|3|4, H, W), as uint8,
+        uint16, bool or floats in [0, 1] or [0, 255].
+
+    Returns:
+      (np.ndarray): uint8 RGB (H, W, 3); an alpha channel is dropped.
+
+    Raises:
+      ValueError: for another type or shape, an empty image, or NaN or infinite values.
     """
     if isinstance(image, Image.Image):
         image = ImageOps.exif_transpose(image)
@@ -118,15 +151,31 @@ class SamHQProcessor:
     @classmethod
     def from_pretrained(cls, src: str, variant: Optional[str] = None,
                         storage_options: Optional[dict] = None) -> "SamHQProcessor":
-        """The processor for the checkpoint at `src` (what `SamHQModel.from_pretrained` takes):
-        the input size comes from its config, read from the checkpoint's header without its
-        weights (`SamHQModel.config_from_pretrained`)."""
+        """The processor for the checkpoint at `src`: the input size comes from its config,
+        read from the checkpoint's header without its weights
+        (`SamHQModel.config_from_pretrained`).
+
+        Arguments:
+          src (str): the checkpoint, what `SamHQModel.from_pretrained` takes.
+          variant (str or None): the official variant of a `.pth`; inferred when omitted.
+          storage_options (dict or None): fsspec options for fsspec URLs.
+
+        Returns:
+          (SamHQProcessor): the processor for the checkpoint's input size.
+        """
         config = SamHQModel.config_from_pretrained(src, variant, storage_options=storage_options)
         return cls(config.vision_config.image_size)
 
     @classmethod
     def for_model(cls, model: SamHQModel) -> "SamHQProcessor":
-        """The processor for a loaded model (its input size)."""
+        """The processor for a loaded model.
+
+        Arguments:
+          model (SamHQModel): the model, whose config gives the input size.
+
+        Returns:
+          (SamHQProcessor): the processor for that input size.
+        """
         return cls(model.config.vision_config.image_size)
 
     def __call__(
@@ -139,21 +188,39 @@ class SamHQProcessor:
         segmentation_maps: Optional[Any] = None,
         return_tensors: str = "pt",
     ) -> ProcessorOutput:
-        """Returns pixel_values (B, 3, S, S), original_sizes and reshaped_input_sizes (B, 2)
-        as (h, w), and the prompts rescaled to the S x S frame:
+        """Prepare B images and their prompts for the model, which takes the result as
+        `model(**inputs)`. Prompts are always nested per image first, also for a single
+        image; points may skip the prompt level ([[[x, y], ...]] per image = one prompt of
+        those points, as in transformers). All images must carry the same number of prompts;
+        coordinates are in original pixels. Nested lists, arrays and tensors are all taken.
 
-        input_points: per image, per prompt, a list of (x, y) points → (B, P, N, 2); prompts
-          with fewer points are padded with label -1 (ignored by the model).
-        input_labels: same nesting without the coordinates; 1 foreground, 0 background;
-          defaults to all 1.
-        input_boxes: per image, a list of (x1, y1, x2, y2) boxes → (B, P, 4).
-        input_masks (alias segmentation_maps): per image, per prompt, a mask: either low-res
-          logits of the model's mask size (256 x 256 for 1024 inputs) or an array of the
-          original image size, which is resized into the model frame → (B, P, 256, 256).
-        Prompts are always nested per image first, also for a single image; points may skip
-        the prompt level ([[[x, y], ...]] per image = one prompt of those points, as in
-        transformers). All images must carry the same number of prompts; coordinates are in
-        original pixels.
+        Arguments:
+          images (image or sequence of images): one image or a list of B, each a PIL image,
+            np.ndarray or torch.Tensor of a form `to_rgb_array` takes.
+          input_points (nested lists or None): per image, per prompt, a list of (x, y) points
+            → (B, P, N, 2); prompts with fewer points are padded with label -1 (ignored by
+            the model).
+          input_labels (nested lists or None): same nesting without the coordinates;
+            1 foreground, 0 background; defaults to all 1.
+          input_boxes (nested lists or None): per image, a list of (x1, y1, x2, y2) boxes
+            → (B, P, 4).
+          input_masks (nested lists or None): per image, per prompt, a mask: either low-res
+            logits of the model's mask size (256 x 256 for 1024 inputs) or an array of the
+            original image size, which is resized into the model frame → (B, P, 256, 256).
+          segmentation_maps (nested lists or None): an alias of input_masks; pass one of them.
+          return_tensors (str): "pt", the only one supported.
+
+        Returns:
+          (ProcessorOutput): pixel_values (B, 3, S, S), original_sizes and
+            reshaped_input_sizes (B, 2) as (h, w), and the prompts given, rescaled to the
+            S x S frame: input_points (B, P, N, 2) with input_labels (B, P, N), input_boxes
+            (B, P, 4), input_masks (B, P, S/4, S/4).
+
+        Raises:
+          ValueError: for no or unsupported images, return_tensors other than "pt", both
+            input_masks and segmentation_maps, input_labels without input_points, prompts of
+            the wrong nesting, shape or values, different prompt counts per image, points
+            outside their image or boxes that do not overlap it.
         """
         if return_tensors != "pt":
             raise ValueError("only return_tensors='pt' is supported")
@@ -187,19 +254,35 @@ class SamHQProcessor:
         return out
 
     def preprocess_image(self, image: ImageInput) -> Tuple[torch.Tensor, Tuple[int, int], Tuple[int, int]]:
-        """One image → normalised, padded (3, S, S) tensor, original (h, w), resized (h, w)."""
+        """Preprocess one image: resized, normalised and zero-padded to the model's input.
+
+        Arguments:
+          image (PIL.Image.Image, np.ndarray or torch.Tensor): an image `to_rgb_array` takes.
+
+        Returns:
+          (torch.Tensor): the normalised, padded (3, S, S) input.
+          (tuple(int, int)): the original (h, w).
+          (tuple(int, int)): the resized (h, w), before padding.
+        """
         resized, original = self.resize_image(image)
         return self.model_input(torch.from_numpy(resized)), original, (resized.shape[0], resized.shape[1])
 
     def resize_image(self, image: ImageInput, draft: bool = False) -> Tuple[np.ndarray, Tuple[int, int]]:
-        """Any supported image → uint8 RGB (h, w, 3) resized so that its longest side is the
-        model's input size (PIL bilinear, as official), and the original (h, w).
+        """Resize any supported image so that its longest side is the model's input size (PIL
+        bilinear, as official), on the CPU.
 
-        draft: a JPEG not yet loaded is decoded at the smallest power-of-two reduction (1/2,
-        1/4, 1/8) that keeps it at least the resized size, in the DCT domain: several times
-        faster for images of twice the input size or more, with pixels that differ from the
-        official preprocessing's (bench/results/data_plane.md). The size returned is still the
-        image's own."""
+        Arguments:
+          image (PIL.Image.Image, np.ndarray or torch.Tensor): an image `to_rgb_array` takes.
+          draft (bool): a JPEG not yet loaded is decoded at the smallest power-of-two
+            reduction (1/2, 1/4, 1/8) that keeps it at least the resized size, in the DCT
+            domain: several times faster for images of twice the input size or more, with
+            pixels that differ from the official preprocessing's
+            (bench/results/data_plane.md). The size returned is still the image's own.
+
+        Returns:
+          (np.ndarray): uint8 RGB (h, w, 3), resized.
+          (tuple(int, int)): the original (h, w).
+        """
         if isinstance(image, Image.Image) and image.mode not in _SIXTEEN_BIT_MODES:
             # The same pixels as the array path, without its three full-size copies.
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
@@ -216,8 +299,16 @@ class SamHQProcessor:
         return resize_longest_side(array, self.image_size), (array.shape[0], array.shape[1])
 
     def model_input(self, resized: torch.Tensor) -> torch.Tensor:
-        """A resized uint8 RGB image (h, w, 3) on any device → the model's input (3, S, S) on
-        that device: normalised, zero-padded at the bottom and right."""
+        """Turn a resized image into the model's input on the image's device: normalised,
+        zero-padded at the bottom and right.
+
+        Arguments:
+          resized (torch.Tensor): uint8 RGB (h, w, 3) as `resize_image` makes it, on any
+            device.
+
+        Returns:
+          (torch.Tensor): the input (3, S, S), float32, on that device.
+        """
         h, w = resized.shape[:2]
         mean, std = self.pixel_mean.to(resized.device), self.pixel_std.to(resized.device)
         pixels = torch.zeros(3, self.image_size, self.image_size, device=resized.device)
@@ -225,18 +316,42 @@ class SamHQProcessor:
         return pixels
 
     def target_masks(self, masks: torch.Tensor, resized_size: Tuple[int, int]) -> torch.Tensor:
-        """Masks (P, H, W) in [0, 1] at the original size → the model's input frame (P, S, S),
-        resized as the image was (bilinear, antialiased) and zero-padded: training targets."""
+        """Bring masks at the original size into the model's input frame, resized as the
+        image was (bilinear, antialiased) and zero-padded: training targets.
+
+        Arguments:
+          masks (torch.Tensor): (P, H, W) in [0, 1], at the original size.
+          resized_size (tuple(int, int)): the image's resized (h, w).
+
+        Returns:
+          (torch.Tensor): (P, S, S) float32, in [0, 1].
+        """
         resized = F.interpolate(masks.float()[:, None], resized_size, mode="bilinear", antialias=True,
                                 align_corners=False)[:, 0]
         return F.pad(resized, (0, self.image_size - resized_size[1], 0, self.image_size - resized_size[0]))
 
     def scale_boxes(self, boxes: np.ndarray, original_size: Tuple[int, int]) -> np.ndarray:
-        """(N, 4) xyxy boxes in original pixels → the model's input frame."""
+        """Scale boxes from original pixels to the model's input frame.
+
+        Arguments:
+          boxes (np.ndarray): (N, 4) as (x1, y1, x2, y2), in original pixels.
+          original_size (tuple(int, int)): the image's (h, w).
+
+        Returns:
+          (np.ndarray): (N, 4) float64, in the input frame.
+        """
         return self.scale_coords(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
 
     def scale_coords(self, coords: np.ndarray, original_size: Tuple[int, int]) -> np.ndarray:
-        """(..., 2) pixel (x, y) in the original image → the model's input frame."""
+        """Scale pixel coordinates from the original image to the model's input frame.
+
+        Arguments:
+          coords (np.ndarray): (..., 2) as (x, y), in original pixels; not modified.
+          original_size (tuple(int, int)): the image's (h, w).
+
+        Returns:
+          (np.ndarray): (..., 2) float64, in the input frame.
+        """
         h, w = original_size
         new_h, new_w = preprocess_shape(h, w, self.image_size)
         coords = np.array(coords, dtype=np.float64)
@@ -336,9 +451,25 @@ class SamHQProcessor:
         mask_threshold: float = 0.0,
         binarize: bool = True,
     ) -> List[torch.Tensor]:
-        """Low-res logits (B, P, K, s, s) → per image (P, K, H, W) at the original size:
-        upsampled to the input frame, padding cropped, resized to the original size, then
-        thresholded unless binarize is False. Runs on the masks' device."""
+        """Bring the model's low-res masks back to each image's original size: upsampled to
+        the input frame, padding cropped, resized to the original size, then thresholded
+        unless binarize is False. Runs on the masks' device.
+
+        Arguments:
+          masks (torch.Tensor): low-res logits (B, P, K, s, s), the model's pred_masks.
+          original_sizes (torch.Tensor or sequence of (h, w)): (B, 2), each image's (H, W).
+          reshaped_input_sizes (torch.Tensor or sequence of (h, w)): (B, 2), each image's
+            resized (h, w).
+          mask_threshold (float): logits above it are mask.
+          binarize (bool): whether to threshold.
+
+        Returns:
+          (list(torch.Tensor)): per image (P, K, H, W) at its original size: bool when
+            binarize, else float32 logits.
+
+        Raises:
+          ValueError: if masks is not 5-dimensional.
+        """
         if masks.ndim != 5:
             raise ValueError(f"masks must be (batch, prompts, masks, h, w), got {tuple(masks.shape)}")
         results = []
@@ -358,9 +489,22 @@ class SamHQProcessor:
         binarize: bool = True,
         max_pixels: int = MAX_PIXELS_PER_CHUNK,
     ) -> Iterator[torch.Tensor]:
-        """Low-res logits (n, s, s) of one image → (k, H, W) masks at its original size, k at a
-        time so that at most about `max_pixels` full-resolution logits exist at once: bool
-        (thresholded) unless binarize is False. Runs on the logits' device."""
+        """Bring one image's low-res masks back to its original size, k at a time so that at
+        most about `max_pixels` full-resolution logits exist at once. Runs on the logits'
+        device.
+
+        Arguments:
+          low_res (torch.Tensor): low-res logits (n, s, s) of one image.
+          resized_size (tuple(int, int)): the image's resized (h, w).
+          original_size (tuple(int, int)): the image's original (H, W).
+          mask_threshold (float): logits above it are mask.
+          binarize (bool): whether to threshold.
+          max_pixels (int): full-resolution logits held at once, about.
+
+        Returns:
+          (Iterator[torch.Tensor]): (k, H, W) masks, n in all, in order: bool (thresholded)
+            unless binarize is False, then float32 logits.
+        """
         h, w = original_size
         chunk = max(1, max_pixels // max(h * w, self.image_size * self.image_size))
         for start in range(0, low_res.shape[0], chunk):
@@ -372,15 +516,32 @@ class SamHQProcessor:
 
 
 def bucket_size(n: int) -> int:
-    """The size a count of n >= 1 is padded to for a compiled model: the next power of two, so
-    that any count reuses one of a few compiled graphs."""
+    """The size a count is padded to for a compiled model: the next power of two, so that any
+    count reuses one of a few compiled graphs.
+
+    Arguments:
+      n (int): the count, >= 1.
+
+    Returns:
+      (int): the smallest power of two >= n.
+    """
     return 1 << max(0, n - 1).bit_length()
 
 
 def pad_to_bucket(tensor: torch.Tensor, dim: int, at_least: int = 1) -> torch.Tensor:
-    """`tensor` padded along `dim` to `bucket_size` of its length (or of `at_least`, if more)
-    by repeating its last entry (a real image or prompt, so that padding never feeds the model
-    values it cannot take); the caller drops the padded entries' outputs."""
+    """Pad a batch of images or prompts to a bucket size (`bucket_size`) by repeating its last
+    entry (a real image or prompt, so that padding never feeds the model values it cannot
+    take); the caller drops the padded entries' outputs.
+
+    Arguments:
+      tensor (torch.Tensor): the batch, with at least one entry along `dim`.
+      dim (int): the dimension to pad.
+      at_least (int): pad to the bucket size of this length, if more than the tensor's.
+
+    Returns:
+      (torch.Tensor): `tensor` padded along `dim` to `bucket_size` of its length (or of
+        `at_least`); `tensor` itself when no padding is needed.
+    """
     n = tensor.shape[dim]
     extra = bucket_size(max(n, at_least)) - n
     if extra == 0:
@@ -391,10 +552,19 @@ def pad_to_bucket(tensor: torch.Tensor, dim: int, at_least: int = 1) -> torch.Te
 
 
 def stability_scores(logits: torch.Tensor, mask_threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
-    """Mask logits (..., H, W) → (...,) SAM's stability score, as its data engine computes it:
-    the IoU of the mask thresholded at mask_threshold + offset with the one thresholded at
+    """SAM's stability score of mask logits, as its data engine computes it: the IoU of the
+    mask thresholded at mask_threshold + offset with the one thresholded at
     mask_threshold - offset (the first lies inside the second, so it is their pixel-count
-    ratio; NaN where both are empty). Runs on the logits' device."""
+    ratio; NaN where both are empty). Runs on the logits' device.
+
+    Arguments:
+      logits (torch.Tensor): mask logits (..., H, W).
+      mask_threshold (float): the threshold the masks are read at.
+      offset (float): how far the two thresholds lie from it.
+
+    Returns:
+      (torch.Tensor): scores (...,), float32.
+    """
     inner = (logits > mask_threshold + offset).sum(dim=(-1, -2), dtype=torch.int64)
     outer = (logits > mask_threshold - offset).sum(dim=(-1, -2), dtype=torch.int64)
     return inner / outer

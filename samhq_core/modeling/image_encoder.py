@@ -63,6 +63,15 @@ class ImageEncoderViT(nn.Module):
         self.neck = neck(embed_dim, out_chans)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encode images into the image embeddings and the early features of the HQ decoder.
+
+        Arguments:
+          x (torch.Tensor): normalised images (B, in_chans, img_size, img_size).
+
+        Returns:
+          (torch.Tensor): the neck output (B, out_chans, h, w), h = w = img_size / patch_size.
+          (torch.Tensor): the first global-attention block's output (B, h, w, embed_dim).
+        """
         x = self.patch_embed(x)  # B x h x w x C
         if self.pos_embed is not None:
             x = x + self.pos_embed

@@ -67,9 +67,15 @@ class MaskDecoderHQ(nn.Module):
             )
 
     def hq_features(self, image_embeddings: torch.Tensor, early_embeddings: torch.Tensor) -> torch.Tensor:
-        """Per-image HQ features, computed once per image and shared by all its prompts.
+        """Per-image HQ features, computed once per image and shared by all its prompts: the
+        final image embedding fused with the early encoder features.
 
-        image_embeddings (B, C, h, w), early_embeddings (B, h, w, vit_dim) → (B, C/8, 4h, 4w).
+        Arguments:
+          image_embeddings (torch.Tensor): (B, C, h, w).
+          early_embeddings (torch.Tensor): (B, h, w, vit_dim).
+
+        Returns:
+          (torch.Tensor): (B, C/8, 4h, 4w).
         """
         return self.embedding_encoder(image_embeddings) + self.compress_vit_feat(early_embeddings.permute(0, 3, 1, 2))
 
@@ -86,15 +92,24 @@ class MaskDecoderHQ(nn.Module):
         """Masks for n prompts on one image (or each on its own image, with n embeddings and
         `hq_image_index`).
 
-        image_embedding: (1 or n, C, h, w), the image embedding plus dense prompt embeddings
-        image_pe: (1, C, h, w); sparse_prompt_embeddings: (n, T, C)
-        hq_features: (B, C/8, 4h, 4w): the images' HQ features; None for a plain SAM decoder
-        hq_image_index: (n,) each prompt's image among the B; None when B is 1 (one image's
-          features, shared by all prompts)
-        mask_source: which mask each prompt gets (`MaskSource`); SAM_ONLY leaves the HQ token out
-          of the output tokens, so that the masks are exactly plain SAM's
-        Returns mask logits (n, K, 4h, 4w) and IoU predictions (n, K): K = 3 candidates sorted
-        by IoU with multimask_output (the first is the official output), else K = 1.
+        Arguments:
+          image_embedding (torch.Tensor): (1 or n, C, h, w), the image embedding plus dense
+            prompt embeddings.
+          image_pe (torch.Tensor): the positional encoding (1, C, h, w).
+          sparse_prompt_embeddings (torch.Tensor): (n, T, C).
+          hq_features (torch.Tensor or None): (B, C/8, 4h, 4w): the images' HQ features
+            (`hq_features`); None for a plain SAM decoder.
+          multimask_output (bool): 3 candidate masks per prompt, or one.
+          mask_source (MaskSource): which mask each prompt gets; SAM_ONLY leaves the HQ token
+            out of the output tokens, so that the masks are exactly plain SAM's.
+          hq_image_index (torch.Tensor or None): (n,) each prompt's image among the B; None
+            when B is 1 (one image's features, shared by all prompts).
+
+        Returns:
+          (torch.Tensor): mask logits (n, K, 4h, 4w): K = 3 candidates sorted by IoU with
+            multimask_output (the first is the official output), else K = 1; K = 1 also for
+            HQ_ONLY.
+          (torch.Tensor): IoU predictions (n, K).
         """
         n = sparse_prompt_embeddings.shape[0]
         token_weights = [self.iou_token.weight, self.mask_tokens.weight]

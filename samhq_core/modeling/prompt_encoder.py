@@ -77,14 +77,25 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image-embedding grid, (1, C, h, w)."""
+        """Positional encoding of the image-embedding grid, at its cell centres.
+
+        Returns:
+          (torch.Tensor): (1, C, h, w).
+        """
         return self.pe_layer.dense(self.image_embedding_size).unsqueeze(0)
 
     def embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
-        """points (..., N, 2) in the input frame, labels (..., N) → (..., N [+1], C).
+        """Embed points: their positional encoding plus the embedding of their label; padding
+        points (label -1) become the not-a-point token.
 
-        With `pad`, a not-a-point token is appended, as the official model does when no
-        box accompanies the points.
+        Arguments:
+          points (torch.Tensor): (..., N, 2) as (x, y), in the input frame.
+          labels (torch.Tensor): (..., N): 1 foreground, 0 background, -1 padding.
+          pad (bool): append a not-a-point token, as the official model does when no box
+            accompanies the points.
+
+        Returns:
+          (torch.Tensor): (..., N [+1], C).
         """
         embedding = self.pe_layer(points + 0.5, self.input_image_size)  # shift to pixel centres
         labels = labels[..., None]
@@ -101,7 +112,14 @@ class PromptEncoder(nn.Module):
         return embedding
 
     def embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        """boxes (..., 4) as x1, y1, x2, y2 in the input frame → corner tokens (..., 2, C)."""
+        """Embed boxes as two corner tokens each: top-left and bottom-right.
+
+        Arguments:
+          boxes (torch.Tensor): (..., 4) as x1, y1, x2, y2, in the input frame.
+
+        Returns:
+          (torch.Tensor): corner tokens (..., 2, C).
+        """
         corners = (boxes + 0.5).reshape(*boxes.shape[:-1], 2, 2)
         embedding = self.pe_layer(corners, self.input_image_size)
         corner_types = torch.cat([self._point_embedding(2), self._point_embedding(3)])
@@ -114,7 +132,14 @@ class PromptEncoder(nn.Module):
         return embedding.weight
 
     def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        """Low-res mask logits (N, 1, 4h, 4w) → dense embeddings (N, C, h, w)."""
+        """Embed low-res masks as dense embeddings, added to the image embedding.
+
+        Arguments:
+          masks (torch.Tensor): low-res mask logits (N, 1, 4h, 4w).
+
+        Returns:
+          (torch.Tensor): dense embeddings (N, C, h, w).
+        """
         return self.mask_downscaling(masks)
 
     def forward(
@@ -122,8 +147,18 @@ class PromptEncoder(nn.Module):
         points: Optional[Tuple[torch.Tensor, torch.Tensor]],
         boxes: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """Sparse embeddings (..., T, C) for prompts with leading dims (...); points first,
-        then the two box corners, as in the official model."""
+        """Sparse embeddings for prompts with leading dims (...), computed in fp32 also under
+        autocast; points first, then the two box corners, as in the official model.
+
+        Arguments:
+          points (tuple(torch.Tensor, torch.Tensor) or None): coordinates (..., N, 2) in the
+            input frame and labels (..., N), as `embed_points` takes them.
+          boxes (torch.Tensor or None): (..., 4) as x1, y1, x2, y2, in the input frame. At
+            least one of points and boxes is given.
+
+        Returns:
+          (torch.Tensor): (..., T, C): T = N + 2 with a box, N + 1 without.
+        """
         with torch.autocast(device_type=self.no_mask_embed.weight.device.type, enabled=False):
             parts = []
             if points is not None:

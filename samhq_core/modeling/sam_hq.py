@@ -21,7 +21,15 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 def default_prompt_chunk_size(device: torch.device) -> int:
-    """Prompts the decoder takes at once on `device` when the caller does not say."""
+    """Prompts the decoder takes at once on `device` when the caller does not say: few on a
+    CPU, many on an accelerator, which wants larger batches.
+
+    Arguments:
+      device (torch.device): where the model runs.
+
+    Returns:
+      (int): PROMPT_CHUNK_SIZE_CPU on a CPU, else PROMPT_CHUNK_SIZE_ACCELERATOR.
+    """
     return PROMPT_CHUNK_SIZE_CPU if device.type == "cpu" else PROMPT_CHUNK_SIZE_ACCELERATOR
 
 
@@ -39,6 +47,17 @@ class SamHQOutput:
 
 
 def build_image_encoder(config: SamHQConfig) -> nn.Module:
+    """The image encoder that `config.vision_config` describes: Light HQ-SAM's TinyViT for
+    encoder_type "tiny_vit", else SAM's ViT.
+
+    Arguments:
+      config (SamHQConfig): the model's config.
+
+    Returns:
+      (nn.Module): a TinyViT or an ImageEncoderViT, freshly initialised; called on pixel values
+        (B, 3, S, S) it returns the image embeddings and the early features that the HQ decoder
+        fuses in.
+    """
     v = config.vision_config
     if v.encoder_type == "tiny_vit":
         return TinyViT(
@@ -107,12 +126,28 @@ class SamHQModel(PretrainedModel):
 
     @property
     def device(self) -> torch.device:
+        """The device the model is on, read from its pixel normalisation buffers.
+
+        Returns:
+          (torch.device): where the model's tensors are.
+        """
         return self.pixel_mean.device
 
     def get_image_embeddings(self, pixel_values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """pixel_values (B, 3, S, S) from SamHQProcessor → image embeddings (B, 256, S/16, S/16)
-        and intermediate embeddings (B, S/16, S/16, vit_dim): the early encoder features the
-        HQ decoder needs. Pass both back to `forward` to reuse them across prompts."""
+        """Run the image encoder once, so that its outputs can be reused across prompts: pass
+        both back to `forward` (as image_embeddings and intermediate_embeddings).
+
+        Arguments:
+          pixel_values (torch.Tensor): images (B, 3, S, S) as SamHQProcessor makes them.
+
+        Returns:
+          (torch.Tensor): image embeddings (B, 256, S/16, S/16).
+          (torch.Tensor): intermediate embeddings (B, S/16, S/16, vit_dim): the early encoder
+            features the HQ decoder needs.
+
+        Raises:
+          ValueError: if pixel_values is not (B, 3, S, S) for the model's input size S.
+        """
         size = self.config.vision_config.image_size
         if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, size, size):
             raise ValueError(f"pixel_values must be (batch, 3, {size}, {size}), got {tuple(pixel_values.shape)}")
@@ -133,23 +168,49 @@ class SamHQModel(PretrainedModel):
         original_sizes: Optional[torch.Tensor] = None,
         reshaped_input_sizes: Optional[torch.Tensor] = None,
     ) -> SamHQOutput:
-        """Predict masks for P prompts on each of B images.
+        """Predict masks for P prompts on each of B images. Images come as pixel values, or as
+        the image and intermediate embeddings of `get_image_embeddings`; prompts are points,
+        boxes and/or low-res masks, at least one kind, in the S x S input frame (SamHQProcessor
+        rescales them), the same number P for every image. h x w is the image embedding's
+        grid, S/16 x S/16.
 
-        Images come as `pixel_values` (B, 3, S, S), or as `image_embeddings` plus
-        `intermediate_embeddings` from `get_image_embeddings`. Prompts, in the S x S input
-        frame (SamHQProcessor rescales them):
-          input_points (B, P, N, 2) as (x, y), with input_labels (B, P, N): 1 foreground,
-            0 background, -1 padding (ignored); labels default to 1.
-          input_boxes (B, P, 4) as (x1, y1, x2, y2).
-          input_masks (B, P, 4h, 4w) low-res mask logits, e.g. an earlier pred_masks.
-        mask_source (`MaskSource`, or its value as a string) picks the mask: SAM's plus the HQ
-        term (the official output), the HQ token's alone, or plain SAM's with these weights (the
-        baseline of the paper's comparisons).
-        Prompts are decoded `prompt_chunk_size` at a time, which bounds memory (roughly 0.1 GB
-        of fp32 activations per prompt): by default `default_prompt_chunk_size` of the device.
-        original_sizes and reshaped_input_sizes are accepted, and unused, so that the
-        processor's whole output can be passed as `model(**inputs)`; post_process_masks
-        needs them.
+        Arguments:
+          pixel_values (torch.Tensor or None): images (B, 3, S, S); exactly one of this and
+            image_embeddings is given.
+          input_points (torch.Tensor or None): points (B, P, N, 2) as (x, y).
+          input_labels (torch.Tensor or None): the points' labels (B, P, N): 1 foreground,
+            0 background, -1 padding (ignored); default all 1.
+          input_boxes (torch.Tensor or None): boxes (B, P, 4) as (x1, y1, x2, y2).
+          input_masks (torch.Tensor or None): low-res mask logits (B, P, 4h, 4w), e.g. an
+            earlier pred_masks.
+          image_embeddings (torch.Tensor or None): (B, 256, h, w) from `get_image_embeddings`,
+            instead of pixel_values.
+          intermediate_embeddings (torch.Tensor or None): (B, h, w, vit_dim) from
+            `get_image_embeddings`, with image_embeddings; an HQ model needs them.
+          multimask_output (bool): whether each prompt gets 3 candidate masks (sorted by
+            predicted IoU, best first) or one.
+          mask_source (MaskSource or str): which mask, as the enum or its value: SAM's plus the
+            HQ term (the official output), the HQ token's alone (HQ_ONLY, one mask per prompt
+            also with multimask_output), or plain SAM's with these weights (the baseline of the
+            paper's comparisons).
+          prompt_chunk_size (int or None): prompts decoded at a time, which bounds memory
+            (roughly 0.1 GB of fp32 activations per prompt); by default
+            `default_prompt_chunk_size` of the device.
+          original_sizes (torch.Tensor or None): accepted and unused, so that the processor's
+            whole output can be passed as `model(**inputs)`; post_process_masks needs it.
+          reshaped_input_sizes (torch.Tensor or None): as original_sizes.
+
+        Returns:
+          (SamHQOutput): pred_masks (B, P, K, 4h, 4w) low-res mask logits, iou_scores (B, P, K),
+            and the image and intermediate embeddings, for reuse.
+
+        Raises:
+          ValueError: for inputs the model cannot take: not exactly one of pixel_values and
+            image_embeddings, an HQ model's image_embeddings without intermediate_embeddings,
+            an unknown mask_source or HQ_ONLY on plain SAM, prompt_chunk_size < 1, no prompts
+            or none per image, input_labels without input_points, prompts of the wrong shape
+            or of different counts, and (outside torch.compile's tracing) non-finite values,
+            boxes with x2 < x1 or y2 < y1 and labels other than 1, 0 and -1.
         """
         if (pixel_values is None) == (image_embeddings is None):
             raise ValueError("pass exactly one of pixel_values or image_embeddings")
@@ -186,7 +247,26 @@ class SamHQModel(PretrainedModel):
         """`forward` from image embeddings, without its checks of the inputs: no host syncs
         and no data-dependent branches, so it runs asynchronously on an accelerator and
         compiles to one graph. For callers that checked their prompts already (the pipeline
-        checks every box on its CPU workers); arguments as `forward`'s."""
+        checks every box on its CPU workers). The arguments mean what `forward`'s do; at least
+        one kind of prompt must be given.
+
+        Arguments:
+          image_embeddings (torch.Tensor): (B, 256, h, w) from `get_image_embeddings`.
+          intermediate_embeddings (torch.Tensor or None): (B, h, w, vit_dim) from
+            `get_image_embeddings`; None only for plain SAM or mask_source SAM_ONLY.
+          input_points (torch.Tensor or None): points (B, P, N, 2) as (x, y).
+          input_labels (torch.Tensor or None): the points' labels (B, P, N); default all 1.
+          input_boxes (torch.Tensor or None): boxes (B, P, 4) as (x1, y1, x2, y2).
+          input_masks (torch.Tensor or None): low-res mask logits (B, P, 4h, 4w).
+          multimask_output (bool): 3 candidate masks per prompt, or one.
+          mask_source (MaskSource): which mask each prompt gets.
+          prompt_chunk_size (int or None): prompts decoded at a time; by default
+            `default_prompt_chunk_size` of the device.
+
+        Returns:
+          (SamHQOutput): pred_masks (B, P, K, 4h, 4w), iou_scores (B, P, K) and the embeddings
+            it was given.
+        """
         batch = image_embeddings.shape[0]
         num_prompts = next(p.shape[1] for p in (input_points, input_labels, input_boxes, input_masks) if p is not None)
         points = None
@@ -214,14 +294,27 @@ class SamHQModel(PretrainedModel):
         mask_source: MaskSource = MaskSource.SAM_PLUS_HQ,
         prompt_chunk_size: Optional[int] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """N prompts over B images, each naming its image: decoded `prompt_chunk_size` at a
+        """Decode N prompts over B images, each naming its image: `prompt_chunk_size` at a
         time whatever image they belong to, so that images with a few boxes each fill a
         chunk together. No checks and no host syncs, as `decode_prompts`.
 
-        image_embeddings (B, C, h, w) and intermediate_embeddings (B, h, w, vit_dim) from
-        `get_image_embeddings`; image_index (N,) long: each prompt's image; points
-        ((N, T, 2), (N, T) labels), boxes (N, 4) and masks (N, 4h, 4w) as in `forward`.
-        Returns mask logits (N, K, 4h, 4w) and IoU predictions (N, K).
+        Arguments:
+          image_embeddings (torch.Tensor): (B, C, h, w) from `get_image_embeddings`.
+          intermediate_embeddings (torch.Tensor or None): (B, h, w, vit_dim) from
+            `get_image_embeddings`; None only for plain SAM or mask_source SAM_ONLY.
+          image_index (torch.Tensor): (N,) long: each prompt's image among the B.
+          points (tuple(torch.Tensor, torch.Tensor) or None): coordinates (N, T, 2) and
+            labels (N, T), as in `forward`.
+          boxes (torch.Tensor or None): (N, 4), as in `forward`.
+          masks (torch.Tensor or None): low-res mask logits (N, 4h, 4w), as in `forward`.
+          multimask_output (bool): 3 candidate masks per prompt, or one.
+          mask_source (MaskSource): which mask each prompt gets.
+          prompt_chunk_size (int or None): prompts decoded at a time; by default
+            `default_prompt_chunk_size` of the device.
+
+        Returns:
+          (torch.Tensor): mask logits (N, K, 4h, 4w), float32.
+          (torch.Tensor): IoU predictions (N, K), float32.
         """
         if prompt_chunk_size is None:
             prompt_chunk_size = default_prompt_chunk_size(image_embeddings.device)

@@ -204,6 +204,15 @@ class TinyViT(nn.Module):
         self.neck = neck(embed_dims[-1], out_chans)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encode images into the image embeddings and the early features of the HQ decoder.
+
+        Arguments:
+          x (torch.Tensor): normalised images (B, in_chans, img_size, img_size).
+
+        Returns:
+          (torch.Tensor): the neck output (B, out_chans, h, w), h = w = img_size / 16.
+          (torch.Tensor): the second stage's output (B, h, w, embed_dims[2]).
+        """
         x = self.layers[0](self.patch_embed(x))  # B x (h*w) x C
         x = self.layers[1](x)
         early = x.view(x.shape[0], self.grid, self.grid, -1)

@@ -42,9 +42,17 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim, eps=layer_norm_eps)
 
     def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> Tuple[Tensor, Tensor]:
-        """
-        image_embedding: (1 or n, C, h, w); image_pe: (1, C, h, w); point_embedding: (n, T, C).
-        Returns the updated tokens (n, T, C) and image tokens (n, h*w, C).
+        """Let n prompts' tokens and the image tokens attend to each other. An image side of
+        batch 1 is shared by all n prompts.
+
+        Arguments:
+          image_embedding (torch.Tensor): (1 or n, C, h, w).
+          image_pe (torch.Tensor): the image's positional encoding (1, C, h, w).
+          point_embedding (torch.Tensor): the tokens (n, T, C), output and prompt tokens.
+
+        Returns:
+          (torch.Tensor): the updated tokens (n, T, C).
+          (torch.Tensor): the updated image tokens (n, h*w, C).
         """
         keys = image_embedding.flatten(2).transpose(1, 2)  # B x hw x C
         key_pe = image_pe.flatten(2).transpose(1, 2)

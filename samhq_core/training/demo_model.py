@@ -31,7 +31,15 @@ SCENE_SIZE = 256
 
 def demo_config(image_size: int = SCENE_SIZE, encoder: str = "tiny_vit") -> SamHQConfig:
     """A reduced SAM-HQ with a 128-wide decoder: a small TinyViT (convolutional first stage,
-    as Light HQ-SAM) or a 4-block ViT of width 128 (2 windowed, 2 global blocks)."""
+    as Light HQ-SAM) or a 4-block ViT of width 128 (2 windowed, 2 global blocks).
+
+    Arguments:
+      image_size (int): the input size in pixels.
+      encoder (str): "tiny_vit" for the TinyViT, "vit" for the ViT.
+
+    Returns:
+      (SamHQConfig): the config.
+    """
     width = 128
     if encoder == "tiny_vit":
         vision = SamHQVisionConfig(encoder_type="tiny_vit", output_channels=width, image_size=image_size,
@@ -54,7 +62,19 @@ def synthetic_batches(seed: int, batch_size: int, image_size: int, coarse_cell: 
                       max_objects: int = 4) -> Iterator[Batch]:
     """Endless batches of fresh synthetic scenes with up to `max_objects` labelled objects;
     targets are the exact masks, or with `coarse_cell` their coarse version on that grid
-    (`coarsen`)."""
+    (`coarsen`). Scenes are drawn at SCENE_SIZE and resized to `image_size`.
+
+    Arguments:
+      seed (int): seeds the scenes.
+      batch_size (int): scenes per batch.
+      image_size (int): the model's input size; boxes and targets are scaled to it.
+      coarse_cell (int or None): the grid of the coarse targets (px of the scene), or None for
+        the exact masks.
+      max_objects (int): labelled objects per scene, at most.
+
+    Returns:
+      (Iterator[Batch]): the batches, on the CPU.
+    """
     rng = np.random.default_rng(seed)
     processor = SamHQProcessor(image_size)
     scale = image_size / SCENE_SIZE
@@ -79,11 +99,19 @@ class _SceneStream(IterableDataset):
 
 def prefetched_batches(**batch_args: Any) -> Iterator[Batch]:
     """`synthetic_batches(**batch_args)`, drawn in a worker process a few batches ahead, so
-    that drawing scenes (about a fifth of a CPU step) overlaps training; same batches, same order."""
+    that drawing scenes (about a fifth of a CPU step) overlaps training; same batches, same order.
+
+    Arguments:
+      **batch_args (Any): the arguments of `synthetic_batches`.
+
+    Returns:
+      (Iterator[Batch]): the batches, on the CPU.
+    """
     return iter(DataLoader(_SceneStream(**batch_args), batch_size=None, num_workers=1, prefetch_factor=4))
 
 
 def main() -> None:
+    """Train the demo model in both phases and save it, as the command line asks."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory for the HF-layout checkpoint and training log")
     parser.add_argument("--image-size", type=int, default=SCENE_SIZE)

@@ -7,7 +7,15 @@ from torch.nn import functional as F
 
 
 def mask_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """BCE + dice, averaged over masks. logits and targets (n, H, W); targets in [0, 1]."""
+    """BCE + dice, averaged over masks.
+
+    Arguments:
+      logits (torch.Tensor): mask logits (n, H, W).
+      targets (torch.Tensor): (n, H, W) in [0, 1].
+
+    Returns:
+      (torch.Tensor): the loss, a float32 scalar.
+    """
     logits, targets = logits.flatten(1).float(), targets.flatten(1).float()
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
     probs = logits.sigmoid()
@@ -16,15 +24,32 @@ def mask_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def mask_iou(logits: torch.Tensor, targets: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
-    """IoU (n,) of the thresholded logits with binary targets, both (n, H, W); an empty
-    prediction of an empty target counts as 1."""
+    """IoU of the thresholded logits with binary targets; an empty prediction of an empty
+    target counts as 1.
+
+    Arguments:
+      logits (torch.Tensor): mask logits (n, H, W).
+      targets (torch.Tensor): (n, H, W); above 0.5 is mask.
+      threshold (float): logits above it are mask.
+
+    Returns:
+      (torch.Tensor): IoU (n,), float32.
+    """
     pred, gt = (logits > threshold).flatten(1), (targets > 0.5).flatten(1)
     inter, union = (pred & gt).sum(1).float(), (pred | gt).sum(1).float()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
 def sample_points(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Bilinear values (n, K) of maps (n, H, W) at coords (n, K, 2), (x, y) in [0, 1]."""
+    """Bilinear values of maps at points.
+
+    Arguments:
+      maps (torch.Tensor): (n, H, W).
+      coords (torch.Tensor): (n, K, 2) as (x, y), in [0, 1] across the map.
+
+    Returns:
+      (torch.Tensor): the values (n, K).
+    """
     grid = coords[:, None] * 2 - 1  # n x 1 x K x 2 in grid_sample's [-1, 1]
     return F.grid_sample(maps[:, None], grid, align_corners=False)[:, 0, 0]
 
@@ -34,7 +59,19 @@ def point_sampled_mask_loss(low_res_logits: torch.Tensor, targets: torch.Tensor,
     """BCE + dice on `num_points` points per mask, most of them where the prediction is
     least certain, as the official SAM-HQ training does (after PointRend): the loss lands
     on boundaries and thin parts instead of the easy interior and background.
-    low_res_logits (n, h, w); targets (n, H, W) in [0, 1] at any resolution."""
+
+    Arguments:
+      low_res_logits (torch.Tensor): mask logits (n, h, w).
+      targets (torch.Tensor): (n, H, W) in [0, 1], at any resolution.
+      num_points (int): points per mask.
+      oversample (float): candidates drawn uniformly per point, among which the most
+        uncertain (logits nearest 0) are picked.
+      importance (float): the share of the points taken from the most uncertain candidates;
+        the rest are drawn uniformly.
+
+    Returns:
+      (torch.Tensor): the loss, a float32 scalar.
+    """
     n, device = low_res_logits.shape[0], low_res_logits.device
     with torch.no_grad():
         candidates = torch.rand(n, int(num_points * oversample), 2, device=device)

@@ -36,11 +36,31 @@ HQ_PARAMETER_PREFIXES = (
 
 
 def is_hq_parameter(name: str) -> bool:
+    """Whether a parameter belongs to the HQ part of the model, which the "hq" phase trains.
+
+    Arguments:
+      name (str): the parameter's name in SamHQModel.named_parameters().
+
+    Returns:
+      (bool): whether it starts with one of HQ_PARAMETER_PREFIXES.
+    """
     return name.startswith(HQ_PARAMETER_PREFIXES)
 
 
 def set_trainable(model: SamHQModel, phase: str) -> List[torch.nn.Parameter]:
-    """Freeze the model for a phase; return the parameters that train."""
+    """Freeze the model for a phase: "sam" trains every parameter but the HQ ones, "hq" the
+    HQ ones alone.
+
+    Arguments:
+      model (SamHQModel): the model; its parameters' requires_grad is set.
+      phase (str): "sam" or "hq".
+
+    Returns:
+      (list(torch.nn.Parameter)): the parameters that train.
+
+    Raises:
+      ValueError: for an unknown phase, or "hq" on a plain SAM model.
+    """
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     if phase == "hq" and not model.mask_decoder.hq:
@@ -66,13 +86,33 @@ class Batch:
     targets: List[torch.Tensor]
 
     def to(self, device: torch.device) -> "Batch":
+        """Move every tensor of the batch to `device`.
+
+        Arguments:
+          device (torch.device): where the tensors go.
+
+        Returns:
+          (Batch): a new batch with the moved tensors.
+        """
         return Batch(self.pixel_values.to(device), [b.to(device) for b in self.boxes], [t.to(device) for t in self.targets])
 
 
 def phase_logits(model: SamHQModel, phase: str, image_embeddings: torch.Tensor, early: torch.Tensor,
                  boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mask logits (P, 1, s, s) and IoU predictions (P,) of one image's boxes, from the mask
-    source that `phase` trains."""
+    """Predict masks for one image's boxes from the mask source that `phase` trains, all
+    boxes in one chunk.
+
+    Arguments:
+      model (SamHQModel): the model.
+      phase (str): "sam" or "hq".
+      image_embeddings (torch.Tensor): the image's embeddings (1, C, h, w).
+      early (torch.Tensor): its intermediate embeddings (1, h, w, vit_dim).
+      boxes (torch.Tensor): (P, 4) xyxy in the S x S frame.
+
+    Returns:
+      (torch.Tensor): mask logits (P, 1, s, s).
+      (torch.Tensor): IoU predictions (P,).
+    """
     out = model(image_embeddings=image_embeddings, intermediate_embeddings=early, input_boxes=boxes[None],
                 multimask_output=False, mask_source=PHASE_MASK_SOURCE[phase],
                 prompt_chunk_size=len(boxes))
@@ -80,8 +120,22 @@ def phase_logits(model: SamHQModel, phase: str, image_embeddings: torch.Tensor, 
 
 
 def batch_loss(model: SamHQModel, phase: str, batch: Batch) -> Dict[str, torch.Tensor]:
-    """Loss of one batch for `phase`: {"loss", "mask_loss", "iou_loss", "iou"} (the last is
-    the mean IoU of the thresholded masks, for progress reports)."""
+    """Loss of one batch for `phase`. The IoU head's loss is the "sam" phase's alone; in the
+    "hq" phase the image encoder runs without autograd.
+
+    Arguments:
+      model (SamHQModel): the model.
+      phase (str): "sam" or "hq".
+      batch (Batch): the images, boxes and targets, on the model's device.
+
+    Returns:
+      (dict(str, torch.Tensor)): scalars {"loss", "mask_loss", "iou_loss", "iou"}: "loss" is
+        the sum of the two losses, and "iou" the mean IoU of the thresholded masks, for
+        progress reports.
+
+    Raises:
+      ValueError: for a batch without boxes.
+    """
     size = model.config.vision_config.image_size
     with torch.set_grad_enabled(phase == "sam" and torch.is_grad_enabled()):
         embeddings, early = model.get_image_embeddings(batch.pixel_values)
@@ -111,7 +165,24 @@ def train_phase(model: SamHQModel, phase: str, batches: Iterator[Batch], steps: 
                 log: Optional[Callable[[str], None]] = None) -> List[Dict[str, float]]:
     """Train `phase` for `steps` AdamW steps (linear warm-up, cosine decay to zero, gradient
     norm clipped at 1). Logs the running loss and mask IoU every `log_every` steps with the
-    elapsed time (to stdout unless `log` is given); returns those log records."""
+    elapsed time (to stdout unless `log` is given). Leaves the model in eval mode with every
+    parameter trainable again.
+
+    Arguments:
+      model (SamHQModel): the model, trained in place.
+      phase (str): "sam" or "hq".
+      batches (Iterator[Batch]): at least `steps` batches, on the model's device.
+      steps (int): optimisation steps.
+      lr (float): the peak learning rate.
+      weight_decay (float): AdamW's weight decay.
+      warmup_steps (int): steps of the linear warm-up.
+      log_every (int): steps between log records (and after the last step).
+      log (callable or None): takes each log line; default print to stdout.
+
+    Returns:
+      (list(dict(str, float))): the log records: the losses and IoU of `batch_loss`, averaged
+        over the steps since the last record, with the step and the seconds elapsed.
+    """
     log = log or functools.partial(print, flush=True)
     params = set_trainable(model, phase)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

@@ -108,7 +108,14 @@ def _shape_mask(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarr
 
 
 def tight_box(mask: np.ndarray) -> np.ndarray:
-    """xyxy box of a non-empty mask, with x2/y2 one past the last pixel."""
+    """The tight box of a mask.
+
+    Arguments:
+      mask (np.ndarray): bool (H, W), not empty.
+
+    Returns:
+      (np.ndarray): float32 (4,) xyxy, with x2/y2 one past the last pixel.
+    """
     ys, xs = np.nonzero(mask)
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
 
@@ -116,7 +123,20 @@ def tight_box(mask: np.ndarray) -> np.ndarray:
 def make_scene(rng: np.random.Generator, height: int = 256, width: int = 256, max_objects: int = 4,
                box_jitter: float = 0.05, min_visible_pixels: int = 30) -> Scene:
     """One scene with 1..max_objects labelled objects (objects hidden below
-    `min_visible_pixels` by occlusion are dropped) and unlabelled clutter."""
+    `min_visible_pixels` by occlusion are dropped) and unlabelled clutter.
+
+    Arguments:
+      rng (np.random.Generator): the source of randomness.
+      height (int): the image's height in pixels.
+      width (int): the image's width in pixels.
+      max_objects (int): labelled objects drawn, at most.
+      box_jitter (float): standard deviation of the boxes' noise, relative to their size.
+      min_visible_pixels (int): the smallest visible region an object is kept with.
+
+    Returns:
+      (Scene): the image (H, W, 3), masks (N, H, W), boxes (N, 4) and kinds of the N objects
+        kept.
+    """
     image = _texture(rng, height, width)
     for _ in range(int(rng.integers(3, 8))):  # clutter: small unlabelled blobs
         blob = _shape_mask("ellipse", rng, height, width) & (rng.random((height, width)) < 0.9)
@@ -146,7 +166,16 @@ def make_scene(rng: np.random.Generator, height: int = 256, width: int = 256, ma
 def coarsen(mask: np.ndarray, cell: int = 8, coverage: float = 0.25) -> np.ndarray:
     """A coarse annotation of a mask, like polygon labels of large datasets: the mask on a
     grid of `cell` x `cell` blocks, a block kept when at least `coverage` of it is covered.
-    Thin parts turn into blocky bands and boundaries into staircases."""
+    Thin parts turn into blocky bands and boundaries into staircases.
+
+    Arguments:
+      mask (np.ndarray): bool (H, W).
+      cell (int): the block side in pixels.
+      coverage (float): the share of a block the mask must cover for the block to be kept.
+
+    Returns:
+      (np.ndarray): bool (H, W), the coarse mask.
+    """
     h, w = mask.shape
     ph, pw = -h % cell, -w % cell
     padded = np.pad(mask, ((0, ph), (0, pw)))

@@ -20,20 +20,19 @@ import torch
 from samhq_core import SamHQModel
 from samhq_core.training.recipe import set_trainable, train_phase
 
-from ..config import FinetuneConfig, StorageConfig
-from ..storage import Location, is_local, plain_path, s3_options
+from ..config import FinetuneConfig
+from ..storage import Location, s3_options
 from .data import LabelledImages, training_batches
 from .plan import plan_finetune
 from .report import report
 from .scoring import evaluate
 
 
-def save_checkpoint(model: SamHQModel, url: str, storage: StorageConfig) -> None:
+def save_checkpoint(model: SamHQModel, destination: Location) -> None:
     """save_pretrained to a local directory or, through a temporary one, to an fsspec URL."""
-    if is_local(url):
-        model.save_pretrained(plain_path(url))
+    if destination.is_local:
+        model.save_pretrained(destination.path)
         return
-    destination = Location(url, storage)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         for name in os.listdir(tmp):
@@ -78,9 +77,10 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] = print, relativ
     seconds = time.perf_counter() - start
     after = evaluate(model, validation)
     log(f"after: {json.dumps(after)}")
-    save_checkpoint(model.cpu(), config.model.output, config.storage)
+    output = Location(config.model.output, config.storage)
+    save_checkpoint(model.cpu(), output)
     skipped = train_source.skipped + (validation_source.skipped if validation_source is not train_source else Counter())
     text = report(before, after, skipped, config, seconds, trainable)
-    with Location(config.model.output, config.storage).join("finetune_report.md").open_for_write() as f:
+    with output.join("finetune_report.md").open_for_write() as f:
         f.write(text.encode("utf-8"))
     return text

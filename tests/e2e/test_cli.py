@@ -167,3 +167,25 @@ def test_console_script_is_the_cli():
     script = shutil.which("samhq-annotate") or os.path.join(os.path.dirname(sys.executable), "samhq-annotate")
     proc = run([script, "schema", "finetune"])
     assert proc.stdout == config_schema("finetune")
+
+
+def imported_modules(args, cwd):
+    """The top-level packages a `python -m pipeline` command imported (python -X importtime)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline", *args], capture_output=True,
+                          text=True, env=env(), cwd=cwd, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def test_help_exports_and_review_import_neither_torch_nor_ray(tmp_path):
+    """What only reads a job's output, and the help, start quickly: no torch, no Ray."""
+    from helpers.review_data import write_job
+
+    job = write_job(str(tmp_path / "job"), 12)
+    for args in (["--help"], ["run", "--help"],
+                 ["export", "--format", "coco-polygons", "--input", job["output"], "--output", str(tmp_path / "c.json")],
+                 ["export", "--format", "label-studio", "--input", job["output"], "--output", str(tmp_path / "l.json")],
+                 ["review", "--input", job["output"], "--out", str(tmp_path / "page")]):
+        modules = imported_modules(args, tmp_path)
+        assert "pipeline" in modules and not modules & {"torch", "ray"}, (args, sorted(modules & {"torch", "ray"}))

@@ -1,22 +1,15 @@
 """Every config the package reads, as typed sections (pydantic), each problem reported at once
 as `section.key: what is wrong`: the job's (`job`), fine-tuning's (`finetune`), the sections
-both take (`shared`), the machinery (`base`) and the YAML files they come from
+both take (`shared`), the machinery (`base`, `errors`) and the YAML files they come from
 (`yaml_source`)."""
 
-from .base import ConfigError, Section, Sections
-from .finetune import (
-    DataConfig,
-    FinetuneConfig,
-    FinetuneModelConfig,
-    TrainingConfig,
-    load_finetune_config,
-    parse_finetune_config,
-)
+from .base import Section, Sections
+from .errors import ConfigError
+from .finetune import DataConfig, FinetuneConfig, FinetuneModelConfig, TrainingConfig
 from .job import ComputeConfig, InputConfig, JobConfig, ModelConfig, OutputConfig, load_config, parse_config
 from .shared import HUB_CREDENTIALS, ImageSourceConfig, StorageConfig
 from .yaml_source import apply_overrides, read_yaml
 
 __all__ = ["HUB_CREDENTIALS", "ComputeConfig", "ConfigError", "DataConfig", "FinetuneConfig", "FinetuneModelConfig",
            "ImageSourceConfig", "InputConfig", "JobConfig", "ModelConfig", "OutputConfig", "Section", "Sections",
-           "StorageConfig", "TrainingConfig", "apply_overrides", "load_config", "load_finetune_config", "parse_config",
-           "parse_finetune_config", "read_yaml"]
+           "StorageConfig", "TrainingConfig", "apply_overrides", "load_config", "parse_config", "read_yaml"]

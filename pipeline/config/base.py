@@ -6,6 +6,9 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type, Ty
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from .errors import ConfigError
+from .yaml_source import read_yaml
+
 S = TypeVar("S", bound="Section")
 C = TypeVar("C", bound="Sections")
 # Keys that would put credentials into a config file.
@@ -14,14 +17,6 @@ _CREDENTIAL_KEYS = {"key", "secret", "token", "hf_token", "aws_access_key_id", "
 _CROSS_CHECK = "cross_check"
 _EXPECTED = {"string_type": "a string", "int_type": "an integer", "float_type": "a number", "bool_type": "true/false",
              "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
-
-
-class ConfigError(ValueError):
-    """A config with one or more problems; `problems` lists them all."""
-
-    def __init__(self, problems: List[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class Section(BaseModel):
@@ -56,6 +51,11 @@ class Sections(BaseModel):
     def to_dict(self) -> Dict[str, Any]:
         """As plain JSON data (what `parse` takes back)."""
         return self.model_dump(mode="json")
+
+    @classmethod
+    def load(cls: Type[C], path: str, overrides: Optional[List[str]] = None) -> C:
+        """From a YAML file, with `key.sub=value` overrides (values parsed as YAML) applied."""
+        return cls.parse(read_yaml(path, overrides))
 
     @classmethod
     def parse(cls: Type[C], data: Mapping[str, Any]) -> C:

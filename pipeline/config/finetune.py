@@ -9,7 +9,6 @@ from pydantic import Field
 from ..schema import GROUND_TRUTH_MASKS
 from .base import Section, Sections
 from .shared import HUB_CREDENTIALS, ImageSourceConfig, StorageConfig
-from .yaml_source import read_yaml
 
 
 class DataConfig(ImageSourceConfig):
@@ -62,12 +61,3 @@ class FinetuneConfig(Sections):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="The optimisation.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Object-store settings.")
 
-
-def load_finetune_config(path: str, overrides: Optional[List[str]] = None) -> FinetuneConfig:
-    """Read a YAML fine-tuning config and apply `key.sub=value` overrides."""
-    return parse_finetune_config(read_yaml(path, overrides))
-
-
-def parse_finetune_config(data: Mapping[str, Any]) -> FinetuneConfig:
-    """Build a FinetuneConfig from plain data, collecting every problem into one ConfigError."""
-    return FinetuneConfig.parse(data)

@@ -15,7 +15,6 @@ from samhq_core.config import PROMPT_CHUNK_SIZE_ACCELERATOR, PROMPT_CHUNK_SIZE_C
 from ..schema import RESULT_COLUMNS
 from .base import Section, Sections
 from .shared import HUB_CREDENTIALS, ImageSourceConfig, StorageConfig
-from .yaml_source import read_yaml
 
 OutputMode = Literal["error", "overwrite", "resume"]  # the first is the default
 OnBadFile = Literal["fail", "skip"]
@@ -130,10 +129,10 @@ class JobConfig(Sections):
 
 
 def load_config(path: str, overrides: Optional[List[str]] = None) -> JobConfig:
-    """Read a YAML job config and apply `key.sub=value` overrides (values parsed as YAML)."""
-    return parse_config(read_yaml(path, overrides))
+    """Read a YAML job config (`Sections.load`)."""
+    return JobConfig.load(path, overrides)
 
 
 def parse_config(data: Mapping[str, Any]) -> JobConfig:
-    """Build a JobConfig from plain data, collecting every problem."""
+    """Build a JobConfig from plain data (`Sections.parse`)."""
     return JobConfig.parse(data)

@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from .base import ConfigError
+from .errors import ConfigError
 
 
 def read_yaml(path: str, overrides: Optional[List[str]] = None) -> Dict[str, Any]:

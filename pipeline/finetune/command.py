@@ -14,9 +14,9 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from ..config import load_finetune_config
+    from ..config import FinetuneConfig
     from .run import finetune
 
-    config = load_finetune_config(args.config, args.set)
+    config = FinetuneConfig.load(args.config, args.set)
     print(finetune(config, log=lambda message: print(message, flush=True), relative_to=args.relative_to))
     return 0

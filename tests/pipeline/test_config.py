@@ -7,7 +7,7 @@ import pytest
 import yaml
 from helpers.paths import ROOT
 
-from pipeline.config import ConfigError, load_config, parse_config, parse_finetune_config, read_yaml
+from pipeline.config import ConfigError, FinetuneConfig, load_config, parse_config, read_yaml
 from samhq_core import MaskSource
 
 
@@ -58,7 +58,7 @@ def test_overrides(tmp_path):
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
 def test_shipped_configs_are_valid(path):
     if os.path.basename(path).startswith("finetune"):
-        parse_finetune_config(read_yaml(path))
+        FinetuneConfig.parse(read_yaml(path))
     else:
         load_config(path)
 

@@ -10,7 +10,7 @@ import yaml
 from helpers.pipeline_data import labelled_parquet
 
 from pipeline.cli import main
-from pipeline.config import ConfigError, parse_finetune_config
+from pipeline.config import ConfigError, FinetuneConfig
 from pipeline.finetune.data import in_validation
 from samhq_core import SamHQModel
 from samhq_core.training.demo_model import demo_config
@@ -19,7 +19,7 @@ from samhq_core.training.recipe import HQ_PARAMETER_PREFIXES
 
 def test_config_problems_are_collected():
     with pytest.raises(ConfigError) as info:
-        parse_finetune_config({"data": {"train": "x", "id_column": "id", "boxes_column": "b", "box_format": "yxyx"},
+        FinetuneConfig.parse({"data": {"train": "x", "id_column": "id", "boxes_column": "b", "box_format": "yxyx"},
                                "model": {"checkpoint": "c"}, "training": {"steps": 0, "lr": "fast"}})
     text = str(info.value)
     for problem in ("image_column", "box_format", "missing required key 'output'", "training.steps",

@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from .mask_source import MaskSource
+
 VARIANTS = ("vit_b", "vit_l", "vit_h", "vit_tiny")
 # Prompts the decoder takes at once unless told (`SamHQModel.decode_flat`): on a CPU 4 is as
 # fast as 1 when the cores are the process's own and holds up best when other processes share
@@ -116,6 +118,9 @@ class SamHQConfig:
     prompt_encoder_config: SamHQPromptEncoderConfig = field(default_factory=SamHQPromptEncoderConfig)
     mask_decoder_config: SamHQMaskDecoderConfig = field(default_factory=SamHQMaskDecoderConfig)
     model_type: str = "sam_hq"
+    # The mask source (a MaskSource value) the checkpoint's makers recommend, e.g. "hq_only"
+    # for a model whose HQ token was trained alone; None: the official SAM + HQ output.
+    mask_source: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -124,6 +129,11 @@ class SamHQConfig:
         """Raise ValueError if the sub-configs disagree with each other."""
         v, p, d = self.vision_config, self.prompt_encoder_config, self.mask_decoder_config
         problems = []
+        if self.mask_source is not None and self.mask_source not in {m.value for m in MaskSource}:
+            problems.append(f"mask_source must be one of {', '.join(m.value for m in MaskSource)} or null, got "
+                            f"{self.mask_source!r}")
+        if self.mask_source == MaskSource.HQ_ONLY and not d.hq:
+            problems.append("mask_source hq_only needs an HQ mask decoder (mask_decoder_config.hq)")
         if v.encoder_type not in ("vit", "tiny_vit"):
             problems.append(f"vision_config.encoder_type must be 'vit' or 'tiny_vit', got {v.encoder_type!r}")
         if p.image_size != v.image_size:
@@ -186,6 +196,16 @@ class SamHQConfig:
                      if all(getattr(v, key) == value for key, value in preset.items())), None)
 
     @property
+    def default_mask_source(self) -> MaskSource:
+        """The mask source to use when the caller names none: the checkpoint's recommendation
+        (`mask_source`), else the official SAM + HQ output.
+
+        Returns:
+          (MaskSource): the mask source.
+        """
+        return MaskSource(self.mask_source) if self.mask_source is not None else MaskSource.SAM_PLUS_HQ
+
+    @property
     def embedding_size(self) -> Tuple[int, int]:
         """Spatial size of the image embedding: a sixteenth of the input size per side.
 
@@ -209,8 +229,9 @@ class SamHQConfig:
         that transformers writes and this model has no use for are dropped.
 
         Arguments:
-          data (dict): the config, with model_type "sam_hq" or "sam" (or none) and the
-            sections vision_config, prompt_encoder_config and mask_decoder_config.
+          data (dict): the config, with model_type "sam_hq" or "sam" (or none), the sections
+            vision_config, prompt_encoder_config and mask_decoder_config, and optionally the
+            recommended mask_source.
 
         Returns:
           (SamHQConfig): the validated config.
@@ -230,7 +251,7 @@ class SamHQConfig:
             kwargs[section] = section_cls(**kept)
         if unknown:
             raise ValueError(f"config has keys this model does not know: {', '.join(sorted(unknown))}")
-        return cls(**kwargs)
+        return cls(**kwargs, mask_source=data.get("mask_source"))
 
     def save(self, path: str) -> None:
         """Write the config as JSON (`to_dict`, keys sorted), in the layout of a `config.json`.

@@ -74,10 +74,11 @@ class ModelConfig(Section):
                                                      "tensor shapes when omitted.")
     sha256: Optional[str] = Field(None, description="Expected hex digest of the weights file, checked before loading.")
     # Not strict: YAML gives the value as a string.
-    mask_source: MaskSource = Field(MaskSource.SAM_PLUS_HQ, strict=False,
-                                    description="sam_plus_hq: SAM's mask plus the HQ term (the official output); "
-                                                "hq_only: the HQ token's mask alone; sam_only: SAM's mask without "
-                                                "HQ, the baseline to compare HQ against.")
+    mask_source: Optional[MaskSource] = Field(
+        None, strict=False, description="sam_plus_hq: SAM's mask plus the HQ term (the official output); hq_only: "
+                                        "the HQ token's mask alone; sam_only: SAM's mask without HQ, the baseline to "
+                                        "compare HQ against. Default: what the checkpoint's config.json recommends "
+                                        "(its mask_source), else sam_plus_hq.")
     multimask_output: bool = Field(False, description="Keep the best of 3 candidate masks per box by predicted IoU.")
     mask_threshold: float = Field(0.0, description="Threshold on the mask logits.")
     dtype: DType = Field("float32", description="float32, or bfloat16 autocast (the prompt encoder stays in fp32).")

@@ -61,7 +61,7 @@ def run_demo(workdir: str, num_images: int = 8, checkpoint: Optional[str] = None
         "input": {"path": input_path, "id_column": "image_id", "image_column": "image", "boxes_column": "boxes",
                   "category_column": "labels"},
         "output": {"path": output, "mode": "overwrite"},
-        "model": {"checkpoint": checkpoint, "mask_source": "hq_only"},
+        "model": {"checkpoint": checkpoint},
         "compute": {"num_actors": 1, "batch_size": 4, "torch_threads": os.cpu_count() or 1},
     })
     stderr = connect()

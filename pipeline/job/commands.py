@@ -47,6 +47,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .dataset import model_name
 
     plan = _plan(args)
+    for note in plan.notes:
+        print(note)
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if os.environ.get("RAY_ADDRESS"):

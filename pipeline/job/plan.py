@@ -35,6 +35,7 @@ class JobPlan:
     model_config: SamHQConfig
     output: JobOutput
     warnings: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # what the plan decided that the config left open
     resume: ResumeState = field(default_factory=ResumeState)
     retry: Optional[RetryState] = None  # set for a --retry-errors pass
 
@@ -92,7 +93,13 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
     if problems:
         raise ConfigError(problems)
     assert scan is not None and model_config is not None
-    return JobPlan(config, scan, model_config, output, warnings, resume, retry)
+    notes = []
+    if config.model.mask_source is None:
+        source = model_config.default_mask_source
+        config = config.model_copy(update={"model": config.model.model_copy(update={"mask_source": source})})
+        notes.append(f"model.mask_source: {source.value}, " + ("as the checkpoint's config.json recommends"
+                                                              if model_config.mask_source else "the official output"))
+    return JobPlan(config, scan, model_config, output, warnings, notes, resume, retry)
 
 
 def read_columns(config: JobConfig) -> List[str]:

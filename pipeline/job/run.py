@@ -81,6 +81,8 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
     start = time.perf_counter()
     plan = plan or plan_job(config)
     config = plan.config
+    for note in plan.notes:
+        log(note)
     for warning in plan.warnings:
         log(f"warning: {warning}")
     idle = nothing_to_do(plan)

@@ -60,6 +60,7 @@ class _Image:
 _MASK_SOURCES = {MaskSource.SAM_PLUS_HQ: "SAM's mask plus the HQ term (as official)",
                  MaskSource.HQ_ONLY: "the HQ token's mask (model.mask_source: hq_only)",
                  MaskSource.SAM_ONLY: "SAM's mask only (model.mask_source: sam_only)"}
+_CHECKPOINTS_SOURCE = "the mask source the checkpoint recommends"
 
 
 class ModelUDF(StageUDF):
@@ -82,6 +83,7 @@ class ModelUDF(StageUDF):
         if self.device.type == "cuda":  # the weights' copies finish before another thread's stream reads them
             torch.cuda.synchronize(self.device)
         self.processor = SamHQProcessor.for_model(self.model)
+        self.mask_source = model.mask_source or self.model.config.default_mask_source
         self.encode: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = self.model.get_image_embeddings
         self.decode: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = self.model.decode_flat
         if model.compile:
@@ -121,7 +123,7 @@ class ModelUDF(StageUDF):
             ),
             description=f"{actors} ({compute.num_cpus_per_actor:g} CPU, {num_gpus:g} GPU each) on {device}: "
                         f"{model_name}, batches of {compute.batch_size}, {model.dtype}, "
-                        f"{_MASK_SOURCES[model.mask_source]}",
+                        f"{_MASK_SOURCES[model.mask_source] if model.mask_source else _CHECKPOINTS_SOURCE}",
             required_columns=(PIXELS, RESIZED_HW, BOXES, IMAGE_SIZE, BOX_ERRORS),
             dropped_columns=(PIXELS, BOXES),
             actors=actor_pool(compute),
@@ -202,7 +204,7 @@ class ModelUDF(StageUDF):
         with self._autocast(), self._model_turn:
             logits, scores = self.decode(
                 embeddings, intermediate, image_index, boxes=boxes, multimask_output=self.config.multimask_output,
-                mask_source=self.config.mask_source, prompt_chunk_size=self.config.box_chunk_size,
+                mask_source=self.mask_source, prompt_chunk_size=self.config.box_chunk_size,
             )
         starts = [sum(counts[:k]) for k in range(len(counts))]
         return [(logits[start : start + n, 0], scores[start : start + n, 0]) for start, n in zip(starts, counts,

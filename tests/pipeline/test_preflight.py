@@ -18,6 +18,7 @@ from helpers.pipeline_data import sample_rows, write_rows
 from PIL import Image
 
 from pipeline.cli import main
+from samhq_core import MaskSource
 
 
 @pytest.fixture
@@ -61,6 +62,25 @@ def test_a_valid_job_passes(job, capsys):
     assert job.run() == 0
     out = capsys.readouterr().out
     assert "config OK" in out and "2 rows in 1 file," in out and "ViT 64x4 SAM-HQ at 256 px" in out
+
+
+def test_the_mask_source_follows_the_checkpoint_unless_the_config_names_one(job, capsys):
+    """The demo model's config.json recommends its HQ token alone; a checkpoint without a
+    recommendation gets the official output; a configured source wins over both."""
+    from pipeline.config import load_config
+    from pipeline.demo.dataset import DEMO_CHECKPOINT
+    from pipeline.job.plan import plan_job
+
+    assert job.run() == 0
+    assert "model.mask_source: sam_plus_hq, the official output" in capsys.readouterr().out
+    job.config["model"]["checkpoint"] = DEMO_CHECKPOINT
+    assert job.run() == 0
+    assert "model.mask_source: hq_only, as the checkpoint's config.json recommends" in capsys.readouterr().out
+    assert plan_job(load_config(str(job.path))).config.model.mask_source == MaskSource.HQ_ONLY
+    job.config["model"]["mask_source"] = "sam_only"
+    assert job.run() == 0
+    assert "model.mask_source" not in capsys.readouterr().out
+    assert plan_job(load_config(str(job.path))).config.model.mask_source == MaskSource.SAM_ONLY
 
 
 @pytest.mark.parametrize("key, value", [

@@ -1,7 +1,9 @@
 """The machinery every config file shares: sections of strictly typed keys (pydantic), parsed
 with every problem collected and worded as `section.key: what is wrong`."""
 
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
+import difflib
+import re
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple, Type, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -65,7 +67,7 @@ class Sections(BaseModel):
         known = cls.model_fields
         for name in data:
             if name not in known:
-                problems.append(f"unknown section {name!r} (known: {', '.join(known)})")
+                problems.append(f"unknown section {name!r}{did_you_mean(name, known)} (known: {', '.join(known)})")
         for name, info in known.items():
             section_cls = info.annotation
             assert isinstance(section_cls, type) and issubclass(section_cls, Section)
@@ -98,22 +100,37 @@ def _parse_section(cls: Type[Section], raw: Dict[str, Any]) -> Tuple[Optional[Se
         parsed: Optional[Section] = cls.model_validate(raw)
     except ValidationError as e:
         parsed = None
-        problems += [_problem(cls, error) for error in e.errors() if error["type"] != _CROSS_CHECK]
+        errors = [error for error in e.errors() if error["type"] != _CROSS_CHECK]
+        unknown = [str(error["loc"][0]) for error in errors if error["type"] == "extra_forbidden"]
+        # A misspelt key is the cause of the missing key it stands for: it is named first.
+        errors.sort(key=lambda error: error["type"] != "extra_forbidden")
+        problems += [_problem(cls, error, unknown) for error in errors]
     return parsed, problems + cls.cross_checks(raw)
 
 
-def _problem(cls: Type[Section], error: Any) -> str:
-    """One pydantic error as `section.key: what is wrong`."""
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """" (did you mean 'x'?)" for the choice closest to a misspelt `word`, or "" when none is close."""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _problem(cls: Type[Section], error: Any, unknown_keys: List[str]) -> str:
+    """One pydantic error as `section.key: what is wrong`; `unknown_keys`: the section's keys
+    that are no keys of it (a missing key may be one of them, misspelt)."""
     loc, kind, section = error["loc"], error["type"], cls.section
     where = f"{section}.{loc[0]}" + "".join(f"[{part}]" for part in loc[1:]) if loc else section
     if kind == "missing":
-        return f"{section}: missing required key {loc[0]!r}"
+        typo = difflib.get_close_matches(str(loc[0]), unknown_keys, n=1, cutoff=0.6)
+        return f"{section}: missing required key {loc[0]!r}" + (f" (is {typo[0]!r} it, misspelt?)" if typo else "")
     if kind == "extra_forbidden":
-        return f"{section}: unknown key {loc[0]!r} (known: {', '.join(cls.model_fields)})"
+        return (f"{section}: unknown key {loc[0]!r}{did_you_mean(str(loc[0]), cls.model_fields)} "
+                f"(known: {', '.join(cls.model_fields)})")
     if kind in _EXPECTED:
         return f"{where}: expected {_EXPECTED[kind]}, got {error['input']!r}"
     if kind in ("literal_error", "enum"):
-        return f"{where}: must be one of {error['ctx']['expected']}, got {error['input']!r}"
+        values = re.findall(r"'([^']*)'", error["ctx"]["expected"])
+        hint = did_you_mean(error["input"], values) if isinstance(error["input"], str) else ""
+        return f"{where}: must be one of {error['ctx']['expected']}, got {error['input']!r}{hint}"
     if kind == "greater_than_equal":
         return f"{where}: must be >= {error['ctx']['ge']}"
     if kind == "greater_than":

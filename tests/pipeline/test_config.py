@@ -88,3 +88,26 @@ def test_committed_json_schema_is_current_and_agrees_with_the_parser(kind):
     bad.setdefault(section, {})["batch_size"] = "4"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_misspelt_keys_values_and_sections_get_the_closest_name_first():
+    data = minimal()
+    data["input"]["id_colum"] = data["input"].pop("id_column")
+    data["input"]["box_format"] = "xywhh"
+    data["model"]["mask_source"] = "hq-only"
+    data["compte"] = {}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    problems = err.value.problems
+    assert problems[0].startswith("unknown section 'compte' (did you mean 'compute'?)")
+    typo = problems.index(next(p for p in problems if p.startswith("input: unknown key 'id_colum'")))
+    assert "(did you mean 'id_column'?)" in problems[typo]
+    assert problems[typo + 1] == "input: missing required key 'id_column' (is 'id_colum' it, misspelt?)"
+    assert any(p.startswith("input.box_format: must be one of") and p.endswith("(did you mean 'xywh'?)") for p in problems)
+    assert any(p.endswith("got 'hq-only' (did you mean 'hq_only'?)") for p in problems)
+    # A name that is close to nothing gets no guess.
+    data = minimal()
+    data["input"]["zzz"] = 1
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "did you mean" not in err.value.problems[0]

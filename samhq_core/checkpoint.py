@@ -235,6 +235,7 @@ class PretrainedModel(nn.Module):
         config: Optional[SamHQConfig] = None
         weights = local
         if os.path.isdir(local):
+            check_hf_directory(local, src)
             weights = os.path.join(local, HF_WEIGHTS)
             config = SamHQConfig.load(os.path.join(local, HF_CONFIG))
         if sha256 is not None:
@@ -278,6 +279,8 @@ class PretrainedModel(nn.Module):
         weights = path
         if _is_directory(fs, path):
             config_path, weights = f"{path.rstrip('/')}/{HF_CONFIG}", f"{path.rstrip('/')}/{HF_WEIGHTS}"
+            if isinstance(fs, LocalFileSystem):
+                check_hf_directory(path, src)
             missing = [name for name, file in ((HF_CONFIG, config_path), (HF_WEIGHTS, weights))
                        if not _exists(fs, file)]
             if len(missing) == 2:
@@ -326,6 +329,33 @@ class PretrainedModel(nn.Module):
         if hf_layout:
             state = from_hf_state_dict(state, list(model.state_dict()))
         return model, state
+
+
+def check_hf_directory(directory: str, src: str) -> None:
+    """Raise ValueError when a local directory given as a checkpoint holds neither file of the
+    HF layout: it is no checkpoint, and the message names the checkpoints one level down (the
+    usual slip: the parent of the checkpoint's directory).
+
+    Arguments:
+      directory (str): the local directory.
+      src (str): the source as the caller named it, for the message.
+
+    Raises:
+      ValueError: when the directory has neither config.json nor model.safetensors.
+    """
+    if any(os.path.exists(os.path.join(directory, name)) for name in (HF_CONFIG, HF_WEIGHTS)):
+        return
+    below = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if os.path.isfile(os.path.join(path, HF_CONFIG)) and os.path.isfile(os.path.join(path, HF_WEIGHTS)):
+            below.append(f"{os.path.join(src, name)} (HF layout)")
+        elif os.path.isfile(path) and name.endswith(WEIGHTS_SUFFIXES):
+            below.append(os.path.join(src, name))
+    found = (f"the checkpoints in it: {', '.join(below[:5])}{', ...' if len(below) > 5 else ''}" if below
+             else "nor does any entry of it look like one")
+    raise ValueError(f"{src} is a directory, not a checkpoint: it has neither {HF_CONFIG} nor {HF_WEIGHTS} (an "
+                     f"HF-layout checkpoint has both; an official checkpoint is a .pth file); {found}")
 
 
 def _source_fs(src: str, storage_options: Optional[dict]) -> Tuple[fsspec.AbstractFileSystem, str]:

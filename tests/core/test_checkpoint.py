@@ -81,6 +81,26 @@ def test_missing_file_is_a_clear_error(tmp_path):
         SamHQModel.from_pretrained(str(tmp_path / "nope.pth"))
 
 
+def test_a_directory_that_is_no_checkpoint_names_the_checkpoints_in_it(vit_pair, tmp_path):
+    """The parent of a checkpoint's directory is "not a checkpoint" (not "not found"), and the
+    message names what lies one level down; a directory with nothing of the kind says so."""
+    parent = tmp_path / "models"
+    vit_pair.ours.save_pretrained(str(parent / "mine"))
+    (parent / "notes.txt").write_text("")
+    (parent / "sam_hq_vit_b.pth").write_bytes(b"")
+    for load in (SamHQModel.from_pretrained, SamHQModel.config_from_pretrained):
+        with pytest.raises(ValueError) as err:
+            load(str(parent))
+        assert str(err.value).startswith(f"{parent} is a directory, not a checkpoint: it has neither config.json nor "
+                                         "model.safetensors")
+        assert str(err.value).endswith(f"the checkpoints in it: {parent / 'mine'} (HF layout), "
+                                       f"{parent / 'sam_hq_vit_b.pth'}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="nor does any entry of it look like one"):
+        SamHQModel.config_from_pretrained(str(empty))
+
+
 def test_remote_sources_are_cached_once(vit_pair, tmp_path):
     """An fsspec URL (in-memory filesystem) for a .pth and for an HF directory: downloaded once
     per version of the file."""
@@ -196,7 +216,7 @@ def test_config_from_pretrained_checks_tensor_names_and_shapes(vit_pair, tmp_pat
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(ValueError, match="the file is empty"):
         SamHQModel.config_from_pretrained(str(tmp_path / "empty.pth"))
-    with pytest.raises(FileNotFoundError, match="neither a weights file nor a directory with config.json"):
+    with pytest.raises(ValueError, match="is a directory, not a checkpoint: it has neither config.json nor"):
         SamHQModel.config_from_pretrained(str(tmp_path))
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="is a directory without config.json: an HF-layout checkpoint has"):

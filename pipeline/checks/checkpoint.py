@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 from samhq_core import SamHQConfig
 
 from ..config import StorageConfig
-from ..storage import s3_options
+from ..storage import s3_options, store_problem
 
 
 def check_checkpoint(checkpoint: str, variant: Optional[str], storage: StorageConfig,
@@ -19,4 +19,4 @@ def check_checkpoint(checkpoint: str, variant: Optional[str], storage: StorageCo
     except (FileNotFoundError, ValueError) as e:
         return None, [f"{key}: {e}"]
     except Exception as e:  # noqa: BLE001 - permissions, endpoints, network: report what the store said
-        return None, [f"{key}: cannot read {checkpoint}: {type(e).__name__}: {e}"]
+        return None, [f"{key}: cannot read {checkpoint}: {store_problem(e, checkpoint)}"]

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import ConfigError
-from ..storage import Location
+from ..storage import Location, store_problem
 
 _FOOTER_THREADS = 32
 _FOOTER_TAIL_BYTES = 64 << 10  # a file's last bytes, fetched in one request: its footer, most often
@@ -70,7 +70,7 @@ def scan_input(location: Location, key: str, columns: Sequence[str], skip_bad: b
     except FileNotFoundError as e:
         raise ConfigError([f"{key}: {e}"]) from None
     except Exception as e:  # noqa: BLE001 - permissions, endpoints, credentials: report what the store said
-        raise ConfigError([f"{key}: cannot list {location.url}: {type(e).__name__}: {e}"]) from None
+        raise ConfigError([f"{key}: cannot list {location.url}: {store_problem(e, location.url)}"]) from None
     fs = location.fs
     wanted = set(columns)
 

@@ -5,7 +5,7 @@ import os
 from typing import List, Tuple
 
 from ..output import CHECKPOINT_DIR, JOB_FILE, SUCCESS_FILE, is_job_file
-from ..storage import Location, glob_root, within
+from ..storage import Location, glob_root, store_problem, within
 
 
 def place(location: Location) -> Tuple[str, str]:
@@ -51,7 +51,7 @@ def directory_entries(location: Location, key: str, why_directory: str) -> Tuple
             return [], [f"{key}: {location.url} is a file; {why_directory}"]
         return location.names(), []
     except Exception as e:  # noqa: BLE001 - permissions, endpoints, network
-        return [], [f"{key}: cannot list {location.url}: {type(e).__name__}: {e}"]
+        return [], [f"{key}: cannot list {location.url}: {store_problem(e, location.url)}"]
 
 
 def some(names: List[str], limit: int = 3) -> str:

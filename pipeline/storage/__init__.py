@@ -6,10 +6,11 @@ Credentials are never taken from a config: s3fs/botocore read the standard AWS e
 variables, shared config files and instance roles.
 """
 
+from .errors import store_problem
 from .location import Location, s3_options
 from .parquet import ParquetInput
 from .transient import TRANSIENT_ERRORS, is_transient
 from .urls import basename, glob_root, is_local, join, local_path, plain_path, store_root, uri_allowed, within
 
 __all__ = ["TRANSIENT_ERRORS", "Location", "ParquetInput", "basename", "glob_root", "is_local", "is_transient", "join",
-           "local_path", "plain_path", "s3_options", "store_root", "uri_allowed", "within"]
+           "local_path", "plain_path", "s3_options", "store_problem", "store_root", "uri_allowed", "within"]

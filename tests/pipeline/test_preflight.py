@@ -295,3 +295,22 @@ def test_footers_from_an_object_store(s3_endpoint, tmp_path):
     with pytest.raises(ConfigError, match=r"input.path: s3://scan/in/zz-corrupt.parquet is not a readable Parquet "
                                           r"file"):
         scan_input(Location("s3://scan/in/", storage), "input.path", ["id", "boxes"])
+
+
+def test_an_object_store_without_credentials_says_how_to_give_them(s3_endpoint, vit_pair, tmp_path):
+    config = {"input": {"path": "s3://no-credentials/in/", "id_column": "id", "image_column": "image",
+                        "boxes_column": "boxes"},
+              "output": {"path": str(tmp_path / "out")}, "model": {"checkpoint": vit_pair.pth},
+              "storage": {"endpoint_url": s3_endpoint}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "validate", "--config", str(path)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error: input.path")]
+    assert "cannot list s3://no-credentials/in/: NoCredentialsError: Unable to locate credentials; give the object " \
+           "store's credentials as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in line, line
+    assert line.endswith("or set storage.anonymous: true for a public bucket"), line

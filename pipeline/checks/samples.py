@@ -3,7 +3,7 @@ boxes that look like another box_format, image URIs that all lie outside the all
 prefixes, and ids that a resumed run could not tell apart."""
 
 import math
-from typing import List
+from typing import List, Tuple
 
 from ..config import JobConfig
 from ..ids import repeated_ids
@@ -46,28 +46,40 @@ def check_ids_unique(scan: InputScan, id_column: str) -> List[str]:
     return problems
 
 
-def box_format_warnings(scan: InputScan, boxes_column: str, box_format: str) -> List[str]:
-    """Warnings from the first rows of one file: boxes inverted under xyxy (the usual sign of
-    xywh boxes read as xyxy), or every coordinate within [0, 1] (normalised boxes, where the
-    pipeline takes absolute pixels)."""
+# Shares of the sampled boxes inverted under xyxy: from the first, a warning; above the
+# second ("most"), the job is refused unless told to go on (xywh boxes read as xyxy come out
+# inverted whenever w < x or h < y).
+INVERTED_WARNING_SHARE, INVERTED_REFUSAL_SHARE = 0.25, 0.5
+FORCE_BOX_FORMAT = "--force-box-format"
+
+
+def box_format_evidence(scan: InputScan, boxes_column: str, box_format: str) -> Tuple[List[str], List[str]]:
+    """(problems, warnings) from the first rows of one file. Most boxes inverted under xyxy
+    (the sign of xywh boxes read as xyxy), or every coordinate within [0, 1] (normalised boxes,
+    where the pipeline takes absolute pixels), is a problem: the whole job would make masks of
+    misread boxes. Fewer inverted boxes are a warning."""
     found = scan.first_rows(boxes_column)
     if found is None:
-        return []
+        return [], []
     first, values = found
     boxes = [box for row in values if isinstance(row, list)
              for box in row if isinstance(box, list) and len(box) == 4
              and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)]
     if not boxes:
-        return []
-    warnings = []
+        return [], []
+    problems, warnings = [], []
     sample = f"{len(boxes)} boxes in the first rows of {first.url}"
+    go_on = f"; if they are right as they are, run with {FORCE_BOX_FORMAT}"
     if box_format == "xyxy":
         inverted = sum(b[2] < b[0] or b[3] < b[1] for b in boxes)
-        if inverted >= max(1, 0.25 * len(boxes)):
-            warnings.append(f"input.box_format is xyxy, but {inverted} of {sample} have x2 < x1 or y2 < y1, as "
-                            "[x, y, width, height] boxes read as xyxy do; if the boxes are xywh, set "
-                            "input.box_format: xywh")
+        finding = (f"input.box_format is xyxy, but {inverted} of {sample} have x2 < x1 or y2 < y1, as [x, y, width, "
+                   "height] boxes read as xyxy do; if the boxes are xywh, set input.box_format: xywh")
+        if inverted > INVERTED_REFUSAL_SHARE * len(boxes):
+            problems.append(finding + go_on)
+        elif inverted >= max(1, INVERTED_WARNING_SHARE * len(boxes)):
+            warnings.append(finding)
     if all(0.0 <= v <= 1.0 for b in boxes for v in b) and any(v > 0 for b in boxes for v in b):
-        warnings.append(f"every coordinate of {sample} lies within [0, 1]: the pipeline takes boxes in absolute "
-                        "pixels; scale normalised boxes by the image width and height first")
-    return warnings
+        problems.append(f"input.boxes_column: every coordinate of {sample} lies within [0, 1]: the pipeline takes "
+                        "boxes in absolute pixels; scale normalised boxes by the image width and height first"
+                        + go_on)
+    return problems, warnings

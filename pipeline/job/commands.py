@@ -7,6 +7,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from ..checks.samples import FORCE_BOX_FORMAT
+
 if TYPE_CHECKING:
     from .plan import JobPlan
 
@@ -20,6 +22,9 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
         cmd.add_argument("--relative-to", default=None, metavar="DIR",
                          help="resolve the config's relative local paths against DIR (default: the working "
                               "directory); under `ray job submit` on this machine: --relative-to \"$PWD\"")
+        cmd.add_argument(FORCE_BOX_FORMAT, action="store_true",
+                         help="run even when the input's first boxes look like another box format than "
+                              "input.box_format says (most inverted under xyxy, or all within [0, 1])")
         cmd.add_argument("--retry-errors", action="store_true",
                          help="a second pass over the completed output at output.path: run again only the rows "
                               "whose error is transient (image reads that timed out, 5xx replies, lost connections; "
@@ -36,7 +41,8 @@ def _plan(args: argparse.Namespace) -> "JobPlan":
     from ..config import load_config
     from .plan import plan_job
 
-    return plan_job(load_config(args.config, args.set), relative_to=args.relative_to, retry_errors=args.retry_errors)
+    return plan_job(load_config(args.config, args.set), relative_to=args.relative_to, retry_errors=args.retry_errors,
+                    force_box_format=args.force_box_format)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from ..checks.columns import ColumnRule, check_columns, skip_files_with_bad_colu
 from ..checks.input_files import InputScan, scan_input
 from ..checks.output_dir import check_output
 from ..checks.paths import resolve_checkpoint, resolve_local_path, with_uri_prefixes
-from ..checks.samples import box_format_warnings, check_ids_unique, check_uri_sample
+from ..checks.samples import box_format_evidence, check_ids_unique, check_uri_sample
 from ..config import ConfigError, JobConfig, Section
 from ..output import JobOutput
 from ..storage import Location
@@ -44,11 +44,13 @@ class JobPlan:
         return self.model_config.vision_config.image_size
 
 
-def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors: bool = False) -> JobPlan:
+def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors: bool = False,
+             force_box_format: bool = False) -> JobPlan:
     """Every check that needs no Ray cluster; ConfigError listing every problem found.
     Relative local paths are resolved (`pipeline.checks.paths`) in the returned plan.
     `retry_errors`: plan a second pass over the completed output at output.path that runs
-    again only its rows with transient errors (`RetryState`)."""
+    again only its rows with transient errors (`RetryState`). `force_box_format`: boxes that
+    look like another box format than the configured one are a warning, not a problem."""
     config, problems = resolve_job_paths(config, relative_to)
     unresolved = {problem.split(":", 1)[0] for problem in problems}
     scan: Optional[InputScan] = None
@@ -70,7 +72,9 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
         column_problems = check_columns(scan, rules, "input.path")
         problems += column_problems
         if not column_problems and scan.files:
-            warnings += box_format_warnings(scan, config.input.boxes_column, config.input.box_format)
+            found, suspicious = box_format_evidence(scan, config.input.boxes_column, config.input.box_format)
+            problems, warnings = (problems, warnings + found) if force_box_format else (problems + found, warnings)
+            warnings += suspicious
             problems += check_uri_sample(scan, config)
             if config.output.mode == "resume":
                 problems += check_ids_unique(scan, config.input.id_column)

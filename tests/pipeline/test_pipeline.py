@@ -251,7 +251,8 @@ def test_summary_counts_why_boxes_got_no_mask_and_warns_of_xywh_boxes(ray_cluste
     os.makedirs(tmp_path / "input")
     write_rows(str(tmp_path / "input" / "part-0.parquet"), rows)
     lines = []
-    summary = run_job(job_config(tmp_path, checkpoint), log=lines.append, progress_interval=0.5)
+    config = job_config(tmp_path, checkpoint)
+    summary = run_job(config, plan_job(config, force_box_format=True), log=lines.append, progress_interval=0.5)
     assert summary.boxes == 18 and summary.masks == 0
     assert summary.box_reasons == {"inverted box (x2 < x1 or y2 < y1)": 16, "row failed (image_decode)": 2}
     (xywh, most) = summary.warnings()

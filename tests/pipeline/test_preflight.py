@@ -251,19 +251,35 @@ def test_shipped_examples_fail_with_one_clear_line_each_without_their_data(tmp_p
         assert "Traceback" not in proc.stderr
 
 
-def test_the_box_format_check_samples_the_input(job, capsys):
+def test_boxes_that_look_like_another_format_refuse_the_job_unless_forced(job, capsys):
+    """xywh boxes under box_format xyxy (most of the sampled boxes inverted), or normalised
+    ones: exit 2 before any work, unless --force-box-format says the boxes are right; a few
+    inverted boxes only warn."""
     rng = np.random.default_rng(0)
-    rows = []
-    for i in range(8):  # detector boxes as [x, y, w, h] in a 300 x 200 image
-        x, y = rng.uniform(50, 200, 2)
-        rows.append({**job.rows[0], "id": f"r{i}", "boxes": [[x, y, 40.0, 30.0]], "labels": ["a"]})
-    os.remove(job.input / "part-0.parquet")
-    write_rows(str(job.input / "part-0.parquet"), rows)
-    assert job.run() == 0
+
+    def write(boxes):
+        os.remove(job.input / "part-0.parquet")
+        write_rows(str(job.input / "part-0.parquet"), [{**job.rows[0], "id": f"r{i}", "boxes": [box], "labels": ["a"]}
+                                                       for i, box in enumerate(boxes)])
+
+    xywh = [[*rng.uniform(50, 200, 2), 40.0, 30.0] for _ in range(8)]  # detector boxes in a 300 x 200 image
+    write(xywh)
+    (problem,) = job.errors(capsys)
+    assert problem == (f"input.box_format is xyxy, but 8 of 8 boxes in the first rows of {job.input / 'part-0.parquet'} "
+                       "have x2 < x1 or y2 < y1, as [x, y, width, height] boxes read as xyxy do; if the boxes are "
+                       "xywh, set input.box_format: xywh; if they are right as they are, run with --force-box-format")
+    assert job.run("--force-box-format") == 0
     captured = capsys.readouterr()
-    assert ("warning: input.box_format is xyxy, but 8 of 8 boxes in the first rows of "
-            f"{job.input / 'part-0.parquet'} have x2 < x1 or y2 < y1") in captured.err
-    assert "config OK" in captured.out
+    assert "warning: input.box_format is xyxy, but 8 of 8 boxes" in captured.err and "config OK" in captured.out
+
+    write([[0.1, 0.2, 0.5, 0.6]] * 4)  # normalised
+    (problem,) = job.errors(capsys)
+    assert problem.startswith("input.boxes_column: every coordinate of 4 boxes in the first rows of ")
+    assert problem.endswith("run with --force-box-format")
+
+    write(xywh[:3] + [[10.0, 10.0, 90.0, 80.0]] * 5)  # 3 of 8 inverted: suspicious, not refused
+    assert job.run() == 0
+    assert "warning: input.box_format is xyxy, but 3 of 8 boxes" in capsys.readouterr().err
 
 
 def test_footers_from_an_object_store(s3_endpoint, tmp_path):

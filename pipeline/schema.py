@@ -89,8 +89,9 @@ def is_image_struct(t: pa.DataType) -> bool:
     return ((pa.types.is_binary(data) or pa.types.is_large_binary(data) or pa.types.is_null(data))
             and (pa.types.is_string(path) or pa.types.is_large_string(path) or pa.types.is_null(path)))
 
-# "id": the row's id is null; "stage": a stage failed on the row in a way it has no kind for.
-ERROR_KINDS = ("id", "image_read", "image_decode", "boxes", "model", "stage")
+# "id": the row's id is null; "per_box": a list meant to hold an entry per box (categories) holds
+# another number; "stage": a stage failed on the row in a way it has no kind for.
+ERROR_KINDS = ("id", "image_read", "image_decode", "boxes", "per_box", "model", "stage")
 
 
 def row_error(kind: str, detail: str) -> str:

@@ -50,15 +50,17 @@ class InputScan:
     def read_bytes(self) -> int:
         return sum(f.read_bytes for f in self.files)
 
-    def first_rows(self, column: str) -> Optional[Tuple[InputFile, List[Any]]]:
-        """The first file with rows, and the values of `column` in its first rows (the sample
-        the box-format and URI checks look at); None when no file has rows."""
+    def first_rows(self, *columns: str) -> Optional[Tuple[InputFile, List[List[Any]]]]:
+        """The first file with rows, and per column the values in its first rows (the sample
+        the checks of `samples` look at); None when no file has rows."""
         first = next((f for f in self.files if f.num_rows), None)
         if first is None:
             return None
         with self.location.fs.open(first.path, "rb") as f:
-            batch = next(pq.ParquetFile(f).iter_batches(batch_size=_SAMPLE_ROWS, columns=[column]), None)
-        return first, batch.column(0).to_pylist() if batch is not None else []
+            batch = next(pq.ParquetFile(f).iter_batches(batch_size=_SAMPLE_ROWS, columns=list(columns)), None)
+        if batch is None:
+            return first, [[] for _ in columns]
+        return first, [batch.column(name).to_pylist() for name in columns]
 
 
 def scan_input(location: Location, key: str, columns: Sequence[str], skip_bad: bool = False) -> InputScan:

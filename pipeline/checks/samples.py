@@ -7,6 +7,7 @@ from typing import List, Tuple
 
 from ..config import JobConfig
 from ..ids import repeated_ids
+from ..inputs.boxes import per_box_columns, per_box_mismatch
 from ..storage import uri_allowed
 from .input_files import InputScan
 
@@ -20,7 +21,7 @@ def check_uri_sample(scan: InputScan, config: JobConfig) -> List[str]:
     sample = scan.first_rows(inp.image_uri_column)
     if sample is None:
         return []
-    first, values = sample
+    first, (values,) = sample
     uris = [u for u in values if isinstance(u, str) and u]
     outside = [u for u in uris if not uri_allowed(u, inp.allowed_uri_prefixes)]
     if not outside or len(outside) < len(uris):  # a few hostile rows are those rows' errors, not the job's
@@ -28,6 +29,32 @@ def check_uri_sample(scan: InputScan, config: JobConfig) -> List[str]:
     return [f"input.allowed_uri_prefixes: all {len(uris)} of the first image URIs of {first.url} lie "
             f"outside {', '.join(inp.allowed_uri_prefixes)} (e.g. {outside[0]}); list where the images are in "
             "input.allowed_uri_prefixes"]
+
+
+def check_per_box_lengths(scan: InputScan, config: JobConfig) -> Tuple[List[str], List[str]]:
+    """(problems, warnings) from the first rows of one file: rows whose per-box lists (the
+    categories) hold another number of entries than the row has boxes. Each such row becomes
+    that row's error ("per_box") in the job; when every sampled row with both lists is one, the
+    config names the wrong column, and the job is refused."""
+    problems, warnings = [], []
+    boxes_column = config.input.boxes_column
+    for key, column in per_box_columns(config).items():
+        sample = scan.first_rows(boxes_column, column)
+        if sample is None:
+            continue
+        first, (boxes, entries) = sample
+        pairs = [(len(b), len(e)) for b, e in zip(boxes, entries, strict=True)
+                 if isinstance(b, list) and isinstance(e, list)]
+        wrong = [(b, e) for b, e in pairs if b != e]
+        if not wrong:
+            continue
+        example = per_box_mismatch(key, column, wrong[0][1], wrong[0][0])
+        finding = f"{len(wrong)} of the first {len(pairs)} rows of {first.url}: {example}"
+        if len(wrong) == len(pairs):
+            problems.append(f"{finding}; is {column!r} the column of the boxes' categories?")
+        else:
+            warnings.append(f"{finding}; such rows are written with a per_box error")
+    return problems, warnings
 
 
 def check_ids_unique(scan: InputScan, id_column: str) -> List[str]:
@@ -61,7 +88,7 @@ def box_format_evidence(scan: InputScan, boxes_column: str, box_format: str) -> 
     found = scan.first_rows(boxes_column)
     if found is None:
         return [], []
-    first, values = found
+    first, (values,) = found
     boxes = [box for row in values if isinstance(row, list)
              for box in row if isinstance(box, list) and len(box) == 4
              and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)]

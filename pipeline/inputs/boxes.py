@@ -1,9 +1,12 @@
 """A row's box list as the job reads it: parsed (numbers only), converted from the input's
-box_format to xyxy, and clipped and checked against the image."""
+box_format to xyxy, and clipped and checked against the image; and the lists that hold an
+entry per box (the categories), which must be as long."""
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from ..config import JobConfig
 
 
 def parse_boxes(value: Any) -> np.ndarray:
@@ -54,3 +57,14 @@ def check_boxes(boxes: np.ndarray, height: int, width: int) -> Tuple[np.ndarray,
         else:
             reasons.append(None)
     return clipped, reasons
+
+
+def per_box_columns(config: JobConfig) -> Dict[str, str]:
+    """The input columns meant to hold one entry per box, by the config key naming each."""
+    column = config.input.category_column
+    return {"input.category_column": column} if column else {}
+
+
+def per_box_mismatch(key: str, column: str, entries: int, boxes: int) -> str:
+    """What is wrong with a row whose per-box column `column` has `entries` for `boxes` boxes."""
+    return f"{key} {column!r} has {entries} entries for {boxes} boxes: give one per box (null for none)"

@@ -18,7 +18,7 @@ from ..checks.columns import ColumnRule, check_columns, skip_files_with_bad_colu
 from ..checks.input_files import InputScan, scan_input
 from ..checks.output_dir import check_output
 from ..checks.paths import resolve_checkpoint, resolve_local_path, with_uri_prefixes
-from ..checks.samples import box_format_evidence, check_ids_unique, check_uri_sample
+from ..checks.samples import box_format_evidence, check_ids_unique, check_per_box_lengths, check_uri_sample
 from ..config import ConfigError, JobConfig, Section
 from ..output import JobOutput
 from ..storage import Location
@@ -75,6 +75,8 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
             found, suspicious = box_format_evidence(scan, config.input.boxes_column, config.input.box_format)
             problems, warnings = (problems, warnings + found) if force_box_format else (problems + found, warnings)
             warnings += suspicious
+            found, suspicious = check_per_box_lengths(scan, config)
+            problems, warnings = problems + found, warnings + suspicious
             problems += check_uri_sample(scan, config)
             if config.output.mode == "resume":
                 problems += check_ids_unique(scan, config.input.id_column)

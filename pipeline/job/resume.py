@@ -15,7 +15,7 @@ from ..storage import is_transient
 
 _FOOTER_THREADS = 32
 # Errors that come from the row's data: another try meets them again.
-_DATA_ERROR_KINDS = ("id", "boxes", "image_decode")
+_DATA_ERROR_KINDS = ("id", "boxes", "per_box", "image_decode")
 
 
 @dataclass(frozen=True)

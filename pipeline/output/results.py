@@ -90,9 +90,10 @@ class ResultImage:
 class ResultReader:
     """Streams a job's result files as `ResultImage`s.
 
-    Skipped and counted: rows that failed (``error`` non-null, no ``image_size``) or have a null
-    id (``skipped_rows``; their boxes are not counted; the failed ones also per error kind in
-    ``failed_rows``, `pipeline.schema.error_kind`), and boxes with a ``box_errors`` entry,
+    Skipped and counted: rows that failed (``error`` non-null, no ``image_size``), have a null id
+    or per-box lists of different lengths (``skipped_rows``; their boxes are not counted; the
+    failed ones also per error kind in ``failed_rows``, `pipeline.schema.error_kind`, the
+    misaligned ones as "per_box"), and boxes with a ``box_errors`` entry,
     an empty mask, a non-finite score, a null category, a score below ``min_score`` or a
     stability below ``min_stability`` (``skipped_boxes``). The counts are attributes that
     `images()` keeps up to date: ``num_images``, ``num_masks`` (exported), ``skipped_rows``,
@@ -103,9 +104,8 @@ class ResultReader:
     skipped boxes included, so that the ids do not depend on which images failed); with integer
     categories, the ids themselves, named ``str(id)``. A column mixing the two is an error.
 
-    Raises ValueError (from `images()`, naming the file and row) for missing columns, per-box
-    lists of different lengths, masks whose size is not the row's image_size, and malformed
-    image_size or bbox values.
+    Raises ValueError (from `images()`, naming the file and row) for missing columns, masks whose
+    size is not the row's image_size, and malformed image_size or bbox values.
     """
 
     def __init__(self, output: JobOutput, columns: ResultColumns, min_score: Optional[float] = None,
@@ -232,9 +232,10 @@ class ResultReader:
             if category_ids is None:  # a null list: every box's category is null
                 category_ids = [None] * num_boxes
             lengths[columns.category_column] = len(category_ids)
-        if len(set(lengths.values())) > 1:
-            raise ValueError(f"{where}: per-box lists differ in length "
-                             f"({', '.join(f'{k}: {v}' for k, v in lengths.items())})")
+        if len(set(lengths.values())) > 1:  # the row is unusable, not the output
+            self.skipped_rows += 1
+            self.failed_rows["per_box"] = self.failed_rows.get("per_box", 0) + 1
+            return None
 
         file_name = row[columns.image_column] if columns.image_column else None
         image = ResultImage(self.num_images + 1, row_id, str(file_name if file_name else _id_text(row_id)),

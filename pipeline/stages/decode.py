@@ -4,7 +4,7 @@ preprocessing does them)."""
 
 import io
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +13,7 @@ from PIL import Image
 from samhq_core import SamHQProcessor
 
 from ..config import ImageSourceConfig, StorageConfig
-from ..inputs.boxes import boxes_to_xyxy, check_boxes, parse_boxes
+from ..inputs.boxes import boxes_to_xyxy, check_boxes, parse_boxes, per_box_mismatch
 from ..inputs.images import ImageReader
 from ..schema import BOXES, PIXELS, RESIZED_HW, exception_detail, row_error
 from .contract import Stage, StageUDF, column
@@ -66,8 +66,10 @@ class DecodeUDF(StageUDF):
 
     result_type = DecodedImage
 
-    def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int) -> None:
+    def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int,
+                 per_box: Optional[Mapping[str, str]] = None) -> None:
         self.inputs, self.storage = inputs, storage
+        self.per_box = dict(per_box or {})  # config key -> column whose rows hold an entry per box
         self.processor = SamHQProcessor(image_size)
         # Pillow's own bomb check (a warning above the limit, an error above twice it) agrees
         # with the explicit check in _decode.
@@ -76,19 +78,21 @@ class DecodeUDF(StageUDF):
 
     @classmethod
     def stage(cls, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, batch_size: int,
-              keep_image: bool) -> Stage:
-        """CPU tasks of `batch_size` rows; the image bytes column is handed on with `keep_image`."""
+              keep_image: bool, per_box: Optional[Mapping[str, str]] = None) -> Stage:
+        """CPU tasks of `batch_size` rows; the image bytes column is handed on with `keep_image`;
+        `per_box`: the columns (by the config key naming each) that must hold an entry per box."""
         memory = decode_memory(batch_size, inputs.max_image_pixels)
+        per_box = dict(per_box or {})
         return Stage(
             name="decode",
             udf=cls,
-            constructor_kwargs=dict(inputs=inputs, storage=storage, image_size=image_size),
+            constructor_kwargs=dict(inputs=inputs, storage=storage, image_size=image_size, per_box=per_box),
             # Having a memory reservation also keeps Ray Data from fusing decoding into the model
             # actors, whose remote args differ, so the model never waits on it.
             map_batches_kwargs=dict(batch_format="pyarrow", batch_size=batch_size, num_cpus=1, memory=memory),
             description=f"CPU tasks of {batch_size} images (1 CPU, {memory / 2**20:.0f} MiB each): read, decode, "
                         f"resize to {image_size} px, check boxes ({inputs.box_format})",
-            required_columns=(inputs.id_column, inputs.image_source_column, inputs.boxes_column),
+            required_columns=(inputs.id_column, inputs.image_source_column, inputs.boxes_column, *per_box.values()),
             dropped_columns=(inputs.image_column,) if inputs.image_column and not keep_image else (),
         )
 
@@ -100,6 +104,11 @@ class DecodeUDF(StageUDF):
             boxes = boxes_to_xyxy(parse_boxes(batch.column(self.inputs.boxes_column)[i].as_py()), self.inputs.box_format)
         except ValueError as e:
             return DecodedImage.failed(row_error("boxes", str(e)), None)
+        for key, name in self.per_box.items():
+            entries = batch.column(name)[i].as_py()
+            if entries is not None and len(entries) != len(boxes):
+                return DecodedImage.failed(row_error("per_box", per_box_mismatch(key, name, len(entries), len(boxes))),
+                                           len(boxes))
         row_id = batch.column(self.inputs.id_column)[i].as_py()
         if row_id is None or row_id == "":
             return DecodedImage.failed(row_error("id", f"{self.inputs.id_column} is {'null' if row_id is None else 'empty'}: "

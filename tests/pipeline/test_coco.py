@@ -223,13 +223,17 @@ def test_mixed_category_kinds_and_misaligned_lists(tmp_path):
         export_coco(str(d), str(out), id_column="id", category_column="cat")
     assert not out.exists()  # nothing is written for a bad input
 
+    # A row whose categories are not one per box is that row's problem, skipped and counted.
     bad = write_results(str(tmp_path / "bad.parquet"),
-                        [result_row("y", (H1, W1), [MASKS["a0"], MASKS["a1"]], [0.9, 0.8], categories=["cat"])])
-    with pytest.raises(ValueError, match=r"row id='y'.*differ in length"):
-        export_coco(bad, str(out), id_column="id", category_column="cat")
+                        [result_row("y", (H1, W1), [MASKS["a0"], MASKS["a1"]], [0.9, 0.8], categories=["cat"]),
+                         result_row("z", (H1, W1), [MASKS["a1"]], [0.7], categories=["dog"])])
+    counts = export_coco(bad, str(out), id_column="id", category_column="cat")
+    assert (counts["images"], counts["annotations"], counts["skipped_rows"]) == (1, 1, 1)
+    assert [im["source_id"] for im in json.load(open(out))["images"]] == ["z"]
+    os.remove(out)
 
     scalar = tmp_path / "scalar.parquet"
-    pq.write_table(pq.read_table(bad).drop_columns(["cat"]).append_column("cat", pa.array(["cat"])), str(scalar))
+    pq.write_table(pq.read_table(bad).drop_columns(["cat"]).append_column("cat", pa.array(["cat", "dog"])), str(scalar))
     with pytest.raises(ValueError, match="must hold a list per row"):
         export_coco(str(scalar), str(out), id_column="id", category_column="cat")
 

@@ -158,9 +158,13 @@ def test_yolo_seg_integer_categories_and_a_bad_input(tmp_path):
 
     bad = write_results(str(tmp_path / "bad" / "p.parquet"), [
         result_row("a", (H, W), [ring()], [0.9], categories=["x"]),
-        result_row("b", (H, W), [ring(), line()], [0.9, 0.8], categories=["x"])])  # lists of different lengths
-    with pytest.raises(ValueError, match="differ in length"):
-        write_yolo_seg(ResultReader(JobOutput(bad), ResultColumns("id", "cat")), str(tmp_path / "bad_yolo"))
+        result_row("b", (H, W), [ring(), line()], [0.9, 0.8], categories=["x"]),  # lists of different lengths
+        result_row("c", (H, W), [np.ones((H + 1, W), np.uint8)], [0.9], categories=["x"])])  # a mask of another size
+    reader_of_bad = ResultReader(JobOutput(bad), ResultColumns("id", "cat"))
+    with pytest.raises(ValueError, match=r"row id='c': mask 0 has size \[41, 50\], not the image_size \[40, 50\]"):
+        write_yolo_seg(reader_of_bad, str(tmp_path / "bad_yolo"))
+    # a and c were read as images (c failed on its mask), b was skipped and counted
+    assert (reader_of_bad.num_images, reader_of_bad.skipped_rows, reader_of_bad.failed_rows) == (2, 1, {"per_box": 1})
     assert not (tmp_path / "bad_yolo").exists()
     assert [p for p in os.listdir(tmp_path) if "partial" in p] == []
 

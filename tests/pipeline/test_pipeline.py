@@ -261,8 +261,9 @@ def test_summary_counts_why_boxes_got_no_mask_and_warns_of_xywh_boxes(ray_cluste
     rendered = summary.render()
     assert "boxes without a mask: inverted box (x2 < x1 or y2 < y1): 16; row failed (image_decode): 2" in rendered
     assert "  warning: 16 of 18 boxes" in rendered
-    assert lines[0].startswith("warning: input.box_format is xyxy, but 16 of 18 boxes in the first rows of ")
-    assert [line.split(":")[0] for line in lines[1:6]] == ["input", "decode", "model", "encode", "cluster"]
+    assert lines[0] == "model.mask_source: sam_plus_hq, the official output"
+    assert lines[1].startswith("warning: input.box_format is xyxy, but 16 of 18 boxes in the first rows of ")
+    assert [line.split(":")[0] for line in lines[2:7]] == ["input", "decode", "model", "encode", "cluster"]
     assert any(re.match(r"progress: \d+ / 5 rows decoded, \d+ through the model \(\d+%\), \d+ encoded for writing, "
                         r"after \d+ s, [0-9.]+ images/s", line) for line in lines)
     assert {r["id"]: r["num_boxes"] for r in read_output(str(tmp_path / "output")).values()} == {
@@ -289,14 +290,16 @@ def test_hostile_rows_are_row_errors_and_bad_files_are_skipped(ray_cluster, chec
         {"id": "large", "image": one_bit_png(1200, 1000), "boxes": box},  # 1.2 MP: under Pillow's own 2x limit
         {"id": "too_many_bytes", "image": good[1]["image"] + b"\0" * 300_000, "boxes": box},
     ]
-    write_rows(str(tmp_path / "input" / "a.parquet"), good + [{**r, "labels": ["a"], "source": "x"} for r in hostile])
+    rows = good + [{"labels": ["a"], **r, "source": "x"} for r in hostile]
+    rows.append({"id": "two_labels", "image": good[0]["image"], "boxes": box, "labels": ["a", "b"], "source": "x"})
+    write_rows(str(tmp_path / "input" / "a.parquet"), rows)
     (tmp_path / "input" / "b.parquet").write_bytes(b"PAR1 truncated")
     pq.write_table(pq.read_table(tmp_path / "input" / "a.parquet").drop_columns(["boxes"]),
                    tmp_path / "input" / "c.parquet")
     config = job_config(tmp_path, checkpoint, input={"on_bad_file": "skip", "max_image_pixels": 1_000_000,
                                                      "max_image_bytes": 250_000})
     summary = run_job(config)
-    assert summary.rows_in == summary.rows_out == 8 and summary.closing.passed
+    assert summary.rows_in == summary.rows_out == 9 and summary.closing.passed
     rows = pq.read_table(tmp_path / "output").to_pylist()
     errors = {row["id"]: row["error"] for row in rows}
     assert errors["good0"] is None and errors["good1"] is None
@@ -308,7 +311,9 @@ def test_hostile_rows_are_row_errors_and_bad_files_are_skipped(ray_cluster, chec
                                "input.max_image_pixels (1.0 MP)")
     assert errors["too_many_bytes"] == "image_read: ValueError: the image has more than input.max_image_bytes (250000 bytes)"
     assert errors[None] == "id: id is null: give every row a distinct id" and errors[""].startswith("id: id is empty")
-    assert summary.errors == {"id": 2, "image_decode": 2, "image_read": 1}
+    assert errors["two_labels"] == ("per_box: input.category_column 'labels' has 2 entries for 1 boxes: give one per "
+                                    "box (null for none)")
+    assert summary.errors == {"id": 2, "image_decode": 2, "image_read": 1, "per_box": 1}
     skipped = {line.split(": ", 1)[0].rsplit("/", 1)[-1]: line for line in summary.skipped_files}
     assert set(skipped) == {"b.parquet", "c.parquet"}
     assert "not a readable Parquet file" in skipped["b.parquet"] and "no column 'boxes'" in skipped["c.parquet"]

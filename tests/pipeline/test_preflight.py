@@ -251,6 +251,24 @@ def test_shipped_examples_fail_with_one_clear_line_each_without_their_data(tmp_p
         assert "Traceback" not in proc.stderr
 
 
+def test_categories_not_one_per_box(job, capsys):
+    """Categories that are not one per box: in every sampled row, the wrong column (refused);
+    in some, those rows' errors (a warning)."""
+    for row in job.rows:
+        row["labels"] = ["a"] * (len(row["boxes"]) + 1)
+    os.remove(job.input / "part-0.parquet")
+    write_rows(str(job.input / "part-0.parquet"), job.rows)
+    (problem,) = job.errors(capsys)
+    assert problem == (f"2 of the first 2 rows of {job.input / 'part-0.parquet'}: input.category_column 'labels' has "
+                       "2 entries for 1 boxes: give one per box (null for none); is 'labels' the column of the boxes' "
+                       "categories?")
+    job.rows[0]["labels"] = ["a"]
+    os.remove(job.input / "part-0.parquet")
+    write_rows(str(job.input / "part-0.parquet"), job.rows)
+    assert job.run() == 0
+    assert ("warning: 1 of the first 2 rows of " in capsys.readouterr().err)
+
+
 def test_boxes_that_look_like_another_format_refuse_the_job_unless_forced(job, capsys):
     """xywh boxes under box_format xyxy (most of the sampled boxes inverted), or normalised
     ones: exit 2 before any work, unless --force-box-format says the boxes are right; a few

@@ -8,6 +8,7 @@ from typing import List, Tuple
 from ..config import JobConfig
 from ..ids import repeated_ids
 from ..inputs.boxes import per_box_columns, per_box_mismatch
+from ..inputs.images import input_directory, resolve_image_uri
 from ..storage import uri_allowed
 from .input_files import InputScan
 
@@ -22,8 +23,9 @@ def check_uri_sample(scan: InputScan, config: JobConfig) -> List[str]:
     if sample is None:
         return []
     first, (values,) = sample
+    directory = input_directory(scan.location)
     uris = [u for u in values if isinstance(u, str) and u]
-    outside = [u for u in uris if not uri_allowed(u, inp.allowed_uri_prefixes)]
+    outside = [u for u in uris if not uri_allowed(resolve_image_uri(u, directory), inp.allowed_uri_prefixes)]
     if not outside or len(outside) < len(uris):  # a few hostile rows are those rows' errors, not the job's
         return []
     return [f"input.allowed_uri_prefixes: all {len(uris)} of the first image URIs of {first.url} lie "

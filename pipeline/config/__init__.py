@@ -6,10 +6,20 @@ both take (`shared`), the machinery (`base`, `errors`) and the YAML files they c
 from .base import Section, Sections
 from .errors import ConfigError
 from .finetune import DataConfig, FinetuneConfig, FinetuneModelConfig, TrainingConfig
-from .job import ComputeConfig, InputConfig, JobConfig, ModelConfig, OutputConfig, load_config, parse_config
+from .job import (
+    DEMO_WORKDIR,
+    ComputeConfig,
+    InputConfig,
+    JobConfig,
+    ModelConfig,
+    OutputConfig,
+    load_config,
+    parse_config,
+)
 from .shared import HUB_CREDENTIALS, ImageSourceConfig, StorageConfig
 from .yaml_source import apply_overrides, read_yaml
 
-__all__ = ["HUB_CREDENTIALS", "ComputeConfig", "ConfigError", "DataConfig", "FinetuneConfig", "FinetuneModelConfig",
-           "ImageSourceConfig", "InputConfig", "JobConfig", "ModelConfig", "OutputConfig", "Section", "Sections",
-           "StorageConfig", "TrainingConfig", "apply_overrides", "load_config", "parse_config", "read_yaml"]
+__all__ = ["DEMO_WORKDIR", "HUB_CREDENTIALS", "ComputeConfig", "ConfigError", "DataConfig", "FinetuneConfig",
+           "FinetuneModelConfig", "ImageSourceConfig", "InputConfig", "JobConfig", "ModelConfig", "OutputConfig",
+           "Section", "Sections", "StorageConfig", "TrainingConfig", "apply_overrides", "load_config",
+           "parse_config", "read_yaml"]

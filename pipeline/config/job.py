@@ -17,6 +17,8 @@ from .base import Section, Sections
 from .shared import HUB_CREDENTIALS, ImageSourceConfig, StorageConfig
 
 OutputMode = Literal["error", "overwrite", "resume"]  # the first is the default
+# Where `python -m pipeline demo` writes its data by default, which the example configs read.
+DEMO_WORKDIR = "demo_output"
 OnBadFile = Literal["fail", "skip"]
 DType = Literal["float32", "bfloat16"]
 

@@ -19,6 +19,7 @@ from samhq_core.training.recipe import Batch
 
 from ..config import DataConfig, StorageConfig
 from ..ids import stable_hash
+from ..inputs.images import input_directory
 from ..masks import rle
 from ..schema import BOX_ERRORS, BOXES, ERROR, IMAGE_SIZE, PIXELS, RESIZED_HW, error_kind
 from ..stages import DecodeUDF, StageRunner
@@ -48,7 +49,7 @@ class LabelledImages:
         self.processor = SamHQProcessor.for_model(model)
         self.input = ParquetInput(Location(url, storage), "data")
         self.decode = StageRunner(DecodeUDF.stage(data, storage, self.processor.image_size, _DECODE_BATCH_ROWS,
-                                                  keep_image=False))
+                                                  keep_image=False, directory=input_directory(self.input.location)))
         self.skipped: Counter = Counter()  # reason -> rows (or boxes) not used
         self.columns = [data.id_column, data.boxes_column, data.masks_column, data.image_source_column]
 

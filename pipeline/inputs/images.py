@@ -1,15 +1,41 @@
 """The one reader of an image input's values, for the decode stage and the review page: a
 value of the image column (encoded bytes, a `datasets` Image struct `{bytes, path}`, or an
 image URI / path) → the image's encoded bytes, within the input's limits; and where image
-URIs may point unless the config says (`default_uri_prefixes`)."""
+URIs may point unless the config says (`default_uri_prefixes`).
+
+A relative path in the data is read against the input's directory (`input_directory`: the
+directory of input.path, whatever the working directory of a worker), on the input's own
+store: `images/a.jpg` beside `s3://bucket/set/rows.parquet` is `s3://bucket/set/images/a.jpg`."""
 
 import concurrent.futures
 import os
+import posixpath
 from typing import Any, List, Optional
 
 from ..config import ImageSourceConfig, StorageConfig
 from ..schema import IMAGE_STRUCT_BYTES, IMAGE_STRUCT_PATH
-from ..storage import Location, glob_root, is_local, local_path, store_root, uri_allowed
+from ..storage import Location, glob_root, is_local, join, local_path, plain_path, store_root, uri_allowed
+
+
+def input_directory(input_location: Location) -> str:
+    """The directory of an input (a Parquet file's directory, a directory itself, or a glob's
+    root), as a URL (a plain path when local): what relative image paths are read against."""
+    path = input_location.path
+    if any(ch in path for ch in "*?["):
+        directory = glob_root(path)
+    elif input_location.isdir():
+        directory = path.rstrip("/")
+    else:
+        directory = posixpath.dirname(path.rstrip("/"))
+    return input_location.url_of(directory)
+
+
+def resolve_image_uri(uri: str, directory: Optional[str]) -> str:
+    """An image URI as the job reads it: a relative local path joined to the input's
+    `directory` (None: left as it is); URLs and absolute paths as they are."""
+    if directory is None or not is_local(uri) or os.path.isabs(plain_path(uri)):
+        return uri
+    return join(directory, plain_path(uri))
 
 
 def default_uri_prefixes(input_url: str) -> List[str]:
@@ -32,8 +58,10 @@ class ImageReader:
     are held to the same size limit. Raises ValueError, PermissionError or TimeoutError naming
     the problem."""
 
-    def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig) -> None:
-        self.inputs, self.storage = inputs, storage
+    def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig, directory: Optional[str] = None) -> None:
+        """`directory`: the input's directory, which relative image paths are read against
+        (`input_directory`)."""
+        self.inputs, self.storage, self.directory = inputs, storage, directory
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="image-read")
 
     def image_bytes(self, value: Any, column: str) -> bytes:
@@ -61,9 +89,16 @@ class ImageReader:
         most input.max_image_bytes."""
         if not uri:
             raise ValueError(f"{where} is empty")
+        if self.directory is None and is_local(uri) and not os.path.isabs(plain_path(uri)):
+            raise ValueError(f"{where} is the relative path {uri!r}, and the input's directory it would be read "
+                             "against is not known here: give absolute paths or URIs")
+        written, uri = uri, resolve_image_uri(uri, self.directory)
+        if written != uri:  # every message names what the data says and what was read
+            where = f"{where} {written!r} (a relative path, read against the input's directory)"
         prefixes = self.inputs.allowed_uri_prefixes
         if prefixes is not None and not uri_allowed(uri, prefixes):
-            raise PermissionError(f"{uri} lies outside input.allowed_uri_prefixes ({', '.join(prefixes)})")
+            raise PermissionError(f"{uri} lies outside input.allowed_uri_prefixes ({', '.join(prefixes)})"
+                                  + (f"; {where}" if written != uri else ""))
         location = Location(uri, self.storage)
         fs, path = location.fs, location.path
         limit = self.inputs.max_image_bytes
@@ -80,6 +115,8 @@ class ImageReader:
         future = self._pool.submit(read)
         try:
             return future.result(timeout=self.inputs.read_timeout_s)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{uri} not found ({where})") from None
         except concurrent.futures.TimeoutError:
             # The stuck read keeps its thread; later rows get a fresh one.
             self._pool.shutdown(wait=False)

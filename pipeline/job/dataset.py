@@ -16,6 +16,7 @@ from samhq_core import SamHQConfig
 from ..checks.resources import Resources, num_gpus_per_actor
 from ..config import JobConfig
 from ..inputs.boxes import per_box_columns
+from ..inputs.images import input_directory
 from ..output import JobOutput, result_file_name
 from ..stages import DecodeUDF, EncodeUDF, ModelUDF, Stage, check_column_flow
 from ..stages.crash_guard import CrashGuard
@@ -74,7 +75,8 @@ def job_stages(plan: JobPlan, resources: Resources, counter: Optional["ray.actor
     keep = output_columns(config)
     stages = [
         DecodeUDF.stage(config.input, config.storage, plan.image_size, config.compute.decode_batch_size,
-                        keep_image=config.input.image_column in keep, per_box=per_box_columns(config)),
+                        keep_image=config.input.image_column in keep, per_box=per_box_columns(config),
+                        directory=input_directory(plan.scan.location)),
         ModelUDF.stage(config.model, config.storage, config.compute, num_gpus_per_actor(config, resources),
                        plan.image_size, model_name(plan.model_config)),
         EncodeUDF.stage(keep, config.output.path),

@@ -8,6 +8,7 @@ rows of one file's boxes and image URI columns (`pipeline.checks.samples`), with
 `output.mode: resume` every input id, the checkpoint's header (no weights are downloaded),
 and a listing of the output directory."""
 
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -19,9 +20,9 @@ from ..checks.input_files import InputScan, scan_input
 from ..checks.output_dir import check_output
 from ..checks.paths import resolve_checkpoint, resolve_local_path, with_uri_prefixes
 from ..checks.samples import box_format_evidence, check_ids_unique, check_per_box_lengths, check_uri_sample
-from ..config import ConfigError, JobConfig, Section
+from ..config import DEMO_WORKDIR, ConfigError, JobConfig, Section
 from ..output import JobOutput
-from ..storage import Location
+from ..storage import Location, is_local, plain_path
 from .resume import ResumeState, RetryState, check_resume, check_retry
 
 
@@ -51,6 +52,7 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
     `retry_errors`: plan a second pass over the completed output at output.path that runs
     again only its rows with transient errors (`RetryState`). `force_box_format`: boxes that
     look like another box format than the configured one are a warning, not a problem."""
+    written = {"input.path": config.input.path, "model.checkpoint": config.model.checkpoint}
     config, problems = resolve_job_paths(config, relative_to)
     unresolved = {problem.split(":", 1)[0] for problem in problems}
     scan: Optional[InputScan] = None
@@ -61,7 +63,7 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
         try:
             scan = scan_input(input_location, "input.path", read_columns(config), skip_bad)
         except ConfigError as e:
-            problems += e.problems
+            problems += [_where_from(problem, "input.path", written["input.path"], relative_to) for problem in e.problems]
     if scan is not None:
         rules = input_rules(config)
         if skip_bad:
@@ -84,7 +86,8 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
     if "model.checkpoint" not in unresolved:
         model_config, found = check_checkpoint(config.model.checkpoint, config.model.variant, config.storage,
                                                "model.checkpoint")
-        problems += found
+        problems += [_where_from(problem, "model.checkpoint", written["model.checkpoint"], relative_to)
+                     for problem in found]
     resume, retry = ResumeState(), None
     output = JobOutput.of(config)
     if not unresolved & {"input.path", "output.path"}:
@@ -106,6 +109,19 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
         notes.append(f"model.mask_source: {source.value}, " + ("as the checkpoint's config.json recommends"
                                                               if model_config.mask_source else "the official output"))
     return JobPlan(config, scan, model_config, output, warnings, notes, resume, retry)
+
+
+def _where_from(problem: str, key: str, written: str, relative_to: Optional[str]) -> str:
+    """A problem of a missing path under `key`, with where the relative path the config wrote
+    was resolved and, for the example configs' data, which command writes it."""
+    if not (problem.startswith(f"{key}: ") and "not found" in problem):
+        return problem
+    if is_local(written) and not os.path.isabs(plain_path(written)):
+        problem += (f" (the relative path {written!r}, resolved against "
+                    f"{os.path.abspath(relative_to) if relative_to else 'the working directory ' + os.getcwd()})")
+    if DEMO_WORKDIR in written.split("/"):
+        problem += f"; the example configs read the data `python -m pipeline demo` writes into {DEMO_WORKDIR}/: run it first"
+    return problem
 
 
 def read_columns(config: JobConfig) -> List[str]:

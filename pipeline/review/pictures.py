@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from ..config import ImageSourceConfig
 from ..ids import id_key
 from ..inputs.boxes import boxes_to_xyxy, parse_boxes
-from ..inputs.images import ImageReader
+from ..inputs.images import ImageReader, input_directory
 from ..output.results import json_value
 from ..storage import Location, ParquetInput
 
@@ -33,7 +33,7 @@ def read_pictures(wanted: Iterable[Any], images: Location, source: ImageSourceCo
     allowed_uri_prefixes, so that data cannot make the page show arbitrary files, by the decode
     stage's own reader. An unreadable image, or an id not in the input, is a Picture with its
     error."""
-    reader = ImageReader(source, images.storage)
+    reader = ImageReader(source, images.storage, input_directory(images))
     id_column, image_column, boxes_column = source.id_column, source.image_source_column, source.boxes_column
     missing = {id_key(v): v for v in wanted}
     parquet_input = ParquetInput(images, "images")

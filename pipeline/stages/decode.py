@@ -67,26 +67,28 @@ class DecodeUDF(StageUDF):
     result_type = DecodedImage
 
     def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int,
-                 per_box: Optional[Mapping[str, str]] = None) -> None:
+                 per_box: Optional[Mapping[str, str]] = None, directory: Optional[str] = None) -> None:
         self.inputs, self.storage = inputs, storage
         self.per_box = dict(per_box or {})  # config key -> column whose rows hold an entry per box
         self.processor = SamHQProcessor(image_size)
         # Pillow's own bomb check (a warning above the limit, an error above twice it) agrees
         # with the explicit check in _decode.
         Image.MAX_IMAGE_PIXELS = inputs.max_image_pixels
-        self._reader = ImageReader(inputs, storage)
+        self._reader = ImageReader(inputs, storage, directory)
 
     @classmethod
     def stage(cls, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, batch_size: int,
-              keep_image: bool, per_box: Optional[Mapping[str, str]] = None) -> Stage:
+              keep_image: bool, per_box: Optional[Mapping[str, str]] = None, directory: Optional[str] = None) -> Stage:
         """CPU tasks of `batch_size` rows; the image bytes column is handed on with `keep_image`;
-        `per_box`: the columns (by the config key naming each) that must hold an entry per box."""
+        `per_box`: the columns (by the config key naming each) that must hold an entry per box;
+        `directory`: the input's, which relative image paths are read against."""
         memory = decode_memory(batch_size, inputs.max_image_pixels)
         per_box = dict(per_box or {})
         return Stage(
             name="decode",
             udf=cls,
-            constructor_kwargs=dict(inputs=inputs, storage=storage, image_size=image_size, per_box=per_box),
+            constructor_kwargs=dict(inputs=inputs, storage=storage, image_size=image_size, per_box=per_box,
+                                    directory=directory),
             # Having a memory reservation also keeps Ray Data from fusing decoding into the model
             # actors, whose remote args differ, so the model never waits on it.
             map_batches_kwargs=dict(batch_format="pyarrow", batch_size=batch_size, num_cpus=1, memory=memory),

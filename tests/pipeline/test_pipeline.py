@@ -332,7 +332,10 @@ def test_image_uris_outside_the_allowed_prefixes_fifos_and_traversal_are_row_err
     os.mkfifo(images / "fifo.png")  # reading it would block for ever
     uris = {"good": str(images / "good.png"), "fifo": str(images / "fifo.png"),
             "traversal": str(images / ".." / ".." / "secret.png"), "outside": str(secret),
-            "internal_url": "http://127.0.0.1:9/latest/meta-data", "passwd": "file:///etc/passwd"}
+            "internal_url": "http://127.0.0.1:9/latest/meta-data", "passwd": "file:///etc/passwd",
+            # Relative paths are read against the input's directory (tmp/data/input), never a worker's.
+            "relative": "../images/good.png", "relative_missing": "../images/nope.png",
+            "relative_outside": "../../secret.png"}
 
     pq.write_table(pa.table({"id": list(uris), "uri": list(uris.values()),
                              "boxes": [[[1.0, 1.0, 20.0, 20.0]]] * len(uris)}), tmp_path / "data" / "input" / "a.parquet")
@@ -350,6 +353,14 @@ def test_image_uris_outside_the_allowed_prefixes_fifos_and_traversal_are_row_err
     for name in ("traversal", "outside", "internal_url", "passwd"):
         assert errors[name].startswith(f"image_read: PermissionError: {uris[name]} lies outside "
                                        f"input.allowed_uri_prefixes ({tmp_path / 'data'})"), errors[name]
+    assert errors["relative"] is None
+    read_as = f"{tmp_path / 'data' / 'input'}/../images/nope.png"
+    assert errors["relative_missing"] == (f"image_read: FileNotFoundError: {read_as} not found (uri '../images/nope.png' "
+                                          "(a relative path, read against the input's directory))")
+    assert errors["relative_outside"].startswith(f"image_read: PermissionError: {tmp_path / 'data' / 'input'}/../../"
+                                                 "secret.png lies outside input.allowed_uri_prefixes")
+    assert errors["relative_outside"].endswith("; uri '../../secret.png' (a relative path, read against the input's "
+                                               "directory)")
 
 
 def test_box_values_must_be_numbers():

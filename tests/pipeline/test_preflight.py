@@ -249,6 +249,11 @@ def test_shipped_examples_fail_with_one_clear_line_each_without_their_data(tmp_p
         assert proc.returncode == 2 and lines and all(line.startswith("error: ") for line in lines), proc.stderr
         assert any("not found" in line for line in lines), proc.stderr
         assert "Traceback" not in proc.stderr
+        if command == "validate":
+            (missing,) = [line for line in lines if line.startswith("error: input.path: not found")]
+            assert missing.endswith(f"(the relative path 'demo_output/input/', resolved against the working directory "
+                                    f"{tmp_path}); the example configs read the data `python -m pipeline demo` writes "
+                                    "into demo_output/: run it first"), missing
 
 
 def test_categories_not_one_per_box(job, capsys):

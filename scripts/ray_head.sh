@@ -6,6 +6,7 @@
 # processes, and only them (`ray stop` would end every Ray cluster on the machine).
 #
 #   bash scripts/ray_head.sh DIR [ray start options...] &       start a head; DIR keeps its state
+#                                                                 and its output (head.log)
 #   export RAY_ADDRESS=$(bash scripts/ray_head.sh --address DIR)  wait until it is up (at most
 #                                                                 2 minutes), then print the
 #                                                                 address its CLIs use
@@ -38,20 +39,39 @@ for s in sockets:
 EOF
 )
 address="http://127.0.0.1:$dashboard"
-# The address file appears once the dashboard answers: what `--address` waits for.
+# The address file appears once the dashboard answers (any HTTP status: with token
+# authentication it answers 401): what `--address` waits for. The watcher ends with the head.
+head_pid=$$
+answers='import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=2)
+except urllib.error.HTTPError:
+    pass'
 (
     for _ in $(seq 240); do
-        if "$PYTHON" -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=2)" \
-                "$address/api/version" >/dev/null 2>&1; then
+        kill -0 "$head_pid" 2>/dev/null || exit 0
+        if "$PYTHON" -c "$answers" "$address/api/version" >/dev/null 2>&1; then
             echo "$address" >"$dir/address"
             exit 0
         fi
         sleep 0.5
     done
 ) &
-echo "ray head: GCS 127.0.0.1:$gcs, dashboard $address; state in $dir; export RAY_ADDRESS=$address" >&2
-exec ray start --head --block --disable-usage-stats --temp-dir="$dir/ray" \
+# Ray's sessions in a short directory of the head's own (Ray's socket paths have a length
+# limit), named from DIR, and removed when the head ends.
+ray_tmp=$(mktemp -d /tmp/ray-head-XXXXXX)
+ln -sfn "$ray_tmp" "$dir/ray"
+echo "ray head: GCS 127.0.0.1:$gcs, dashboard $address; its output and state in $dir" >&2
+ray start --head --block --disable-usage-stats --temp-dir="$ray_tmp" \
     --node-ip-address=127.0.0.1 --port="$gcs" --dashboard-host=127.0.0.1 --dashboard-port="$dashboard" \
     --ray-client-server-port="$client" --dashboard-agent-listen-port="$agent_http" \
     --dashboard-agent-grpc-port="$agent_grpc" --metrics-export-port="$metrics" \
-    --runtime-env-agent-port="$runtime_env" "$@"
+    --runtime-env-agent-port="$runtime_env" "$@" >"$dir/head.log" 2>&1 &
+ray_pid=$!
+# `ray start --block` ends the head's processes on SIGTERM: pass it on, wait, clean up.
+trap 'kill -TERM "$ray_pid" 2>/dev/null' TERM INT
+status=0
+wait "$ray_pid" || status=$?
+wait "$ray_pid" 2>/dev/null || true
+rm -rf "$ray_tmp" "$dir/ray"
+exit "$status"

@@ -88,6 +88,12 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
                                                "model.checkpoint")
         problems += [_where_from(problem, "model.checkpoint", written["model.checkpoint"], relative_to)
                      for problem in found]
+    notes = []
+    if model_config is not None and config.model.mask_source is None:  # resolved before a resume compares configs
+        source = model_config.default_mask_source
+        config = config.model_copy(update={"model": config.model.model_copy(update={"mask_source": source})})
+        notes.append(f"model.mask_source: {source.value}, " + ("as the checkpoint's config.json recommends"
+                                                              if model_config.mask_source else "the official output"))
     resume, retry = ResumeState(), None
     output = JobOutput.of(config)
     if not unresolved & {"input.path", "output.path"}:
@@ -102,12 +108,6 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
     if problems:
         raise ConfigError(problems)
     assert scan is not None and model_config is not None
-    notes = []
-    if config.model.mask_source is None:
-        source = model_config.default_mask_source
-        config = config.model_copy(update={"model": config.model.model_copy(update={"mask_source": source})})
-        notes.append(f"model.mask_source: {source.value}, " + ("as the checkpoint's config.json recommends"
-                                                              if model_config.mask_source else "the official output"))
     return JobPlan(config, scan, model_config, output, warnings, notes, resume, retry)
 
 

@@ -10,7 +10,6 @@ process session of its own, and the test ends exactly that session's processes a
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from typing import List, Optional, Tuple
@@ -23,7 +22,6 @@ SKIP = re.compile(r"<!-- readme-test: skip \((?P<reason>[^)]+)\) -->\s*$")
 FENCE = re.compile(r"^```(\w*)\s*$")
 # Run by CI (.ci/run) around this test: the set-up, lint and type checks, and this very test run.
 ALREADY_RUN = {"bash scripts/setup.sh --dev --browser", "python3 -m pytest -q", "python3 -m ruff check . && python3 -m mypy"}
-RAY_PORTS = (6379, 8265)  # the README's `ray start --head` uses Ray's default ports
 
 
 def code_blocks(text: str) -> List[Tuple[str, str, Optional[str]]]:
@@ -42,11 +40,6 @@ def code_blocks(text: str) -> List[Tuple[str, str, Optional[str]]]:
     return blocks
 
 
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_every_block_is_run_or_says_why_not():
     blocks = code_blocks(open(os.path.join(ROOT, "README.md")).read())
     assert len(blocks) >= 8
@@ -57,9 +50,6 @@ def test_every_block_is_run_or_says_why_not():
 
 @pytest.mark.cluster
 def test_readme_blocks_run_as_written(tmp_path):
-    busy = [p for p in RAY_PORTS if _port_in_use(p)]
-    if busy:
-        pytest.skip(f"ports {busy} are taken (another Ray cluster on this machine?); the README's `ray start` needs them")
     repo = tmp_path / "repo"
     shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".git", "demo_output", "__pycache__", "*.egg-info",
                                                               ".pytest_cache", "build"))

@@ -70,6 +70,7 @@ def test_the_mask_source_follows_the_checkpoint_unless_the_config_names_one(job,
     from pipeline.config import load_config
     from pipeline.demo.dataset import DEMO_CHECKPOINT
     from pipeline.job.plan import plan_job
+    from pipeline.output import JobDescription
 
     assert job.run() == 0
     assert "model.mask_source: sam_plus_hq, the official output" in capsys.readouterr().out
@@ -81,6 +82,13 @@ def test_the_mask_source_follows_the_checkpoint_unless_the_config_names_one(job,
     assert job.run() == 0
     assert "model.mask_source" not in capsys.readouterr().out
     assert plan_job(load_config(str(job.path))).config.model.mask_source == MaskSource.SAM_ONLY
+    # A run that left the source to the checkpoint is resumed by the same config, unchanged.
+    del job.config["model"]["mask_source"]
+    job.run()
+    plan = plan_job(load_config(str(job.path)))
+    plan.output.write_description(JobDescription(plan.config, plan.scan.num_rows))
+    job.config["output"]["mode"] = "resume"
+    assert job.run() == 0, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("key, value", [

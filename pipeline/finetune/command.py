@@ -2,6 +2,8 @@
 
 import argparse
 
+from .plan import REPLACE_OUTPUT
+
 
 def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     tune = sub.add_parser("finetune", help="train the HQ parameters of a checkpoint on labelled images")
@@ -10,6 +12,9 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
                       help="override a config key, e.g. --set training.steps=200 (repeatable)")
     tune.add_argument("--relative-to", default=None, metavar="DIR",
                       help="resolve the config's relative local paths against DIR (default: the working directory)")
+    tune.add_argument(REPLACE_OUTPUT, action="store_true",
+                      help="replace an earlier fine-tuning run's checkpoint at model.output (its config.json, "
+                           "model.safetensors and finetune_report.md; nothing else)")
     tune.set_defaults(fn=cmd_finetune)
 
 
@@ -18,5 +23,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .run import finetune
 
     config = FinetuneConfig.load(args.config, args.set)
-    print(finetune(config, log=lambda message: print(message, flush=True), relative_to=args.relative_to))
+    print(finetune(config, log=lambda message: print(message, flush=True), relative_to=args.relative_to,
+                   replace_output=args.replace_output))
     return 0

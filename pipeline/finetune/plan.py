@@ -14,13 +14,17 @@ from ..checks.paths import resolve_checkpoint, resolve_local_path, with_uri_pref
 from ..config import ConfigError, FinetuneConfig
 from ..storage import Location
 
-# What a fine-tuning run writes into model.output, the only files it may replace there.
+# What a fine-tuning run writes into model.output, the only files it may replace there, and
+# only when told to.
 FINETUNE_FILES = ("config.json", "model.safetensors", "finetune_report.md")
+REPLACE_OUTPUT = "--replace-output"
 
 
-def plan_finetune(config: FinetuneConfig, relative_to: Optional[str] = None) -> Tuple[FinetuneConfig, SamHQConfig]:
+def plan_finetune(config: FinetuneConfig, relative_to: Optional[str] = None,
+                  replace_output: bool = False) -> Tuple[FinetuneConfig, SamHQConfig]:
     """The config with local paths resolved and the model's architecture; ConfigError listing
-    every problem."""
+    every problem. `replace_output`: an earlier fine-tuning run's output at model.output may be
+    replaced (its own files only)."""
     problems: List[str] = []
     resolved: Dict[str, Any] = {}
     for key, section, name in (("data.train", "data", "train"), ("data.validation", "data", "validation"),
@@ -58,14 +62,15 @@ def plan_finetune(config: FinetuneConfig, relative_to: Optional[str] = None) -> 
         model_config, found = check_checkpoint(model.checkpoint, model.variant, config.storage, "model.checkpoint")
         problems += found
     if not unresolved & {"model.checkpoint", "model.output"}:
-        problems += _check_output(Location(model.output, config.storage), Location(model.checkpoint, config.storage))
+        problems += _check_output(Location(model.output, config.storage), Location(model.checkpoint, config.storage),
+                                  replace_output)
     if problems:
         raise ConfigError(problems)
     assert model_config is not None
     return config, model_config
 
 
-def _check_output(output: Location, checkpoint: Location) -> List[str]:
+def _check_output(output: Location, checkpoint: Location, replace: bool) -> List[str]:
     if place(output) == place(checkpoint):
         return [f"model.output: {output.url} is model.checkpoint; the fine-tuned model would replace the one it starts "
                 "from: write it elsewhere"]
@@ -76,4 +81,7 @@ def _check_output(output: Location, checkpoint: Location) -> List[str]:
     if entries and (foreign or "finetune_report.md" not in entries):
         return [f"model.output: {output.url} is not empty and not an earlier fine-tuning run's output "
                 f"({some(foreign or entries)}); choose a new directory (nothing there is replaced or deleted)"]
+    if entries and not replace:
+        return [f"model.output: {output.url} holds an earlier fine-tuning run's checkpoint ({some(entries)}); choose "
+                f"a new directory, or add {REPLACE_OUTPUT} to replace those files"]
     return []

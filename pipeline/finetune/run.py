@@ -8,7 +8,6 @@ an HF-layout checkpoint that the pipeline loads. Before and after training it re
 boundary IoU on a validation split for each mask source (`scoring`, `report`). The training
 loop is samhq_core's (`samhq_core.training.recipe`)."""
 
-import json
 import os
 import tempfile
 import time
@@ -24,7 +23,7 @@ from ..config import FinetuneConfig
 from ..storage import Location, s3_options
 from .data import LabelledImages, training_batches
 from .plan import plan_finetune
-from .report import report
+from .report import finetune_warnings, report
 from .scoring import evaluate
 
 
@@ -39,12 +38,14 @@ def save_checkpoint(model: SamHQModel, destination: Location) -> None:
             destination.fs.put_file(os.path.join(tmp, name), destination.join(name).path)
 
 
-def finetune(config: FinetuneConfig, log: Callable[[str], None] = print, relative_to: Optional[str] = None) -> str:
+def finetune(config: FinetuneConfig, log: Callable[[str], None] = print, relative_to: Optional[str] = None,
+             replace_output: bool = False) -> str:
     """Run a fine-tuning job; returns the Markdown report (also written next to the checkpoint).
 
-    The checks of `plan.plan_finetune` run first: ConfigError, before anything
-    is loaded or written, for every problem they find."""
-    config, _ = plan_finetune(config, relative_to)
+    The checks of `plan.plan_finetune` run first: ConfigError, before anything is loaded or
+    written, for every problem they find (an earlier run's output at model.output among them,
+    unless `replace_output`)."""
+    config, _ = plan_finetune(config, relative_to, replace_output)
     t = config.training
     torch.manual_seed(t.seed)
     if t.torch_threads:
@@ -67,20 +68,24 @@ def finetune(config: FinetuneConfig, log: Callable[[str], None] = print, relativ
     if not validation:
         raise ValueError("no usable validation rows: give data.validation or more data "
                          f"(skipped: {dict(validation_source.skipped)})")
-    log(f"validation: {len(validation)} images, {sum(len(e.boxes) for e in validation)} boxes")
+    validation_boxes = sum(len(e.boxes) for e in validation)
+    log(f"validation: {len(validation)} images, {validation_boxes} boxes")
     before = evaluate(model, validation)
-    log(f"before: {json.dumps(before)}")
+    log("before training: " + "; ".join(f"{source} mIoU {s['miou']:.4f}, mBIoU {s['mbiou']:.4f}"
+                                        for source, s in before.items()))
     start = time.perf_counter()
     batches = training_batches(train_source, train_split, t.batch_size, config.data.shuffle_buffer, t.seed, device)
     train_phase(model, "hq", batches, t.steps, t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
                 log_every=t.log_every, log=log)
     seconds = time.perf_counter() - start
     after = evaluate(model, validation)
-    log(f"after: {json.dumps(after)}")
     output = Location(config.model.output, config.storage)
     save_checkpoint(model.cpu(), output)
     skipped = train_source.skipped + (validation_source.skipped if validation_source is not train_source else Counter())
-    text = report(before, after, skipped, config, seconds, trainable)
+    warnings = finetune_warnings(before, after, validation_boxes)
+    for warning in warnings:
+        log(f"warning: {warning}")
+    text = report(before, after, skipped, config, seconds, trainable, warnings)
     with output.join("finetune_report.md").open_for_write() as f:
         f.write(text.encode("utf-8"))
     return text

@@ -78,3 +78,27 @@ def test_finetune_trains_only_hq_parameters_from_s3(s3_endpoint, tmp_path, capsy
     assert not in_validation("bad_rle", 0.3)
     for reason in ("row: image_decode", "row: masks not aligned with boxes", "box: mask not a valid COCO RLE"):
         assert reason in report
+
+    # Few validation boxes are named as such, in the log and the report.
+    assert f"warning: only {validation_boxes} validation boxes (fewer than 20)" in printed
+    assert f"**Warning**: only {validation_boxes} validation boxes" in report
+    # The output is not replaced unless asked, and then only the run's own files.
+    assert main(["finetune", "--config", str(config_path)]) == 2
+    assert (f"error: model.output: {output} holds an earlier fine-tuning run's checkpoint (3 entries: config.json, "
+            "finetune_report.md, model.safetensors); choose a new directory, or add --replace-output to replace those "
+            "files") in capsys.readouterr().err
+    assert main(["finetune", "--config", str(config_path), "--replace-output"]) == 0
+    assert sorted(os.listdir(output)) == ["config.json", "finetune_report.md", "model.safetensors"]
+
+
+def test_a_worse_trained_output_is_said_to_be_worse():
+    from pipeline.finetune.report import finetune_warnings
+
+    scores = {"hq_only": {"miou": 0.834, "mbiou": 0.7}, "sam_plus_hq": {"miou": 0.8, "mbiou": 0.6},
+              "sam_only": {"miou": 0.7, "mbiou": 0.5}}
+    worse = {**scores, "hq_only": {"miou": 0.814, "mbiou": 0.69}}
+    assert finetune_warnings(scores, scores, 40) == []
+    (warning,) = finetune_warnings(scores, worse, 40)
+    assert warning.startswith("the trained hq_only output got worse on the validation split (mIoU 0.8340 -> 0.8140, "
+                              "mBIoU 0.7000 -> 0.6900)")
+    assert len(finetune_warnings(scores, worse, 19)) == 2

@@ -3,6 +3,7 @@ that the evaluation's hash join and fine-tuning's validation split fall the same
 everywhere; and the ids of a column that repeat, for the job's checks."""
 
 import hashlib
+import math
 from typing import Any, List, Tuple
 
 import pyarrow as pa
@@ -30,3 +31,28 @@ def repeated_ids(columns: List[pa.ChunkedArray], examples: int = 3) -> Tuple[int
     counts = pc.value_counts(values.drop_null())
     repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
     return values.null_count, len(repeated), repeated.field("values")[:examples].to_pylist()
+
+
+def json_value(value: Any) -> Any:
+    """A row id as a JSON value: strings, integers, booleans and finite floats as they are,
+    bytes decoded as UTF-8 (hex if not UTF-8), anything else (dates, decimals, ...) as str."""
+    if isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.hex()
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    return str(value)
+
+
+def id_text(row_id: Any) -> str:
+    """A row id as the text the review page and the marks files show it as."""
+    value = json_value(row_id)
+    return value if isinstance(value, str) else str(value)

@@ -20,9 +20,10 @@ import tempfile
 from typing import IO, Any, Dict, List, Optional
 
 from ..config import StorageConfig
+from ..ids import json_value
 from ..masks import polygons, rle
 from ..output import JobOutput
-from ..output.results import ResultColumns, ResultImage, ResultMask, ResultReader, json_value
+from ..output.results import ResultColumns, ResultImage, ResultMask, ResultReader
 from ..storage import Location
 
 

@@ -3,8 +3,14 @@ a YOLO segmentation dataset or Label Studio tasks."""
 
 import argparse
 import os
+import sys
+from typing import TYPE_CHECKING
 
 from ..output.arguments import add_output_arguments, named_output
+
+if TYPE_CHECKING:
+    from ..output.marks import MarkFilter
+    from ..output.results import ResultReader
 
 EXPORT_FORMATS = ("coco-rle", "coco-polygons", "yolo-seg", "label-studio")
 
@@ -29,6 +35,12 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
                          help="leave out masks whose predicted IoU is below this")
         cmd.add_argument("--min-stability", type=float, default=None,
                          help="leave out masks whose stability score is below this")
+        marked = cmd.add_mutually_exclusive_group()
+        marked.add_argument("--exclude", default=None, metavar="MARKS",
+                            help="leave out the masks this review marks file (the review page's download, JSON or "
+                                 "CSV of id, box, mark) marks bad")
+        marked.add_argument("--only", default=None, metavar="MARKS",
+                            help="export only the masks this review marks file marks good, and only their images")
         cmd.add_argument("--simplify", type=float, default=0.0, metavar="PIXELS",
                          help="polygon formats: simplify the polygons with this tolerance in pixels (default: 0, "
                               "polygons on the masks' pixel edges, exact)")
@@ -36,6 +48,7 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..output.marks import EXCLUDE, ONLY, MarkFilter, read_marks
     from ..output.results import ResultReader, job_columns
     from ..storage import Location
 
@@ -46,7 +59,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     if named.config is not None:
         print(f"columns from {named.config_source}: id {columns.id_column!r}, categories {columns.category_column!r}, "
               f"image paths {columns.image_column!r}")
-    reader = ResultReader(named.output, columns, min_score=args.min_score, min_stability=args.min_stability)
+    marks = None
+    if args.exclude or args.only:
+        marks = MarkFilter(read_marks(args.exclude or args.only, named.output.location.storage),
+                           EXCLUDE if args.exclude else ONLY)
+        if not marks.listed:
+            found = f"{len(marks.marks.good)} good, {len(marks.marks.bad)} bad"
+            if marks.mode == ONLY:
+                raise ValueError(f"--only {args.only}: the file marks no mask good ({found}), so nothing would be "
+                                 "exported; --exclude leaves out the masks marked bad")
+            print(f"warning: --exclude {args.exclude}: the file marks no mask bad ({found}); every mask is exported",
+                  file=sys.stderr)
+    reader = ResultReader(named.output, columns, min_score=args.min_score, min_stability=args.min_stability,
+                          marks=marks)
     destination = Location(args.output, named.output.location.storage)
     written = args.output
     if args.format in ("coco-rle", "coco-polygons"):
@@ -65,4 +90,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         counts = write_label_studio(reader, destination, model_version=model_version)
         written = f"{args.output} and {labeling_config_path(args.output)}"
     print(f"wrote {written}: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    if marks is not None:
+        _report_marks(marks, reader)
     return 0
+
+
+def _report_marks(marks: "MarkFilter", reader: "ResultReader") -> None:
+    """What the marks did, and the listed masks they did not find (a file of another job?)."""
+    from ..output.marks import EXCLUDE
+
+    if marks.mode == EXCLUDE:
+        print(f"marks {marks.marks.source}: {reader.marked_out_boxes} masks marked bad left out")
+    else:
+        print(f"marks {marks.marks.source}: only the {reader.num_masks} masks marked good, {reader.unmarked_images} "
+              f"images without one left out, {reader.marked_out_boxes} unmarked masks of the others left out")
+    unmet = marks.unmet()
+    if unmet:
+        named = ", ".join(f"id {row_id!r} box {box}" for row_id, box in unmet[:3])
+        print(f"warning: {len(unmet)} of the {len(marks.listed)} masks the marks file lists are not among these "
+              f"results' exported masks ({named}{', ...' if len(unmet) > 3 else ''}): marks of another job, or of "
+              "rows that failed", file=sys.stderr)

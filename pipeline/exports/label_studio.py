@@ -31,8 +31,9 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from ..ids import json_value
 from ..masks import rle
-from ..output.results import ResultImage, ResultReader, json_value
+from ..output.results import ResultImage, ResultReader
 from ..storage import Location
 
 FROM_NAME, TO_NAME = "label", "image"

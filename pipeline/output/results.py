@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import JobConfig
+from ..ids import id_text
 from ..masks import rle
 from ..schema import (
     BOX_ERRORS,
@@ -30,6 +31,7 @@ from ..schema import (
 )
 from .handle import JobOutput
 from .layout import JOB_FILE
+from .marks import MarkFilter
 
 # Result columns every reader needs (besides the id, category and image-path columns).
 _RESULT_COLUMNS = (IMAGE_SIZE, *PER_BOX_COLUMNS, ERROR)
@@ -95,7 +97,9 @@ class ResultReader:
     failed ones also per error kind in ``failed_rows``, `pipeline.schema.error_kind`, the
     misaligned ones as "per_box"), and boxes with a ``box_errors`` entry,
     an empty mask, a non-finite score, a null category, a score below ``min_score`` or a
-    stability below ``min_stability`` (``skipped_boxes``). The counts are attributes that
+    stability below ``min_stability`` (``skipped_boxes``). With `marks`, a review's marks leave
+    out masks too (``marked_out_boxes``) and, for `--only`, whole images
+    (``unmarked_images``). The counts are attributes that
     `images()` keeps up to date: ``num_images``, ``num_masks`` (exported), ``skipped_rows``,
     ``skipped_boxes``.
 
@@ -109,7 +113,8 @@ class ResultReader:
     """
 
     def __init__(self, output: JobOutput, columns: ResultColumns, min_score: Optional[float] = None,
-                 min_stability: Optional[float] = None, batch_rows: int = 256) -> None:
+                 min_stability: Optional[float] = None, marks: Optional[MarkFilter] = None,
+                 batch_rows: int = 256) -> None:
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
         for name, value in (("min_score", min_score), ("min_stability", min_stability)):
@@ -119,6 +124,7 @@ class ResultReader:
         self.columns = columns
         self.min_score = min_score
         self.min_stability = min_stability
+        self.marks = marks
         self.batch_rows = batch_rows
         self.files = output.result_files().files
         self.num_images = 0
@@ -126,6 +132,8 @@ class ResultReader:
         self.skipped_rows = 0
         self.failed_rows: Dict[str, int] = {}  # error kind -> rows, of the skipped rows that have an error
         self.skipped_boxes = 0
+        self.marked_out_boxes = 0
+        self.unmarked_images = 0
         self._category_kind: Optional[type] = None  # str or int, fixed by the first non-null value
         self._category_ids: Dict[Any, int] = {}  # name -> id (strings) or id -> id (integers)
 
@@ -237,20 +245,27 @@ class ResultReader:
             self.failed_rows["per_box"] = self.failed_rows.get("per_box", 0) + 1
             return None
 
+        text = id_text(row_id)
+        if self.marks is not None and not self.marks.keeps_image(text):
+            self.unmarked_images += 1
+            return None
         file_name = row[columns.image_column] if columns.image_column else None
-        image = ResultImage(self.num_images + 1, row_id, str(file_name if file_name else _id_text(row_id)),
-                            height, width)
+        image = ResultImage(self.num_images + 1, row_id, str(file_name if file_name else text), height, width)
         self.num_images += 1
         for i in range(num_boxes):
             mask, area, score = per_box[MASKS][i], per_box[MASK_AREAS][i], per_box[IOU_SCORES][i]
             stability = per_box[STABILITY_SCORES][i]
             category_id = category_ids[i] if category_ids is not None else DEFAULT_CATEGORY_ID
+            marked_in = self.marks is None or self.marks.keeps(text, i)
             if (per_box[BOX_ERRORS][i] is not None or mask is None or area is None or area <= 0
                     or score is None or not math.isfinite(score) or category_id is None
                     or (self.min_score is not None and score < self.min_score)
                     or (self.min_stability is not None and not (stability is not None
                                                                 and stability >= self.min_stability))):
                 self.skipped_boxes += 1
+                continue
+            if not marked_in:
+                self.marked_out_boxes += 1
                 continue
             if mask["size"] is None or list(mask["size"]) != [height, width]:
                 raise ValueError(f"{where}: mask {i} has size {mask['size']!r}, not the image_size {[height, width]}")
@@ -265,29 +280,4 @@ class ResultReader:
         return image
 
 
-def json_value(value: Any) -> Any:
-    """A row id as a JSON value: strings, integers, booleans and finite floats as they are,
-    bytes decoded as UTF-8 (hex if not UTF-8), anything else (dates, decimals, ...) as str."""
-    if isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value.hex()
-    if isinstance(value, (list, tuple)):
-        return [json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): json_value(v) for k, v in value.items()}
-    return str(value)
-
-
-def _id_text(row_id: Any) -> str:
-    value = json_value(row_id)
-    return value if isinstance(value, str) else str(value)
-
-
-__all__ = ["DEFAULT_CATEGORY", "ResultColumns", "ResultImage", "ResultMask", "ResultReader", "job_columns",
-           "json_value"]
+__all__ = ["DEFAULT_CATEGORY", "ResultColumns", "ResultImage", "ResultMask", "ResultReader", "job_columns"]

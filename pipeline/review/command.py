@@ -16,7 +16,8 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     rev.add_argument("--needs-review", type=int, default=None,
                      help="of them, the images with the lowest predicted IoU or stability (default: a quarter)")
     rev.add_argument("--seed", type=int, default=0, help="of the sample of the other images (default: 0)")
-    rev.add_argument("--thumbnail-side", type=int, default=512, help="thumbnails' longest side in pixels (default: 512)")
+    rev.add_argument("--thumbnail-side", type=int, default=512,
+                     help="thumbnails' longest side in pixels, also the enlarged view's (default: 512)")
     rev.set_defaults(fn=cmd_review)
 
 

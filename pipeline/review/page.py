@@ -6,7 +6,9 @@ category, histograms of the predicted IoU and the stability score, and at most `
 images with their masks and boxes: first the `needs_review` images with the lowest review
 score (an image's lowest predicted IoU or stability over its masks), then a seeded sample of
 the others. It filters by category in the browser (also from the address:
-`index.html#category=<name>`).
+`index.html#category=<name>`), enlarges an image on a click, and keeps a reviewer's good / bad
+marks per mask in the browser's storage, downloadable as the JSON or CSV that
+`pipeline.output.marks` reads (`export --exclude` / `--only`).
 
 Bounded over any output size: one pass over the results (`ResultReader`) keeps only counters,
 histogram bins, a heap of the `needs_review` lowest-scored images and a reservoir sample of
@@ -26,12 +28,13 @@ import numpy as np
 from PIL import Image
 
 from ..config import ImageSourceConfig, JobConfig
-from ..ids import id_key
+from ..ids import id_key, json_value
 from ..inputs.images import default_uri_prefixes
 from ..masks import drawing, rle
 from ..output import JobOutput
-from ..output.results import ResultColumns, ResultImage, ResultReader, job_columns, json_value
+from ..output.results import ResultColumns, ResultImage, ResultReader, job_columns
 from ..storage import Location
+from ..storage.urls import basename
 from .pictures import Picture, read_pictures
 from .selection import Selection, finite_score, review_score, select
 
@@ -48,7 +51,8 @@ def _card(image: ResultImage, section: str, picture: Picture, number: int, out_d
               "iou": m.score, "stability": finite_score(m.stability), "bbox": m.bbox, "color": "#%02x%02x%02x" % drawing.color(k),
               "prompt": picture.boxes[m.box_index] if picture.boxes and m.box_index < len(picture.boxes) else None}
              for k, m in enumerate(image.masks)]
-    card = {"id": json_value(image.row_id), "file": image.file_name, "section": section, "score": review_score(image),
+    card = {"id": json_value(image.row_id), "file": image.file_name, "name": basename(image.file_name) or image.file_name,
+            "section": section, "score": review_score(image),
             "width": image.width, "height": image.height, "segments": masks, "thumbnail": None, "problem": picture.error}
     if picture.data is None:
         return card

@@ -8,10 +8,9 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 import pyarrow.parquet as pq
 
 from ..config import ImageSourceConfig
-from ..ids import id_key
+from ..ids import id_key, json_value
 from ..inputs.boxes import boxes_to_xyxy, parse_boxes
 from ..inputs.images import ImageReader, input_directory
-from ..output.results import json_value
 from ..storage import Location, ParquetInput
 
 

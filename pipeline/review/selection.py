@@ -55,7 +55,8 @@ class Selection:
 def select(images: Iterable[ResultImage], max_images: int, needs_review: int, seed: int = 0) -> Selection:
     """One pass: the `needs_review` lowest-scored images (ties: the earlier first) and a
     uniform sample (reservoir, seeded) of the others, `max_images` in all when there are as
-    many; images without masks are only sampled. Holds at most `max_images` images."""
+    many (fewer scored images than `needs_review` leave more room for the sample); images
+    without masks are only sampled. Holds at most `max_images` images."""
     if max_images < 1 or not 0 <= needs_review <= max_images:
         raise ValueError(f"need max_images >= 1 and 0 <= needs_review <= max_images, got {max_images}, {needs_review}")
     rng = random.Random(seed)
@@ -71,7 +72,7 @@ def select(images: Iterable[ResultImage], max_images: int, needs_review: int, se
         # leave it): a uniform sample of the rest, whatever order they are offered in.
         nonlocal offered
         offered += 1
-        if len(reservoir) < max_images - needs_review:
+        if len(reservoir) < max_images - len(lowest):
             reservoir.append(image)
         else:
             slot = rng.randrange(offered)
@@ -89,6 +90,10 @@ def select(images: Iterable[ResultImage], max_images: int, needs_review: int, se
             offer(image)
         elif len(lowest) < needs_review:
             heapq.heappush(lowest, (-score, -image.index, image))
+            # The sample holds what the heap leaves free: a random one of it leaves when the
+            # heap grows (a uniform sample of a uniform sample, so Algorithm R goes on).
+            if len(reservoir) > max_images - len(lowest):
+                reservoir.pop(rng.randrange(len(reservoir)))
         elif (-score, -image.index) > lowest[0][:2]:
             offer(heapq.heapreplace(lowest, (-score, -image.index, image))[2])
         else:

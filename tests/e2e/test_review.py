@@ -1,24 +1,22 @@
 """The review page in a real browser: `python -m pipeline review` run as users run it, then
 Debian's chromium, headless, loading the page from disk: its DOM after the page's script ran
 (the cards, mask layers, placeholders and histogram bars it drew, matching the reader's
-numbers; the category filter's state from the address), and a screenshot. Each chromium runs
-in a session of its own and every process of that session is ended, by id, afterwards."""
+numbers; the category filter's state from the address), a screenshot, and a reviewer's session
+driven over the DevTools protocol (enlarging, marking masks good and bad, reloading, downloading
+the marks) whose downloads `export --exclude` / `--only` then take."""
 
+import csv
+import io
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from html.parser import HTMLParser
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from helpers.owned_processes import session_members
+from helpers.browser import DevTools, run_chromium
 from helpers.paths import ROOT
 from helpers.review_data import FAILURES, page_data, write_job
 from PIL import Image
@@ -26,47 +24,6 @@ from PIL import Image
 pytestmark = pytest.mark.slow  # every test drives a real browser
 
 NUM_ROWS, MAX_IMAGES, NEEDS_REVIEW = 120, 24, 6
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
-
-
-def chromium_binary() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.fail("chromium is not installed: the review page is tested in a real browser; run "
-                    "`bash scripts/setup.sh --dev --browser` (it installs Debian's chromium), or `apt-get install chromium`")
-    return found
-
-
-def chromium(args: List[str], timeout: float = 120.0) -> str:
-    """Run headless chromium with a fresh profile; its stdout. Every process of its session
-    is ended afterwards, also when it fails or hangs."""
-    profile = tempfile.mkdtemp(prefix="review_chromium_")
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen([chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                                   stdout=stdout, stderr=stderr, start_new_session=True)
-        try:
-            code = process.wait(timeout=timeout)
-            stdout.seek(0)
-            stderr.seek(0)
-            assert code == 0, f"chromium exited with {code}:\n{stderr.read().decode(errors='replace')[-3000:]}"
-            return stdout.read().decode()
-        finally:
-            _end_session(process)
-            shutil.rmtree(profile, ignore_errors=True)
-
-
-def _end_session(process: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in session_members(process.pid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 10
-        while session_members(process.pid) and time.time() < deadline:
-            time.sleep(0.1)
-    process.poll()
 
 
 class Elements(HTMLParser):
@@ -87,20 +44,17 @@ class Elements(HTMLParser):
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     root = tmp_path_factory.mktemp("review_e2e")
-    job = write_job(str(root), NUM_ROWS)
+    job = write_job(str(root), NUM_ROWS, image_files=True)
     out = str(root / "page")
     first = _review(job["output"], out)
-    # The first card's image corrupted in the input: the page shows it as a placeholder.
+    # The first card's image file corrupted: the page shows it as a placeholder.
     chosen = page_data(os.path.join(out, "index.html"))["cards"][0]["id"]
-    table = pq.read_table(job["images"])
-    images = [b"not an image" if row_id == chosen else data
-              for row_id, data in zip(table.column("id").to_pylist(), table.column("image").to_pylist(), strict=True)]
-    broken = str(root / "broken.parquet")
-    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", pa.array(images)), broken)
+    with open(job["paths"][chosen], "wb") as f:
+        f.write(b"not an image")
     assert "unreadable" not in first
-    proc = _review(job["output"], out, "--images", broken)
+    proc = _review(job["output"], out)
     assert f"{MAX_IMAGES} of {NUM_ROWS - len(FAILURES)} images, 1 of them unreadable" in proc
-    return {"dir": out, "data": page_data(os.path.join(out, "index.html")), "broken": chosen}
+    return {"dir": out, "data": page_data(os.path.join(out, "index.html")), "broken": chosen, "job": job}
 
 
 def _review(output: str, out: str, *extra: str) -> str:
@@ -116,7 +70,7 @@ def url(page, fragment: str = "") -> str:
 
 
 def test_page_draws_what_the_reader_counted(page):
-    dom = Elements(chromium(["--dump-dom", url(page)]))
+    dom = Elements(run_chromium(["--dump-dom", url(page)]))
     data = page["data"]
     assert dom.having("data-ready", "true"), "the page's script did not run to its end"
     assert len(dom.having("data-card", "review")) == NEEDS_REVIEW
@@ -138,7 +92,7 @@ def test_page_draws_what_the_reader_counted(page):
 
 
 def test_category_filter_from_the_address(page):
-    dom = Elements(chromium(["--dump-dom", url(page, "#category=dog")]))
+    dom = Elements(run_chromium(["--dump-dom", url(page, "#category=dog")]))
     cards = page["data"]["cards"]
     with_dog = sum(1 for c in cards if any(m["category"] == "dog" for m in c["segments"]))
     assert 0 < with_dog < len(cards)
@@ -158,9 +112,145 @@ def test_category_filter_from_the_address(page):
 
 def test_screenshot(page, tmp_path):
     shot = str(tmp_path / "review.png")
-    chromium([f"--screenshot={shot}", "--window-size=1280,900", url(page)])
+    run_chromium([f"--screenshot={shot}", "--window-size=1280,900", url(page)])
     with Image.open(shot) as image:
         assert image.size == (1280, 900)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 200, "the screenshot is nearly blank"
     assert max(n for n, _ in colours) < 0.9 * 1280 * 900
+
+
+def _mark_button(row_id, box: int, mark: str, view: str = "[data-card]") -> str:
+    key = json.dumps([row_id, box], separators=(",", ":"))
+    return f"{view} [data-mark-key='{key}'][data-mark-button=\"{mark}\"]"
+
+
+def test_cards_name_their_image_and_label_their_score(page):
+    cards = page["data"]["cards"]
+    with DevTools() as browser:
+        browser.open(url(page))
+        shown = browser.evaluate("[...document.querySelectorAll('[data-card]')].map((n) => ["
+                                 "n.querySelector('.name').textContent, n.querySelector('.name').title,"
+                                 "JSON.parse(n.querySelector('[data-id]').dataset.id), n.querySelector('.score').textContent])")
+    assert len(shown) == len(cards) == MAX_IMAGES
+    for (name, title, row_id, score), card in zip(shown, cards, strict=True):
+        path = page["job"]["paths"][card["id"]]
+        # The file's name on the card, its full path on hover, the row's id beside it.
+        assert (name, title, row_id) == (os.path.basename(path), path, card["id"])
+        assert score == f"lowest score {card['score']:.3f}" if card["score"] is not None else "lowest score n/a"
+
+
+def test_counts_say_how_many_images_there_are(page, tmp_path):
+    """More images asked for under "needs review" than have a scored mask: the note says how
+    many there are, and that they are all."""
+    out = str(tmp_path / "all")
+    _review(page["job"]["output"], out, "--max-images", str(NUM_ROWS), "--needs-review", "100")
+    data = page_data(os.path.join(out, "index.html"))
+    review = sum(1 for c in data["cards"] if c["section"] == "review")
+    sample = sum(1 for c in data["cards"] if c["section"] == "sample")
+    assert 0 < review < 100 and sample > 0
+    with DevTools() as browser:
+        browser.open("file://" + os.path.join(out, "index.html"))
+        review_note, sample_note = browser.evaluate("['review-note', 'sample-note'].map((id) => "
+                                                    "document.getElementById(id).textContent)")
+    assert review_note.startswith(f"(the {review} images with the lowest") and "fewer than the 100 asked for" in review_note
+    assert sample_note.startswith(f"({sample} of the other {sample} images")
+
+
+def test_enlarge_step_and_mark_from_the_enlarged_view(page):
+    cards = page["data"]["cards"]
+    pictured = [n for n, c in enumerate(cards) if c["thumbnail"] and c["segments"]]
+    first, after = pictured[0], next(n for n, c in enumerate(cards) if n > pictured[0] and c["thumbnail"])
+    dialog = "document.getElementById('enlarged')"
+    with DevTools() as browser:
+        browser.open(url(page))
+        browser.click(f"[data-number=\"{first}\"] .picture")  # a mouse click, as on the page
+        width = "querySelector('[data-thumbnail]').getBoundingClientRect().width"
+        opened = browser.evaluate(f"[{dialog}.open, Number({dialog}.dataset.shows), {dialog}.{width}, "
+                                  f"document.querySelector('[data-number=\"{first}\"]').{width}, "
+                                  f"{dialog}.querySelector('.name').textContent]")
+        assert opened[:2] == [True, first] and opened[2] >= 2 * opened[3]
+        assert opened[4] == cards[first]["name"]
+        # A mark made in the enlarged view is the card's mark too.
+        mask = cards[first]["segments"][0]["box"]
+        browser.click(_mark_button(cards[first]["id"], mask, "bad", "#enlarged"))
+        assert browser.evaluate(f"document.querySelector({json.dumps(_mark_button(cards[first]['id'], mask, 'bad'))})"
+                                ".getAttribute('aria-pressed')") == "true"
+        browser.press("ArrowRight", 39)
+        assert browser.evaluate(f"Number({dialog}.dataset.shows)") == after
+        browser.press("Escape", 27)
+        assert browser.evaluate(f"{dialog}.open") is False
+        # The placeholder of the unreadable image does not open.
+        broken = next(n for n, c in enumerate(cards) if c["id"] == page["broken"])
+        browser.click(f"[data-number=\"{broken}\"] [data-placeholder]")
+        assert browser.evaluate(f"{dialog}.open") is False
+
+
+def _coco_masks(path: str, ids_by_file: Dict[str, str]) -> Set[Tuple[str, int]]:
+    """(row id, box index) of every annotation of a COCO file of the test job (whose box k's
+    mask has its bbox at x = 3 + 5k)."""
+    with open(path) as f:
+        coco = json.load(f)
+    files = {image["id"]: image["file_name"] for image in coco["images"]}
+    return {(ids_by_file[files[a["image_id"]]], round((a["bbox"][0] - 3) / 5)) for a in coco["annotations"]}
+
+
+def _export(page, out: str, *extra: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "export", "--format", "coco-rle", "--input",
+                           page["job"]["output"], "--output", out, *extra], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_marks_kept_downloaded_and_taken_by_export(page, tmp_path):
+    """A reviewer marks masks good and bad (changing one mark, taking one back), reloads the
+    page, downloads the marks as JSON and CSV; `export --exclude` leaves out exactly the bad
+    masks, `export --only` keeps exactly the good ones."""
+    with_masks = [c for c in page["data"]["cards"] if c["segments"]]
+    bad = {(c["id"], c["segments"][0]["box"]) for c in with_masks[:3]}
+    good = {(c["id"], m["box"]) for c in with_masks[3:6] for m in c["segments"]}
+    changed, taken_back = next(iter(sorted(good))), (with_masks[6]["id"], with_masks[6]["segments"][0]["box"])
+    pressed = ("[...document.querySelectorAll('[data-card] [data-mark-button][aria-pressed=\"true\"]')]"
+               ".map((b) => [...JSON.parse(b.dataset.markKey), b.dataset.markButton])")
+    with DevTools() as browser:
+        browser.open(url(page))
+        for (row_id, box), mark in [*((key, "bad") for key in sorted(bad)), *((key, "good") for key in sorted(good)),
+                                    (changed, "bad"), (taken_back, "good"), (taken_back, "good")]:
+            browser.click(_mark_button(row_id, box, mark))
+        good.discard(changed)
+        bad.add(changed)
+        expected = {(*key, "good") for key in good} | {(*key, "bad") for key in bad}
+        assert {tuple(p) for p in browser.evaluate(pressed)} == expected
+        assert browser.evaluate("[document.getElementById('marks-count').dataset.good, "
+                                "document.getElementById('marks-count').dataset.bad]") == [str(len(good)), str(len(bad))]
+        # Chromium hands localStorage writes to its storage service asynchronously; a reviewer's
+        # reload comes later than a script's (once in ~25 runs an immediate reload read it empty).
+        time.sleep(1.0)
+        browser.reload()
+        assert {tuple(p) for p in browser.evaluate(pressed)} == expected, (
+            "the marks did not survive a reload", browser.evaluate("[Object.keys(localStorage), "
+                                                                   "document.getElementById('marks-note').textContent]"))
+        browser.click("[data-download=\"json\"]")
+        browser.click("[data-download=\"csv\"]")
+        as_json = browser.downloaded("review-marks.json")
+        as_csv = browser.downloaded("review-marks.csv")
+    marks = json.loads(as_json)
+    assert marks["results"] == page["job"]["output"]
+    assert {(m["id"], m["box"], m["mark"]) for m in marks["marks"]} == expected
+    rows = list(csv.DictReader(io.StringIO(as_csv)))
+    assert {(r["id"], int(r["box"]), r["mark"]) for r in rows} == expected
+    assert all(r["file"] == page["job"]["paths"][r["id"]] for r in rows)
+
+    (tmp_path / "marks.json").write_text(as_json)
+    (tmp_path / "marks.csv").write_text(as_csv)
+    ids_by_file = {path: row_id for row_id, path in page["job"]["paths"].items()}
+    _export(page, str(tmp_path / "all.json"))
+    everything = _coco_masks(str(tmp_path / "all.json"), ids_by_file)
+    assert bad | good <= everything
+    excluded = _export(page, str(tmp_path / "exclude.json"), "--exclude", str(tmp_path / "marks.json"))
+    assert _coco_masks(str(tmp_path / "exclude.json"), ids_by_file) == everything - bad
+    assert f"{len(bad)} masks marked bad left out" in excluded.stdout and "warning" not in excluded.stderr
+    only = _export(page, str(tmp_path / "only.json"), "--only", str(tmp_path / "marks.csv"))
+    assert _coco_masks(str(tmp_path / "only.json"), ids_by_file) == good
+    assert f"only the {len(good)} masks marked good" in only.stdout

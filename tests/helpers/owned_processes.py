@@ -8,7 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import IO, Dict, List, Optional, Sequence
 
 
 def free_port() -> int:
@@ -50,11 +50,13 @@ def session_members(session_id: int) -> List[int]:
 class OwnedProcess:
     """A subprocess in a new session; `stop()` ends every live process of that session."""
 
-    def __init__(self, args: Sequence[str], env: Optional[Dict[str, str]] = None, **kwargs) -> None:
+    def __init__(self, args: Sequence[str], env: Optional[Dict[str, str]] = None, stdout: Optional[IO[bytes]] = None,
+                 **kwargs) -> None:
         self.args = list(args)
-        self.log = tempfile.TemporaryFile()  # stdout and stderr, for the message when it fails
-        self.process = subprocess.Popen(self.args, env=env, start_new_session=True, stdout=self.log,
-                                        stderr=subprocess.STDOUT, **kwargs)
+        self.log = tempfile.TemporaryFile()  # stderr (and stdout, unless given), for the message when it fails
+        self.process = subprocess.Popen(self.args, env=env, start_new_session=True,
+                                        stdout=self.log if stdout is None else stdout,
+                                        stderr=subprocess.STDOUT if stdout is None else self.log, **kwargs)
         self.session_id = self.process.pid
 
     def output_tail(self, limit: int = 3000) -> str:

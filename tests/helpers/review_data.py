@@ -55,30 +55,42 @@ def result_row(i: int) -> Dict[str, Any]:
             "mask_bboxes": bboxes, "box_errors": [None] * num, "error": None, "num_boxes": num}
 
 
-def write_job(root: str, num_rows: int, files: int = 3) -> Dict[str, Any]:
+def write_job(root: str, num_rows: int, files: int = 3, image_files: bool = False) -> Dict[str, Any]:
     """output/ (result files, `_samhq_job.json`, `_SUCCESS`) and input/images.parquet under `root`;
-    returns the rows written."""
+    returns the rows written. The input holds the images themselves, or with `image_files` their
+    paths (column "uri", carried into the results as the job does) to PNGs under
+    input/photos/2024-batch-07/."""
     output, inputs = os.path.join(root, "output"), os.path.join(root, "input")
     os.makedirs(output)
     os.makedirs(inputs)
     rows = [result_row(i) for i in range(num_rows)]
-    schema = pa.schema([pa.field("id", pa.string()), pa.field("labels", pa.list_(pa.string())), *RESULT_FIELDS])
+    paths = [os.path.join(inputs, "photos", "2024-batch-07", f"{r['id']}.png") for r in rows]
+    extra = [pa.field("uri", pa.string())] if image_files else []
+    if image_files:
+        os.makedirs(os.path.dirname(paths[0]))
+        for i, (row, path) in enumerate(zip(rows, paths, strict=True)):
+            row["uri"] = path
+            with open(path, "wb") as f:
+                f.write(png(i))
+    schema = pa.schema([pa.field("id", pa.string()), pa.field("labels", pa.list_(pa.string())), *extra, *RESULT_FIELDS])
     per_file = -(-num_rows // files)
     names = [f"masks-{f:032x}-{f:06d}.parquet" for f in range(files)]
     for f, name in enumerate(names):
         chunk = rows[f * per_file:(f + 1) * per_file]
         pq.write_table(pa.Table.from_pylist(chunk, schema=schema), os.path.join(output, name))
-    input_rows = [{"id": r["id"], "image": png(i), "boxes": [b[:2] + [b[0] + b[2], b[1] + b[3]] for b in r["mask_bboxes"]]}
-                  for i, r in enumerate(rows)]
+    image_column = "uri" if image_files else "image"
+    input_rows = [{"id": r["id"], image_column: paths[i] if image_files else png(i),
+                   "boxes": [b[:2] + [b[0] + b[2], b[1] + b[3]] for b in r["mask_bboxes"]]} for i, r in enumerate(rows)]
     images = os.path.join(inputs, "images.parquet")
     pq.write_table(pa.Table.from_pylist(input_rows), images, row_group_size=16)
-    config = parse_config({"input": {"path": images, "id_column": "id", "image_column": "image", "boxes_column": "boxes",
+    source = {"image_uri_column": "uri"} if image_files else {"image_column": "image"}
+    config = parse_config({"input": {"path": images, "id_column": "id", **source, "boxes_column": "boxes",
                                      "box_format": "xyxy", "category_column": "labels"},
                            "output": {"path": output}, "model": {"checkpoint": "unused"}})
     job_output = JobOutput(output)
     job_output.write_description(JobDescription(config, num_rows))
     job_output.write_manifest(Manifest(config_digest(config), num_rows, num_rows, names))
-    return {"rows": rows, "output": output, "images": images}
+    return {"rows": rows, "output": output, "images": images, "paths": dict(zip([r["id"] for r in rows], paths, strict=True))}
 
 
 def page_data(page: str) -> Dict[str, Any]:

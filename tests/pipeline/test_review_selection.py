@@ -8,6 +8,7 @@ import subprocess
 import sys
 import weakref
 from collections import Counter
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +17,7 @@ from helpers.paths import ROOT
 from helpers.review_data import FAILURES, expected_lowest, page_data, write_job
 
 from pipeline.output import JobOutput
-from pipeline.output.results import ResultColumns, ResultReader
+from pipeline.output.results import ResultColumns, ResultImage, ResultMask, ResultReader
 from pipeline.review.page import PICTURES, write_review
 from pipeline.review.selection import select
 
@@ -113,6 +114,32 @@ def test_small_output_and_no_needs_review(job):
     assert only_sample.needs_review == [] and len(only_sample.sample) == 4
     with pytest.raises(ValueError, match="needs_review <= max_images"):
         select(images, max_images=2, needs_review=3)
+
+
+def test_fewer_scored_images_than_needs_review_leave_room_for_the_sample(job):
+    """Every scored image is under "needs review" and the sample fills the rest of
+    max_images, still holding at most max_images images."""
+    images = list(ResultReader(JobOutput(job["output"]), ResultColumns("id", "labels")).images())
+    scored = sum(1 for image in images if image.masks)
+    selection = select(iter(images), max_images=scored + 20, needs_review=scored + 10)
+    assert len(selection.needs_review) == scored
+    assert len(selection.sample) == 20 and all(not image.masks for image in selection.sample)
+
+
+def _image(index: int, score: Optional[float]) -> ResultImage:
+    masks = [] if score is None else [ResultMask(0, {"size": [1, 1], "counts": "01"}, score, score, 1, [0, 0, 1, 1], 1)]
+    return ResultImage(index, f"im{index}", f"im{index}", 1, 1, masks)
+
+
+def test_sample_stays_uniform_when_the_lowest_scored_come_last():
+    """30 images without masks, then 5 scored ones that take their room: each unscored image
+    is in the sample of 5 equally often over seeds."""
+    images = [_image(i, None) for i in range(30)] + [_image(30 + i, 0.1 * i) for i in range(5)]
+    seeds = 3000
+    counts = Counter(image.index for seed in range(seeds) for image in select(iter(images), 10, 5, seed).sample)
+    assert set(counts) == set(range(30)) and sum(counts.values()) == 5 * seeds
+    expected = 5 * seeds / 30
+    assert all(abs(n - expected) < 0.2 * expected for n in counts.values()), counts
 
 
 def test_unreadable_images_are_placeholder_cards(job, tmp_path):

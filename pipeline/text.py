@@ -1,5 +1,7 @@
-"""How numbers read in the messages every command prints: counts with their noun, byte sizes
-and durations."""
+"""How numbers and lists read in the messages every command prints: counts with their noun,
+a few names of many, byte sizes and durations."""
+
+from typing import List
 
 
 def plural(n: int, noun: str) -> str:
@@ -23,3 +25,16 @@ def duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def some(names: List[str], limit: int = 3) -> str:
+    """A few of `names`, for a message: "3 entries: a, b, c, ..." (or the one name)."""
+    shown = ", ".join(sorted(names)[:limit])
+    return f"{len(names)} entries: {shown}{', ...' if len(names) > limit else ''}" if len(names) > 1 else shown
+
+
+def clipped(value: object, limit: int = 120) -> str:
+    """`repr(value)` for a message, cut to its first `limit` characters and "... (N chars)" when
+    longer, so that a message never prints a whole long value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"

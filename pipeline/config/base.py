@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..text import clipped
 from .errors import ConfigError
 from .yaml_source import read_yaml
 
@@ -67,7 +68,7 @@ class Sections(BaseModel):
         known = cls.model_fields
         for name in data:
             if name not in known:
-                problems.append(f"unknown section {name!r}{did_you_mean(name, known)} (known: {', '.join(known)})")
+                problems.append(f"unknown section {clipped(name)}{did_you_mean(str(name), known)} (known: {', '.join(known)})")
         for name, info in known.items():
             section_cls = info.annotation
             assert isinstance(section_cls, type) and issubclass(section_cls, Section)
@@ -121,16 +122,16 @@ def _problem(cls: Type[Section], error: Any, unknown_keys: List[str]) -> str:
     where = f"{section}.{loc[0]}" + "".join(f"[{part}]" for part in loc[1:]) if loc else section
     if kind == "missing":
         typo = difflib.get_close_matches(str(loc[0]), unknown_keys, n=1, cutoff=0.6)
-        return f"{section}: missing required key {loc[0]!r}" + (f" (is {typo[0]!r} it, misspelt?)" if typo else "")
+        return f"{section}: missing required key {loc[0]!r}" + (f" (is {clipped(typo[0])} it, misspelt?)" if typo else "")
     if kind == "extra_forbidden":
-        return (f"{section}: unknown key {loc[0]!r}{did_you_mean(str(loc[0]), cls.model_fields)} "
+        return (f"{section}: unknown key {clipped(loc[0])}{did_you_mean(str(loc[0]), cls.model_fields)} "
                 f"(known: {', '.join(cls.model_fields)})")
     if kind in _EXPECTED:
-        return f"{where}: expected {_EXPECTED[kind]}, got {error['input']!r}"
+        return f"{where}: expected {_EXPECTED[kind]}, got {clipped(error['input'])}"
     if kind in ("literal_error", "enum"):
         values = re.findall(r"'([^']*)'", error["ctx"]["expected"])
         hint = did_you_mean(error["input"], values) if isinstance(error["input"], str) else ""
-        return f"{where}: must be one of {error['ctx']['expected']}, got {error['input']!r}{hint}"
+        return f"{where}: must be one of {error['ctx']['expected']}, got {clipped(error['input'])}{hint}"
     if kind == "greater_than_equal":
         return f"{where}: must be >= {error['ctx']['ge']}"
     if kind == "greater_than":

@@ -13,6 +13,7 @@ from samhq_core import MaskSource
 from samhq_core.config import PROMPT_CHUNK_SIZE_ACCELERATOR, PROMPT_CHUNK_SIZE_CPU, VARIANTS
 
 from ..schema import RESULT_COLUMNS
+from ..text import clipped
 from .base import Section, Sections
 from .shared import HUB_CREDENTIALS, ImageSourceConfig, StorageConfig
 
@@ -96,8 +97,8 @@ class ModelConfig(Section):
     @classmethod
     def _known_variant(cls, value: Optional[str]) -> Optional[str]:
         if value is not None and value not in VARIANTS:
-            raise PydanticCustomError("variant", "must be one of {variants}, got {value!r}",
-                                      {"variants": ", ".join(VARIANTS), "value": value})
+            raise PydanticCustomError("variant", "must be one of {variants}, got {value}",
+                                      {"variants": ", ".join(VARIANTS), "value": clipped(value)})
         return value
 
 

@@ -6,6 +6,7 @@ from typing import Any, ClassVar, List, Literal, Mapping, Optional
 
 from pydantic import Field
 
+from ..text import clipped
 from .base import Section
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
@@ -79,7 +80,7 @@ class StorageConfig(Section):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             host = parts.netloc.rsplit("@", 1)[-1]
             shown = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-            problems.append(f"storage.endpoint_url: expected http://host[:port] or https://host[:port], got {shown!r}")
+            problems.append(f"storage.endpoint_url: expected http://host[:port] or https://host[:port], got {clipped(shown)}")
         if parts.username is not None or parts.password is not None:
             problems.append("storage.endpoint_url: holds credentials (user:password@...); remove them and set "
                             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment or use an instance role")

@@ -15,16 +15,17 @@ path), which go through huggingface_hub and its cache (HF_HOME, HF_HUB_OFFLINE, 
 import json
 import os
 import re
-from typing import IO, Any, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .checkpoint_sources import HF_CONFIG, HF_WEIGHTS, WEIGHTS_SUFFIXES, fetch, file_sha256, hub_header_source, hub_model
 from .config import SamHQConfig
+from .weights_file import read_header_tensors, read_weights
 
 # Official key fragment → HF key fragment, applied in order as plain substring replacements.
 _HF_RENAMES: List[Tuple[str, str]] = [
@@ -271,7 +272,8 @@ class PretrainedModel(nn.Module):
         Raises:
           FileNotFoundError: for a missing source.
           ValueError: for a file that is not a SAM / SAM-HQ checkpoint (naming what it looks
-            like instead, e.g. a JPEG image) or whose tensors do not fit the model.
+            like instead, e.g. a JPEG image), a safetensors file whose tensors' data would lie
+            past its end (truncated, or a forged header), or tensors that do not fit the model.
         """
         hub = hub_model(src)
         fs, path = hub_header_source(hub, src) if hub is not None else _source_fs(src, storage_options)
@@ -294,8 +296,9 @@ class PretrainedModel(nn.Module):
                     config = SamHQConfig.from_dict(json.load(f))
                 except (ValueError, TypeError, KeyError) as e:
                     raise ValueError(f"{src}: {HF_CONFIG} is not a SAM-HQ config: {e}") from e
+        name = src if weights == path else f"{src.rstrip('/')}/{HF_WEIGHTS}"
         with fs.open(weights, "rb", block_size=1 << 16) as f:
-            state = {k: v for k, v in _read_header_tensors(f, src).items() if not _UNUSED_KEYS.match(k)}
+            state = {k: v for k, v in read_header_tensors(f, name).items() if not _UNUSED_KEYS.match(k)}
         model, state = cls._model_for(state, config, variant, src, "meta")
         _check_keys(model, state, src)
         return model.config
@@ -385,56 +388,6 @@ def _is_directory(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     return not path.endswith(WEIGHTS_SUFFIXES)
 
 
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE = b"\x80"  # torch.save's legacy (pre-zip) format is a pickle (protocol 2 or later)
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
-_KNOWN_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"\x1f\x8b": "a gzip file",
-                b"PAR1": "a Parquet file", b"<": "an HTML or XML document", b"{": "a JSON document"}
-
-
-def _weights_format(f: IO[bytes], src: str) -> str:
-    """"torch" (torch.save's zip or legacy pickle format) or "safetensors", from the first
-    bytes; ValueError naming what the file looks like otherwise. Leaves f at offset 0."""
-    head = f.read(16)
-    f.seek(0)
-    # safetensors first: its 8-byte header length may begin with the pickle marker (0x80).
-    if len(head) >= 10 and head[8:10] == b'{"':
-        return "safetensors"
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE):
-        return "torch"
-    looks_like = next((what for magic, what in _KNOWN_MAGIC.items() if head.startswith(magic)), None)
-    raise ValueError(f"{src} is not a PyTorch (.pth) or safetensors checkpoint: it starts with bytes "
-                     f"{head[:8].hex(' ') or '(none: the file is empty)'}" + (f", like {looks_like}" if looks_like else ""))
-
-
-def _read_header_tensors(f: IO[bytes], src: str) -> Dict[str, torch.Tensor]:
-    """The tensors of a weights file as meta tensors (shapes and dtypes only)."""
-    if _weights_format(f, src) == "torch":
-        try:
-            state = torch.load(f, map_location="meta", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any failure means it is not a loadable state dict
-            raise ValueError(f"{src} is not a loadable PyTorch checkpoint: {type(e).__name__}: {e}") from None
-        return _state_dict_of(state, src)
-    header_size = int.from_bytes(f.read(8), "little")
-    try:
-        header = json.loads(f.read(header_size))
-        return {name: torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]], device="meta")
-                for name, entry in header.items() if name != "__metadata__"}
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{src} has a malformed safetensors header: {e}") from None
-
-
-def _state_dict_of(state: object, src: str) -> Dict[str, torch.Tensor]:
-    """The state dict inside a loaded checkpoint (some wrap it in {"model": ...})."""
-    if isinstance(state, dict) and set(state) in ({"model"}, {"state_dict"}):
-        state = next(iter(state.values()))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{src} is not a state dict of tensors")
-    return state
-
-
 def _config_for(state: Dict[str, torch.Tensor], variant: Optional[str], src: str) -> SamHQConfig:
     """The config of an official-layout state dict: the variant's preset (plain SAM when it
     has no HQ weights), or inferred from the tensor shapes."""
@@ -467,10 +420,4 @@ def _check_keys(model: nn.Module, state: Dict[str, torch.Tensor], src: str) -> N
 
 def _read_state_dict(path: str, map_location: str) -> Dict[str, torch.Tensor]:
     """The tensors of a weights file, without the keys the model does not use."""
-    with open(path, "rb") as f:
-        weights_format = _weights_format(f, path)
-    if weights_format == "safetensors":
-        state = load_file(path, device=map_location)
-    else:
-        state = _state_dict_of(torch.load(path, map_location=map_location, weights_only=True), path)
-    return {k: v for k, v in state.items() if not _UNUSED_KEYS.match(k)}
+    return {k: v for k, v in read_weights(path, map_location).items() if not _UNUSED_KEYS.match(k)}

@@ -231,7 +231,7 @@ def fetch(src: str, cache_dir: Optional[str] = None, storage_options: Optional[d
     for remote_file in remote_files:
         if not fs.exists(remote_file):
             raise FileNotFoundError(f"checkpoint file not found: {remote_file} ({src})")
-    version = _version_stamp(fs.info(remote_files[-1]))
+    version = version_stamp(fs.info(remote_files[-1]))
     cache_root = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "samhq_core")
     target = os.path.join(cache_root, hashlib.sha256(f"{src}\n{version}".encode()).hexdigest()[:16])
     os.makedirs(target, exist_ok=True)
@@ -246,7 +246,46 @@ def fetch(src: str, cache_dir: Optional[str] = None, storage_options: Optional[d
     return os.path.join(target, names[0]) if is_file else target
 
 
-def _version_stamp(info: Dict) -> str:
-    """Size plus whatever version fields the filesystem reports (S3 ETag, mtimes)."""
-    fields = ("size", "ETag", "etag", "LastModified", "last_modified", "mtime", "created")
+def version_stamp(info: Dict) -> str:
+    """A file's version as its filesystem reports it: its size plus whatever version fields
+    the listing has (an object store's ETag or generation, a local file's modification and
+    change times and inode), as one string that changes when the file is replaced.
+
+    Arguments:
+      info (dict): the file's entry in an fsspec `info` or detailed listing.
+
+    Returns:
+      (str): the stamp (JSON of the fields found).
+    """
+    fields = ("size", "ETag", "etag", "generation", "LastModified", "last_modified", "mtime", "created", "ino")
     return json.dumps({k: str(info[k]) for k in fields if k in info}, sort_keys=True)
+
+
+def checkpoint_version(src: str, storage_options: Optional[dict] = None) -> str:
+    """The version of the weights a checkpoint source names, without reading them: a Hub
+    model's commit (`pin_hub_revision` pins a branch to one), else the `version_stamp` of the
+    weights file (and, for an HF-layout directory, of its config.json), local or remote.
+
+    Arguments:
+      src (str): a checkpoint source, as `fetch` takes it.
+      storage_options (dict or None): fsspec options for a remote URL.
+
+    Returns:
+      (str): a string that differs when the weights at `src` were replaced.
+
+    Raises:
+      FileNotFoundError: for a source, or a file of an HF directory, that does not exist.
+    """
+    hub = hub_model(src)
+    if hub is not None:
+        return f"hub {hub}"
+    fs, path = fsspec.core.url_to_fs(src, **({} if "://" not in src or src.startswith("file://")
+                                            else storage_options or {}))
+    files = [path] if path.endswith(WEIGHTS_SUFFIXES) else [f"{path.rstrip('/')}/{name}" for name in _HUB_FILES]
+    stamps = []
+    for name in files:
+        try:
+            stamps.append(version_stamp(fs.info(name)))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint file not found: {name} ({src})") from None
+    return " ".join(stamps)

@@ -20,7 +20,7 @@ from samhq_core.processor import ProcessorOutput
 
 CLASSES = [SamHQModel, SamHQProcessor, ProcessorOutput, SamHQConfig, SamHQVisionConfig,
            ImageEncoderViT, MaskDecoderHQ, PromptEncoder, TinyViT, TwoWayTransformer]
-FUNCTION_MODULES = ["samhq_core.config", "samhq_core.processor", "samhq_core.checkpoint",
+FUNCTION_MODULES = ["samhq_core.config", "samhq_core.processor", "samhq_core.checkpoint", "samhq_core.weights_file",
                     "samhq_core.checkpoint_sources", "samhq_core.random_weights", "samhq_core.modeling.sam_hq"]
 TRAINING_MODULES = [f"samhq_core.training.{m.name}" for m in pkgutil.iter_modules(samhq_core.training.__path__)]
 

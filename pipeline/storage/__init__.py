@@ -10,7 +10,20 @@ from .errors import store_problem
 from .location import Location, s3_options
 from .parquet import ParquetInput
 from .transient import TRANSIENT_ERRORS, is_transient
-from .urls import basename, glob_root, is_local, join, local_path, plain_path, store_root, uri_allowed, within
+from .urls import (
+    basename,
+    glob_root,
+    is_local,
+    join,
+    local_path,
+    plain_path,
+    resolve_url_dots,
+    store_root,
+    uri_allowed,
+    uri_problem,
+    within,
+)
 
 __all__ = ["TRANSIENT_ERRORS", "Location", "ParquetInput", "basename", "glob_root", "is_local", "is_transient", "join",
-           "local_path", "plain_path", "s3_options", "store_problem", "store_root", "uri_allowed", "within"]
+           "local_path", "plain_path", "resolve_url_dots", "s3_options", "store_problem", "store_root", "uri_allowed",
+           "uri_problem", "within"]

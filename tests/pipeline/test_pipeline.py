@@ -33,6 +33,7 @@ from pipeline.job.run import JobFailed, run_job
 from pipeline.stages import Stage, StageUDF
 from pipeline.stages.crash_guard import CrashGuard
 from pipeline.stages.run_lengths import RunLengthCoder
+from samhq_core.checkpoint_sources import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -478,8 +479,8 @@ def test_retry_errors_runs_again_only_transient_failures_in_place(ray_cluster, c
         server.failing.clear()
         server.requests.clear()
         with pytest.raises(ConfigError, match="--retry-errors: the config differs .*model.sha256"):
-            plan_job(job_config(tmp_path, checkpoint, input=config.input.model_dump(), model={"sha256": "0" * 64}),
-                     retry_errors=True)
+            plan_job(job_config(tmp_path, checkpoint, input=config.input.model_dump(),
+                                model={"sha256": file_sha256(checkpoint)}), retry_errors=True)
         plan = plan_job(config, retry_errors=True)
         assert sorted(plan.retry.ids) == sorted([rows[1]["id"], rows[3]["id"]])
         again = run_job(config, plan)

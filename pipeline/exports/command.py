@@ -79,9 +79,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         counts = write_coco(reader, destination, as_polygons=args.format == "coco-polygons", simplify=args.simplify)
     elif args.format == "yolo-seg":
-        from .yolo import write_yolo_seg
+        from .yolo import job_image_sources, write_yolo_seg
 
-        counts = write_yolo_seg(reader, args.output, simplify=args.simplify)
+        prefixes, image_directory = job_image_sources(named.config)
+        counts = write_yolo_seg(reader, args.output, simplify=args.simplify, allowed_prefixes=prefixes,
+                                image_directory=image_directory)
     else:
         from .label_studio import labeling_config_path, write_label_studio
 

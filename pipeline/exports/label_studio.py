@@ -16,7 +16,10 @@ score puts the images most in need of review first; an image without masks has n
 Brush RLE is Label Studio's own (`label_studio_converter.brush.mask2rle`: the mask as an RGBA
 image of 0 / 255, row-major). Beside the tasks, `<output stem>.labeling_config.xml` is the
 labeling interface they fit (BrushLabels named "label" on an Image named "image", with the
-category names).
+category names). XML 1.0 cannot hold some characters even escaped (NUL and other control
+characters but tab and newlines, lone surrogates, U+FFFE, U+FFFF): a category name holding one
+is refused (ValueError naming it) rather than written as a config Label Studio cannot parse or
+as a label the tasks' brushlabels would not match.
 
 Tasks are spooled to a local temporary file while the input streams and copied to the output
 once all of it has been read, so memory stays bounded and a bad input leaves no output.
@@ -24,6 +27,7 @@ once all of it has been read, so memory stays bounded and a bad input leaves no 
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Dict, List
@@ -37,6 +41,7 @@ from ..output.results import ResultImage, ResultReader
 from ..storage import Location
 
 FROM_NAME, TO_NAME = "label", "image"
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def write_label_studio(reader: ResultReader, output: Location, model_version: str = "samhq-annotate") -> Dict[str, int]:
@@ -55,10 +60,11 @@ def write_label_studio(reader: ResultReader, output: Location, model_version: st
                         names = {c["id"]: c["name"] for c in reader.categories()}
                 tasks.write(("[" if image.index == 1 else ",\n") + _dumps(_task(image, names, model_version, mask2rle)))
             tasks.write("[]" if reader.num_images == 0 else "]\n")
+        config = labeling_config([c["name"] for c in reader.categories()])
         with output.open_for_write() as out, open(spool, "rb") as f:
             shutil.copyfileobj(f, out, 1 << 20)
     with Location(labeling_config_path(output.url), output.storage).open_for_write() as out:
-        out.write(labeling_config([c["name"] for c in reader.categories()]).encode())
+        out.write(config.encode())
     return {"tasks": reader.num_images, "regions": reader.num_masks, "skipped_rows": reader.skipped_rows,
             "skipped_boxes": reader.skipped_boxes, "categories": len(reader.categories())}
 
@@ -70,7 +76,14 @@ def labeling_config_path(output_path: str) -> str:
 
 
 def labeling_config(category_names: List[str]) -> str:
-    """Label Studio's labeling interface for the tasks: brush labels on the image."""
+    """Label Studio's labeling interface for the tasks: brush labels on the image. ValueError
+    for a name that XML cannot hold."""
+    for name in category_names:
+        bad = _NOT_XML.search(name)
+        if bad:
+            raise ValueError(f"category {name!r} holds {bad.group()!r}, which an XML document cannot hold even "
+                             "escaped, so Label Studio's labeling config cannot name it: rename that category in the "
+                             "job's input (its category column) and export again")
     labels = "".join(f"    <Label value={quoteattr(name)}/>\n" for name in category_names)
     return (f'<View>\n  <Image name="{TO_NAME}" value="$image" zoom="true"/>\n'
             f'  <BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}  </BrushLabels>\n</View>\n')

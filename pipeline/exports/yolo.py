@@ -3,17 +3,30 @@
 `write_yolo_seg` streams the results (`pipeline.output.results.ResultReader`) into a new local
 directory:
 
-    data.yaml            path (the directory), train and val (both `images`), names
-    images/<stem><ext>   a symlink to each local image (relative paths are taken from the
-                         working directory)
-    labels/<stem>.txt    one line per mask: `class x1 y1 x2 y2 ...`, normalised to [0, 1]
-    unlinked_images.txt  `<URI or path>\t<images/stem.ext>` per image that is not a local
-                         file (object-store or HTTP URIs, or no image column), if any:
-                         fetch each to its path to complete the dataset
+    data.yaml              path (the directory), train and val (both `images`), names
+    images/<stem><ext>     a symlink to each image of the image-URI column that is a local file
+                           under the job's allowed URI prefixes (relative paths read against
+                           the job's input directory, as the job reads them)
+    labels/<stem>.txt      one line per mask: `class x1 y1 x2 y2 ...`, normalised to [0, 1]
+    images_to_fetch.jsonl  if any, one JSON object per line, `{"uri": ..., "path": "images/
+                           <stem><ext>"}`, for each other image whose URI lies under those
+                           prefixes (object-store or HTTP URIs, local paths that are no file):
+                           fetch each URI to its path to complete the dataset
+    images_in_input.jsonl  if any, `{"id": <row id>, "path": "images/<stem>"}` per line, for
+                           each image of a job that read its images as bytes (no image-URI
+                           column): the job's input holds them (its input.image_column); write
+                           each to its path plus its format's extension (`.png`, `.jpg`, ...)
 
-Ultralytics finds an image's labels by replacing `images/` with `labels/` in its path, so
-every image gets its own stem: the image's file name without its extension, and on a clash
-with an earlier image's `<stem>_<8 hex digits of the SHA-1 of its URI or path>` (then a
+An id is never read as a path: only the image-URI column's values are linked or listed, and
+only those under the allowed prefixes (`job_image_sources`), as the job itself reads only
+those; the others are counted (`outside_prefixes`) and get a label file only.
+
+Ultralytics finds an image's labels by replacing the last `/images/` of its path with
+`/labels/` and everything after its last `.` with `txt`, so every image gets its own stem that
+pairs under that rule: the image's file name (its id without a URI) without its extension
+(kept only if it is 1 to 10 letters and digits), with `/`, `\\`, control characters and
+`:*?"<>|` replaced by `_`, a leading `.` too, and every `.` where there is no extension; on a
+clash with an earlier image's, `<stem>_<8 hex digits of the SHA-1 of its URI or id>` (then a
 running number), so that the same input always gives the same names.
 
 Each mask is one polygon (`pipeline.masks.polygons.single_polygon`: holes and further parts joined
@@ -23,70 +36,104 @@ exported mask get an empty one (Ultralytics reads it as background).
 
 import hashlib
 import itertools
+import json
 import os
+import re
 import shutil
+import tempfile
 import urllib.parse
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
 
+from ..config import JobConfig
+from ..ids import json_value
+from ..inputs.images import default_uri_prefixes, input_directory, resolve_image_uri
 from ..masks import polygons, rle
 from ..output.results import ResultImage, ResultReader
-from ..storage import is_local, local_path
+from ..storage import Location, is_local, local_path, plain_path, uri_allowed
 
-IMAGES, LABELS, DATA_YAML, UNLINKED = "images", "labels", "data.yaml", "unlinked_images.txt"
+IMAGES, LABELS, DATA_YAML = "images", "labels", "data.yaml"
+TO_FETCH, IN_INPUT = "images_to_fetch.jsonl", "images_in_input.jsonl"
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|\u2028\u2029\ud800-\udfff]')
+_EXTENSION = re.compile(r"[A-Za-z0-9]{1,10}")
+_MAX_STEM_BYTES = 200  # of a name's 255: room for the digest, a running number and the extension
 
 
-def write_yolo_seg(reader: ResultReader, output_dir: str, simplify: float = 0.0) -> Dict[str, int]:
+def job_image_sources(config: Optional[JobConfig]) -> Tuple[List[str], Optional[str]]:
+    """Where the job's image URIs may point (its input.allowed_uri_prefixes, else their default
+    for its input) and the directory its relative image paths are read against; no prefixes
+    without the job's config (then no image is linked or listed)."""
+    if config is None:
+        return [], None
+    prefixes = config.input.allowed_uri_prefixes
+    return (list(prefixes) if prefixes is not None else default_uri_prefixes(config.input.path),
+            input_directory(Location(config.input.path, config.storage)))
+
+
+def write_yolo_seg(reader: ResultReader, output_dir: str, simplify: float = 0.0,
+                   allowed_prefixes: Sequence[str] = (), image_directory: Optional[str] = None) -> Dict[str, int]:
     """Write the results `reader` streams as a YOLO segmentation dataset in `output_dir` (a
-    local directory that must not exist or be empty). It is built beside it and moved into
-    place once the whole input has been read, so a bad input (ValueError) leaves nothing.
+    local directory that must not exist or be empty, and not a symbolic link). It is built in
+    a private directory beside it and moved into place once the whole input has been read, so
+    a bad input (ValueError) leaves nothing. `allowed_prefixes`: where image URIs may point;
+    `image_directory`: what relative image paths are read against (`job_image_sources`).
 
     Classes: the 0-based index into `names`; with string categories (or none) the category id
     - 1; with integer categories the id itself, and `names` lists every id from 0 to the
     largest (ids unused by the data named too), since Ultralytics wants indices 0..n-1.
 
-    Returns counts: images, objects (label lines), linked and unlinked images, empty label
-    files, and the reader's skipped_rows, skipped_boxes and categories.
+    Returns counts: images, objects (label lines), linked images, images to fetch, images
+    without a URI (no_image_uri), images outside the prefixes, empty label files, and the
+    reader's skipped_rows, skipped_boxes and categories.
     """
     polygons.check_tolerance(simplify)
     if not is_local(output_dir):
         raise ValueError(f"--output {output_dir}: yolo-seg writes a local directory (its images are symlinks)")
-    final = os.path.abspath(local_path(output_dir))
-    if os.path.exists(final) and (not os.path.isdir(final) or os.listdir(final)):
-        raise ValueError(f"--output {output_dir} exists and is not an empty directory: yolo-seg writes a new one")
-    building = f"{final}.partial-{os.getpid()}"
-    os.makedirs(os.path.join(building, IMAGES))
-    os.makedirs(os.path.join(building, LABELS))
-    counts = {"linked": 0, "unlinked": 0, "empty_labels": 0}
+    final = _final_path(output_dir)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    # mkdtemp's directory is new, unpredictable and only ours, so no one can plant a link in
+    # what is built; the dataset inside it gets the umask's mode.
+    private = tempfile.mkdtemp(prefix=f".{os.path.basename(final)[:64]}.partial-", dir=os.path.dirname(final))
+    building = os.path.join(private, "dataset")
+    counts = {"linked": 0, "to_fetch": 0, "no_image_uri": 0, "outside_prefixes": 0, "empty_labels": 0}
     try:
-        with open(os.path.join(building, UNLINKED), "w", encoding="utf-8") as unlinked:
+        for directory in (building, os.path.join(building, IMAGES), os.path.join(building, LABELS)):
+            os.mkdir(directory)
+        with (open(os.path.join(building, TO_FETCH), "x", encoding="utf-8") as to_fetch,
+              open(os.path.join(building, IN_INPUT), "x", encoding="utf-8") as in_input):
             for image in reader.images():
-                stem = _claim_stem(building, image)
+                uri = image.file_name if reader.columns.image_column else None
+                stem, extension = _claim_stem(building, image, uri)
                 _write_labels(os.path.join(building, LABELS, f"{stem}.txt"), image, reader, simplify)
                 if not image.masks:
                     counts["empty_labels"] += 1
-                image_name = f"{stem}{_extension(image.file_name)}"
-                source = local_path(image.file_name) if is_local(image.file_name) else None
-                if source is not None and os.path.isfile(source):
-                    os.symlink(source, os.path.join(building, IMAGES, image_name))
+                entry = f"{IMAGES}/{stem}{extension}"
+                source = _source(uri, image_directory)
+                if source is None:
+                    in_input.write(_json_line({"id": json_value(image.row_id), "path": entry}))
+                    counts["no_image_uri"] += 1
+                elif not uri_allowed(source, allowed_prefixes):
+                    counts["outside_prefixes"] += 1
+                elif is_local(source) and os.path.isfile(source):
+                    os.symlink(source, os.path.join(building, entry))
                     counts["linked"] += 1
                 else:
-                    unlinked.write(f"{image.file_name}\t{IMAGES}/{image_name}\n")
-                    counts["unlinked"] += 1
-        with open(os.path.join(building, DATA_YAML), "w", encoding="utf-8") as f:
+                    to_fetch.write(_json_line({"uri": source, "path": entry}))
+                    counts["to_fetch"] += 1
+        with open(os.path.join(building, DATA_YAML), "x", encoding="utf-8") as f:
             f.write(f"# YOLO segmentation dataset written by samhq-annotate from {reader.output.url}\n"
                     "# train and val are the same images: split them as the training needs.\n")
             yaml.safe_dump({"path": final, "train": IMAGES, "val": IMAGES, "names": _names(reader)}, f,
                            sort_keys=False, allow_unicode=True)
-        if not counts["unlinked"]:
-            os.remove(os.path.join(building, UNLINKED))
-        if os.path.isdir(final):
-            os.rmdir(final)  # empty, checked above
+        for name, count in ((TO_FETCH, counts["to_fetch"]), (IN_INPUT, counts["no_image_uri"])):
+            if not count:
+                os.remove(os.path.join(building, name))
+        # rename takes the place of an empty directory only, and never follows a link there.
         os.rename(building, final)
     finally:
-        shutil.rmtree(building, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
     return {"images": reader.num_images, "objects": reader.num_masks, **counts, "skipped_rows": reader.skipped_rows,
             "skipped_boxes": reader.skipped_boxes, "categories": len(reader.categories())}
 
@@ -95,6 +142,27 @@ def label_line(class_index: int, polygon: np.ndarray, height: int, width: int) -
     """One object of a label file: its class and its (n, 2) x, y polygon over the image's size."""
     coordinates = (polygon / [width, height]).ravel()
     return f"{class_index} " + " ".join(f"{v:.6g}" for v in coordinates)
+
+
+def _final_path(output_dir: str) -> str:
+    """The output's absolute path, its parent's links resolved but not its own; ValueError
+    unless it is missing or an empty directory."""
+    path = os.path.abspath(plain_path(output_dir))
+    final = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    if os.path.islink(final):
+        raise ValueError(f"--output {output_dir} is a symbolic link: name the directory itself, or a new one")
+    if os.path.lexists(final) and (not os.path.isdir(final) or os.listdir(final)):
+        raise ValueError(f"--output {output_dir} exists and is not an empty directory: yolo-seg writes a new one")
+    return final
+
+
+def _source(uri: Optional[str], image_directory: Optional[str]) -> Optional[str]:
+    """The image URI as the job read it; an absolute local path with its links resolved once,
+    so that the path checked against the prefixes is the path linked."""
+    if uri is None:
+        return None
+    source = resolve_image_uri(uri, image_directory)
+    return local_path(source) if is_local(source) and os.path.isabs(plain_path(source)) else source
 
 
 def _write_labels(path: str, image: ResultImage, reader: ResultReader, simplify: float) -> None:
@@ -121,19 +189,38 @@ def _names(reader: ResultReader) -> Dict[int, str]:
     return {i: str(i) for i in range(largest + 1)}
 
 
-def _claim_stem(directory: str, image: ResultImage) -> str:
-    """A label file name no earlier image took, created empty (the directory keeps the names
-    taken, so memory does not grow with the number of images)."""
-    name = os.path.splitext(_file_part(image.file_name))[0] or f"image_{image.index}"
-    digest = hashlib.sha1(image.file_name.encode()).hexdigest()[:8]
-    candidates = itertools.chain([name, f"{name}_{digest}"], (f"{name}_{digest}_{n}" for n in itertools.count(2)))
+def _claim_stem(directory: str, image: ResultImage, uri: Optional[str]) -> Tuple[str, str]:
+    """A stem no earlier image took, its label file created empty (the directory keeps the
+    names taken, so memory does not grow with the number of images), and the image's
+    extension: from the URI's file name, or none for an image named by its id."""
+    name, extension = _split_extension(_file_part(uri)) if uri is not None else (image.file_name, "")
+    stem = _safe_stem(name, keep_dots=bool(extension)) or f"image_{image.index}"
+    digest = hashlib.sha1(image.file_name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    candidates = itertools.chain([stem, f"{stem}_{digest}"], (f"{stem}_{digest}_{n}" for n in itertools.count(2)))
     for candidate in candidates:
         try:
             with open(os.path.join(directory, LABELS, f"{candidate}.txt"), "x"):
-                return candidate
+                return candidate, extension
         except FileExistsError:
             continue
     raise AssertionError("unreachable: the candidates never end")
+
+
+def _safe_stem(name: str, keep_dots: bool) -> str:
+    """`name` as a file name that Ultralytics pairs with its labels: no separators, control
+    characters or hidden name, and no `.` at all when no extension follows (its label path is
+    cut at the last `.`)."""
+    stem = _UNSAFE.sub("_", name)
+    stem = re.sub(r"^\.", "_", stem) if keep_dots else stem.replace(".", "_")
+    return stem.encode("utf-8", "surrogatepass")[:_MAX_STEM_BYTES].decode("utf-8", "ignore")
+
+
+def _split_extension(file_name: str) -> Tuple[str, str]:
+    """(name, `.ext`) when the file name ends in a plausible image extension, else (it, "")."""
+    name, dot, extension = file_name.rpartition(".")
+    if dot and name and _EXTENSION.fullmatch(extension):
+        return name, f".{extension}"
+    return file_name, ""
 
 
 def _file_part(uri: str) -> str:
@@ -142,8 +229,8 @@ def _file_part(uri: str) -> str:
     return os.path.basename(path.rstrip("/"))
 
 
-def _extension(uri: str) -> str:
-    return os.path.splitext(_file_part(uri))[1]
+def _json_line(value: Dict[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=True) + "\n"
 
 
-__all__ = ["label_line", "write_yolo_seg"]
+__all__ = ["job_image_sources", "label_line", "write_yolo_seg"]

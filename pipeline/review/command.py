@@ -8,7 +8,9 @@ from ..output.arguments import add_output_arguments, named_output
 def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     rev = sub.add_parser("review", help="a static HTML page of a job's masks over its images, lowest scores first")
     add_output_arguments(rev)
-    rev.add_argument("--out", required=True, help="local directory for index.html and its pictures")
+    rev.add_argument("--out", required=True,
+                     help="local directory for index.html and its pictures: new, empty, or an earlier page's, of "
+                          "which only the page's own files (listed in its .samhq-review.json) are replaced")
     rev.add_argument("--images", default=None, help="the job's input Parquet (default: the job's input.path)")
     rev.add_argument("--image-column", default=None,
                      help="its column of encoded images or image URIs (default: the job's)")

@@ -15,11 +15,16 @@ histogram bins, a heap of the `needs_review` lowest-scored images and a reservoi
 the rest, so never more than `max_images` images' masks at once; then a second, targeted read
 of the images input fetches only the row groups that hold the chosen images, and draws them
 one at a time. The page is made beside `--out` and takes its place when complete.
+
+`--out` may be missing, empty or hold an earlier page: the page lists its own files (index.html
+and those under img/) in `.samhq-review.json`, and a later page replaces only those, file by
+file (index.html after its pictures), leaving whatever else the directory holds.
 """
 
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Dict, List, Optional
@@ -40,7 +45,9 @@ from .selection import Selection, finite_score, review_score, select
 
 PAGE = "index.html"
 PICTURES = "img"  # the page's thumbnails and mask layers, beside it
-_GENERATOR = '<meta name="generator" content="samhq-annotate review">'
+MANIFEST = ".samhq-review.json"  # the page's own files: all that a later page replaces
+_GENERATOR = "samhq-annotate review"
+_OWN_PICTURE = re.compile(r"[0-9]+(_[0-9]+)?\.(jpg|png)")  # the names `_card` gives
 _TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "review_page.html")
 
 
@@ -81,19 +88,86 @@ def _card(image: ResultImage, section: str, picture: Picture, number: int, out_d
     return card
 
 
-def _check_out(out_dir: str) -> None:
-    """ValueError unless `out_dir` is missing, empty or an earlier review page's directory
-    (which the new page replaces): nothing else is ever removed."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+def _check_out(out_dir: str) -> Optional[List[str]]:
+    """The files of the earlier review page in `out_dir` (its manifest's), or None when `out_dir`
+    is missing or empty. ValueError for anything else: a file or a link, a directory holding
+    other files and no earlier page, or a page whose img/ is not a directory."""
+    if os.path.islink(out_dir):
+        raise ValueError(f"--out {out_dir} is a symbolic link: name the directory itself")
+    if not os.path.lexists(out_dir):
+        return None
+    if not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir} is a file, not a directory")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        page = os.path.join(out_dir, PAGE)
-        earlier = False
-        if os.path.isfile(page):
-            with open(page, encoding="utf-8", errors="replace") as f:
-                earlier = _GENERATOR in f.read(4096)
-        if not earlier:
-            raise ValueError(f"--out {out_dir} is not empty and holds no earlier review page: choose another directory")
+    if not os.listdir(out_dir):
+        return None
+    earlier = _earlier_page(out_dir)
+    if earlier is None:
+        raise ValueError(f"--out {out_dir} is not empty and holds no earlier review page (its {MANIFEST}): choose "
+                         "another directory")
+    pictures = os.path.join(out_dir, PICTURES)
+    if os.path.lexists(pictures) and (os.path.islink(pictures) or not os.path.isdir(pictures)):
+        raise ValueError(f"--out {out_dir}: {pictures} is not a directory (a link?): remove it, or choose another "
+                         "directory")
+    return earlier
+
+
+def _earlier_page(out_dir: str) -> Optional[List[str]]:
+    """The files an earlier page's manifest lists, only names the page itself gives (so that an
+    edited manifest cannot make a new page remove anything else); None without a manifest."""
+    try:
+        # O_NOFOLLOW: a link planted as the manifest is no earlier page.
+        with os.fdopen(os.open(os.path.join(out_dir, MANIFEST), os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("generator") != _GENERATOR:
+        return None
+    files = manifest.get("files")
+    return [name for name in files if isinstance(name, str) and _own_file(name)] if isinstance(files, list) else None
+
+
+def _own_file(name: str) -> bool:
+    folder, _, picture = name.rpartition("/")
+    return name == PAGE or (folder == PICTURES and _OWN_PICTURE.fullmatch(picture) is not None)
+
+
+def _write_manifest(directory: str, files: List[str]) -> None:
+    with open(os.path.join(directory, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump({"generator": _GENERATOR, "files": files}, f, indent=0)
+
+
+def _replace_page(work: str, out_dir: str, earlier: List[str], files: List[str]) -> None:
+    """Put the page made in `work` in place of the earlier page in `out_dir`, file by file, each
+    by a rename (which replaces a link there rather than following it), index.html after its
+    pictures; then the earlier page's files the new one lacks go. The manifest lists both
+    pages' files until then, so that an interrupted replacement leaves no file of either
+    unlisted."""
+    out_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        try:
+            os.mkdir(PICTURES, dir_fd=out_fd)
+        except FileExistsError:
+            pass
+        pictures_fd = os.open(PICTURES, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=out_fd)
+        try:
+            _write_manifest(work, sorted(set(earlier) | set(files)))
+            os.replace(os.path.join(work, MANIFEST), MANIFEST, dst_dir_fd=out_fd)
+            for name in files:
+                if name != PAGE:
+                    picture = name.rpartition("/")[2]
+                    os.replace(os.path.join(work, PICTURES, picture), picture, dst_dir_fd=pictures_fd)
+            os.replace(os.path.join(work, PAGE), PAGE, dst_dir_fd=out_fd)
+            for name in set(earlier) - set(files):
+                try:
+                    os.unlink(name.rpartition("/")[2], dir_fd=pictures_fd)  # only pictures: both have a PAGE
+                except (FileNotFoundError, IsADirectoryError):
+                    pass
+            _write_manifest(work, files)
+            os.replace(os.path.join(work, MANIFEST), MANIFEST, dst_dir_fd=out_fd)
+        finally:
+            os.close(pictures_fd)
+    finally:
+        os.close(out_fd)
 
 
 @dataclasses.dataclass
@@ -117,7 +191,8 @@ def write_review(output: JobOutput, out_dir: str, images: Optional[str] = None, 
     within. `side`: thumbnails' longest side.
 
     Raises ValueError for what the page cannot be made from (unknown columns, no images input,
-    a non-empty `out_dir` that is no earlier review) and FileNotFoundError for missing inputs.
+    a non-empty `out_dir` that holds no earlier page: `_check_out`) and FileNotFoundError for
+    missing inputs. Of an earlier page, only its own files are replaced or removed.
     """
     if side < 16:
         raise ValueError(f"thumbnails need a side of at least 16 pixels, got {side}")
@@ -133,7 +208,8 @@ def write_review(output: JobOutput, out_dir: str, images: Optional[str] = None, 
     if images is None or image_column is None:
         raise ValueError(f"--images / --image-column: {output.url} has no job description naming its input: give the "
                          "job's input Parquet and its column of images or image URIs")
-    _check_out(out_dir)
+    out_dir = os.path.normpath(out_dir)  # "page/" would follow a link where "page" does not
+    earlier = _check_out(out_dir)
     storage = location.storage
     source = _image_source(config, columns.id_column, images, image_column)
     reader = ResultReader(output, columns)
@@ -156,9 +232,13 @@ def write_review(output: JobOutput, out_dir: str, images: Optional[str] = None, 
             for n in places[key]:
                 cards[n] = _card(chosen[n][0], chosen[n][1], picture, n + 1, work, side, names)
         _write_page(work, output.url, images, reader, selection, cards, names, max_images, needs_review, seed)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)  # empty, or an earlier review (_check_out)
-        os.replace(work, out_dir)
+        files = [PAGE] + sorted(f"{PICTURES}/{name}" for name in os.listdir(os.path.join(work, PICTURES)))
+        if earlier is None:
+            _write_manifest(work, files)
+            os.replace(work, out_dir)  # takes the place of an empty directory only
+        else:
+            _replace_page(work, out_dir, earlier, files)
+            shutil.rmtree(work)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

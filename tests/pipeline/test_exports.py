@@ -112,16 +112,17 @@ def read_label_polygons(path, height, width):
 
 def test_yolo_seg_layout(results, tmp_path):
     out = tmp_path / "yolo"
-    counts = write_yolo_seg(reader(results), str(out))
-    assert counts == {"images": 3, "objects": 3, "linked": 2, "unlinked": 1, "empty_labels": 1, "skipped_rows": 1,
-                      "skipped_boxes": 1, "categories": 3}
+    counts = write_yolo_seg(reader(results), str(out), allowed_prefixes=[str(tmp_path / "pictures"), "s3://bucket/"])
+    assert counts == {"images": 3, "objects": 3, "linked": 2, "to_fetch": 1, "no_image_uri": 0, "outside_prefixes": 0,
+                      "empty_labels": 1, "skipped_rows": 1, "skipped_boxes": 1, "categories": 3}
     data = yaml.safe_load((out / "data.yaml").read_text())
     assert data == {"path": str(out), "train": "images", "val": "images", "names": {0: "donut", 1: "box", 2: "wire"}}
     # Each image under images/ has its labels where Ultralytics looks: images/ -> labels/, .txt.
     assert sorted(os.listdir(out / "images")) == ["x.png", "x_" + _digest(results, 1) + ".png"]
     assert sorted(os.listdir(out / "labels")) == ["c.txt", "x.txt", "x_" + _digest(results, 1) + ".txt"]
     assert os.readlink(out / "images" / "x.png") == str(tmp_path / "pictures" / "a" / "x.png")
-    assert (out / "unlinked_images.txt").read_text() == "s3://bucket/c.jpg?versionId=3\timages/c.jpg\n"
+    assert (out / "images_to_fetch.jsonl").read_text() == '{"uri": "s3://bucket/c.jpg?versionId=3", "path": "images/c.jpg"}\n'
+    assert not (out / "images_in_input.jsonl").exists()
     assert (out / "labels" / "c.txt").read_text() == ""  # no masks: background
 
     first = read_label_polygons(out / "labels" / "x.txt", H, W)
@@ -154,7 +155,8 @@ def test_yolo_seg_integer_categories_and_a_bad_input(tmp_path):
     assert yaml.safe_load((out / "data.yaml").read_text())["names"] == {0: "0", 1: "1", 2: "2", 3: "3"}
     assert [cls for cls, _ in read_label_polygons(out / "labels" / "a.txt", H, W)] == [3, 1]
     assert os.listdir(out / "images") == []  # no image column: the images are named by their ids
-    assert (out / "unlinked_images.txt").read_text() == "a\timages/a\n"
+    assert (out / "images_in_input.jsonl").read_text() == '{"id": "a", "path": "images/a"}\n'
+    assert not (out / "images_to_fetch.jsonl").exists()
 
     bad = write_results(str(tmp_path / "bad" / "p.parquet"), [
         result_row("a", (H, W), [ring()], [0.9], categories=["x"]),

@@ -3,7 +3,9 @@ seeded sample of the rest, counts over everything) on an output larger than --ma
 targeted read of the images, and placeholders and messages for bad input. The page itself is
 tested in a real browser in tests/e2e/test_review.py."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import weakref
@@ -18,7 +20,7 @@ from helpers.review_data import FAILURES, expected_lowest, page_data, write_job
 
 from pipeline.output import JobOutput
 from pipeline.output.results import ResultColumns, ResultImage, ResultMask, ResultReader
-from pipeline.review.page import PICTURES, write_review
+from pipeline.review.page import MANIFEST, PICTURES, write_review
 from pipeline.review.selection import select
 
 NUM_ROWS, MAX_IMAGES, NEEDS_REVIEW = 300, 40, 10
@@ -230,3 +232,58 @@ def test_cli_messages(job, tmp_path):
     assert len(page_data(str(tmp_path / "page" / "index.html"))["cards"]) == 8
     assert len([p for p in os.listdir(tmp_path / "page" / PICTURES) if p.endswith(".jpg")]) == 8
     assert sorted(os.listdir(tmp_path)) == ["page", "taken"]  # no work directory left behind
+
+
+def test_a_new_page_replaces_only_the_earlier_pages_own_files(job, tmp_path):
+    out = tmp_path / "page"
+    write_review(JobOutput(job["output"]), str(out), max_images=8, needs_review=2)
+    (out / "notes.txt").write_text("mine")
+    (out / "mine").mkdir()
+    (out / "mine" / "keep.txt").write_text("kept")
+    (out / PICTURES / "mine.jpg").write_bytes(b"a picture of mine")
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["files"] += ["notes.txt", "mine/keep.txt", f"{PICTURES}/../notes.txt", f"{PICTURES}/mine.jpg"]
+    (out / MANIFEST).write_text(json.dumps(manifest))  # an edited manifest cannot make it remove more
+    # Links planted where the page's pictures were are replaced or removed, never followed.
+    victim, stale_victim = tmp_path / "victim.jpg", tmp_path / "stale_victim.jpg"
+    victim.write_bytes(b"victim")
+    stale_victim.write_bytes(b"stale victim")
+    for name, target in (("1.jpg", victim), ("8.jpg", stale_victim)):  # the next page has no 8.jpg
+        (out / PICTURES / name).unlink()
+        (out / PICTURES / name).symlink_to(target)
+
+    summary = write_review(JobOutput(job["output"]), str(out), max_images=4, needs_review=1)
+    assert len(page_data(summary.page)["cards"]) == 4
+    assert (out / "notes.txt").read_text() == "mine" and (out / "mine" / "keep.txt").read_text() == "kept"
+    assert (out / PICTURES / "mine.jpg").read_bytes() == b"a picture of mine"
+    assert victim.read_bytes() == b"victim" and stale_victim.read_bytes() == b"stale victim"
+    assert not (out / PICTURES / "1.jpg").is_symlink() and (out / PICTURES / "1.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert not os.path.lexists(out / PICTURES / "8.jpg")
+    listed = json.loads((out / MANIFEST).read_text())["files"]
+    assert sorted(listed) == sorted(["index.html"] + [f"{PICTURES}/{n}" for n in os.listdir(out / PICTURES)
+                                                      if n != "mine.jpg"])
+    assert sorted(os.listdir(tmp_path)) == ["page", "stale_victim.jpg", "victim.jpg"]  # no work directory left
+
+
+def test_out_with_a_planted_link_is_refused(job, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "1.jpg").write_bytes(b"not the page's")
+    out = tmp_path / "page"
+    write_review(JobOutput(job["output"]), str(out), max_images=2, needs_review=1)
+    shutil.rmtree(out / PICTURES)
+    (out / PICTURES).symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="is not a directory"):
+        write_review(JobOutput(job["output"]), str(out), max_images=2, needs_review=1)
+    (out / PICTURES).unlink()
+    (out / MANIFEST).unlink()
+    (out / MANIFEST).symlink_to(tmp_path / "manifest_elsewhere.json")
+    (tmp_path / "manifest_elsewhere.json").write_text(json.dumps({"generator": "samhq-annotate review",
+                                                                   "files": ["index.html"]}))
+    with pytest.raises(ValueError, match="holds no earlier review page"):
+        write_review(JobOutput(job["output"]), str(out), max_images=2, needs_review=1)
+    (tmp_path / "linked").symlink_to(elsewhere)
+    for name in ("linked", "linked/"):
+        with pytest.raises(ValueError, match="is a symbolic link"):
+            write_review(JobOutput(job["output"]), f"{tmp_path}/{name}", max_images=2, needs_review=1)
+    assert os.listdir(elsewhere) == ["1.jpg"] and (elsewhere / "1.jpg").read_bytes() == b"not the page's"

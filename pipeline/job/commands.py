@@ -2,10 +2,12 @@
 itself wait for the command to run, so that `--help` stays quick."""
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from ..checks.samples import FORCE_BOX_FORMAT
 
@@ -80,20 +82,53 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# `run`'s exit status when a signal stopped it: the shell's 128 + SIGTERM.
+EXIT_STOPPED = 128 + signal.SIGTERM
+
+
+class RunStopped(BaseException):
+    """SIGTERM asked the run to stop (a node's preemption notice, `kill`, Kubernetes). A
+    BaseException, so that no `except Exception` on the way takes it for the job's error."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise RunStopped(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM raises RunStopped in the main thread for the duration, in place of the handler
+    `ray.init` sets (which exits mid-call and leaves a stack dump): set again after it."""
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .run import JobFailed, nothing_to_do, run_job
 
     plan = _plan(args)
     stderr = None
-    if nothing_to_do(plan) is None:  # else the answer needs no cluster
-        from .cluster import connect
-
-        stderr = connect(verbose=args.verbose)
     try:
-        summary = run_job(plan.config, plan, verbose=args.verbose, progress_interval=args.progress_interval)
+        with stopped_by_sigterm():
+            if nothing_to_do(plan) is None:  # else the answer needs no cluster
+                from .cluster import connect
+
+                stderr = connect(verbose=args.verbose)
+                signal.signal(signal.SIGTERM, _stop)
+            summary = run_job(plan.config, plan, verbose=args.verbose, progress_interval=args.progress_interval)
     except JobFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except RunStopped as e:
+        again = ("run the --retry-errors pass again" if plan.retry is not None else
+                 "run it again with output.mode: resume (--set output.mode=resume) to process only the rows not "
+                 "written yet")
+        print(f"error: the run was stopped by {e} before it finished; what it wrote at {plan.config.output.path} is "
+              f"kept: {again}", file=sys.stderr)
+        return EXIT_STOPPED
     finally:
         if stderr is not None:
             stderr.stop()

@@ -1,9 +1,11 @@
 """`run_job`: the job from its plan to its summary. It checks the connected cluster's
 resources, says in one line per stage what will run where, writes the job's description,
-runs the dataset with progress lines, and ends with the summary and closing check read back
-from the output; the `_SUCCESS` manifest only when the check passed. A `--retry-errors` pass
+takes the output's lease, runs the dataset with progress lines, and ends with the summary and
+closing check read back from the output; the `_SUCCESS` manifest only when the check passed. A `--retry-errors` pass
 runs the rows with transient errors again and puts them in place in their files."""
 
+import _thread
+import dataclasses
 import math
 import re
 import time
@@ -14,15 +16,17 @@ import ray
 
 from ..checks.resources import Resources, check_resources, cluster_resources
 from ..config import ConfigError, JobConfig
-from ..output import SUCCESS_FILE, JobDescription, Manifest, config_digest
+from ..output import LEASE_FILE, SUCCESS_FILE, JobDescription, LeaseHeld, Manifest, OutputLease, config_digest
 from ..schema import ERROR
 from ..stages import decode_memory
 from ..stages.crash_guard import CrashGuard
 from ..storage import Location, basename
-from ..text import plural
+from ..text import plural, some
+from .bad_input import skip_unreadable, unreadable_input
 from .dataset import ResultFilenames, block_count, build_dataset
 from .plan import JobPlan, plan_job
 from .progress import Log, ProgressReporter, RowCounter
+from .resume import check_resume
 from .summary import JobSummary, RetryPass, summarize_output
 
 
@@ -73,11 +77,13 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
     """Run the job to completion and return its summary (read back from the output).
 
     Runs the plan's checks first (or takes the `plan` they returned) and then checks the
-    connected Ray cluster's resources: ConfigError before anything is written. Joins the
-    connected cluster (`ray.init` first, else Ray Data starts a local one). After writing, the
-    closing check reads the output's ids; only when it passes is the `_SUCCESS` manifest
-    written (and the checkpoint removed). The caller decides what a failed check means
-    (`summary.closing.passed`)."""
+    connected Ray cluster's resources: ConfigError before anything is written. Then takes the
+    output's lease (`pipeline.output.OutputLease`; ConfigError naming the holder when another
+    run has it) and checks again what the output holds, which another run may have changed
+    since the plan. Joins the connected cluster (`ray.init` first, else Ray Data starts a local
+    one). After writing, the closing check reads the output's ids; only when it passes is the
+    `_SUCCESS` manifest written (and the checkpoint removed). The caller decides what a failed
+    check means (`summary.closing.passed`)."""
     start = time.perf_counter()
     plan = plan or plan_job(config)
     config = plan.config
@@ -88,7 +94,7 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
     idle = nothing_to_do(plan)
     if idle is not None:
         log(idle)
-        return _finish(plan, start, rows_done=plan.scan.num_rows if plan.resume.complete else 0, rows_run=0,
+        return _finish(plan, start, rows_done=plan.rows_in if plan.resume.complete else 0, rows_run=0,
                        stats="", retried=RetryPass() if plan.retry is not None else None)
     resources = cluster_resources()
     problems = check_resources(config, resources, decode_memory(config.compute.decode_batch_size,
@@ -96,19 +102,90 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
                                checkpoint_filter=plan.resume.filters_rows)
     if problems:
         raise ConfigError(problems)
-    if plan.retry is not None:
-        return _retry_errors(plan, resources, start, log, verbose, progress_interval)
-    output = plan.output
+    lease = OutputLease(plan.output.location, "run --retry-errors" if plan.retry is not None else "run",
+                        take_over=plan.retry is not None or config.output.mode in ("resume", "overwrite"),
+                        on_lost=lambda _: _thread.interrupt_main())
+    try:
+        with lease:
+            if lease.taken_over is not None:
+                log(f"lease:   took over the output's lease from a run that stopped "
+                    f"({lease.taken_over.describe(time.time())})")
+            plan = recheck_output(plan)
+            idle = nothing_to_do(plan)
+            if idle is not None:
+                log(idle)
+                return _finish(plan, start, rows_done=plan.rows_in, rows_run=0, stats="")
+            if plan.retry is not None:
+                return _retry_errors(plan, resources, start, log, verbose, progress_interval)
+            return _write_results(plan, resources, start, log, verbose, progress_interval)
+    except LeaseHeld as e:
+        raise ConfigError([f"output.path: {e}"]) from None
+    except KeyboardInterrupt:
+        if lease.lost is None:
+            raise
+        raise JobFailed(f"the job stopped: {lease.lost}. What it wrote is kept; that run continues the "
+                        "output") from None
+
+
+def recheck_output(plan: JobPlan) -> JobPlan:
+    """The plan, with what the output holds checked again under the lease: another run may
+    have written into it between the plan's checks and the lease. ConfigError when the run
+    can no longer go ahead."""
+    config, output = plan.config, plan.output
+    if plan.retry is not None or config.output.mode == "overwrite":
+        return plan  # a pass over the output as it is / the job's own files go anyway
+    if config.output.mode == "resume":
+        resume, problems = check_resume(config, output, plan.fingerprint)
+        if problems:
+            raise ConfigError(problems)
+        return dataclasses.replace(plan, resume=resume)
+    written = [name for name in output.location.names() if name != LEASE_FILE]
+    if written:
+        raise ConfigError([f"output.path: another run wrote into {output.url} after this run's checks "
+                           f"({some(written)}); it was not empty when the lease was taken: output.mode: resume "
+                           "continues that run's output"])
+    return plan
+
+
+def _write_results(plan: JobPlan, resources: Resources, start: float, log: Log, verbose: bool,
+                   progress_interval: float) -> JobSummary:
+    """The job's rows (all, or those a resumed run has not written yet) into the output."""
+    config, output = plan.config, plan.output
     if config.output.mode == "overwrite":  # only the job's own files are there (checked in the plan)
         output.remove_job_files()
     if config.output.mode != "resume" or output.read_description() is None:
-        output.write_description(JobDescription(config, plan.scan.num_rows))
+        output.write_description(JobDescription(config, plan.scan.num_rows, plan.fingerprint))
     if plan.resume.rows_done:
-        log(f"resume:  {plan.resume.rows_done} of {plan.scan.num_rows} rows already written; the rest is processed "
+        log(f"resume:  {plan.resume.rows_done} of {plan.rows_in} rows already written; the rest is processed "
             "(Ray Data filters the input against the checkpoint)")
-    remaining = plan.scan.num_rows - plan.resume.rows_done
-    stats = _run_stages(plan, resources, output.location, remaining, log, verbose, progress_interval)
+    remaining = plan.rows_in - plan.resume.rows_done
+    try:
+        stats = _run_stages(plan, resources, output.location, remaining, log, verbose, progress_interval)
+    except JobFailed as e:
+        worded = _unreadable_input_failure(plan, e)
+        if worded is None:
+            raise
+        raise worded from e.__cause__
     return _finish(plan, start, plan.resume.rows_done, remaining, stats)
+
+
+def _unreadable_input_failure(plan: JobPlan, failure: JobFailed) -> Optional[JobFailed]:
+    """The failure worded for an input file that could not be read, if that stopped the run;
+    under input.on_bad_file: skip, the file is recorded as left out for the resumed run."""
+    entry = unreadable_input(failure, plan.scan)
+    if entry is None:
+        return None
+    config = plan.config
+    reason = f"cannot be read during the run ({root_cause(failure.__cause__ or failure)})"
+    if config.input.on_bad_file != "skip":
+        return JobFailed(f"the job stopped: input file {entry.url} {reason}. The result files written so far at "
+                         f"{config.output.path} are kept; replace the file with a readable copy and run again with "
+                         "output.mode: resume, or start over with input.on_bad_file: skip to leave such files out")
+    written = skip_unreadable(plan.output, plan.scan, entry, reason, config.input.id_column)
+    return JobFailed(f"the job stopped: input file {entry.url} {reason}. Under input.on_bad_file: skip it is left out "
+                     f"from now on ({plural(entry.num_rows - written, 'row')} of it not processed, {written} written "
+                     "before it failed kept): run again with output.mode: resume (--set output.mode=resume) to process "
+                     "the rest; leave the file where it is")
 
 
 def _run_stages(plan: JobPlan, resources: Resources, destination: Location, rows: int, log: Log, verbose: bool,
@@ -169,8 +246,8 @@ def _finish(plan: JobPlan, start: float, rows_done: int, rows_run: int, stats: s
     """The summary and closing check of what the output holds; the manifest when it passed."""
     config, output = plan.config, plan.output
     files = output.result_files().files
-    summary = summarize_output(config, output, files, plan.scan.num_rows)
-    summary.stats, summary.rows_in, summary.rows_already_done = stats, plan.scan.num_rows, rows_done
+    summary = summarize_output(config, output, files, plan.rows_in)
+    summary.stats, summary.rows_in, summary.rows_already_done = stats, plan.rows_in, rows_done
     summary.rows_run, summary.retried = rows_run, retried
     summary.skipped_files = [f"{s.url}: {s.reason}" for s in plan.scan.skipped]
     assert summary.closing is not None

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from ..config import JobConfig, StorageConfig
 from ..storage import Location, basename, join
 from .description import JobDescription, Manifest
-from .layout import CHECKPOINT_DIR, JOB_FILE, PENDING_SUFFIX, RESULT_FILE, RETRY_DIR, SUCCESS_FILE, is_job_file
+from .layout import CHECKPOINT_DIR, JOB_FILE, LEASE_FILE, PENDING_SUFFIX, RESULT_FILE, RETRY_DIR, SUCCESS_FILE, is_job_file
 
 
 @dataclass
@@ -65,8 +65,10 @@ class JobOutput:
         return [entry for entry in self.location.entries() if is_job_file(basename(entry))]
 
     def remove_job_files(self) -> None:
+        """Remove what a run wrote here, but the lease (the run that removes them holds it)."""
         for path in self.job_files():
-            self.location.at(path).remove()
+            if basename(path) != LEASE_FILE:
+                self.location.at(path).remove()
 
     def _read_json(self, name: str) -> Optional[Tuple[Any, str]]:
         target = self.location.join(name)

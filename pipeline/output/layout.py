@@ -11,7 +11,9 @@
 - `_SUCCESS`: written last, only when the closing check passed: a small JSON manifest
   (`description.Manifest`);
 - `_retry/`: a `--retry-errors` pass's new rows, while it replaces the failed ones in the
-  result files (each file is replaced whole, at once); removed when the pass ends.
+  result files (each file is replaced whole, at once); removed when the pass ends;
+- `_samhq_lease.json`: the lease of the run writing the output (`lease.OutputLease`), there
+  while it runs.
 
 These are the only files `output.mode: overwrite` removes; anything else in the directory
 makes the job refuse to start.
@@ -25,6 +27,7 @@ JOB_FILE_FORMAT = 1
 SUCCESS_FILE = "_SUCCESS"
 CHECKPOINT_DIR = "_checkpoint"
 RETRY_DIR = "_retry"
+LEASE_FILE = "_samhq_lease.json"
 # Ray Data names a checkpoint entry after the data file it covers (ray.data.checkpoint).
 PENDING_SUFFIX = ".pending.parquet"
 
@@ -38,4 +41,4 @@ def result_file_name(write_uuid: str, task_index: int) -> str:
 
 def is_job_file(name: str) -> bool:
     """Whether a name (without directory) in an output directory is one the job writes."""
-    return bool(RESULT_FILE.match(name)) or name in (JOB_FILE, SUCCESS_FILE, CHECKPOINT_DIR, RETRY_DIR)
+    return bool(RESULT_FILE.match(name)) or name in (JOB_FILE, SUCCESS_FILE, CHECKPOINT_DIR, RETRY_DIR, LEASE_FILE)

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -196,19 +197,35 @@ def is_committed_entry(name: str) -> bool:
     return name.endswith(".parquet") and ".pending." not in name
 
 
+def s3_job(store: SeaweedFS, bucket: str, tmp_path, checkpoint):
+    """The test input uploaded to a new bucket of `store`, and a job config reading it and
+    writing to the bucket's output/: (input ids, config path)."""
+    store.create_bucket(bucket)
+    ids = write_input(tmp_path / "input")
+    client = store.client()
+    for name in sorted(os.listdir(tmp_path / "input")):
+        client.upload_file(str(tmp_path / "input" / name), bucket, f"input/{name}")
+    return ids, job_file(tmp_path, checkpoint, f"s3://{bucket}/input/", f"s3://{bucket}/output/",
+                         storage={"endpoint_url": store.endpoint})
+
+
+def ids_in_result_objects(store: SeaweedFS, bucket: str) -> list:
+    """The ids of every result object under the bucket's output/."""
+    client, ids = store.client(), []
+    for key in store.keys(bucket, "output/"):
+        if key.startswith("output/masks-") and key.endswith(".parquet"):
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            ids += pq.read_table(io.BytesIO(body), columns=["id"]).column(0).to_pylist()
+    return ids
+
+
 def test_s3_server_down_mid_run(ray_head, vit_pair, tmp_path):
     """Input, output and checkpoint on SeaweedFS; the server is stopped for 10 s mid-run and
     started again on the same data. The run completes, or fails naming the storage error and
     a resumed run completes it; either way the output holds every id exactly once."""
     store = SeaweedFS(str(tmp_path / "weed")).start()
     try:
-        store.create_bucket("faults")
-        ids = write_input(tmp_path / "input")
-        client = store.client()
-        for name in sorted(os.listdir(tmp_path / "input")):
-            client.upload_file(str(tmp_path / "input" / name), "faults", f"input/{name}")
-        config = job_file(tmp_path, vit_pair.pth, "s3://faults/input/", "s3://faults/output/",
-                          storage={"endpoint_url": store.endpoint})
+        ids, config = s3_job(store, "faults", tmp_path, vit_pair.pth)
         driver = start_run(config, ray_head.address)
         try:
             wait_until(lambda: sum(map(is_committed_entry, store.keys("faults", "output/_checkpoint/"))) >= 4,
@@ -230,11 +247,75 @@ def test_s3_server_down_mid_run(ray_head, vit_pair, tmp_path):
         print(f"S3 server down for 10 s mid-run: {outcome}: "
               + next(line for line in printed.splitlines() if "rows in:" in line))
         assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
-        final = []
-        for key in store.keys("faults", "output/"):
-            if key.startswith("output/masks-") and key.endswith(".parquet"):
-                final += pq.read_table(io.BytesIO(client.get_object(Bucket="faults", Key=key)["Body"].read()),
-                                       columns=["id"]).column(0).to_pylist()
-        assert sorted(final) == sorted(ids)
+        assert sorted(ids_in_result_objects(store, "faults")) == sorted(ids)
     finally:
         store.stop()
+
+
+def race_two_runs(config: str, head: RayHead, *extra: str):
+    """Two drivers of one config started together; (exit status, output) of each."""
+    runs = [start_run(config, head.address, *extra) for _ in range(2)]
+    try:
+        return [(run.process.wait(600), run.output_tail(20000)) for run in runs]
+    finally:
+        for run in runs:
+            run.stop()
+
+
+REFUSED = ("another run is writing this output", "is not empty", "another run wrote into")
+
+
+def assert_one_wrote(outcomes, ids, final_ids) -> None:
+    """One run wrote every row; the other was refused before writing, naming why (or, when it
+    came after the first had finished a resumable output, found nothing to do)."""
+    ran = [printed for code, printed in outcomes if code == 0 and "closing check: passed" in printed]
+    assert len(ran) == 1, [printed[-3000:] for _, printed in outcomes]
+    other_code, other = next((code, printed) for code, printed in outcomes if printed is not ran[0])
+    assert (other_code == 2 and "error: output.path:" in other and any(r in other for r in REFUSED)) or (
+        other_code == 0 and "nothing to resume" in other), other[-3000:]
+    if "another run is writing this output" in other:
+        assert f"on host {socket.gethostname()}, pid " in other
+    print("the second run: " + next(line for line in other.splitlines() if "error:" in line or "nothing" in line))
+    assert sorted(final_ids) == sorted(ids)  # every id exactly once
+
+
+def test_two_runs_on_one_local_output(ray_head, vit_pair, tmp_path):
+    ids = write_input(tmp_path / "input")
+    config = job_file(tmp_path, vit_pair.pth)
+    outcomes = race_two_runs(config, ray_head)
+    assert_one_wrote(outcomes, ids, ids_in_every_result_file(tmp_path / "output"))
+    assert os.path.exists(tmp_path / "output" / "_SUCCESS")
+    assert not os.path.exists(tmp_path / "output" / "_samhq_lease.json")
+
+
+def test_two_resumed_runs_on_one_seaweedfs_output(ray_head, vit_pair, tmp_path):
+    store = SeaweedFS(str(tmp_path / "weed")).start()
+    try:
+        ids, config = s3_job(store, "race", tmp_path, vit_pair.pth)
+        outcomes = race_two_runs(config, ray_head, "--set", "output.mode=resume")
+        assert_one_wrote(outcomes, ids, ids_in_result_objects(store, "race"))
+        keys = store.keys("race", "output/")
+        assert "output/_SUCCESS" in keys and "output/_samhq_lease.json" not in keys
+    finally:
+        store.stop()
+
+
+def test_sigterm_stops_the_driver_cleanly_then_resume(ray_head, vit_pair, tmp_path):
+    """SIGTERM (a node's preemption notice) to the driver mid-run: one error line saying the
+    run was stopped and how to go on, exit status 143, no stack dump, the lease released; a
+    resumed run completes the output."""
+    ids, config, output, driver = start_job(tmp_path, vit_pair.pth, ray_head, committed=8)
+    try:
+        os.kill(driver.process.pid, signal.SIGTERM)
+        code = driver.process.wait(120)
+        printed = driver.output_tail(20000)
+    finally:
+        driver.stop()
+    assert code == 143, printed[-4000:]
+    assert "error: the run was stopped by SIGTERM before it finished" in printed and "output.mode: resume" in printed
+    for dump in ("Traceback", "SIGABRT", "Stack trace", "Fatal Python error", "*** "):
+        assert dump not in printed, printed[-4000:]
+    assert not os.path.exists(output / "_samhq_lease.json") and not os.path.exists(output / "_SUCCESS")
+    printed = run_to_end(config, ray_head.address, "--set", "output.mode=resume")
+    assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
+    assert sorted(ids_in_every_result_file(output)) == sorted(ids)

@@ -4,7 +4,7 @@ are refused, or left out and listed under `input.on_bad_file: skip`."""
 
 import concurrent.futures
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,6 +26,7 @@ class InputFile:
     num_rows: int
     read_bytes: int  # uncompressed bytes of the columns the job reads
     schema: pa.Schema
+    version: str  # as the listing had it: size and ETag or modification time (`Location.parquet_file_versions`)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class InputScan:
     def read_bytes(self) -> int:
         return sum(f.read_bytes for f in self.files)
 
+    def leaving_out(self, reasons: Dict[str, str]) -> "InputScan":
+        """This scan with the files whose URLs `reasons` names listed as skipped, for those reasons."""
+        left = [SkippedFile(f.url, reasons[f.url]) for f in self.files if f.url in reasons]
+        return InputScan(self.location, [f for f in self.files if f.url not in reasons], self.skipped + left)
+
     def first_rows(self, *columns: str) -> Optional[Tuple[InputFile, List[List[Any]]]]:
         """The first file with rows, and per column the values in its first rows (the sample
         the checks of `samples` look at); None when no file has rows."""
@@ -68,12 +74,12 @@ def scan_input(location: Location, key: str, columns: Sequence[str], skip_bad: b
     when nothing is there or a file is not readable Parquet (with `skip_bad`, such files are
     listed in the scan's `skipped` instead)."""
     try:
-        paths = location.parquet_files()
+        versions = location.parquet_file_versions()
     except FileNotFoundError as e:
         raise ConfigError([f"{key}: {e}"]) from None
     except Exception as e:  # noqa: BLE001 - permissions, endpoints, credentials: report what the store said
         raise ConfigError([f"{key}: cannot list {location.url}: {store_problem(e, location.url)}"]) from None
-    fs = location.fs
+    fs, paths = location.fs, list(versions)
     wanted = set(columns)
 
     def described(path: str, parquet: pq.ParquetFile) -> InputFile:
@@ -82,7 +88,7 @@ def scan_input(location: Location, key: str, columns: Sequence[str], skip_bad: b
                    for group in (metadata.row_group(g) for g in range(metadata.num_row_groups))
                    for c in range(group.num_columns)
                    if group.column(c).path_in_schema.split(".")[0] in wanted)
-        return InputFile(path, location.url_of(path), metadata.num_rows, size, parquet.schema_arrow)
+        return InputFile(path, location.url_of(path), metadata.num_rows, size, parquet.schema_arrow, versions[path])
 
     def footer(path: str) -> Tuple[Optional[InputFile], Optional[SkippedFile]]:
         try:
@@ -113,3 +119,36 @@ def scan_input(location: Location, key: str, columns: Sequence[str], skip_bad: b
         raise ConfigError([f"{key}: {bad.url} is {bad.reason} (input.on_bad_file: skip leaves such files out)"
                            for bad in skipped])
     return InputScan(location, [f for f, _ in results if f is not None], skipped)
+
+
+def read_pages(scan: InputScan, key: str, id_column: str, sample_columns: Sequence[str], skip_bad: bool
+               ) -> Tuple[InputScan, pa.ChunkedArray]:
+    """Pages beyond the footers, before any work: each file's whole id column (the job tells
+    rows apart by id) and its first row group of `sample_columns` (the other columns the job
+    reads, but the images: cheap), read in parallel. Returns the scan (without the files that
+    failed, listed as skipped, under `skip_bad`) and the ids of the files kept; ConfigError
+    naming each file that failed otherwise."""
+    fs = scan.location.fs
+    sample = [c for c in dict.fromkeys(sample_columns) if c != id_column]
+
+    def read(entry: InputFile) -> Tuple[Optional[pa.ChunkedArray], Optional[str]]:
+        try:
+            with fs.open(entry.path, "rb") as f:
+                parquet = pq.ParquetFile(f)
+                ids = parquet.read(columns=[id_column]).column(0)
+                if sample and parquet.metadata.num_row_groups:
+                    parquet.read_row_group(0, columns=sample)
+            return ids, None
+        except Exception as e:  # noqa: BLE001 - corrupt pages behind an intact footer
+            return None, f"not a readable Parquet file (its pages): {type(e).__name__}: {e}"[:500]
+
+    with concurrent.futures.ThreadPoolExecutor(min(_FOOTER_THREADS, max(1, len(scan.files)))) as pool:
+        results = list(pool.map(read, scan.files))
+    bad = [SkippedFile(entry.url, problem) for entry, (_, problem) in zip(scan.files, results, strict=True)
+           if problem is not None]
+    if bad and not skip_bad:
+        raise ConfigError([f"{key}: {b.url} is {b.reason} (input.on_bad_file: skip leaves such files out)" for b in bad])
+    kept = [entry for entry, (_, problem) in zip(scan.files, results, strict=True) if problem is None]
+    chunks = [chunk for ids, _ in results if ids is not None for chunk in ids.chunks]
+    ids = pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.string())
+    return InputScan(scan.location, kept, scan.skipped + bad), ids

@@ -2,10 +2,11 @@
 everything there is a job's own (`pipeline.output.layout`): nothing else is ever deleted."""
 
 import os
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
-from ..output import CHECKPOINT_DIR, JOB_FILE, SUCCESS_FILE, is_job_file
+from ..output import CHECKPOINT_DIR, JOB_FILE, SUCCESS_FILE, OutputLease, is_job_file
 from ..storage import Location, glob_root, store_problem, within
+from ..text import some
 
 
 def place(location: Location) -> Tuple[str, str]:
@@ -27,6 +28,10 @@ def check_output(output: Location, input_location: Location, mode: str, output_k
                     "is inside" if within(out_place[1], in_root[1]) else "contains")
         return [f"{output_key}: {output.url} {relation} {input_key} {input_location.url}; the job would read its own "
                 "results or replace its input: write the results elsewhere"]
+    missing = missing_bucket(output)
+    if missing is not None:
+        return [f"{output_key}: the bucket {missing} does not exist; create it first (the job never creates buckets), "
+                "or check the name"]
     entries, problems = directory_entries(output, output_key, "the results go into a directory")
     if problems or not entries:
         return problems
@@ -41,6 +46,33 @@ def check_output(output: Location, input_location: Location, mode: str, output_k
     return []
 
 
+def missing_bucket(location: Location) -> Optional[str]:
+    """The bucket of an object-store location when it does not exist (its writes would create
+    it, on a store that lets them), else None; a bucket that cannot be looked at is not
+    reported here: listing it reports why."""
+    if location.protocol not in ("s3", "s3a", "gs", "gcs"):
+        return None
+    bucket = location.path.split("/", 1)[0]
+    try:
+        return None if location.fs.exists(bucket) else f"{location.protocol}://{bucket}"
+    except Exception:  # noqa: BLE001 - permissions, endpoints: the listing that follows names them
+        return None
+
+
+def check_lease(output: Location, take_over: bool, output_key: str = "output.path") -> List[str]:
+    """Another run holding the output's lease (a run now would be refused), or a stopped run's
+    lease that only a run continuing the output (`take_over`) may take."""
+    lease = OutputLease(output, "check", take_over)
+    try:
+        found = lease.current()
+    except ValueError as e:
+        return [f"{output_key}: {e}"]
+    except Exception:  # noqa: BLE001 - a store that cannot be read is check_output's to report
+        return []
+    refused = lease.refusal(found[0]) if found is not None else None
+    return [] if refused is None else [f"{output_key}: {refused}"]
+
+
 def directory_entries(location: Location, key: str, why_directory: str) -> Tuple[List[str], List[str]]:
     """The names in the directory a command writes to ([] when it does not exist yet), or the
     problem: it is a file, or it cannot be listed."""
@@ -52,9 +84,3 @@ def directory_entries(location: Location, key: str, why_directory: str) -> Tuple
         return location.names(), []
     except Exception as e:  # noqa: BLE001 - permissions, endpoints, network
         return [], [f"{key}: cannot list {location.url}: {store_problem(e, location.url)}"]
-
-
-def some(names: List[str], limit: int = 3) -> str:
-    """A few of `names`, for a message: "3 entries: a, b, c, ..." (or the one name)."""
-    shown = ", ".join(sorted(names)[:limit])
-    return f"{len(names)} entries: {shown}{', ...' if len(names) > limit else ''}" if len(names) > 1 else shown

@@ -5,6 +5,8 @@ prefixes, and ids that a resumed run could not tell apart."""
 import math
 from typing import List, Tuple
 
+import pyarrow as pa
+
 from ..config import JobConfig
 from ..ids import repeated_ids
 from ..inputs.boxes import per_box_columns, per_box_mismatch
@@ -59,19 +61,19 @@ def check_per_box_lengths(scan: InputScan, config: JobConfig) -> Tuple[List[str]
     return problems, warnings
 
 
-def check_ids_unique(scan: InputScan, id_column: str) -> List[str]:
-    """Null and duplicate ids, from the id column of every input file (read in parallel):
-    resuming skips rows by id, so it needs one distinct id per row."""
-    columns = [table.column(0) for _, table in scan.location.read_tables([f.path for f in scan.files], [id_column])]
-    nulls, repeated, examples = repeated_ids(columns)
+def check_ids_unique(ids: pa.ChunkedArray, id_column: str) -> List[str]:
+    """Null and duplicate ids: the job tells rows apart by id (the closing check, a resumed
+    run's skipping of rows already written, --retry-errors), so it needs one distinct id per
+    row, known before any work."""
+    nulls, repeated, examples = repeated_ids([ids])
     problems = []
     if nulls:
-        problems.append(f"input.id_column: {nulls} rows have a null {id_column!r}; output.mode: resume skips rows "
-                        "already written by id, so every row needs an id")
+        problems.append(f"input.id_column: {nulls} rows have a null {id_column!r}; the job tells rows apart by id "
+                        "(what a resumed run skips, the closing check), so every row needs one")
     if repeated:
         problems.append(f"input.id_column: {repeated} ids appear more than once (e.g. "
-                        f"{', '.join(map(repr, examples))}); output.mode: resume skips rows already written by id, so "
-                        "ids must be unique")
+                        f"{', '.join(map(repr, examples))}); the job tells rows apart by id (what a resumed run skips, "
+                        "the closing check), so ids must be unique")
     return problems
 
 

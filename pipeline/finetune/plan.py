@@ -9,10 +9,11 @@ from samhq_core import SamHQConfig
 from ..checks.checkpoint import check_checkpoint
 from ..checks.columns import ColumnRule, check_columns
 from ..checks.input_files import scan_input
-from ..checks.output_dir import directory_entries, place, some
+from ..checks.output_dir import directory_entries, place
 from ..checks.paths import resolve_checkpoint, resolve_local_path, with_uri_prefixes
 from ..config import ConfigError, FinetuneConfig
 from ..storage import Location
+from ..text import some
 
 # What a fine-tuning run writes into model.output, the only files it may replace there, and
 # only when told to.

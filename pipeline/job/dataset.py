@@ -3,6 +3,7 @@ into blocks that bound what a crash costs, with Ray Data's checkpoint of the ids
 
 import dataclasses
 import math
+import os
 import warnings
 from typing import Any, List, Optional
 
@@ -32,6 +33,18 @@ _CHECKPOINT_FILTER_MEMORY = 256 << 20
 # Default block bounds (input.num_blocks unset): a 10M-image job becomes about 10k result files.
 _ROWS_PER_BLOCK = 1000
 _BLOCK_BYTES = 256 << 20
+
+
+# Ray Data's Parquet reader reads the input's footers again, on a pool of actors (32 by
+# default) placed without CPUs, each a Python process of its own: 1,000 small files on 2 CPUs
+# would start 30 of them. It takes the pool's size from this variable in the driver.
+_FOOTER_READERS_VARIABLE = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+_CPUS_PER_FOOTER_READER, _MAX_FOOTER_READERS = 4, 32
+
+
+def footer_readers(resources: Resources) -> int:
+    """How many footer-reading actors Ray Data may start: one per 4 of the cluster's CPUs, 1 to 32."""
+    return max(1, min(_MAX_FOOTER_READERS, int(resources.cpus) // _CPUS_PER_FOOTER_READER))
 
 
 class ResultFilenames(FilenameProvider):
@@ -94,6 +107,7 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
     columns = read_columns(config)
     check_column_flow(stages, columns)
     read_fs, _ = plan.scan.location.arrow()
+    os.environ.setdefault(_FOOTER_READERS_VARIABLE, str(footer_readers(resources)))
     ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(columns)
     if only_ids is not None:
         ds = ds.filter(expr=col(config.input.id_column).is_in(only_ids))

@@ -4,25 +4,28 @@ not a model, an output that would overwrite someone's files or its own input) fa
 instead, with every problem named at once in one `ConfigError`.
 
 What is read: each input file's Parquet footer (`pipeline.checks.input_files`), the first
-rows of one file's boxes and image URI columns (`pipeline.checks.samples`), with
-`output.mode: resume` every input id, the checkpoint's header (no weights are downloaded),
-and a listing of the output directory."""
+rows of one file's boxes and image URI columns (`pipeline.checks.samples`), every input id
+(the id column alone: they must be unique), the checkpoint's header (no weights are
+downloaded) and its version, a listing of the output directory and its lease."""
 
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+import pyarrow as pa
+
 from samhq_core import SamHQConfig
+from samhq_core.checkpoint_sources import checkpoint_version
 
 from ..checks.checkpoint import check_checkpoint
 from ..checks.columns import ColumnRule, check_columns, skip_files_with_bad_columns
-from ..checks.input_files import InputScan, scan_input
-from ..checks.output_dir import check_output
+from ..checks.input_files import InputScan, read_pages, scan_input
+from ..checks.output_dir import check_lease, check_output
 from ..checks.paths import resolve_checkpoint, resolve_local_path, with_uri_prefixes
 from ..checks.samples import box_format_evidence, check_ids_unique, check_per_box_lengths, check_uri_sample
 from ..config import DEMO_WORKDIR, ConfigError, JobConfig, Section
-from ..output import JobOutput
-from ..storage import Location, is_local, plain_path
+from ..output import Fingerprint, JobOutput
+from ..storage import Location, is_local, plain_path, s3_options, store_problem
 from .resume import ResumeState, RetryState, check_resume, check_retry
 
 
@@ -35,10 +38,17 @@ class JobPlan:
     scan: InputScan
     model_config: SamHQConfig
     output: JobOutput
+    fingerprint: Fingerprint  # of the input files and weights, for the description and a resume's check
     warnings: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)  # what the plan decided that the config left open
     resume: ResumeState = field(default_factory=ResumeState)
     retry: Optional[RetryState] = None  # set for a --retry-errors pass
+
+    @property
+    def rows_in(self) -> int:
+        """The rows the output is to hold: the input's, plus those of files left out during an
+        earlier run that were written before they failed."""
+        return self.scan.num_rows + self.resume.rows_from_skipped
 
     @property
     def image_size(self) -> int:
@@ -56,6 +66,7 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
     config, problems = resolve_job_paths(config, relative_to)
     unresolved = {problem.split(":", 1)[0] for problem in problems}
     scan: Optional[InputScan] = None
+    input_ids: Optional[pa.ChunkedArray] = None
     warnings: List[str] = []
     skip_bad = config.input.on_bad_file == "skip"
     input_location = Location(config.input.path, config.storage)
@@ -80,12 +91,17 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
             found, suspicious = check_per_box_lengths(scan, config)
             problems, warnings = problems + found, warnings + suspicious
             problems += check_uri_sample(scan, config)
-            if config.output.mode == "resume":
-                problems += check_ids_unique(scan, config.input.id_column)
+            try:
+                scan, input_ids = read_pages(scan, "input.path", config.input.id_column,
+                                             [c for c in read_columns(config) if c != config.input.image_column],
+                                             skip_bad)
+                problems += check_ids_unique(input_ids, config.input.id_column)
+            except ConfigError as e:
+                problems += e.problems
     model_config: Optional[SamHQConfig] = None
     if "model.checkpoint" not in unresolved:
         model_config, found = check_checkpoint(config.model.checkpoint, config.model.variant, config.storage,
-                                               "model.checkpoint")
+                                               "model.checkpoint", sha256=config.model.sha256)
         problems += [_where_from(problem, "model.checkpoint", written["model.checkpoint"], relative_to)
                      for problem in found]
     notes = []
@@ -94,21 +110,34 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
         config = config.model_copy(update={"model": config.model.model_copy(update={"mask_source": source})})
         notes.append(f"model.mask_source: {source.value}, " + ("as the checkpoint's config.json recommends"
                                                               if model_config.mask_source else "the official output"))
+    fingerprint = None
+    if scan is not None and model_config is not None:
+        try:
+            weights = checkpoint_version(config.model.checkpoint, s3_options(config.storage))
+            fingerprint = Fingerprint({f.url: f.version for f in scan.files}, weights)
+        except Exception as e:  # noqa: BLE001 - the header was read a moment ago: a store's hiccup
+            problems.append(f"model.checkpoint: cannot read {config.model.checkpoint}: "
+                            f"{store_problem(e, config.model.checkpoint)}")
     resume, retry = ResumeState(), None
     output = JobOutput.of(config)
     if not unresolved & {"input.path", "output.path"}:
         mode = "resume" if retry_errors else config.output.mode  # both work on the job's own files
         problems += check_output(output.location, input_location, mode)
+        if not problems:
+            problems += check_lease(output.location, take_over=mode in ("resume", "overwrite"))
         if retry_errors and not problems:
-            retry, found = check_retry(config, output)
+            retry, found = check_retry(config, output, fingerprint)
             problems += found
         elif config.output.mode == "resume" and not problems:
-            resume, found = check_resume(config, output)
+            resume, found = check_resume(config, output, fingerprint, input_ids)
             problems += found
+            if scan is not None and resume.skipped_inputs:
+                scan = scan.leaving_out({url: f"left out by the run resumed: {entry['reason']}"
+                                         for url, entry in resume.skipped_inputs.items()})
     if problems:
         raise ConfigError(problems)
-    assert scan is not None and model_config is not None
-    return JobPlan(config, scan, model_config, output, warnings, notes, resume, retry)
+    assert scan is not None and model_config is not None and fingerprint is not None
+    return JobPlan(config, scan, model_config, output, fingerprint, warnings, notes, resume, retry)
 
 
 def _where_from(problem: str, key: str, written: str, relative_to: Optional[str]) -> str:

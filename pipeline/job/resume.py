@@ -1,17 +1,20 @@
 """What an earlier run left at the output, for a run that continues it (`output.mode: resume`)
 or runs its transiently failed rows again (`--retry-errors`), and why it cannot when it
-cannot: a different config, or results without the checkpoint that says which rows they hold."""
+cannot: a different config, input files or weights replaced since (`Fingerprint`), results
+without the checkpoint that says which rows they hold, or a checkpoint that cannot be trusted."""
 
 import concurrent.futures
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import JobConfig
-from ..output import JOB_FILE, SUCCESS_FILE, JobDescription, JobOutput, changed_settings
+from ..output import JOB_FILE, LEASE_FILE, SUCCESS_FILE, Fingerprint, JobDescription, JobOutput, changed_settings
 from ..schema import ERROR, error_kind
-from ..storage import is_transient
+from ..storage import basename, is_transient
 
 _FOOTER_THREADS = 32
 # Errors that come from the row's data: another try meets them again.
@@ -24,6 +27,13 @@ class ResumeState:
 
     rows_done: int = 0  # rows the checkpoint holds as written
     complete: bool = False  # the earlier run finished (its _SUCCESS manifest is there)
+    # Input files an earlier run of the output found unreadable and left out (JobDescription).
+    skipped_inputs: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def rows_from_skipped(self) -> int:
+        """Rows of the left-out files written before they failed: they stay in the output."""
+        return sum(int(entry.get("rows_written", 0)) for entry in self.skipped_inputs.values())
 
     @property
     def filters_rows(self) -> bool:
@@ -53,11 +63,27 @@ def _differences(description: JobDescription, config: JobConfig) -> str:
     return ", ".join(changed_settings(description.config, config)) or "its description is from another version"
 
 
-def check_resume(config: JobConfig, output: JobOutput) -> Tuple[ResumeState, List[str]]:
-    """What an earlier run at the output left, or why it cannot be resumed."""
+def _input_changes(description: JobDescription, fingerprint: Optional[Fingerprint], what: str,
+                   url: str) -> List[str]:
+    """The problem when the input files or weights are not those the earlier run used."""
+    if fingerprint is None or description.fingerprint is None:
+        return []
+    changes = fingerprint.changes_since(description.fingerprint)
+    if not changes:
+        return []
+    return [f"{what}: the input or weights changed since the run that wrote {url} ({'; '.join(changes)}): its results "
+            "would mix rows made from different data or weights; restore them as they were, or start over with "
+            "output.mode: overwrite"]
+
+
+def check_resume(config: JobConfig, output: JobOutput, fingerprint: Optional[Fingerprint] = None,
+                 input_ids: Optional[pa.ChunkedArray] = None) -> Tuple[ResumeState, List[str]]:
+    """What an earlier run at the output left, or why it cannot be resumed: another config,
+    input files or weights changed since (`fingerprint`, now), a checkpoint entry that cannot
+    be read, or one listing ids that the input (`input_ids`, when given) does not hold."""
     description = output.read_description()
     if description is None:
-        if output.job_files():
+        if any(basename(path) != LEASE_FILE for path in output.job_files()):
             return ResumeState(), [f"output.mode: resume: {output.url} holds results but no {JOB_FILE}; it cannot be "
                                    "resumed: use output.mode: overwrite"]
         return ResumeState(), []  # nothing there yet: a first run
@@ -65,27 +91,63 @@ def check_resume(config: JobConfig, output: JobOutput) -> Tuple[ResumeState, Lis
         return ResumeState(), [f"output.mode: resume: the config differs from the run being resumed at {output.url} "
                                f"({_differences(description, config)}); resume with the same input, model and output "
                                "settings, or use output.mode: overwrite"]
+    changed = _input_changes(description, fingerprint, "output.mode: resume", output.url)
+    if changed:
+        return ResumeState(), changed
     if output.read_manifest() is not None:
-        return ResumeState(complete=True), []
-    committed = output.committed_checkpoint_entries()
-    fs = output.checkpoint.fs
-
-    def rows(path: str) -> int:
-        with fs.open(path, "rb") as f:
-            return int(pq.ParquetFile(f).metadata.num_rows)
-
-    with concurrent.futures.ThreadPoolExecutor(_FOOTER_THREADS) as pool:
-        done = sum(pool.map(rows, committed))
+        return ResumeState(complete=True, skipped_inputs=description.skipped_inputs), []
+    done, problems = _checkpoint_rows(output, input_ids)
+    if problems:
+        return ResumeState(), problems
     if not done and output.result_files().files:
         return ResumeState(), [f"output.mode: resume: {output.url} holds results but its checkpoint "
                                f"({output.checkpoint.url}) lists no rows as written; it cannot be resumed: use "
                                "output.mode: overwrite"]
-    return ResumeState(rows_done=done), []
+    return ResumeState(rows_done=done, skipped_inputs=description.skipped_inputs), []
 
 
-def check_retry(config: JobConfig, output: JobOutput) -> Tuple[Optional[RetryState], List[str]]:
+def _checkpoint_rows(output: JobOutput, input_ids: Optional[pa.ChunkedArray]) -> Tuple[int, List[str]]:
+    """The rows the checkpoint's committed entries list, read in threads (whole, when the input's
+    ids are given to check them against; else their footers), or the entries that cannot be
+    read or list ids the input does not hold."""
+    checkpoint = output.checkpoint
+    fs = checkpoint.fs
+    known = input_ids.combine_chunks() if input_ids is not None else None
+
+    def read(path: str) -> Tuple[int, int, Optional[str]]:
+        """(rows, of them ids not in the input, the problem reading it)."""
+        try:
+            with fs.open(path, "rb") as f:
+                if known is None:
+                    return int(pq.ParquetFile(f).metadata.num_rows), 0, None
+                ids = pq.read_table(f).column(0).cast(known.type)
+            return len(ids), len(ids) - (pc.sum(pc.is_in(ids, value_set=known)).as_py() or 0), None
+        except Exception as e:  # noqa: BLE001 - truncated, corrupt or not Parquet at all
+            return 0, 0, f"{type(e).__name__}: {e}"[:300]
+
+    entries = output.committed_checkpoint_entries()
+    with concurrent.futures.ThreadPoolExecutor(_FOOTER_THREADS) as pool:
+        found = list(pool.map(read, entries))
+    unreadable = [(checkpoint.url_of(path), problem) for path, (_, _, problem) in zip(entries, found, strict=True)
+                  if problem is not None]
+    if unreadable:
+        url, problem = unreadable[0]
+        name = basename(url)[: -len(".parquet")]
+        return 0, [f"output.mode: resume: {len(unreadable)} checkpoint entries cannot be read, e.g. {url} ({problem}); "
+                   f"remove each with the result files it covers (for this one: {output.url}/{name}*.parquet), whose "
+                   "rows are then processed again, or start over with output.mode: overwrite"]
+    foreign = sum(n for _, n, _ in found)
+    if foreign:
+        return 0, [f"output.mode: resume: the checkpoint at {checkpoint.url} lists {foreign} ids that the input does not "
+                   "hold: it belongs to another input (or was edited); start over with output.mode: overwrite"]
+    return sum(rows for rows, _, _ in found), []
+
+
+def check_retry(config: JobConfig, output: JobOutput, fingerprint: Optional[Fingerprint] = None
+                ) -> Tuple[Optional[RetryState], List[str]]:
     """The rows with transient errors in the completed output (their id and error columns
-    read, file by file in threads), or why there is none to retry."""
+    read, file by file in threads), or why there is none to retry (also: the input files or
+    weights changed since, `fingerprint` being now's)."""
     description = output.read_description()
     if description is None:
         return None, [f"--retry-errors: {output.url} holds no results of this pipeline (no {JOB_FILE}); run the job "
@@ -93,6 +155,9 @@ def check_retry(config: JobConfig, output: JobOutput) -> Tuple[Optional[RetrySta
     if changed_settings(description.config, config):
         return None, [f"--retry-errors: the config differs from the one that wrote {output.url} "
                       f"({_differences(description, config)}); retry with the same input, model and output settings"]
+    changed = _input_changes(description, fingerprint, "--retry-errors", output.url)
+    if changed:
+        return None, changed
     if output.read_manifest() is None:
         return None, [f"--retry-errors: {output.url} has no {SUCCESS_FILE}: its run has not finished; complete it "
                       "with output.mode: resume first"]

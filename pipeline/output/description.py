@@ -1,13 +1,15 @@
 """The two JSON files that describe an output, typed: the job that writes it
-(`JobDescription`, `_samhq_job.json`) and, once its closing check passed, what it wrote
-(`Manifest`, `_SUCCESS`); and which of a job's settings decide its results."""
+(`JobDescription`, `_samhq_job.json`, with the `Fingerprint` of its input files and weights)
+and, once its closing check passed, what it wrote (`Manifest`, `_SUCCESS`); and which of a
+job's settings decide its results."""
 
 import dataclasses
 import hashlib
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..config import ConfigError, JobConfig
+from ..text import some
 from .layout import JOB_FILE_FORMAT
 
 
@@ -40,15 +42,46 @@ def _checked(data: Any, where: str) -> Dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """What a run's results are made from besides its config: the version of each input file
+    (by URL) and of the weights, as their stores report them (`version_stamp`), so that a run
+    continuing the output notices data or weights replaced at the same place."""
+
+    input_files: Dict[str, str]
+    weights: str
+
+    def changes_since(self, earlier: "Fingerprint") -> List[str]:
+        """How the input and weights now differ from `earlier`, one phrase per kind of change."""
+        now, then = self.input_files, earlier.input_files
+        found = [(f"{len(names)} input file{'s' * (len(names) > 1)} {what} ({some(names)})") for what, names in (
+            ("changed", [url for url in now if url in then and now[url] != then[url]]),
+            ("added", [url for url in now if url not in then]),
+            ("gone", [url for url in then if url not in now])) if names]
+        if self.weights != earlier.weights:
+            found.append(f"the weights at model.checkpoint replaced (then {earlier.weights}, now {self.weights})")
+        return found
+
+
+@dataclasses.dataclass(frozen=True)
 class JobDescription:
-    """The job that writes an output: its config and its input's row count."""
+    """The job that writes an output: its config, its input's row count, and the fingerprint
+    of its input files and weights (None in a description that has none)."""
 
     config: JobConfig
     rows_in: int
+    fingerprint: Optional[Fingerprint] = None
+    # Input files that failed to read during a run, left out under input.on_bad_file: skip:
+    # url -> {"reason": why, "rows_written": how many of its rows were written before}.
+    skipped_inputs: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
-        return {"format": JOB_FILE_FORMAT, "config": self.config.to_dict(), "rows_in": self.rows_in,
+        data = {"format": JOB_FILE_FORMAT, "config": self.config.to_dict(), "rows_in": self.rows_in,
                 "config_digest": config_digest(self.config)}
+        if self.fingerprint is not None:
+            data["fingerprint"] = dataclasses.asdict(self.fingerprint)
+        if self.skipped_inputs:
+            data["skipped_inputs"] = self.skipped_inputs
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> "JobDescription":
@@ -58,7 +91,15 @@ class JobDescription:
             config = JobConfig.parse(data["config"])
         except (ConfigError, KeyError, TypeError) as e:
             raise ValueError(f"{where} holds no job config this version can read: {e}") from None
-        return cls(config, int(data.get("rows_in", 0)))
+        found = data.get("fingerprint")
+        fingerprint = None
+        if isinstance(found, dict) and isinstance(found.get("input_files"), dict):
+            fingerprint = Fingerprint({str(k): str(v) for k, v in found["input_files"].items()},
+                                      str(found.get("weights", "")))
+        skipped = data.get("skipped_inputs")
+        skipped_inputs = {str(url): {"reason": str(entry.get("reason", "")), "rows_written": int(entry.get("rows_written", 0))}
+                          for url, entry in skipped.items() if isinstance(entry, dict)} if isinstance(skipped, dict) else {}
+        return cls(config, int(data.get("rows_in", 0)), fingerprint, skipped_inputs)
 
 
 @dataclasses.dataclass

@@ -14,6 +14,8 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from samhq_core.checkpoint_sources import version_stamp
+
 from ..config import StorageConfig
 from .urls import basename, join
 
@@ -146,19 +148,24 @@ class Location:
     def parquet_files(self) -> List[str]:
         """Parquet files of this file, directory (recursive) or glob, as paths within the
         filesystem, sorted; FileNotFoundError when there are none."""
+        return list(self.parquet_file_versions())
+
+    def parquet_file_versions(self) -> Dict[str, str]:
+        """The Parquet files of `parquet_files`, each with its version (`version_stamp`: size
+        and ETag or modification time), in path order."""
         fs, path = self.fs, self.path
-        # Listings with details: the entry types come with them (an isdir per file is a request
-        # per file on an object store).
+        # Listings with details: the entry types and versions come with them (an info per file
+        # is a request per file on an object store).
         if any(ch in path for ch in "*?["):
             entries = fs.glob(path, detail=True)
         elif fs.isdir(path):
             entries = fs.find(path, detail=True)
         elif fs.exists(path):
-            entries = {path: {"type": "file"}}
+            entries = {path: fs.info(path)}
         else:
             raise FileNotFoundError(f"not found: {self.url}")
-        files = sorted(name for name, info in entries.items()
-                       if name.endswith(".parquet") and info.get("type") != "directory")
+        files = {name: version_stamp(info) for name, info in sorted(entries.items())
+                 if name.endswith(".parquet") and info.get("type") != "directory"}
         if not files:
             raise FileNotFoundError(f"no .parquet files in {self.url}")
         return files

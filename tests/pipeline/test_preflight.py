@@ -247,6 +247,7 @@ def test_finetune_config_problems_name_its_keys(tmp_path, capsys, vit_pair):
     assert line.startswith("error: data.masks_column: no column 'masks' in ")
 
 
+@pytest.mark.slow  # several CLI processes
 def test_shipped_examples_fail_with_one_clear_line_each_without_their_data(tmp_path):
     """Run from an empty directory, the examples name what is missing (the demo writes it)."""
     for example, command in (("local_example.yaml", "validate"), ("finetune_example.yaml", "finetune")):
@@ -361,3 +362,16 @@ def test_an_object_store_without_credentials_says_how_to_give_them(s3_endpoint, 
     assert "cannot list s3://no-credentials/in/: NoCredentialsError: Unable to locate credentials; give the object " \
            "store's credentials as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in line, line
     assert line.endswith("or set storage.anonymous: true for a public bucket"), line
+
+
+def test_an_output_bucket_that_does_not_exist_is_refused(s3_endpoint, vit_pair, tmp_path, capsys):
+    """A write would create it silently (on a store that lets it), somewhere nobody looks."""
+    import s3fs
+
+    job = Job(tmp_path, vit_pair.pth)
+    job.config["output"]["path"] = "s3://no-such-bucket-here/out/"
+    job.config["storage"] = {"endpoint_url": s3_endpoint}
+    (problem,) = job.errors(capsys)
+    assert problem == ("output.path: the bucket s3://no-such-bucket-here does not exist; create it first (the job "
+                       "never creates buckets), or check the name")
+    assert not s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}).exists("no-such-bucket-here")

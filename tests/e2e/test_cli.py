@@ -178,6 +178,7 @@ def imported_modules(args, cwd):
             if line.startswith("import time:") and "|" in line}
 
 
+@pytest.mark.slow  # several CLI processes
 def test_help_exports_and_review_import_neither_torch_nor_ray(tmp_path):
     """What only reads a job's output, and the help, start quickly: no torch, no Ray."""
     from helpers.review_data import write_job

@@ -37,7 +37,7 @@ from bench.common.machine import cpu_model, memory_gib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the processes and servers the tests own, shared
 
-from helpers.owned_processes import OwnedProcess, free_port, wait_for_port  # noqa: E402
+from helpers.owned_processes import OwnedProcess, free_port, ray_port_flags, wait_for_port  # noqa: E402
 
 from samhq_core import SamHQModel  # noqa: E402
 from samhq_core.random_weights import smallest_config  # noqa: E402
@@ -206,7 +206,8 @@ def main() -> None:
     ray_temp = tempfile.mkdtemp(prefix="ray_scale_", dir="/tmp")
     head = OwnedProcess(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
                          "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_temp}",
-                         "--disable-usage-stats"], env={**os.environ, "RAY_AUTH_MODE": "token"})
+                         "--disable-usage-stats", *ray_port_flags(head=True)],
+                        env={**os.environ, "RAY_AUTH_MODE": "token"})
     results = []
     try:
         wait_for_port(port, timeout=120, process=head)

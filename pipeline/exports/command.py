@@ -61,7 +61,7 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"image paths {columns.image_column!r}")
     marks = None
     if args.exclude or args.only:
-        marks = MarkFilter(read_marks(args.exclude or args.only, named.output.location.storage),
+        marks = MarkFilter(read_marks(Location(args.exclude or args.only, named.output.location.storage)),
                            EXCLUDE if args.exclude else ONLY)
         if not marks.listed:
             found = f"{len(marks.marks.good)} good, {len(marks.marks.bad)} bad"

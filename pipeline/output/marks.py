@@ -16,9 +16,8 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, List, Set, Tuple
 
-from ..config import StorageConfig
 from ..ids import id_text
 from ..storage import Location
 
@@ -37,14 +36,14 @@ class MaskMarks:
     unmarked: FrozenSet[MaskKey]
 
 
-def read_marks(url: str, storage: Optional[StorageConfig] = None) -> MaskMarks:
-    """The marks in the JSON or CSV file at `url` (by its content: JSON starts with `{` or `[`).
+def read_marks(location: Location) -> MaskMarks:
+    """The marks in the JSON or CSV file at `location` (by its content: JSON starts with `{` or `[`).
 
     Raises FileNotFoundError when there is no such file and ValueError naming the entry for a
     malformed one (no id, a box that is not an index, a mark other than good/bad) or a mask
     marked both good and bad.
     """
-    location = Location(url, storage)
+    url = location.url
     if not location.exists():
         raise FileNotFoundError(f"marks file not found: {url} (the review page's Download JSON / CSV)")
     with location.open("rb") as f:

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 from helpers.models import samhq_core_masks
-from helpers.owned_processes import OwnedProcess, free_port, session_members, wait_for_port
+from helpers.owned_processes import OwnedProcess, free_port, ray_port_flags, session_members, wait_for_port
 from helpers.paths import ROOT
 from helpers.pipeline_data import sample_rows, write_rows
 from helpers.seaweedfs import CREDENTIALS, SeaweedFS
@@ -105,10 +105,10 @@ def test_ray_job_submit_to_two_node_cluster(vit_pair, tmp_path):
     # Ray's socket paths must stay short (107 bytes): a temp dir of its own under /tmp.
     ray_temp = tempfile.mkdtemp(prefix="ray_e2e_", dir="/tmp")
     head = ["ray", "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=1", "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--node-ip-address=127.0.0.1",
-            f"--temp-dir={ray_temp}", "--disable-usage-stats"]
+            "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_temp}",
+            "--disable-usage-stats", *ray_port_flags(head=True, dashboard_port=dashboard_port)]
     worker = ["ray", "start", "--block", f"--address=127.0.0.1:{gcs_port}", "--num-cpus=2",
-              "--node-ip-address=127.0.0.1"]
+              "--node-ip-address=127.0.0.1", *ray_port_flags(head=False)]
     os.makedirs(tmp_path / "input")
     rows = sample_rows(num_good=4)
     write_rows(str(tmp_path / "input" / "part-0.parquet"), rows, row_group_size=3)

@@ -17,6 +17,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ray_port_flags(head: bool, dashboard_port: Optional[int] = None) -> List[str]:
+    """`ray start` flags that put every port a node binds on a free one, none of Ray's defaults
+    (8265, 10001, 52365, ...), which another user's cluster on the machine may hold. A head
+    gets its dashboard (`dashboard_port`, or a free one) and client-server ports too; the
+    GCS port is the caller's `--port`."""
+    flags = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+    if head:
+        flags += [f"--dashboard-port={dashboard_port or free_port()}", f"--ray-client-server-port={free_port()}"]
+    return flags
+
+
 def wait_for_port(port: int, timeout: float = 60.0, process: Optional["OwnedProcess"] = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:

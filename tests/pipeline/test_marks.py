@@ -13,6 +13,7 @@ from pipeline.cli import main
 from pipeline.output import JobOutput
 from pipeline.output.marks import EXCLUDE, ONLY, MarkFilter, read_marks
 from pipeline.output.results import ResultColumns, ResultReader
+from pipeline.storage import Location
 
 NUM_ROWS = 24
 
@@ -42,7 +43,7 @@ def test_json_and_csv_name_the_same_masks(tmp_path):
     bare = write(tmp_path / "bare.json", json.dumps([{"id": "im0001", "box": 0, "mark": "good"},
                                                       {"id": "12", "box": 2, "mark": "bad"}, {"id": "im0003", "box": 1}]))
     for path in (as_json, as_csv, bare):
-        marks = read_marks(path)
+        marks = read_marks(Location(path))
         assert (marks.good, marks.bad, marks.unmarked) == ({("im0001", 0)}, {("12", 2)}, {("im0003", 1)}), path
 
 
@@ -60,12 +61,12 @@ def test_json_and_csv_name_the_same_masks(tmp_path):
 ])
 def test_malformed_marks_are_named(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
-        read_marks(write(tmp_path / "marks", text))
+        read_marks(Location(write(tmp_path / "marks", text)))
 
 
 def test_missing_marks_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="the review page's Download"):
-        read_marks(str(tmp_path / "nope.json"))
+        read_marks(Location(str(tmp_path / "nope.json")))
 
 
 def test_exclude_and_only_over_the_results(job, tmp_path):
@@ -74,7 +75,7 @@ def test_exclude_and_only_over_the_results(job, tmp_path):
     bad, good, unmarked = set(listed[:4]), set(listed[4:9]), {listed[9]}
     entries = ([{"id": i, "box": b, "mark": "bad"} for i, b in bad] + [{"id": i, "box": b, "mark": "good"} for i, b in good]
                + [{"id": i, "box": b} for i, b in unmarked])
-    marks = read_marks(write(tmp_path / "marks.json", json.dumps(entries)))
+    marks = read_marks(Location(write(tmp_path / "marks.json", json.dumps(entries))))
 
     kept, reader = masks_of(job, MarkFilter(marks, EXCLUDE))
     assert kept == everything - bad - unmarked

@@ -28,12 +28,13 @@ def check_resources(config: JobConfig, resources: Resources, decode_memory: floa
     also places Ray Data's checkpoint filter actor (1 CPU)."""
     compute = config.compute
     problems = []
-    actor_cpus = compute.num_actors * compute.num_cpus_per_actor
+    cpus_per_actor = num_cpus_per_actor(config, resources, checkpoint_filter)
+    actor_cpus = compute.num_actors * cpus_per_actor
     filter_cpus = 1 if checkpoint_filter else 0
     if actor_cpus + filter_cpus + 1 > resources.cpus:
         resumed = ", plus 1 for Ray Data's checkpoint filter (resuming)" if filter_cpus else ""
         problems.append(
-            f"compute: {compute.num_actors} model actors x {compute.num_cpus_per_actor:g} CPUs = {actor_cpus:g} CPUs"
+            f"compute: {compute.num_actors} model actors x {cpus_per_actor:g} CPUs = {actor_cpus:g} CPUs"
             f"{resumed}, plus 1 for the read, decode and write tasks, is more than the cluster's "
             f"{resources.describe()}; lower compute.num_actors or compute.num_cpus_per_actor (on CPU, "
             "compute.torch_threads sets an actor's threads independently)")
@@ -46,6 +47,21 @@ def check_resources(config: JobConfig, resources: Resources, decode_memory: floa
         problems.append(f"compute.decode_batch_size: a decode task of {compute.decode_batch_size} images reserves "
                         f"{decode_memory / 2**20:.0f} MiB, more than the cluster's {resources.describe()}; lower it")
     return problems
+
+
+def num_cpus_per_actor(config: JobConfig, resources: Resources, checkpoint_filter: bool = False) -> float:
+    """The CPUs each model actor reserves: compute.num_cpus_per_actor, except in a resumed run
+    (`checkpoint_filter`) on a cluster that the first run filled, where Ray Data's checkpoint
+    filter actor (1 CPU, a sorted-id lookup per block) needs one more: there the model actors
+    reserve one CPU fewer between them (none at the least), so that a resumed run fits wherever
+    its first run fitted. Only Ray's reservation changes; an actor's threads
+    (compute.torch_threads) stay as they were."""
+    compute = config.compute
+    configured = compute.num_cpus_per_actor
+    actor_cpus = compute.num_actors * configured
+    if checkpoint_filter and actor_cpus + 1 <= resources.cpus < actor_cpus + 2:
+        return max(0.0, (resources.cpus - 2) / compute.num_actors)
+    return configured
 
 
 def num_gpus_per_actor(config: JobConfig, resources: Resources) -> float:

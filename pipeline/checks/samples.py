@@ -61,20 +61,24 @@ def check_per_box_lengths(scan: InputScan, config: JobConfig) -> Tuple[List[str]
     return problems, warnings
 
 
-def check_ids_unique(ids: pa.ChunkedArray, id_column: str) -> List[str]:
-    """Null and duplicate ids: the job tells rows apart by id (the closing check, a resumed
-    run's skipping of rows already written, --retry-errors), so it needs one distinct id per
-    row, known before any work."""
+def check_ids_unique(ids: pa.ChunkedArray, id_column: str, resuming: bool) -> Tuple[List[str], List[str]]:
+    """(problems, warnings) of null and duplicate ids, known before any work: the job tells
+    rows apart by id (the closing check, --retry-errors), so ids must be unique. A null id is
+    that row's error, except in a resumed run (`resuming`), which skips the rows already
+    written by id and so needs one for every row."""
     nulls, repeated, examples = repeated_ids([ids])
-    problems = []
-    if nulls:
-        problems.append(f"input.id_column: {nulls} rows have a null {id_column!r}; the job tells rows apart by id "
-                        "(what a resumed run skips, the closing check), so every row needs one")
+    problems, warnings = [], []
+    if nulls and resuming:
+        problems.append(f"input.id_column: {nulls} rows have a null {id_column!r}; output.mode: resume skips the rows "
+                        "already written by id, so every row needs one")
+    elif nulls:
+        warnings.append(f"input.id_column: {nulls} rows have a null {id_column!r}: each comes out as a row error, and "
+                        "output.mode: resume would refuse the input; give every row an id")
     if repeated:
         problems.append(f"input.id_column: {repeated} ids appear more than once (e.g. "
                         f"{', '.join(map(repr, examples))}); the job tells rows apart by id (what a resumed run skips, "
                         "the closing check), so ids must be unique")
-    return problems
+    return problems, warnings
 
 
 # Shares of the sampled boxes inverted under xyxy: from the first, a warning; above the

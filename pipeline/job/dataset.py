@@ -14,7 +14,7 @@ from ray.data.expressions import col
 
 from samhq_core import SamHQConfig
 
-from ..checks.resources import Resources, num_gpus_per_actor
+from ..checks.resources import Resources, num_cpus_per_actor, num_gpus_per_actor
 from ..config import JobConfig
 from ..inputs.boxes import per_box_columns
 from ..inputs.images import input_directory
@@ -81,16 +81,18 @@ def output_columns(config: JobConfig) -> List[str]:
 
 
 def job_stages(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None,
-               crash_guard: Optional[CrashGuard] = None) -> List[Stage]:
+               crash_guard: Optional[CrashGuard] = None, checkpoint_filter: bool = False) -> List[Stage]:
     """decode (CPU tasks) → SAM-HQ (actor pool) → RLE encode (CPU tasks), each counting its
-    rows on `counter` and its worker deaths on `crash_guard` when given."""
+    rows on `counter` and its worker deaths on `crash_guard` when given. `checkpoint_filter`:
+    Ray Data's checkpoint filter actor runs beside them (a resumed run)."""
     config = plan.config
+    num_cpus = num_cpus_per_actor(config, resources, checkpoint_filter)
     keep = output_columns(config)
     stages = [
         DecodeUDF.stage(config.input, config.storage, plan.image_size, config.compute.decode_batch_size,
                         keep_image=config.input.image_column in keep, per_box=per_box_columns(config),
                         directory=input_directory(plan.scan.location)),
-        ModelUDF.stage(config.model, config.storage, config.compute, num_gpus_per_actor(config, resources),
+        ModelUDF.stage(config.model, config.storage, config.compute, num_cpus, num_gpus_per_actor(config, resources),
                        plan.image_size, model_name(plan.model_config)),
         EncodeUDF.stage(keep, config.output.path),
     ]
@@ -103,7 +105,8 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
     """read Parquet (the rows of `only_ids` alone, when given: a --retry-errors pass, which
     has no checkpoint), then the job's stages in turn."""
     config = plan.config
-    stages = job_stages(plan, resources, counter, crash_guard)
+    checkpoint_filter = plan.resume.filters_rows and only_ids is None
+    stages = job_stages(plan, resources, counter, crash_guard, checkpoint_filter)
     columns = read_columns(config)
     check_column_flow(stages, columns)
     read_fs, _ = plan.scan.location.arrow()
@@ -121,6 +124,11 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
         warnings.simplefilter("ignore")
         ds.context.retried_io_errors = list(dict.fromkeys([*ds.context.retried_io_errors, *TRANSIENT_ERRORS]))
     ds.context.enable_progress_bars = verbose
+    reserved = num_cpus_per_actor(config, resources, checkpoint_filter)
+    if reserved < config.compute.num_cpus_per_actor:
+        log(f"resume:  the model actors reserve {reserved:g} CPUs each instead of "
+            f"{config.compute.num_cpus_per_actor:g}, leaving one for Ray Data's checkpoint filter (their threads, "
+            "compute.torch_threads, are unchanged)")
     log(f"input:   {plural(len(plan.scan.files), 'Parquet file')}, {plural(plan.scan.num_rows, 'row')}, "
         f"{byte_size(plan.scan.read_bytes)} to read, in about {num_blocks} blocks (input.num_blocks)")
     for stage in stages:

@@ -95,7 +95,9 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
                 scan, input_ids = read_pages(scan, "input.path", config.input.id_column,
                                              [c for c in read_columns(config) if c != config.input.image_column],
                                              skip_bad)
-                problems += check_ids_unique(input_ids, config.input.id_column)
+                found, suspicious = check_ids_unique(input_ids, config.input.id_column,
+                                                     resuming=config.output.mode == "resume")
+                problems, warnings = problems + found, warnings + suspicious
             except ConfigError as e:
                 problems += e.problems
     model_config: Optional[SamHQConfig] = None

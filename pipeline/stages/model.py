@@ -99,9 +99,10 @@ class ModelUDF(StageUDF):
                              f"job resizes images for {image_size}: did the checkpoint change after the job's checks?")
 
     @classmethod
-    def stage(cls, model: ModelConfig, storage: StorageConfig, compute: ComputeConfig, num_gpus: float,
-              image_size: int, model_name: str) -> Stage:
-        """The actor pool of `compute.num_actors` replicas (`model_name` describes the model)."""
+    def stage(cls, model: ModelConfig, storage: StorageConfig, compute: ComputeConfig, num_cpus: float,
+              num_gpus: float, image_size: int, model_name: str) -> Stage:
+        """The actor pool of `compute.num_actors` replicas, each reserving `num_cpus` CPUs and
+        `num_gpus` GPUs (`model_name` describes the model)."""
         device = "GPU" if num_gpus > 0 else "CPU"
         actors = plural(compute.num_actors, "actor")
         if compute.concurrent_batches_per_actor > 1:
@@ -116,12 +117,12 @@ class ModelUDF(StageUDF):
                 batch_format="pyarrow",
                 batch_size=compute.batch_size,
                 num_gpus=num_gpus,
-                num_cpus=compute.num_cpus_per_actor,
+                num_cpus=num_cpus,
                 # On CPU the actors share cores with the decode and encode tasks; spinning OpenMP
                 # threads would burn the time slices those need (bench/results/cpu_pipeline.md).
                 runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
             ),
-            description=f"{actors} ({compute.num_cpus_per_actor:g} CPU, {num_gpus:g} GPU each) on {device}: "
+            description=f"{actors} ({num_cpus:g} CPU, {num_gpus:g} GPU each) on {device}: "
                         f"{model_name}, batches of {compute.batch_size}, {model.dtype}, "
                         f"{_MASK_SOURCES[model.mask_source] if model.mask_source else _CHECKPOINTS_SOURCE}",
             required_columns=(PIXELS, RESIZED_HW, BOXES, IMAGE_SIZE, BOX_ERRORS),

@@ -18,7 +18,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers.owned_processes import OwnedProcess, free_port, session_members, wait_for_port
+from helpers.owned_processes import OwnedProcess, free_port, ray_port_flags, session_members, wait_for_port
 from helpers.paths import ROOT
 from helpers.pipeline_data import png_bytes, write_rows
 from helpers.seaweedfs import CREDENTIALS, SeaweedFS
@@ -46,7 +46,7 @@ def ray_head():
     ray_temp = tempfile.mkdtemp(prefix="ray_faults_", dir="/tmp")  # socket paths must stay short
     head = OwnedProcess(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
                          "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_temp}",
-                         "--disable-usage-stats"], env=env())
+                         "--disable-usage-stats", *ray_port_flags(head=True)], env=env())
     try:
         wait_for_port(port, timeout=120, process=head)
         yield RayHead(f"127.0.0.1:{port}", head.session_id)
@@ -79,10 +79,8 @@ def job_file(tmp_path, checkpoint, input_path=None, output_path=None, **sections
                   "num_blocks": NUM_FILES * 4},
         "output": {"path": output_path or str(tmp_path / "output")},
         "model": {"checkpoint": checkpoint},
-        # 0 CPUs for the actor: on 2 CPUs, a resumed run also places Ray Data's checkpoint
-        # filter (1 CPU) and needs 1 for the read, decode and write tasks.
-        "compute": {"num_actors": 1, "num_cpus_per_actor": 0, "torch_threads": 1, "batch_size": 2,
-                    "decode_batch_size": 2},
+        # The default CPU reservations, which fill the 2-CPU cluster: a resumed run must fit too.
+        "compute": {"num_actors": 1, "torch_threads": 1, "batch_size": 2, "decode_batch_size": 2},
         **sections,
     }
     path = tmp_path / "job.yaml"
@@ -154,6 +152,8 @@ def test_driver_killed_then_resume(ray_head, vit_pair, tmp_path):
     print(f"driver SIGKILLed with {len(written_before)} rows in result files; the resumed run skipped {done} and "
           f"processed {len(ids) - done} of {len(ids)}")
     assert 0 < done < len(ids) and done <= len(written_before)
+    assert ("resume:  the model actors reserve 0 CPUs each instead of 1, leaving one for Ray Data's checkpoint "
+            "filter") in printed
     assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
     final = ids_in_every_result_file(output)
     assert sorted(final) == sorted(ids)  # every id exactly once: no file of the killed run left over twice

@@ -38,8 +38,6 @@ class EarlierRun:
             "input": {"path": str(self.input), "id_column": "id", "image_column": "image", "boxes_column": "boxes"},
             "output": {"path": str(self.output)},
             "model": {"checkpoint": str(self.checkpoint)},
-            # 0 CPUs for the actor: a resumed run on 2 CPUs also places Ray Data's checkpoint filter.
-            "compute": {"num_actors": 1, "num_cpus_per_actor": 0},
         }
         self.path = tmp_path / "job.yaml"
         self.path.write_text(yaml.safe_dump(self.config))
@@ -134,3 +132,18 @@ def test_duplicate_ids_are_refused_before_work_in_every_mode(tmp_path, vit_pair,
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
     assert main(["validate", "--config", str(tmp_path / "job.yaml")]) == 2
     assert "1 ids appear more than once (e.g. 'good1')" in capsys.readouterr().err
+
+
+def test_null_ids_are_row_errors_but_refused_by_a_resumed_run(tmp_path, vit_pair, capsys):
+    (tmp_path / "input").mkdir()
+    rows = sample_rows(num_good=2)[:2]
+    write_rows(str(tmp_path / "input" / "a.parquet"), [rows[0], {**rows[1], "id": None}])
+    config = {"input": {"path": str(tmp_path / "input"), "id_column": "id", "image_column": "image",
+                        "boxes_column": "boxes"},
+              "output": {"path": str(tmp_path / "output")}, "model": {"checkpoint": vit_pair.pth}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    assert main(["validate", "--config", str(tmp_path / "job.yaml")]) == 0
+    assert "1 rows have a null 'id': each comes out as a row error" in capsys.readouterr().err
+    assert main(["validate", "--config", str(tmp_path / "job.yaml"), "--set", "output.mode=resume"]) == 2
+    assert "1 rows have a null 'id'; output.mode: resume skips the rows already written by id" in \
+        capsys.readouterr().err

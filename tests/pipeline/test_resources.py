@@ -1,0 +1,42 @@
+"""Whether a job fits its cluster, and a resumed run wherever its first run fitted: Ray Data's
+checkpoint filter actor (1 CPU) comes out of the model actors' reservation where the first run
+left no CPU for it."""
+
+import pytest
+
+from pipeline.checks.resources import Resources, check_resources, num_cpus_per_actor
+from pipeline.config import parse_config
+
+
+def config(**compute):
+    return parse_config({"input": {"path": "/data/in", "id_column": "id", "image_column": "image",
+                                   "boxes_column": "boxes"},
+                         "output": {"path": "/data/out"}, "model": {"checkpoint": "/models/m.pth"},
+                         "compute": compute})
+
+
+def cluster(cpus: float) -> Resources:
+    return Resources(cpus, 0.0, 8 * 2**30, "a test cluster")
+
+
+@pytest.mark.parametrize("cpus, compute, first, resumed", [
+    (2, {}, 1, 0),  # the defaults on 2 CPUs: the first run fills the cluster
+    (3, {"num_actors": 2}, 1, 0.5),
+    (3, {}, 1, 1),  # room for the filter already
+    (4, {"num_actors": 2}, 1, 1),
+    (2.5, {"num_cpus_per_actor": 1.5}, 1.5, 0.5),
+])
+def test_a_resumed_run_fits_wherever_its_first_run_fitted(cpus, compute, first, resumed):
+    job = config(**compute)
+    assert num_cpus_per_actor(job, cluster(cpus)) == first
+    assert num_cpus_per_actor(job, cluster(cpus), checkpoint_filter=True) == resumed
+    assert check_resources(job, cluster(cpus), decode_memory=2**20) == []
+    assert check_resources(job, cluster(cpus), decode_memory=2**20, checkpoint_filter=True) == []
+
+
+def test_a_first_run_that_does_not_fit_is_refused_resumed_or_not():
+    job = config(num_actors=2)
+    for resumed in (False, True):
+        (problem,) = check_resources(job, cluster(2), decode_memory=2**20, checkpoint_filter=resumed)
+        assert problem.startswith("compute: 2 model actors x 1 CPUs = 2 CPUs"), problem
+        assert ("plus 1 for Ray Data's checkpoint filter (resuming)" in problem) == resumed

@@ -1,6 +1,7 @@
-"""How faithfully the polygon exports keep the masks: each mask through `pipeline.polygons`
-(COCO polygons, and YOLO-seg's one bridged polygon through its normalised label line), drawn
-back with pycocotools' rasteriser, compared with the mask by IoU.
+"""How faithfully the COCO polygon export keeps the masks: each mask through
+`pipeline.masks.polygons.coco_polygons`, drawn back with pycocotools' rasteriser, compared with
+the mask by IoU. (YOLO-seg's polygons are drawn by Ultralytics' own rule:
+bench/ultralytics_fidelity.py measures them with Ultralytics.)
 
 Masks: the exact masks of synthetic scenes (`samhq_core.training.synthetic`: filled shapes,
 rings and frames with holes, wires, twigs, strokes) and, with --results, a job's output masks
@@ -21,7 +22,6 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from bench.common.machine import cpu_model
-from pipeline.exports.yolo import label_line
 from pipeline.masks import polygons, rle
 from pipeline.output import JobOutput
 from pipeline.output.results import ResultReader, job_columns
@@ -37,13 +37,6 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def rasterise(polys: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
     rles = mask_utils.frPyObjects([[float(v) for v in p] for p in polys], height, width)
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
-
-
-def yolo_round_trip(mask: np.ndarray, simplify: float) -> np.ndarray:
-    """The mask as YOLO-seg writes it (one normalised label line) and reads back."""
-    h, w = mask.shape
-    values = np.array(label_line(0, polygons.single_polygon(mask, simplify), h, w).split()[1:], dtype=float)
-    return rasterise([(values.reshape(-1, 2) * [w, h]).ravel().tolist()], h, w)
 
 
 def opencv_as_is(mask: np.ndarray, shift: float) -> np.ndarray:
@@ -87,8 +80,6 @@ def measure(masks: Iterator[Tuple[str, np.ndarray]]) -> Dict[str, Dict[str, List
             if coco is not None:
                 add(f"COCO polygons, simplify {simplify:g} px", iou(rasterise(coco, *mask.shape), mask))
                 add(f"COCO polygons, simplify {simplify:g} px: vertices", sum(len(p) // 2 for p in coco))
-            add(f"YOLO-seg line, simplify {simplify:g} px", iou(yolo_round_trip(mask, simplify), mask))
-            add(f"YOLO-seg line, simplify {simplify:g} px: vertices", len(polygons.single_polygon(mask, simplify)))
         if not holes:
             add("OpenCV contours as they are (pixel centres at integers)", iou(opencv_as_is(mask, 0.0), mask))
             add("OpenCV contours + 0.5 px (pixel centres)", iou(opencv_as_is(mask, 0.5), mask))
@@ -129,9 +120,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         sections.append(table(measure(result_masks(args.results)), f"The job's output masks at {args.results}"))
     text = "\n".join([
         "# Polygon fidelity of the exports", "",
-        "Each mask as the exports write it (COCO polygons: masks without holes only, since masks with holes keep "
-        "their RLE; YOLO-seg: one bridged polygon per mask, through its normalised label line), rasterised back "
-        "with pycocotools (`frPyObjects` → `decode`), IoU against the mask. Written by "
+        "Each mask as the COCO polygon export writes it (masks without holes only, since masks with holes keep "
+        "their RLE), rasterised back with pycocotools (`frPyObjects` → `decode`), IoU against the mask; YOLO-seg: "
+        "ultralytics_fidelity.md. Written by "
         "`python -m bench.polygon_fidelity" + (f" --results {args.results}" if args.results else "") + "`.", "",
         *sections, f"Machine: {machine()}.", ""])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

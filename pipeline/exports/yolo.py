@@ -29,9 +29,13 @@ pairs under that rule: the image's file name (its id without a URI) without its 
 clash with an earlier image's, `<stem>_<8 hex digits of the SHA-1 of its URI or id>` (then a
 running number), so that the same input always gives the same names.
 
-Each mask is one polygon (`pipeline.masks.polygons.single_polygon`: holes and further parts joined
-by zero-width bridges). Images whose rows failed get no label file; images without any
-exported mask get an empty one (Ultralytics reads it as background).
+Each mask is one polygon through the centres of its boundary pixels
+(`pipeline.masks.polygons.fillpoly_polygon`: holes and further parts joined by zero-width
+bridges), which Ultralytics' own label pipeline (resampling, truncation, `cv2.fillPoly`) draws
+back as the mask: exactly for a mask of one part, holes included; for a mask of several parts,
+plus the line of pixels of each bridge between them (bench/results/ultralytics_fidelity.md).
+Images whose rows failed get no label file; images without any exported mask get an empty one
+(Ultralytics reads it as background).
 """
 
 import hashlib
@@ -139,9 +143,12 @@ def write_yolo_seg(reader: ResultReader, output_dir: str, simplify: float = 0.0,
 
 
 def label_line(class_index: int, polygon: np.ndarray, height: int, width: int) -> str:
-    """One object of a label file: its class and its (n, 2) x, y polygon over the image's size."""
-    coordinates = (polygon / [width, height]).ravel()
-    return f"{class_index} " + " ".join(f"{v:.6g}" for v in coordinates)
+    """One object of a label file: its class and its (n, 2) polygon of pixel-centre indices
+    (`polygons.fillpoly_polygon`) as fractions of the image's width and height. A pixel's
+    centre lies at its index + 0.5, which Ultralytics' truncation to integers takes back to
+    the index. 8 significant digits: finer than the float32 that Ultralytics reads them into."""
+    coordinates = ((polygon + 0.5) / [width, height]).ravel()
+    return f"{class_index} " + " ".join(f"{v:.8g}" for v in coordinates)
 
 
 def _final_path(output_dir: str) -> str:
@@ -169,7 +176,7 @@ def _write_labels(path: str, image: ResultImage, reader: ResultReader, simplify:
     with open(path, "w", encoding="utf-8") as f:
         for mask in image.masks:
             decoded = rle.decode(mask.rle, f"image {image.file_name!r}", f"mask {mask.box_index}")
-            polygon = polygons.single_polygon(decoded, simplify)
+            polygon = polygons.fillpoly_polygon(decoded, simplify)
             f.write(label_line(_class_index(mask.category_id, reader), polygon, image.height, image.width) + "\n")
 
 

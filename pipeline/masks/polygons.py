@@ -2,15 +2,20 @@
 
 The rings come from OpenCV's `cv2.findContours` with its two-level hierarchy (`RETR_CCOMP`:
 outer boundaries and the holes directly inside them; an island inside a hole is an outer
-boundary of its own). Coordinates are pixel corners, the convention of COCO polygons and
-pycocotools' rasteriser: pixel (x, y) is the square [x, x + 1] x [y, y + 1], and a polygon
-covers the pixels whose centres it contains. A ring runs along the mask's pixel edges, so
-every pixel centre lies half a pixel away from it and rasterising the ring gives the mask
-back exactly (1-pixel lines and diagonal steps included).
+boundary of its own), in one of two conventions, each exact under the rasteriser of the
+format's own tools:
 
-OpenCV traces the centres of the boundary pixels, half a pixel inside those edges. Traced on
-the mask upsampled 2x, each traced centre is a quarter pixel from an edge, and rounding it to
-the nearest pixel corner, ``(p + 1) // 2`` in upsampled pixels, puts it on the edge.
+- Pixel edges (`EDGES`, COCO polygons): pixel (x, y) is the square [x, x + 1] x [y, y + 1], and
+  pycocotools covers the pixels whose centres a polygon contains. A ring runs along the mask's
+  pixel edges, every pixel centre half a pixel from it, so rasterising it gives the mask back
+  exactly (1-pixel lines and diagonal steps included). OpenCV traces the centres of the
+  boundary pixels, half a pixel inside those edges; traced on the mask upsampled 2x, each
+  traced centre is a quarter pixel from an edge, and rounding it to the nearest pixel corner,
+  ``(p + 1) // 2`` in upsampled pixels, puts it on the edge.
+- Pixel centres (`CENTRES`, YOLO-seg): Ultralytics draws a polygon with `cv2.fillPoly` at
+  integer coordinates, which fills every pixel the outline touches as well as those inside it.
+  A ring through the centres of the mask's boundary pixels (OpenCV's trace as it is) fills
+  exactly the mask. `fillpoly_polygon` says how the polygon survives Ultralytics' resampling.
 """
 
 from dataclasses import dataclass
@@ -21,6 +26,8 @@ import numpy as np
 
 # Pairs of vertices compared at once when looking for the shortest bridge (bounds memory).
 _PAIRS_PER_STEP = 1 << 21
+# The nearest vertex pairs among which a bridge takes the path with the fewest pixels outside the mask.
+_BRIDGE_CANDIDATES = 8
 
 
 @dataclass
@@ -33,21 +40,28 @@ class Component:
     holes: List[np.ndarray]
 
 
-def components(mask: np.ndarray, simplify: float = 0.0) -> List[Component]:
-    """The parts of a bool (H, W) mask, in OpenCV's order. `simplify` > 0: each ring is
+EDGES, CENTRES = "edges", "centres"
+
+
+def components(mask: np.ndarray, simplify: float = 0.0, outline: str = EDGES) -> List[Component]:
+    """The parts of a bool (H, W) mask, in OpenCV's order, their rings on the pixel `EDGES` or
+    through the boundary pixels' `CENTRES` (pixel indices). `simplify` > 0: each ring is
     simplified by `cv2.approxPolyDP` with that tolerance in pixels (a ring it would shrink
-    below 3 vertices stays as it was). Up to 0.5 px it only drops staircase corners, every
-    pixel centre staying on its side; from 1 px on, parts 1 or 2 px wide can collapse."""
+    below 3 vertices stays as it was). On the edges, up to 0.5 px only drops staircase
+    corners, every pixel centre staying on its side; from 1 px on, parts 1 or 2 px wide can
+    collapse."""
     check_tolerance(simplify)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return []
     y0, x0 = int(rows[0]), int(cols[0])
     crop = mask[y0:rows[-1] + 1, x0:cols[-1] + 1].astype(np.uint8)
-    upsampled = np.repeat(np.repeat(crop, 2, axis=0), 2, axis=1)
-    contours, hierarchy = cv2.findContours(upsampled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if outline == EDGES:
+        crop = np.repeat(np.repeat(crop, 2, axis=0), 2, axis=1)
+    contours, hierarchy = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     offset = np.array([x0, y0])
-    rings = [_ring((c[:, 0, :].astype(np.int64) + 1) // 2 + offset, simplify) for c in contours]
+    traced = [c[:, 0, :].astype(np.int64) for c in contours]
+    rings = [_ring((t + 1) // 2 + offset if outline == EDGES else t + offset, simplify) for t in traced]
     parents = hierarchy[0][:, 3]
     parts = {i: Component(rings[i], []) for i in range(len(rings)) if parents[i] < 0}
     for i, parent in enumerate(parents):
@@ -71,48 +85,93 @@ def coco_polygons(mask: np.ndarray, simplify: float = 0.0) -> Optional[List[List
     return [part.outer.ravel().tolist() for part in parts]
 
 
-def single_polygon(mask: np.ndarray, simplify: float = 0.0) -> np.ndarray:
-    """The whole mask as one (n, 2) polygon, for formats with one polygon per object (YOLO):
-    each hole is joined to its part's outer ring, and each further part to the polygon so far,
-    by a zero-width bridge (out along the shortest segment between their vertices and back),
-    so that the polygon keeps the holes under an even-odd fill. Empty (0, 2) for an empty mask."""
-    parts = components(mask, simplify)
+def fillpoly_polygon(mask: np.ndarray, simplify: float = 0.0) -> np.ndarray:
+    """The whole mask as one (n, 2) polygon of pixel-centre indices, for YOLO-seg: one polygon
+    per object, which Ultralytics draws with `cv2.fillPoly` (see `CENTRES`). Empty (0, 2) for
+    an empty mask.
+
+    Each hole is joined to its part's outer ring, and the parts to each other (the part nearest
+    to the polygon so far first, from the largest), by a zero-width bridge, out and back along
+    a path of a diagonal and a straight run between two of their nearest vertices (in pixels
+    drawn: the larger of the x and y distances), the path crossing the fewest pixels outside
+    the mask. `fillPoly` draws the bridge's pixels: inside the mask, between a hole and its
+    ring, they change nothing; across the background between parts they are one line of
+    pixels, the fewest the format allows.
+
+    Ultralytics resamples each polygon to 1,000 points (more for longer ones) by linear
+    interpolation between consecutive vertices, keeping the vertices, and truncates them to
+    integers. Points on the straight and diagonal runs between pixel centres, placed at
+    ``index + 0.5`` (`label_line` in the YOLO export), truncate back onto the run, except a
+    point exactly halfway along a diagonal step, which leaves it. With an odd number of
+    vertices (a vertex repeated where needed) no point falls there: the spacing is
+    V / (1000 - V - 2) vertices, with an odd denominator for odd V, and a halfway point
+    would need an even one.
+    """
+    parts = components(mask, simplify, CENTRES)
     if not parts:
         return np.zeros((0, 2), np.int64)
-    polygon = _with_holes(parts[0])
-    for part in parts[1:]:
-        polygon = _bridge(polygon, _with_holes(part))
-    return polygon
+    joined = [_with_holes(part, mask) for part in parts]
+    areas = [cv2.contourArea(part.outer.reshape(-1, 1, 2).astype(np.int32)) for part in parts]
+    polygon = joined.pop(int(np.argmax(areas)))
+    while joined:
+        nearest = int(np.argmin([_nearest_pairs(polygon, part, 1)[0][2] for part in joined]))
+        polygon = _bridge(polygon, joined.pop(nearest), mask)
+    return polygon if len(polygon) % 2 else np.concatenate([polygon[:1], polygon])
 
 
-def _with_holes(part: Component) -> np.ndarray:
+def _with_holes(part: Component, mask: np.ndarray) -> np.ndarray:
     polygon = part.outer
     for hole in part.holes:
-        polygon = _bridge(polygon, hole)
+        polygon = _bridge(polygon, hole, mask)
     return polygon
 
 
-def _bridge(polygon: np.ndarray, ring: np.ndarray) -> np.ndarray:
-    """`polygon` with `ring` spliced in at their closest vertices: ..., p_i, r_j, ..., r_j, p_i, ..."""
-    i, j = _closest_vertices(polygon, ring)
-    return np.concatenate([polygon[:i + 1], ring[j:], ring[:j + 1], polygon[i:]])
+def _bridge(polygon: np.ndarray, ring: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`polygon` with `ring` spliced in: ..., p_i, turn, r_j, ..., r_j, turn, p_i, ..., along
+    the path, of the few nearest vertex pairs' and of their two ways (the diagonal run first
+    or the straight one), that crosses the fewest pixels outside the mask, then the shortest."""
+    best: Optional[Tuple[Tuple[int, int], int, int, np.ndarray]] = None
+    for i, j, distance in _nearest_pairs(polygon, ring, _BRIDGE_CANDIDATES):
+        start, end = polygon[i], ring[j]
+        step = end - start
+        diagonal = np.sign(step) * np.abs(step).min()
+        for turn in (start + diagonal, end - diagonal):
+            key = (_pixels_outside(mask, start, turn) + _pixels_outside(mask, turn, end), distance)
+            if best is None or key < best[0]:
+                best = (key, i, j, turn)
+    assert best is not None
+    _, i, j, turn = best
+    corner = [turn] if (turn != polygon[i]).any() and (turn != ring[j]).any() else []
+    path = np.array(corner, np.int64).reshape(-1, 2)
+    return np.concatenate([polygon[:i + 1], path, ring[j:], ring[:j + 1], path, polygon[i:]])
 
 
-def _closest_vertices(a: np.ndarray, b: np.ndarray) -> Tuple[int, int]:
-    best, best_i, best_j = np.inf, 0, 0
+def _pixels_outside(mask: np.ndarray, start: np.ndarray, end: np.ndarray) -> int:
+    """Pixels outside `mask` on the straight or diagonal run from `start` to `end` (x, y)."""
+    length = int(np.abs(end - start).max())
+    steps = np.arange(length + 1)[:, None] * np.sign(end - start)[None, :] + start
+    return int((~mask[steps[:, 1], steps[:, 0]]).sum())
+
+
+def _nearest_pairs(a: np.ndarray, b: np.ndarray, count: int) -> List[Tuple[int, int, int]]:
+    """The `count` pairs (i, j, distance) of vertices a[i], b[j] nearest in the larger of the x
+    and y distances (the pixels a bridge between them draws, less one), nearest first."""
+    pairs: List[Tuple[int, int, int]] = []
     step = max(1, _PAIRS_PER_STEP // len(a))
     for start in range(0, len(b), step):
-        d = ((a[:, None, :] - b[None, start:start + step, :]) ** 2).sum(axis=2)
-        k = int(d.argmin())
-        i, j = divmod(k, d.shape[1])
-        if d[i, j] < best:
-            best, best_i, best_j = d[i, j], i, start + j
-    return best_i, best_j
+        d = np.abs(a[:, None, :] - b[None, start:start + step, :]).max(axis=2).ravel()
+        nearest = np.argpartition(d, count - 1)[:count] if len(d) > count else np.arange(len(d))
+        for k in nearest:
+            i, j = divmod(int(k), len(b[start:start + step]))
+            pairs.append((int(d[k]), i, start + j))
+        pairs = sorted(pairs)[:count]
+    return [(i, j, distance) for distance, i, j in pairs]
 
 
 def _ring(points: np.ndarray, simplify: float) -> np.ndarray:
     """A traced ring without repeated or collinear vertices, simplified if asked."""
-    points = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]  # the rounding repeats vertices
+    # The rounding repeats vertices; a single pixel's centre is one vertex, repeated by none.
+    points = points[np.any(points != np.roll(points, 1, axis=0), axis=1)] if len(points) > 1 else points
     if len(points) >= 3:
         incoming, outgoing = points - np.roll(points, 1, axis=0), np.roll(points, -1, axis=0) - points
         cross = incoming[:, 0] * outgoing[:, 1] - incoming[:, 1] * outgoing[:, 0]
@@ -125,4 +184,4 @@ def _ring(points: np.ndarray, simplify: float) -> np.ndarray:
     return points
 
 
-__all__ = ["Component", "check_tolerance", "coco_polygons", "components", "single_polygon"]
+__all__ = ["CENTRES", "EDGES", "Component", "check_tolerance", "coco_polygons", "components", "fillpoly_polygon"]

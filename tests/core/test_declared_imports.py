@@ -91,7 +91,9 @@ def undeclared_imports(declared: Set[str]) -> Dict[str, Set[str]]:
     providers = md.packages_distributions()
     found: Dict[str, Set[str]] = {}
     for module, path in third_party_imports():
-        distributions = {_normalise(d) for d in providers.get(module, [])}
+        # A module that nothing installed here provides (a bench's own environment's) is taken
+        # to come from the distribution of its name.
+        distributions = {_normalise(d) for d in providers.get(module, [])} or {_normalise(module)}
         if not distributions & declared:
             key = f"{module} (installed from: {', '.join(sorted(distributions)) or 'nothing'})"
             found.setdefault(key, set()).add(path)

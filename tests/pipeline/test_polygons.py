@@ -1,9 +1,14 @@
-"""Masks as polygons (pipeline.polygons), rasterised back with pycocotools, as COCO tools do."""
+"""Masks as polygons (pipeline.masks.polygons): COCO polygons rasterised back with pycocotools,
+as COCO tools do; YOLO-seg label lines drawn back by Ultralytics' rule (its label pipeline:
+float32 parsing, resampling, truncation, `cv2.fillPoly`; measured against Ultralytics itself
+in bench/ultralytics_fidelity.py)."""
 
 import numpy as np
 import pytest
+from helpers.ultralytics_rule import ultralytics_masks
 from pycocotools import mask as mask_utils
 
+from pipeline.exports.yolo import label_line
 from pipeline.masks import polygons
 from samhq_core.training.synthetic import make_scene
 
@@ -14,6 +19,12 @@ def rasterise(polys, height=H, width=W):
     """Polygons (flat x, y lists) → the bool mask pycocotools draws of them."""
     rles = mask_utils.frPyObjects([[float(v) for v in p] for p in polys], height, width)
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+
+
+def yolo_round_trip(mask, simplify=0.0):
+    """The mask as YOLO-seg writes it (one label line), drawn back by Ultralytics' rule."""
+    h, w = mask.shape
+    return ultralytics_masks([label_line(0, polygons.fillpoly_polygon(mask, simplify), h, w)], h, w)[0]
 
 
 def iou(a, b):
@@ -64,9 +75,22 @@ def test_polygons_rasterise_back_to_the_mask(name):
     else:
         assert all(len(p) >= 6 and len(p) % 2 == 0 for p in coco)
         np.testing.assert_array_equal(rasterise(coco), mask)
-    # One polygon with bridges keeps the holes and every part: exact, 1-px structures included.
-    single = polygons.single_polygon(mask)
-    np.testing.assert_array_equal(rasterise([single.ravel()]), mask)
+    drawn = yolo_round_trip(mask)
+    if len(polygons.components(mask)) == 1:  # one part, holes included: exact, 1-px structures too
+        np.testing.assert_array_equal(drawn, mask)
+    else:  # every pixel, plus the bridges' pixels between the parts
+        assert (drawn >= mask).all() and (drawn & ~mask).sum() <= 0.2 * mask.sum(), (drawn & ~mask).sum()
+
+
+def test_a_bridge_between_parts_draws_one_line_of_pixels():
+    """Two squares (pixels 5..19, and x 40..59, y 30..49), 21 pixels apart in x: the bridge
+    from the larger one's corner (40, 30) runs diagonally to (19, 9), on the edge of the
+    smaller one, then along that edge to its corner (19, 5), and fillPoly draws the 20 pixels
+    of the diagonal between the squares, no more: the fewest a line between them can have."""
+    mask = masks()["two components"]
+    drawn = yolo_round_trip(mask)
+    extra = {(int(x), int(y)) for y, x in np.argwhere(drawn & ~mask)}
+    assert extra == {(19 + k, 9 + k) for k in range(1, 21)}
 
 
 def test_parts_and_holes_follow_opencvs_hierarchy():
@@ -78,17 +102,24 @@ def test_parts_and_holes_follow_opencvs_hierarchy():
     assert sorted(map(tuple, frame.outer)) == [(5, 5), (5, 50), (50, 5), (50, 50)]
     assert sorted(map(tuple, frame.holes[0])) == [(10, 10), (10, 45), (45, 10), (45, 45)]
     assert polygons.components(np.zeros((H, W), bool)) == []
-    assert polygons.single_polygon(np.zeros((H, W), bool)).shape == (0, 2)
+    assert polygons.fillpoly_polygon(np.zeros((H, W), bool)).shape == (0, 2)
+    centres = polygons.components(masks()["frame"], outline=polygons.CENTRES)[0]  # the boundary pixels' centres
+    assert sorted(map(tuple, centres.outer.tolist())) == [(5, 5), (5, 49), (49, 5), (49, 49)]
+    # Around the hole, the pixels 4-adjacent to it: its corner pixels' diagonal neighbours are not.
+    assert sorted(map(tuple, centres.holes[0].tolist())) == [(9, 10), (9, 44), (10, 9), (10, 45), (44, 9), (44, 45),
+                                                              (45, 10), (45, 44)]
 
 
 def test_simplification():
     ring = masks()["ring"]
-    exact, simplified = polygons.single_polygon(ring), polygons.single_polygon(ring, simplify=1.0)
+    exact, simplified = polygons.fillpoly_polygon(ring), polygons.fillpoly_polygon(ring, simplify=1.0)
     assert len(simplified) < len(exact) / 2
-    assert iou(rasterise([simplified.ravel()]), ring) > 0.9
-    # Half a pixel only drops staircase corners: every pixel centre stays on its side.
+    assert iou(yolo_round_trip(ring, simplify=1.0), ring) > 0.9
+    # On the pixel edges, half a pixel only drops staircase corners: every pixel centre stays on its side.
     for name, mask in masks().items():
-        np.testing.assert_array_equal(rasterise([polygons.single_polygon(mask, simplify=0.5).ravel()]), mask, name)
+        coco = polygons.coco_polygons(mask, simplify=0.5)
+        if coco is not None:
+            np.testing.assert_array_equal(rasterise(coco), mask, name)
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="--simplify"):
             polygons.components(ring, simplify=bad)
@@ -96,19 +127,38 @@ def test_simplification():
 
 def test_synthetic_scenes_at_iou_098():
     """The synthetic scenes' exact masks (every kind: rings and frames with holes, wires,
-    twigs, strokes), rasterised back from the polygons."""
+    twigs, strokes): COCO polygons rasterised back by pycocotools, and each scene's YOLO-seg
+    label file drawn back by Ultralytics' rule, masks of one part exactly."""
     rng = np.random.default_rng(7)
     kinds_seen, worst = set(), {0.0: 1.0, 0.5: 1.0}
-    for _ in range(12):
+    one_part, several = [], []
+    for _ in range(40):
         scene = make_scene(rng, 128, 128)
-        for mask, kind in zip(scene.masks, scene.kinds, strict=True):
+        lines = [label_line(0, polygons.fillpoly_polygon(mask), 128, 128) for mask in scene.masks]
+        for mask, kind, drawn in zip(scene.masks, scene.kinds, ultralytics_masks(lines, 128, 128), strict=True):
             kinds_seen.add(kind)
             for simplify in worst:
                 coco = polygons.coco_polygons(mask, simplify)
                 if coco is not None:
                     worst[simplify] = min(worst[simplify], iou(rasterise(coco, 128, 128), mask))
-                single = polygons.single_polygon(mask, simplify)
-                worst[simplify] = min(worst[simplify], iou(rasterise([single.ravel()], 128, 128), mask))
-    assert {"ring", "frame"} <= kinds_seen
+            (one_part if len(polygons.components(mask)) == 1 else several).append(iou(drawn, mask))
+    assert {"ring", "frame", "wire"} <= kinds_seen
     assert worst[0.0] == 1.0
     assert worst[0.5] >= 0.98, worst
+    assert min(one_part) == 1.0, sorted(one_part)[:5]
+    assert np.mean(several) >= 0.9, np.mean(several)
+
+
+def test_an_odd_vertex_count_keeps_points_off_the_middle_of_diagonal_steps():
+    """Every polygon has an odd number of vertices: with an even one, Ultralytics' resampling
+    puts points halfway along diagonal steps, which truncate off the outline."""
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        for mask in make_scene(rng, 128, 128).masks:
+            assert len(polygons.fillpoly_polygon(mask)) % 2 == 1
+    # A staircase of diagonal steps whose even vertex count puts a point on a halfway point.
+    mask = np.zeros((H, W), bool)
+    for k in range(20):
+        mask[10 + k, 10:40 - k] = True
+    polygon = polygons.fillpoly_polygon(mask)
+    np.testing.assert_array_equal(ultralytics_masks([label_line(0, polygon, H, W)], H, W)[0], mask)

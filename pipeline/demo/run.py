@@ -54,12 +54,15 @@ def run_demo(workdir: str, num_images: int = 8, checkpoint: Optional[str] = None
     input_path = os.path.join(workdir, "input", "images.parquet")
     truth_path = os.path.join(workdir, "ground_truth", "masks.parquet")
     labelled_path = os.path.join(workdir, "labelled", "train.parquet")
-    write_sample_dataset(input_path, num_images, ground_truth_path=truth_path, images_dir=os.path.join(workdir, "images"),
+    images_dir = os.path.join(workdir, "images")
+    write_sample_dataset(input_path, num_images, ground_truth_path=truth_path, images_dir=images_dir,
                          labelled_path=labelled_path)
     output = os.path.join(workdir, "output")
+    # The job reads the PNG files by path (the input also holds their bytes, for the overlays):
+    # its output then names each image by its file, which every export links or points at.
     config = parse_config({
-        "input": {"path": input_path, "id_column": "image_id", "image_column": "image", "boxes_column": "boxes",
-                  "category_column": "labels"},
+        "input": {"path": input_path, "id_column": "image_id", "image_uri_column": "image_path",
+                  "boxes_column": "boxes", "category_column": "labels"},
         "output": {"path": output, "mode": "overwrite"},
         "model": {"checkpoint": checkpoint},
         "compute": {"num_actors": 1, "batch_size": 4, "torch_threads": os.cpu_count() or 1},

@@ -25,6 +25,7 @@ from ..masks import polygons, rle
 from ..output import JobOutput
 from ..output.results import ResultColumns, ResultImage, ResultMask, ResultReader
 from ..storage import Location
+from .image_refs import ImageSources
 
 
 def export_coco(
@@ -99,18 +100,26 @@ def export_coco(
     return write_coco(reader, Location(output_path, storage), as_polygons=as_polygons, simplify=simplify)
 
 
-def write_coco(reader: ResultReader, output: Location, as_polygons: bool = False, simplify: float = 0.0
-               ) -> Dict[str, int]:
-    """`export_coco` of the results `reader` streams."""
+def write_coco(reader: ResultReader, output: Location, as_polygons: bool = False, simplify: float = 0.0,
+               images_root: Optional[ImageSources] = None) -> Dict[str, int]:
+    """`export_coco` of the results `reader` streams. `images_root`: each image under its root
+    is named by its path relative to the root (a file a tool opens wherever the images are
+    mounted); the others keep their URI and are counted in ``outside_images_root``."""
     if as_polygons:
         polygons.check_tolerance(simplify)
-    num_annotations = kept_rle = 0
+    num_annotations = kept_rle = outside_root = 0
     with tempfile.TemporaryDirectory(prefix="coco_export_") as tmp:
         images_path, annotations_path = os.path.join(tmp, "images.json"), os.path.join(tmp, "annotations.json")
         with open(images_path, "w", encoding="utf-8") as images, open(annotations_path, "w", encoding="utf-8") as anns:
             for image in reader.images():
+                file_name = image.file_name
+                if images_root is not None:
+                    source = images_root.source(image.uri)
+                    relative = images_root.under_root(source) if source is not None else None
+                    file_name = relative if relative is not None else file_name
+                    outside_root += relative is None
                 images.write(("," if image.index > 1 else "") + _dumps({
-                    "id": image.index, "file_name": image.file_name, "height": image.height, "width": image.width,
+                    "id": image.index, "file_name": file_name, "height": image.height, "width": image.width,
                     "source_id": json_value(image.row_id)}))
                 for mask in image.masks:
                     num_annotations += 1
@@ -132,6 +141,8 @@ def write_coco(reader: ResultReader, output: Location, as_polygons: bool = False
         _write_output(output, info, images_path, annotations_path, categories)
     result = {"images": reader.num_images, "annotations": reader.num_masks, "skipped_rows": reader.skipped_rows,
               "skipped_boxes": reader.skipped_boxes, "categories": len(reader.categories())}
+    if images_root is not None:
+        result["outside_images_root"] = outside_root
     return {**result, "kept_rle": kept_rle} if as_polygons else result
 
 

@@ -41,6 +41,13 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
                                  "CSV of id, box, mark) marks bad")
         marked.add_argument("--only", default=None, metavar="MARKS",
                             help="export only the masks this review marks file marks good, and only their images")
+        cmd.add_argument("--images-root", default=None, metavar="DIR",
+                         help="coco-*, yolo-seg: name the images under this local directory by their path relative "
+                              "to it (COCO file_name) and link them relatively (yolo-seg), so that a tool opens them "
+                              "wherever DIR is mounted")
+        cmd.add_argument("--label-studio-root", default=None, metavar="DIR",
+                         help="label-studio: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; local images "
+                              "under it become /data/local-files/?d=<path under DIR> URLs, which it serves")
         cmd.add_argument("--simplify", type=float, default=0.0, metavar="PIXELS",
                          help="polygon formats: simplify the polygons with this tolerance in pixels (default: 0, "
                               "polygons on the masks' pixel edges, exact)")
@@ -51,9 +58,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..output.marks import EXCLUDE, ONLY, MarkFilter, read_marks
     from ..output.results import ResultReader, job_columns
     from ..storage import Location
+    from .image_refs import ImageSources, NoImageToPointAt, no_image_advice
 
     if args.simplify and args.format not in ("coco-polygons", "yolo-seg"):
         raise ValueError(f"--simplify applies to the polygon formats (coco-polygons, yolo-seg), not {args.format}")
+    if args.images_root and args.format == "label-studio":
+        raise ValueError("--images-root applies to coco-rle, coco-polygons and yolo-seg; Label Studio serves local "
+                         "images from its document root: --label-studio-root")
+    if args.label_studio_root and args.format != "label-studio":
+        raise ValueError(f"--label-studio-root applies to label-studio, not {args.format}")
     named = named_output(args)
     columns = job_columns(named.output, named.config, args.id_column, args.category_column, args.image_column)
     if named.config is not None:
@@ -74,23 +87,26 @@ def cmd_export(args: argparse.Namespace) -> int:
                           marks=marks)
     destination = Location(args.output, named.output.location.storage)
     written = args.output
-    if args.format in ("coco-rle", "coco-polygons"):
-        from .coco import write_coco
+    images = ImageSources.of_job(named.config, args.images_root or args.label_studio_root)
+    try:
+        if args.format in ("coco-rle", "coco-polygons"):
+            from .coco import write_coco
 
-        counts = write_coco(reader, destination, as_polygons=args.format == "coco-polygons", simplify=args.simplify)
-    elif args.format == "yolo-seg":
-        from .yolo import job_image_sources, write_yolo_seg
+            counts = write_coco(reader, destination, as_polygons=args.format == "coco-polygons", simplify=args.simplify,
+                                images_root=images if args.images_root else None)
+        elif args.format == "yolo-seg":
+            from .yolo import write_yolo_seg
 
-        prefixes, image_directory = job_image_sources(named.config)
-        counts = write_yolo_seg(reader, args.output, simplify=args.simplify, allowed_prefixes=prefixes,
-                                image_directory=image_directory)
-    else:
-        from .label_studio import labeling_config_path, write_label_studio
+            counts = write_yolo_seg(reader, args.output, simplify=args.simplify, images=images)
+        else:
+            from .label_studio import labeling_config_path, write_label_studio
 
-        checkpoint = named.config.model.checkpoint if named.config is not None else None
-        model_version = os.path.basename(checkpoint.rstrip("/")) if checkpoint else "samhq-annotate"
-        counts = write_label_studio(reader, destination, model_version=model_version)
-        written = f"{args.output} and {labeling_config_path(args.output)}"
+            checkpoint = named.config.model.checkpoint if named.config is not None else None
+            model_version = os.path.basename(checkpoint.rstrip("/")) if checkpoint else "samhq-annotate"
+            counts = write_label_studio(reader, destination, model_version=model_version, images=images)
+            written = f"{args.output} and {labeling_config_path(args.output)}"
+    except NoImageToPointAt as e:
+        raise ValueError(f"{e}: {no_image_advice(named.output, named.config, columns.image_column)}") from None
     print(f"wrote {written}: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     if marks is not None:
         _report_marks(marks, reader)

@@ -3,13 +3,20 @@
 `write_label_studio` streams the results (`pipeline.output.results.ResultReader`) into a JSON array
 of Label Studio tasks, one per image, with the masks as a prediction of brush regions:
 
-    {"data": {"image": <the image's URI or path>, "source_id": <the row's id>},
+    {"data": {"image": <the image's URI, or /data/local-files/?d=<path> under the root>,
+              "source_id": <the row's id>},
      "predictions": [{"model_version": ..., "score": <lowest predicted IoU of the image's masks>,
                       "result": [{"id", "type": "brushlabels", "from_name": "label",
                                   "to_name": "image", "original_width", "original_height",
                                   "image_rotation": 0, "score": <the mask's predicted IoU>,
                                   "value": {"format": "rle", "rle": [...],
                                             "brushlabels": [<category name>]}}, ...]}]}
+
+Label Studio opens object-store URIs through a cloud storage of the project and HTTP URLs as
+they are; it serves local files only under its document root: with `--label-studio-root DIR`
+(started with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and
+LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=DIR, and a Local Files storage of the project under DIR),
+a local image under DIR becomes `/data/local-files/?d=<its path under DIR>`.
 
 The prediction's score is its least confident mask's, so that sorting tasks by prediction
 score puts the images most in need of review first; an image without masks has no score.
@@ -30,7 +37,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -39,18 +46,26 @@ from ..ids import json_value
 from ..masks import rle
 from ..output.results import ResultImage, ResultReader
 from ..storage import Location
+from .image_refs import ImageSources, NoImageToPointAt
 
 FROM_NAME, TO_NAME = "label", "image"
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
-def write_label_studio(reader: ResultReader, output: Location, model_version: str = "samhq-annotate") -> Dict[str, int]:
+def write_label_studio(reader: ResultReader, output: Location, model_version: str = "samhq-annotate",
+                       images: Optional[ImageSources] = None) -> Dict[str, int]:
     """Write the results `reader` streams as Label Studio tasks at `output` (local or any
-    fsspec URL) and their labeling config beside it (`labeling_config_path`). Returns counts:
-    tasks, regions (masks), and the reader's skipped_rows, skipped_boxes and categories."""
+    fsspec URL) and their labeling config beside it (`labeling_config_path`). Each task's
+    image is its URI as the job read it (`images`: relative paths against the job's input
+    directory), a local-files URL for a file under `images.root` (Label Studio's document
+    root). Returns counts: tasks, regions (masks), images served as local files, and the
+    reader's skipped_rows, skipped_boxes and categories. NoImageToPointAt, writing nothing,
+    when every image is named by its id alone (no image URI): Label Studio could show none."""
     from label_studio_converter.brush import mask2rle  # slow to import (pandas, nltk)
 
+    images = images or ImageSources()
     names: Dict[int, str] = {}
+    local_files = by_id = 0
     with tempfile.TemporaryDirectory(prefix="label_studio_export_") as tmp:
         spool = os.path.join(tmp, "tasks.json")
         with open(spool, "w", encoding="utf-8") as tasks:
@@ -58,14 +73,23 @@ def write_label_studio(reader: ResultReader, output: Location, model_version: st
                 for mask in image.masks:
                     if mask.category_id not in names:  # a new category: the table grows as rows are read
                         names = {c["id"]: c["name"] for c in reader.categories()}
-                tasks.write(("[" if image.index == 1 else ",\n") + _dumps(_task(image, names, model_version, mask2rle)))
+                source = images.source(image.uri)
+                shown = images.label_studio_url(source) if source is not None else image.file_name
+                local_files += source is not None and shown != source
+                by_id += source is None
+                tasks.write(("[" if image.index == 1 else ",\n")
+                            + _dumps(_task(image, shown, names, model_version, mask2rle)))
             tasks.write("[]" if reader.num_images == 0 else "]\n")
+        if reader.num_images and by_id == reader.num_images:
+            raise NoImageToPointAt(f"label-studio: the output names all {by_id} images by id alone, so Label Studio "
+                                   "could show none of them")
         config = labeling_config([c["name"] for c in reader.categories()])
         with output.open_for_write() as out, open(spool, "rb") as f:
             shutil.copyfileobj(f, out, 1 << 20)
     with Location(labeling_config_path(output.url), output.storage).open_for_write() as out:
         out.write(config.encode())
-    return {"tasks": reader.num_images, "regions": reader.num_masks, "skipped_rows": reader.skipped_rows,
+    return {"tasks": reader.num_images, "regions": reader.num_masks, "local_files": local_files,
+            "skipped_rows": reader.skipped_rows,
             "skipped_boxes": reader.skipped_boxes, "categories": len(reader.categories())}
 
 
@@ -89,7 +113,8 @@ def labeling_config(category_names: List[str]) -> str:
             f'  <BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}  </BrushLabels>\n</View>\n')
 
 
-def _task(image: ResultImage, names: Dict[int, str], model_version: str, mask2rle: Any) -> Dict[str, Any]:
+def _task(image: ResultImage, shown: str, names: Dict[int, str], model_version: str, mask2rle: Any
+          ) -> Dict[str, Any]:
     results = []
     for mask in image.masks:
         decoded = rle.decode(mask.rle, f"image {image.file_name!r}", f"mask {mask.box_index}")
@@ -102,7 +127,7 @@ def _task(image: ResultImage, names: Dict[int, str], model_version: str, mask2rl
     prediction: Dict[str, Any] = {"model_version": model_version, "result": results}
     if image.masks:
         prediction["score"] = min(mask.score for mask in image.masks)
-    return {"data": {"image": image.file_name, "source_id": json_value(image.row_id)}, "predictions": [prediction]}
+    return {"data": {"image": shown, "source_id": json_value(image.row_id)}, "predictions": [prediction]}
 
 
 def _dumps(value: Any) -> str:

@@ -6,7 +6,9 @@ directory:
     data.yaml              path (the directory), train and val (both `images`), names
     images/<stem><ext>     a symlink to each image of the image-URI column that is a local file
                            under the job's allowed URI prefixes (relative paths read against
-                           the job's input directory, as the job reads them)
+                           the job's input directory, as the job reads them); a relative one
+                           for images under the images root (`--images-root`), so that the
+                           dataset and the images move together
     labels/<stem>.txt      one line per mask: `class x1 y1 x2 y2 ...`, normalised to [0, 1]
     images_to_fetch.jsonl  if any, one JSON object per line, `{"uri": ..., "path": "images/
                            <stem><ext>"}`, for each other image whose URI lies under those
@@ -18,8 +20,9 @@ directory:
                            each to its path plus its format's extension (`.png`, `.jpg`, ...)
 
 An id is never read as a path: only the image-URI column's values are linked or listed, and
-only those under the allowed prefixes (`job_image_sources`), as the job itself reads only
-those; the others are counted (`outside_prefixes`) and get a label file only.
+only those under the allowed prefixes (`image_refs.ImageSources`), as the job itself reads only
+those; the others are counted (`outside_prefixes`) and get a label file only. An export that
+can link or list none of its images is refused (`NoImageToPointAt`).
 
 Ultralytics finds an image's labels by replacing the last `/images/` of its path with
 `/labels/` and everything after its last `.` with `txt`, so every image gets its own stem that
@@ -46,17 +49,16 @@ import re
 import shutil
 import tempfile
 import urllib.parse
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import yaml
 
-from ..config import JobConfig
 from ..ids import json_value
-from ..inputs.images import default_uri_prefixes, input_directory, resolve_image_uri
 from ..masks import polygons, rle
 from ..output.results import ResultImage, ResultReader
-from ..storage import Location, is_local, local_path, plain_path, uri_allowed
+from ..storage import is_local, plain_path
+from .image_refs import ImageSources, NoImageToPointAt
 
 IMAGES, LABELS, DATA_YAML = "images", "labels", "data.yaml"
 TO_FETCH, IN_INPUT = "images_to_fetch.jsonl", "images_in_input.jsonl"
@@ -65,24 +67,14 @@ _EXTENSION = re.compile(r"[A-Za-z0-9]{1,10}")
 _MAX_STEM_BYTES = 200  # of a name's 255: room for the digest, a running number and the extension
 
 
-def job_image_sources(config: Optional[JobConfig]) -> Tuple[List[str], Optional[str]]:
-    """Where the job's image URIs may point (its input.allowed_uri_prefixes, else their default
-    for its input) and the directory its relative image paths are read against; no prefixes
-    without the job's config (then no image is linked or listed)."""
-    if config is None:
-        return [], None
-    prefixes = config.input.allowed_uri_prefixes
-    return (list(prefixes) if prefixes is not None else default_uri_prefixes(config.input.path),
-            input_directory(Location(config.input.path, config.storage)))
-
-
 def write_yolo_seg(reader: ResultReader, output_dir: str, simplify: float = 0.0,
-                   allowed_prefixes: Sequence[str] = (), image_directory: Optional[str] = None) -> Dict[str, int]:
+                   images: Optional[ImageSources] = None) -> Dict[str, int]:
     """Write the results `reader` streams as a YOLO segmentation dataset in `output_dir` (a
     local directory that must not exist or be empty, and not a symbolic link). It is built in
     a private directory beside it and moved into place once the whole input has been read, so
-    a bad input (ValueError) leaves nothing. `allowed_prefixes`: where image URIs may point;
-    `image_directory`: what relative image paths are read against (`job_image_sources`).
+    a bad input (ValueError) leaves nothing. `images`: where image URIs may point, what
+    relative paths are read against, and the root that links are made relative to, if any
+    (`ImageSources.of_job`); NoImageToPointAt when no image can be linked or listed to fetch.
 
     Classes: the 0-based index into `names`; with string categories (or none) the category id
     - 1; with integer categories the id itself, and `names` lists every id from 0 to the
@@ -93,6 +85,7 @@ def write_yolo_seg(reader: ResultReader, output_dir: str, simplify: float = 0.0,
     reader's skipped_rows, skipped_boxes and categories.
     """
     polygons.check_tolerance(simplify)
+    images = images or ImageSources()
     if not is_local(output_dir):
         raise ValueError(f"--output {output_dir}: yolo-seg writes a local directory (its images are symlinks)")
     final = _final_path(output_dir)
@@ -108,24 +101,32 @@ def write_yolo_seg(reader: ResultReader, output_dir: str, simplify: float = 0.0,
         with (open(os.path.join(building, TO_FETCH), "x", encoding="utf-8") as to_fetch,
               open(os.path.join(building, IN_INPUT), "x", encoding="utf-8") as in_input):
             for image in reader.images():
-                uri = image.file_name if reader.columns.image_column else None
+                uri = image.uri
                 stem, extension = _claim_stem(building, image, uri)
                 _write_labels(os.path.join(building, LABELS, f"{stem}.txt"), image, reader, simplify)
                 if not image.masks:
                     counts["empty_labels"] += 1
                 entry = f"{IMAGES}/{stem}{extension}"
-                source = _source(uri, image_directory)
+                source = images.source(uri)
                 if source is None:
                     in_input.write(_json_line({"id": json_value(image.row_id), "path": entry}))
                     counts["no_image_uri"] += 1
-                elif not uri_allowed(source, allowed_prefixes):
+                elif not images.allowed(source):
                     counts["outside_prefixes"] += 1
                 elif is_local(source) and os.path.isfile(source):
-                    os.symlink(source, os.path.join(building, entry))
+                    relative = images.under_root(source)
+                    # Under the images root the link is relative: the dataset and the images move together.
+                    target = os.path.relpath(os.path.realpath(source), os.path.join(final, IMAGES)) \
+                        if relative is not None else source
+                    os.symlink(target, os.path.join(building, entry))
                     counts["linked"] += 1
                 else:
                     to_fetch.write(_json_line({"uri": source, "path": entry}))
                     counts["to_fetch"] += 1
+        if reader.num_images and not counts["linked"] + counts["to_fetch"]:
+            raise NoImageToPointAt(f"yolo-seg: none of the {reader.num_images} images can be linked or listed to fetch "
+                                   f"(named by id: {counts['no_image_uri']}, outside the job's allowed URI prefixes: "
+                                   f"{counts['outside_prefixes']})")
         with open(os.path.join(building, DATA_YAML), "x", encoding="utf-8") as f:
             f.write(f"# YOLO segmentation dataset written by samhq-annotate from {reader.output.url}\n"
                     "# train and val are the same images: split them as the training needs.\n")
@@ -161,15 +162,6 @@ def _final_path(output_dir: str) -> str:
     if os.path.lexists(final) and (not os.path.isdir(final) or os.listdir(final)):
         raise ValueError(f"--output {output_dir} exists and is not an empty directory: yolo-seg writes a new one")
     return final
-
-
-def _source(uri: Optional[str], image_directory: Optional[str]) -> Optional[str]:
-    """The image URI as the job read it; an absolute local path with its links resolved once,
-    so that the path checked against the prefixes is the path linked."""
-    if uri is None:
-        return None
-    source = resolve_image_uri(uri, image_directory)
-    return local_path(source) if is_local(source) and os.path.isabs(plain_path(source)) else source
 
 
 def _write_labels(path: str, image: ResultImage, reader: ResultReader, simplify: float) -> None:
@@ -240,4 +232,4 @@ def _json_line(value: Dict[str, Any]) -> str:
     return json.dumps(value, ensure_ascii=True) + "\n"
 
 
-__all__ = ["job_image_sources", "label_line", "write_yolo_seg"]
+__all__ = ["label_line", "write_yolo_seg"]

@@ -87,6 +87,7 @@ class ResultImage:
     height: int
     width: int
     masks: List[ResultMask] = field(default_factory=list)
+    uri: Optional[str] = None  # the image column's value; None without one or when null (never the id)
 
 
 class ResultReader:
@@ -249,8 +250,9 @@ class ResultReader:
         if self.marks is not None and not self.marks.keeps_image(text):
             self.unmarked_images += 1
             return None
-        file_name = row[columns.image_column] if columns.image_column else None
-        image = ResultImage(self.num_images + 1, row_id, str(file_name if file_name else text), height, width)
+        uri = row[columns.image_column] if columns.image_column else None
+        uri = str(uri) if uri else None
+        image = ResultImage(self.num_images + 1, row_id, uri or text, height, width, uri=uri)
         self.num_images += 1
         for i in range(num_boxes):
             mask, area, score = per_box[MASKS][i], per_box[MASK_AREAS][i], per_box[IOU_SCORES][i]

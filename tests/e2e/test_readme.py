@@ -51,7 +51,7 @@ def test_every_block_is_run_or_says_why_not():
 @pytest.mark.cluster
 def test_readme_blocks_run_as_written(tmp_path):
     repo = tmp_path / "repo"
-    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".git", "demo_output", "__pycache__", "*.egg-info",
+    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".git", ".venv*", "demo_output", "__pycache__", "*.egg-info",
                                                               ".pytest_cache", "build"))
     script = ["set -euo pipefail"]
     python: List[str] = []

@@ -14,6 +14,7 @@ import pytest
 from helpers.result_data import describe_job, rect_mask, result_row
 
 from pipeline.cli import main
+from pipeline.exports.image_refs import ImageSources, NoImageToPointAt
 from pipeline.exports.label_studio import write_label_studio
 from pipeline.exports.yolo import write_yolo_seg
 from pipeline.output import JobOutput
@@ -76,19 +77,38 @@ ODD_IDS = ["/etc/passwd", "../../../../etc/hostname", "a/b.png", "..", ".", "...
 
 
 def test_yolo_ids_are_never_read_as_paths(tmp_path):
+    """Rows whose image URI is null are named by their ids, which are listed, never linked,
+    even where an id names a file under the allowed prefixes; the one row with a URI is linked."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    (pictures / "real.png").write_bytes(b"an image")
+    (pictures / "a").mkdir()
+    (pictures / "a" / "b.png").write_bytes(b"an image")  # what the id "a/b.png" would name
+    ids = [*ODD_IDS, "real"]
     out = tmp_path / "yolo"
-    counts = write_yolo_seg(job_results(tmp_path / "results", ODD_IDS), str(out))
-    assert (counts["linked"], counts["no_image_uri"]) == (0, len(ODD_IDS))
-    assert os.listdir(out / "images") == [] and no_links_under(tmp_path) == []
+    counts = write_yolo_seg(job_results(tmp_path / "results", ids, [None] * len(ODD_IDS) + [str(pictures / "real.png")]),
+                            str(out), images=ImageSources([str(pictures)], str(pictures)))
+    assert (counts["linked"], counts["no_image_uri"]) == (1, len(ODD_IDS))
+    assert os.listdir(out / "images") == ["real.png"] and no_links_under(tmp_path / "results") == []
     assert not (out / "images_to_fetch.jsonl").exists()
     listed = json_lines(out / "images_in_input.jsonl")
     assert [entry["id"] for entry in listed] == ODD_IDS
-    assert len(os.listdir(out / "labels")) == len(ODD_IDS)
+    assert len(os.listdir(out / "labels")) == len(ids)
     for k, entry in enumerate(listed):
         assert safe_entry(entry["path"]), entry
         # The bytes written to the path plus their format's extension pair with the row's labels.
         assert label_class(ultralytics_label_path(f"{out}/{entry['path']}.png")) == k
-    assert sorted(os.listdir(tmp_path)) == ["results", "yolo"]
+    assert sorted(os.listdir(tmp_path)) == ["pictures", "results", "yolo"]
+
+
+def test_an_export_with_no_image_to_point_at_is_refused_and_writes_nothing(tmp_path):
+    with pytest.raises(NoImageToPointAt, match=r"none of the 3 images can be linked or listed to fetch \(named by "
+                                               r"id: 3, outside the job's allowed URI prefixes: 0\)"):
+        write_yolo_seg(job_results(tmp_path / "results", ["/etc/passwd", "a", "b"]), str(tmp_path / "yolo"))
+    with pytest.raises(NoImageToPointAt, match="names all 2 images by id alone"):
+        write_label_studio(job_results(tmp_path / "results2", ["a", "b"], [None, None]),
+                           Location(str(tmp_path / "ls" / "tasks.json")))
+    assert sorted(os.listdir(tmp_path)) == ["results", "results2"]
 
 
 ODD_NAMES = ["..png", ".png", "...", ".hidden.png", "a.b.png", "noext", "tab\tname.png", "new\nline.png",
@@ -108,7 +128,7 @@ def test_yolo_odd_image_names_pair_with_their_labels(tmp_path):
     uris += remote
     out = tmp_path / "yolo"
     counts = write_yolo_seg(job_results(tmp_path / "results", [f"r{k}" for k in range(len(uris))], uris), str(out),
-                            allowed_prefixes=[str(pictures), "s3://bucket/"])
+                            images=ImageSources([str(pictures), "s3://bucket/"]))
     assert (counts["linked"], counts["to_fetch"], counts["outside_prefixes"]) == (len(ODD_NAMES) + 1, 4, 2)
     assert len(os.listdir(out / "labels")) == len(uris)  # every image has its label file, linked or not
     row_of = {uri: k for k, uri in enumerate(uris)}
@@ -130,7 +150,7 @@ def test_yolo_fetch_list_escapes_tabs_and_newlines(tmp_path):
             "s3://bucket/\r\n.png"]
     out = tmp_path / "yolo"
     counts = write_yolo_seg(job_results(tmp_path / "results", ["a", "b", "c"], uris), str(out),
-                            allowed_prefixes=["s3://bucket/"])
+                            images=ImageSources(["s3://bucket/"]))
     assert counts["to_fetch"] == 3
     assert len((out / "images_to_fetch.jsonl").read_text().splitlines()) == 3
     listed = json_lines(out / "images_to_fetch.jsonl")
@@ -144,14 +164,16 @@ def test_yolo_builds_where_no_link_can_be_planted(tmp_path):
     planted = tmp_path / f"yolo.partial-{os.getpid()}"  # where the export once built, predictably
     planted.symlink_to(victim)
     out = tmp_path / "yolo"
-    write_yolo_seg(job_results(tmp_path / "results", ["a"]), str(out))
+    write_yolo_seg(job_results(tmp_path / "results", ["a"], ["s3://bucket/a.png"]), str(out),
+                   images=ImageSources(["s3://bucket/"]))
     assert os.listdir(victim) == [] and os.readlink(planted) == str(victim)
     assert not out.is_symlink() and (out / "labels" / "a.txt").is_file()
 
     linked_out = tmp_path / "linked"  # the output itself a link to someone's empty directory
     linked_out.symlink_to(victim)
     with pytest.raises(ValueError, match="is a symbolic link"):
-        write_yolo_seg(job_results(tmp_path / "results2", ["a"]), str(linked_out))
+        write_yolo_seg(job_results(tmp_path / "results2", ["a"], ["s3://bucket/a.png"]), str(linked_out),
+                       images=ImageSources(["s3://bucket/"]))
     assert os.listdir(victim) == []
     assert sorted(p for p in os.listdir(tmp_path) if "partial" in p) == [planted.name]  # no build left behind
 
@@ -180,7 +202,8 @@ HOSTILE = ['say "hi"', "it's", "a<b>&c", "]]>", "line\nbreak", "tab\there", "ðŸ™
 def test_label_studio_config_is_well_formed_xml_for_any_category(tmp_path):
     tasks = tmp_path / "ls" / "tasks.json"
     write_label_studio(job_results(tmp_path / "results", [f"r{k}" for k in range(len(HOSTILE))],
-                                   categories=HOSTILE), Location(str(tasks)))
+                                   [f"s3://bucket/{k}.png" for k in range(len(HOSTILE))], categories=HOSTILE),
+                       Location(str(tasks)))
     root = ET.parse(tmp_path / "ls" / "tasks.labeling_config.xml").getroot()
     assert [label.get("value") for label in root.iter("Label")] == HOSTILE
     assert [t["predictions"][0]["result"][0]["value"]["brushlabels"] for t in json.load(open(tasks))] == \
@@ -192,6 +215,6 @@ def test_label_studio_refuses_a_category_xml_cannot_hold(tmp_path, bad):
     """XML 1.0 has no form, escaped or not, for these characters: refused by name, nothing written."""
     tasks = tmp_path / "ls" / "tasks.json"
     with pytest.raises(ValueError, match=f"category {re.escape(repr(bad))} holds"):
-        write_label_studio(job_results(tmp_path / "results", ["a", "b"], categories=["fine", bad]),
-                           Location(str(tasks)))
+        write_label_studio(job_results(tmp_path / "results", ["a", "b"], ["s3://b/a.png", "s3://b/b.png"],
+                                       categories=["fine", bad]), Location(str(tasks)))
     assert not (tmp_path / "ls").exists()

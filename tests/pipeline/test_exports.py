@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 
 from pipeline.cli import main
 from pipeline.exports.coco import export_coco
+from pipeline.exports.image_refs import ImageSources, NoImageToPointAt
 from pipeline.exports.label_studio import write_label_studio
 from pipeline.exports.yolo import write_yolo_seg
 from pipeline.output import JobOutput
@@ -110,7 +111,7 @@ def read_label_polygons(path, height, width):
 
 def test_yolo_seg_layout(results, tmp_path):
     out = tmp_path / "yolo"
-    counts = write_yolo_seg(reader(results), str(out), allowed_prefixes=[str(tmp_path / "pictures"), "s3://bucket/"])
+    counts = write_yolo_seg(reader(results), str(out), images=ImageSources([str(tmp_path / "pictures"), "s3://bucket/"]))
     assert counts == {"images": 3, "objects": 3, "linked": 2, "to_fetch": 1, "no_image_uri": 0, "outside_prefixes": 0,
                       "empty_labels": 1, "skipped_rows": 1, "skipped_boxes": 1, "categories": 3}
     data = yaml.safe_load((out / "data.yaml").read_text())
@@ -150,12 +151,17 @@ def test_yolo_seg_integer_categories_and_a_bad_input(tmp_path):
         result_row("a", (H, W), [ring(), line()], [0.9, 0.8], categories=[3, 1])],
         category_type=pa.list_(pa.int64()))
     out = tmp_path / "yolo"
-    write_yolo_seg(ResultReader(JobOutput(path), ResultColumns("id", "cat")), str(out))
+    with pytest.raises(NoImageToPointAt, match="named by id: 1"):  # no image column: nothing to link
+        write_yolo_seg(ResultReader(JobOutput(path), ResultColumns("id", "cat")), str(out))
+    assert not out.exists()
+    table = pq.read_table(path)
+    pq.write_table(table.append_column("path", pa.array(["s3://bucket/a.png"])), path)
+    write_yolo_seg(ResultReader(JobOutput(path), ResultColumns("id", "cat", "path")), str(out),
+                   images=ImageSources(["s3://bucket/"]))
     assert yaml.safe_load((out / "data.yaml").read_text())["names"] == {0: "0", 1: "1", 2: "2", 3: "3"}
     assert [cls for cls, _ in read_label_polygons(out / "labels" / "a.txt", H, W)] == [3, 1]
-    assert os.listdir(out / "images") == []  # no image column: the images are named by their ids
-    assert (out / "images_in_input.jsonl").read_text() == '{"id": "a", "path": "images/a"}\n'
-    assert not (out / "images_to_fetch.jsonl").exists()
+    assert os.listdir(out / "images") == [] and not (out / "images_in_input.jsonl").exists()
+    assert (out / "images_to_fetch.jsonl").read_text() == '{"uri": "s3://bucket/a.png", "path": "images/a.png"}\n'
 
     bad = write_results(str(tmp_path / "bad" / "p.parquet"), [
         result_row("a", (H, W), [ring()], [0.9], categories=["x"]),
@@ -173,7 +179,8 @@ def test_yolo_seg_integer_categories_and_a_bad_input(tmp_path):
 def test_label_studio_tasks_decode_to_the_masks(results, tmp_path):
     out = str(tmp_path / "ls" / "tasks.json")
     counts = write_label_studio(reader(results, min_score=0.7), Location(str(out)), model_version="demo")
-    assert counts == {"tasks": 3, "regions": 2, "skipped_rows": 1, "skipped_boxes": 2, "categories": 3}
+    assert counts == {"tasks": 3, "regions": 2, "local_files": 0, "skipped_rows": 1, "skipped_boxes": 2,
+                      "categories": 3}
     tasks = json.load(open(out))
     assert [t["data"]["image"] for t in tasks] == [str(tmp_path / "pictures" / "a" / "x.png"),
                                                   str(tmp_path / "pictures" / "b" / "x.png"),
@@ -200,7 +207,8 @@ def test_label_studio_tasks_decode_to_the_masks(results, tmp_path):
 
 
 def test_cli_every_format(results, tmp_path, capsys):
-    describe_job(results, 4, {"id_column": "id", "category_column": "cat", "image_uri_column": "path"},
+    describe_job(results, 4, {"id_column": "id", "category_column": "cat", "image_uri_column": "path",
+                              "allowed_uri_prefixes": [str(tmp_path / "pictures"), "s3://bucket/"]},
                  {"checkpoint": "models/samhq-demo-synthetic"})
     for fmt, out in (("coco-rle", "rle.json"), ("coco-polygons", "poly.json"), ("yolo-seg", "yolo"),
                      ("label-studio", "ls.json")):
@@ -225,3 +233,65 @@ def test_cli_every_format(results, tmp_path, capsys):
         assert main(["export", *argv, "--input", results, "--output", str(tmp_path / "bad")]) == 2, argv
         assert message in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_images_root_and_label_studio_root_name_images_as_the_tools_open_them(results, tmp_path, capsys):
+    pictures = tmp_path / "pictures"
+    describe_job(results, 4, {"id_column": "id", "category_column": "cat", "image_uri_column": "path",
+                              "allowed_uri_prefixes": [str(pictures), "s3://bucket/"]})
+    export = ["export", "--input", results, "--output"]
+    assert main([*export, str(tmp_path / "coco.json"), "--format", "coco-rle", "--images-root", str(pictures)]) == 0
+    assert "outside_images_root: 1" in capsys.readouterr().out
+    names = [image["file_name"] for image in json.load(open(tmp_path / "coco.json"))["images"]]
+    assert names == ["a/x.png", "b/x.png", "s3://bucket/c.jpg?versionId=3"]
+
+    assert main([*export, str(tmp_path / "yolo"), "--format", "yolo-seg", "--images-root", str(pictures)]) == 0
+    link = tmp_path / "yolo" / "images" / "x.png"
+    assert os.readlink(link) == os.path.join("..", "..", "pictures", "a", "x.png")  # moves with the images
+    assert os.path.realpath(link) == str(pictures / "a" / "x.png")
+
+    assert main([*export, str(tmp_path / "ls.json"), "--format", "label-studio", "--label-studio-root",
+                 str(pictures)]) == 0
+    assert "local_files: 2" in capsys.readouterr().out
+    shown = [task["data"]["image"] for task in json.load(open(tmp_path / "ls.json"))]
+    assert shown == ["/data/local-files/?d=a/x.png", "/data/local-files/?d=b/x.png", "s3://bucket/c.jpg?versionId=3"]
+
+    for argv, message in (
+        (["--format", "label-studio", "--images-root", str(pictures)], "--images-root applies to coco-rle"),
+        (["--format", "coco-rle", "--label-studio-root", str(pictures)], "--label-studio-root applies to label-studio"),
+        (["--format", "coco-rle", "--images-root", str(tmp_path / "nope")], "must be an existing local directory"),
+    ):
+        assert main([*export, str(tmp_path / "bad"), *argv]) == 2, argv
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_an_export_that_can_point_at_no_image_names_the_column_that_would(tmp_path, capsys):
+    """Exit 2, nothing written, and the advice: a column of the output that holds image paths,
+    else one of the job's input that the output does not keep."""
+    input_file = tmp_path / "input" / "rows.parquet"
+    input_file.parent.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "image": [b"png bytes"], "image_path": ["/data/pictures/a.png"]}), input_file)
+    rows = [result_row("a", (H, W), [ring()], [0.9], categories=["donut"])]
+    for keep_paths in (True, False):
+        output = tmp_path / f"output_{keep_paths}"
+        output.mkdir()
+        fields = [pa.field("id", pa.string()), pa.field("cat", pa.list_(pa.string()))]
+        extra = [{"image_path": "/data/pictures/a.png"}] if keep_paths else [{}]
+        fields += [pa.field("image_path", pa.string())] if keep_paths else []
+        pq.write_table(pa.Table.from_pylist([{**r, **e} for r, e in zip(rows, extra, strict=True)],
+                                            schema=pa.schema(fields + RESULT_FIELDS)),
+                       output / "masks-0-000000-0.parquet")
+        describe_job(str(output), 1, {"path": str(input_file), "id_column": "id", "category_column": "cat",
+                                      "image_column": "image"})
+        for fmt in ("yolo-seg", "label-studio"):
+            target = tmp_path / f"{fmt}_{keep_paths}"
+            assert main(["export", "--format", fmt, "--input", str(output), "--output", str(target)]) == 2
+            err = capsys.readouterr().err
+            assert "the job read its images as bytes (input.image_column 'image')" in err, err
+            if keep_paths:
+                assert "the output's column 'image_path' holds image paths: --image-column image_path" in err, err
+            else:
+                assert ("the job's input column 'image_path' holds image paths, which the output does not keep: run "
+                        "the job with input.image_uri_column: image_path") in err, err
+            assert not os.path.exists(target)

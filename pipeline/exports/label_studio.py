@@ -15,7 +15,8 @@ of Label Studio tasks, one per image, with the masks as a prediction of brush re
 Label Studio opens object-store URIs through a cloud storage of the project and HTTP URLs as
 they are; it serves local files only under its document root: with `--label-studio-root DIR`
 (started with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and
-LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=DIR, and a Local Files storage of the project under DIR),
+LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=DIR, and a Local Files storage of the project for a
+folder below DIR),
 a local image under DIR becomes `/data/local-files/?d=<its path under DIR>`.
 
 The prediction's score is its least confident mask's, so that sorting tasks by prediction

@@ -183,7 +183,7 @@ def test_help_exports_and_review_import_neither_torch_nor_ray(tmp_path):
     """What only reads a job's output, and the help, start quickly: no torch, no Ray."""
     from helpers.review_data import write_job
 
-    job = write_job(str(tmp_path / "job"), 12)
+    job = write_job(str(tmp_path / "job"), 12, image_files=True)
     for args in (["--help"], ["run", "--help"],
                  ["export", "--format", "coco-polygons", "--input", job["output"], "--output", str(tmp_path / "c.json")],
                  ["export", "--format", "label-studio", "--input", job["output"], "--output", str(tmp_path / "l.json")],

@@ -121,15 +121,20 @@ def test_checkpoint_entries_listing_ids_not_in_the_input_are_refused(earlier, ca
     assert status == 2 and "lists 2 ids that the input does not hold" in printed
 
 
+def write_job_yaml(tmp_path, checkpoint) -> None:
+    """tmp_path/job.yaml: a job over tmp_path/input into tmp_path/output."""
+    config = {"input": {"path": str(tmp_path / "input"), "id_column": "id", "image_column": "image",
+                        "boxes_column": "boxes"},
+              "output": {"path": str(tmp_path / "output")}, "model": {"checkpoint": checkpoint}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+
+
 def test_duplicate_ids_are_refused_before_work_in_every_mode(tmp_path, vit_pair, capsys):
     (tmp_path / "input").mkdir()
     rows = sample_rows(num_good=3)[:3]
     write_rows(str(tmp_path / "input" / "a.parquet"), rows)
     write_rows(str(tmp_path / "input" / "b.parquet"), [dict(rows[1])])  # good1 again, in another file
-    config = {"input": {"path": str(tmp_path / "input"), "id_column": "id", "image_column": "image",
-                        "boxes_column": "boxes"},
-              "output": {"path": str(tmp_path / "output")}, "model": {"checkpoint": vit_pair.pth}}
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    write_job_yaml(tmp_path, vit_pair.pth)
     assert main(["validate", "--config", str(tmp_path / "job.yaml")]) == 2
     assert "1 ids appear more than once (e.g. 'good1')" in capsys.readouterr().err
 
@@ -138,10 +143,7 @@ def test_null_ids_are_row_errors_but_refused_by_a_resumed_run(tmp_path, vit_pair
     (tmp_path / "input").mkdir()
     rows = sample_rows(num_good=2)[:2]
     write_rows(str(tmp_path / "input" / "a.parquet"), [rows[0], {**rows[1], "id": None}])
-    config = {"input": {"path": str(tmp_path / "input"), "id_column": "id", "image_column": "image",
-                        "boxes_column": "boxes"},
-              "output": {"path": str(tmp_path / "output")}, "model": {"checkpoint": vit_pair.pth}}
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    write_job_yaml(tmp_path, vit_pair.pth)
     assert main(["validate", "--config", str(tmp_path / "job.yaml")]) == 0
     assert "1 rows have a null 'id': each comes out as a row error" in capsys.readouterr().err
     assert main(["validate", "--config", str(tmp_path / "job.yaml"), "--set", "output.mode=resume"]) == 2

@@ -15,9 +15,8 @@ directory:
                            prefixes (object-store or HTTP URIs, local paths that are no file):
                            fetch each URI to its path to complete the dataset
     images_in_input.jsonl  if any, `{"id": <row id>, "path": "images/<stem>"}` per line, for
-                           each image of a job that read its images as bytes (no image-URI
-                           column): the job's input holds them (its input.image_column); write
-                           each to its path plus its format's extension (`.png`, `.jpg`, ...)
+                           each image whose URI is null: the job's input holds it; write each
+                           to its path plus its format's extension (`.png`, `.jpg`, ...)
 
 An id is never read as a path: only the image-URI column's values are linked or listed, and
 only those under the allowed prefixes (`image_refs.ImageSources`), as the job itself reads only

@@ -55,6 +55,13 @@ class JobPlan:
         return self.model_config.vision_config.image_size
 
 
+def continues_output(config: JobConfig, retry_errors: bool) -> bool:
+    """Whether a run continues what an earlier run wrote at the output (output.mode resume or
+    overwrite, which touch the job's own files only, or a --retry-errors pass), and so may take
+    over a stopped run's lease there."""
+    return retry_errors or config.output.mode in ("resume", "overwrite")
+
+
 def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors: bool = False,
              force_box_format: bool = False) -> JobPlan:
     """Every check that needs no Ray cluster; ConfigError listing every problem found.
@@ -126,7 +133,7 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
         mode = "resume" if retry_errors else config.output.mode  # both work on the job's own files
         problems += check_output(output.location, input_location, mode)
         if not problems:
-            problems += check_lease(output.location, take_over=mode in ("resume", "overwrite"))
+            problems += check_lease(output.location, take_over=continues_output(config, retry_errors))
         if retry_errors and not problems:
             retry, found = check_retry(config, output, fingerprint)
             problems += found

@@ -24,7 +24,7 @@ from ..storage import Location, basename
 from ..text import plural, some
 from .bad_input import skip_unreadable, unreadable_input
 from .dataset import ResultFilenames, block_count, build_dataset
-from .plan import JobPlan, plan_job
+from .plan import JobPlan, continues_output, plan_job
 from .progress import Log, ProgressReporter, RowCounter
 from .resume import check_resume
 from .summary import JobSummary, RetryPass, summarize_output
@@ -103,7 +103,7 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
     if problems:
         raise ConfigError(problems)
     lease = OutputLease(plan.output.location, "run --retry-errors" if plan.retry is not None else "run",
-                        take_over=plan.retry is not None or config.output.mode in ("resume", "overwrite"),
+                        take_over=continues_output(config, retry_errors=plan.retry is not None),
                         on_lost=lambda _: _thread.interrupt_main())
     try:
         with lease:

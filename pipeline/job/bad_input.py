@@ -38,8 +38,7 @@ def skip_unreadable(output: JobOutput, scan: InputScan, entry: InputFile, reason
         with scan.location.fs.open(entry.path, "rb") as f:
             ids = pq.read_table(f, columns=[id_column]).column(0).combine_chunks()
         for path in output.committed_checkpoint_entries():
-            with output.checkpoint.fs.open(path, "rb") as f:
-                listed = pq.read_table(f).column(0).cast(ids.type)
+            listed = output.checkpoint_entry_ids(path).cast(ids.type)
             written += pc.sum(pc.is_in(listed, value_set=ids)).as_py() or 0
     except Exception:  # noqa: BLE001 - its ids unreadable too: none of its rows can be told apart
         written = 0

@@ -117,10 +117,10 @@ def _checkpoint_rows(output: JobOutput, input_ids: Optional[pa.ChunkedArray]) ->
     def read(path: str) -> Tuple[int, int, Optional[str]]:
         """(rows, of them ids not in the input, the problem reading it)."""
         try:
-            with fs.open(path, "rb") as f:
-                if known is None:
+            if known is None:
+                with fs.open(path, "rb") as f:
                     return int(pq.ParquetFile(f).metadata.num_rows), 0, None
-                ids = pq.read_table(f).column(0).cast(known.type)
+            ids = output.checkpoint_entry_ids(path).cast(known.type)
             return len(ids), len(ids) - (pc.sum(pc.is_in(ids, value_set=known)).as_py() or 0), None
         except Exception as e:  # noqa: BLE001 - truncated, corrupt or not Parquet at all
             return 0, 0, f"{type(e).__name__}: {e}"[:300]

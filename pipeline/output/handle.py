@@ -151,6 +151,11 @@ class JobOutput:
         """The checkpoint's committed entries (each lists the ids of one result file written)."""
         return [e for e in self.checkpoint.entries() if e.endswith(".parquet") and not e.endswith(PENDING_SUFFIX)]
 
+    def checkpoint_entry_ids(self, path: str) -> pa.ChunkedArray:
+        """The ids a committed checkpoint entry (`committed_checkpoint_entries`) lists."""
+        with self.checkpoint.fs.open(path, "rb") as f:
+            return pq.read_table(f).column(0)
+
     def _pending_prefixes(self) -> List[str]:
         """The result-file names (without extension) whose writes the checkpoint holds as pending."""
         return [name[: -len(PENDING_SUFFIX)] for name in self.checkpoint.names() if name.endswith(PENDING_SUFFIX)]

@@ -80,13 +80,12 @@ def output_columns(config: JobConfig) -> List[str]:
     return list(dict.fromkeys(keep))
 
 
-def job_stages(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None,
-               crash_guard: Optional[CrashGuard] = None, checkpoint_filter: bool = False) -> List[Stage]:
-    """decode (CPU tasks) → SAM-HQ (actor pool) → RLE encode (CPU tasks), each counting its
-    rows on `counter` and its worker deaths on `crash_guard` when given. `checkpoint_filter`:
-    Ray Data's checkpoint filter actor runs beside them (a resumed run)."""
+def job_stages(plan: JobPlan, resources: Resources, num_cpus: float, counter: Optional["ray.actor.ActorHandle"] = None,
+               crash_guard: Optional[CrashGuard] = None) -> List[Stage]:
+    """decode (CPU tasks) → SAM-HQ (actor pool, each actor reserving `num_cpus`: see
+    `num_cpus_per_actor`) → RLE encode (CPU tasks), each counting its rows on `counter` and
+    its worker deaths on `crash_guard` when given."""
     config = plan.config
-    num_cpus = num_cpus_per_actor(config, resources, checkpoint_filter)
     keep = output_columns(config)
     stages = [
         DecodeUDF.stage(config.input, config.storage, plan.image_size, config.compute.decode_batch_size,
@@ -105,8 +104,9 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
     """read Parquet (the rows of `only_ids` alone, when given: a --retry-errors pass, which
     has no checkpoint), then the job's stages in turn."""
     config = plan.config
-    checkpoint_filter = plan.resume.filters_rows and only_ids is None
-    stages = job_stages(plan, resources, counter, crash_guard, checkpoint_filter)
+    # Ray Data's checkpoint filter actor runs beside the stages in a resumed run.
+    reserved = num_cpus_per_actor(config, resources, checkpoint_filter=plan.resume.filters_rows and only_ids is None)
+    stages = job_stages(plan, resources, reserved, counter, crash_guard)
     columns = read_columns(config)
     check_column_flow(stages, columns)
     read_fs, _ = plan.scan.location.arrow()
@@ -124,7 +124,6 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
         warnings.simplefilter("ignore")
         ds.context.retried_io_errors = list(dict.fromkeys([*ds.context.retried_io_errors, *TRANSIENT_ERRORS]))
     ds.context.enable_progress_bars = verbose
-    reserved = num_cpus_per_actor(config, resources, checkpoint_filter)
     if reserved < config.compute.num_cpus_per_actor:
         log(f"resume:  the model actors reserve {reserved:g} CPUs each instead of "
             f"{config.compute.num_cpus_per_actor:g}, leaving one for Ray Data's checkpoint filter (their threads, "

@@ -87,23 +87,27 @@ def cmd_export(args: argparse.Namespace) -> int:
                           marks=marks)
     destination = Location(args.output, named.output.location.storage)
     written = args.output
-    images = ImageSources.of_job(named.config, args.images_root or args.label_studio_root)
+    # The job's image sources (its input directory: a look at the input's store) only where
+    # an export points at images by them.
+    root = args.images_root or args.label_studio_root
     try:
         if args.format in ("coco-rle", "coco-polygons"):
             from .coco import write_coco
 
             counts = write_coco(reader, destination, as_polygons=args.format == "coco-polygons", simplify=args.simplify,
-                                images_root=images if args.images_root else None)
+                                images_root=ImageSources.of_job(named.config, root) if root else None)
         elif args.format == "yolo-seg":
             from .yolo import write_yolo_seg
 
-            counts = write_yolo_seg(reader, args.output, simplify=args.simplify, images=images)
+            counts = write_yolo_seg(reader, args.output, simplify=args.simplify,
+                                    images=ImageSources.of_job(named.config, root))
         else:
             from .label_studio import labeling_config_path, write_label_studio
 
             checkpoint = named.config.model.checkpoint if named.config is not None else None
             model_version = os.path.basename(checkpoint.rstrip("/")) if checkpoint else "samhq-annotate"
-            counts = write_label_studio(reader, destination, model_version=model_version, images=images)
+            counts = write_label_studio(reader, destination, model_version=model_version,
+                                        images=ImageSources.of_job(named.config, root))
             written = f"{args.output} and {labeling_config_path(args.output)}"
     except NoImageToPointAt as e:
         raise ValueError(f"{e}: {no_image_advice(named.output, named.config, columns.image_column)}") from None

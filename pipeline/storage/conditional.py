@@ -139,34 +139,38 @@ class ConditionalFile:
         ConditionFailed otherwise (also when it is gone)."""
         if self.kind == LOCAL:
             with self._locked(exclusive=True):
-                current = self._read_local()
-                if current is None or _digest(current) != tag:
-                    raise ConditionFailed(f"{self.location.url} changed")
+                self._expect(tag)
                 self._write_local(data)
             return _digest(data)
         if self.kind == S3:
             return str(self._s3_call("put_object", Body=data, IfMatch=tag)["ETag"])
-        found = self.read()
-        if found is None or found[1] != tag:
-            raise ConditionFailed(f"{self.location.url} changed")
+        self._expect(tag)
         return self._write_and_verify(data, ConditionFailed(f"{self.location.url} was written by another writer"))
 
     def delete(self, tag: str) -> None:
         """Remove the file, if it is still the version `tag` names; ConditionFailed otherwise."""
         if self.kind == LOCAL:
             with self._locked(exclusive=True):
-                current = self._read_local()
-                if current is None or _digest(current) != tag:
-                    raise ConditionFailed(f"{self.location.url} changed")
+                self._expect(tag)
                 os.remove(self.location.path)
             return
         if self.kind == S3:
             self._s3_call("delete_object", IfMatch=tag)
             return
-        found = self.read()
-        if found is None or found[1] != tag:
-            raise ConditionFailed(f"{self.location.url} changed")
+        self._expect(tag)
         self.location.fs.rm(self.location.path)
+
+    def _expect(self, tag: str) -> None:
+        """ConditionFailed unless the file is still there and the version `tag` names (locally:
+        call it under the lock)."""
+        if self.kind == LOCAL:
+            data = self._read_local()
+            current = None if data is None else _digest(data)
+        else:
+            found = self.read()
+            current = None if found is None else found[1]
+        if current != tag:
+            raise ConditionFailed(f"{self.location.url} changed")
 
     def _write_and_verify(self, data: bytes, lost: Exception) -> str:
         self.location.fs.pipe_file(self.location.path, data)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from bench.common.machine import cpu_model
+from bench.common.machine import machine_at_end
 from pipeline.masks import polygons, rle
 from pipeline.output import JobOutput
 from pipeline.output.results import ResultReader, job_columns
@@ -101,11 +101,6 @@ def table(results: Dict[str, Dict[str, List[float]]], title: str) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return f"{cpu_model()}, {os.cpu_count()} CPUs, load average {load} (1, 5, 15 min) at the end"
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenes", type=int, default=300)
@@ -124,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "their RLE), rasterised back with pycocotools (`frPyObjects` → `decode`), IoU against the mask; YOLO-seg: "
         "ultralytics_fidelity.md. Written by "
         "`python -m bench.polygon_fidelity" + (f" --results {args.results}" if args.results else "") + "`.", "",
-        *sections, f"Machine: {machine()}.", ""])
+        *sections, f"Machine: {machine_at_end()}.", ""])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)

@@ -10,8 +10,8 @@ import beside the project's torch (`bash bench/ultralytics_fidelity.sh` runs bot
     python -m bench.ultralytics_fidelity write DIR [--results demo_output/output]
         (the project's environment) a YOLO-seg dataset per mask source under DIR, each image a
         blank PNG of the mask's size (Ultralytics checks it), with the masks and their kinds
-    ULTRALYTICS_PYTHON bench/ultralytics_fidelity.py measure DIR --out bench/results/...
-        (Ultralytics' environment: imports neither the project nor pyarrow) the masks
+    ULTRALYTICS_PYTHON -m bench.ultralytics_fidelity measure DIR --out bench/results/...
+        (Ultralytics' environment: of the project it imports only bench.common.machine) the masks
         Ultralytics draws of those labels, against the written masks
 
 Mask sources: the exact masks of synthetic scenes (`samhq_core.training.synthetic`), several
@@ -28,6 +28,8 @@ from collections import defaultdict
 from typing import Any, Dict, List, Optional, cast
 
 import numpy as np
+
+from bench.common.machine import machine_at_end
 
 MASKS, KINDS = "masks.npz", "kinds.json"
 
@@ -92,9 +94,13 @@ def _job_output(path: str):
 
 def measure(directory: str, out: str) -> None:
     """Each dataset under `directory` through Ultralytics' YOLODataset and polygon2mask."""
-    import ultralytics
-    from ultralytics.data.dataset import YOLODataset
-    from ultralytics.data.utils import polygon2mask
+    try:
+        import ultralytics
+        from ultralytics.data.dataset import YOLODataset
+        from ultralytics.data.utils import polygon2mask
+    except ImportError:
+        raise SystemExit("measure runs in Ultralytics' own virtual environment: bash bench/ultralytics_fidelity.sh "
+                         "makes it and runs both steps") from None
 
     sections = []
     for name in sorted(os.listdir(directory)):
@@ -128,7 +134,7 @@ def measure(directory: str, out: str) -> None:
         f"{ultralytics.__version__}'s `YOLODataset` (label checks, `resample_segments`) and drawn by its "
         "`polygon2mask` at the image's size (`cv2.fillPoly`), IoU against the mask. Written by "
         "`bash bench/ultralytics_fidelity.sh`.", "",
-        *sections, f"Machine: {_machine()}; Python {sys.version.split()[0]}, numpy {np.__version__}.", ""])
+        *sections, f"Machine: {machine_at_end()}; Python {sys.version.split()[0]}, numpy {np.__version__}.", ""])
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         f.write(text)
@@ -144,17 +150,6 @@ def _table(source: str, groups: Dict[str, List[float]]) -> str:
         stats = [v.min(), *np.percentile(v, [1, 5, 50]), v.mean()]
         lines.append(f"| {group} | {len(v)} | " + " | ".join(f"{s:.4f}" for s in stats) + f" | {(v == 1).sum()} |")
     return "\n".join(lines + [""])
-
-
-def _machine() -> str:
-    model = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return f"{model}, {os.cpu_count()} CPUs, load average {load} (1, 5, 15 min) at the end"
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -22,4 +22,4 @@ if [[ -d "$results" ]]; then
 else
     python -m bench.ultralytics_fidelity write "$work"
 fi
-"$venv/bin/python" bench/ultralytics_fidelity.py measure "$work" --out bench/results/ultralytics_fidelity.md
+"$venv/bin/python" -m bench.ultralytics_fidelity measure "$work" --out bench/results/ultralytics_fidelity.md

@@ -16,6 +16,12 @@ def cpu_model() -> str:
         return platform.processor()
 
 
+def machine_at_end() -> str:
+    """The CPU, its count and the load average now, for a report written when its bench ends."""
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, load average {load} (1, 5, 15 min) at the end"
+
+
 def memory_gib() -> float:
     """The machine's memory (Linux: /proc/meminfo's MemTotal)."""
     with open("/proc/meminfo") as f:

@@ -21,8 +21,7 @@ a local image under DIR becomes `/data/local-files/?d=<its path under DIR>`.
 
 The prediction's score is its least confident mask's, so that sorting tasks by prediction
 score puts the images most in need of review first; an image without masks has no score.
-Brush RLE is Label Studio's own (`label_studio_converter.brush.mask2rle`: the mask as an RGBA
-image of 0 / 255, row-major). Beside the tasks, `<output stem>.labeling_config.xml` is the
+Brush RLE is Label Studio's own (`pipeline.masks.brush`). Beside the tasks, `<output stem>.labeling_config.xml` is the
 labeling interface they fit (BrushLabels named "label" on an Image named "image", with the
 category names). XML 1.0 cannot hold some characters even escaped (NUL and other control
 characters but tab and newlines, lone surrogates, U+FFFE, U+FFFF): a category name holding one
@@ -44,7 +43,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from ..ids import json_value
-from ..masks import rle
+from ..masks import brush, rle
 from ..output.results import ResultImage, ResultReader
 from ..storage import Location
 from .image_refs import ImageSources, NoImageToPointAt
@@ -62,8 +61,6 @@ def write_label_studio(reader: ResultReader, output: Location, model_version: st
     root). Returns counts: tasks, regions (masks), images served as local files, and the
     reader's skipped_rows, skipped_boxes and categories. NoImageToPointAt, writing nothing,
     when every image is named by its id alone (no image URI): Label Studio could show none."""
-    from label_studio_converter.brush import mask2rle  # slow to import (pandas, nltk)
-
     images = images or ImageSources()
     names: Dict[int, str] = {}
     local_files = by_id = 0
@@ -79,7 +76,7 @@ def write_label_studio(reader: ResultReader, output: Location, model_version: st
                 local_files += source is not None and shown != source
                 by_id += source is None
                 tasks.write(("[" if image.index == 1 else ",\n")
-                            + _dumps(_task(image, shown, names, model_version, mask2rle)))
+                            + _dumps(_task(image, shown, names, model_version)))
             tasks.write("[]" if reader.num_images == 0 else "]\n")
         if reader.num_images and by_id == reader.num_images:
             raise NoImageToPointAt(f"label-studio: the output names all {by_id} images by id alone, so Label Studio "
@@ -114,17 +111,21 @@ def labeling_config(category_names: List[str]) -> str:
             f'  <BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}  </BrushLabels>\n</View>\n')
 
 
-def _task(image: ResultImage, shown: str, names: Dict[int, str], model_version: str, mask2rle: Any
-          ) -> Dict[str, Any]:
+def brush_region(region_id: str, mask: np.ndarray, category: str) -> Dict[str, Any]:
+    """A Label Studio brush region of `mask` (bool, H x W) labelled `category`, on the labeling
+    config's image."""
+    h, w = mask.shape
+    return {"id": region_id, "type": "brushlabels", "from_name": FROM_NAME, "to_name": TO_NAME, "original_width": w,
+            "original_height": h, "image_rotation": 0,
+            "value": {"format": "rle", "rle": brush.encode(mask), "brushlabels": [category]}}
+
+
+def _task(image: ResultImage, shown: str, names: Dict[int, str], model_version: str) -> Dict[str, Any]:
     results = []
     for mask in image.masks:
         decoded = rle.decode(mask.rle, f"image {image.file_name!r}", f"mask {mask.box_index}")
-        results.append({
-            "id": f"{image.index}_{mask.box_index}", "type": "brushlabels", "from_name": FROM_NAME, "to_name": TO_NAME,
-            "original_width": image.width, "original_height": image.height, "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask2rle(decoded.astype(np.uint8) * 255),
-                      "brushlabels": [names[mask.category_id]]},
-            "score": mask.score})
+        results.append({**brush_region(f"{image.index}_{mask.box_index}", decoded, names[mask.category_id]),
+                        "score": mask.score})
     prediction: Dict[str, Any] = {"model_version": model_version, "result": results}
     if image.masks:
         prediction["score"] = min(mask.score for mask in image.masks)
@@ -135,4 +136,4 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
-__all__ = ["labeling_config", "labeling_config_path", "write_label_studio"]
+__all__ = ["brush_region", "labeling_config", "labeling_config_path", "write_label_studio"]

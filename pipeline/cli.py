@@ -15,14 +15,15 @@ from .demo import command as demo_command
 from .evaluation import command as evaluate_command
 from .exports import command as export_command
 from .finetune import command as finetune_command
+from .imports import command as import_command
 from .job import commands as job_commands
 from .review import command as review_command
 
-COMMANDS = (job_commands, export_command, evaluate_command, review_command, finetune_command, schema_command,
-            demo_command)
+COMMANDS = (job_commands, export_command, import_command, evaluate_command, review_command, finetune_command,
+            schema_command, demo_command)
 # Commands whose inputs' problems (ValueError, FileNotFoundError) are worded for the user: each
 # is an `error:` line and exit code 2, not a traceback.
-_INPUT_ERRORS_WORDED = ("export", "export-coco", "evaluate", "review")
+_INPUT_ERRORS_WORDED = ("export", "export-coco", "import", "evaluate", "review", "demo-correct")
 
 
 def parser() -> argparse.ArgumentParser:

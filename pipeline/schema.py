@@ -22,7 +22,7 @@ the category and image-URI columns, when configured), then:
 Internal columns (prefixed `__`) exist only between stages and never reach the output.
 
 The evaluation ground truth and fine-tuning data hold their masks in a `masks` column of the
-same RLE type (`GROUND_TRUTH_MASKS`).
+same RLE type (`GROUND_TRUTH_MASKS`); `import` writes fine-tuning's data (`LABELLED_FIELDS`).
 """
 
 from typing import Optional
@@ -69,6 +69,26 @@ INTERNAL_TYPES = {
 COLUMN_TYPES = {**RESULT_TYPES, **INTERNAL_TYPES}
 
 GROUND_TRUTH_MASKS = MASKS
+
+# The labelled Parquet `import` writes from reviewed annotations, which fine-tuning reads as its
+# data (data.id_column, image_uri_column, boxes_column, masks_column). One row per image, and per
+# annotation, aligned: its box (xyxy, absolute pixels), its mask (the ground truth's RLE type),
+# its category name (null when the annotation has none), and whether a person changed it from
+# the prediction it started from (true for one the person added; null where the source held no
+# predictions to compare with).
+LABELLED_ID = "id"  # the row's id: the job's row id when the annotations came from its export
+LABELLED_IMAGE_URI = "image_uri"  # an absolute path or a URI, so that the Parquet can move
+LABELLED_BOXES = "boxes"
+LABELLED_MASKS = GROUND_TRUTH_MASKS
+LABELLED_CATEGORIES = "categories"
+LABELLED_CHANGED = "changed"
+LABELLED_FIELDS = [
+    pa.field(LABELLED_IMAGE_URI, pa.string()),
+    pa.field(LABELLED_BOXES, pa.list_(pa.list_(pa.float64()))),
+    pa.field(LABELLED_MASKS, pa.list_(RLE_TYPE)),
+    pa.field(LABELLED_CATEGORIES, pa.list_(pa.string())),
+    pa.field(LABELLED_CHANGED, pa.list_(pa.bool_())),
+]  # after the id column, whose type is the ids' own (integers or strings)
 
 # An input image column may also be a Hugging Face `datasets` Image column, which `datasets`
 # writes to Parquet as struct<bytes: binary, path: string>: the encoded image, or, where bytes

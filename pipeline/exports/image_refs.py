@@ -17,10 +17,8 @@ import pyarrow.parquet as pq
 from ..config import JobConfig
 from ..inputs.images import default_uri_prefixes, input_directory, resolve_image_uri
 from ..output.handle import JobOutput
-from ..storage import Location, is_local, local_path, plain_path, uri_allowed
+from ..storage import LABEL_STUDIO_LOCAL_FILES, Location, is_local, local_path, plain_path, uri_allowed
 
-# Label Studio serves a local file under its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT at this path.
-LABEL_STUDIO_LOCAL_FILES = "/data/local-files/?d="
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 _SAMPLE_ROWS = 20
 
@@ -130,4 +128,4 @@ def _path_columns(location: Location, files: List[str], exclude: Optional[str]) 
     return found
 
 
-__all__ = ["LABEL_STUDIO_LOCAL_FILES", "ImageSources", "NoImageToPointAt", "no_image_advice"]
+__all__ = ["ImageSources", "NoImageToPointAt", "no_image_advice"]

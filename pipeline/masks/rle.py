@@ -1,7 +1,8 @@
 """COCO run-length encoding, the package's mask format, through pycocotools (whose layout it
 is: column-major pixels, the first run counts zeros): uncompressed run lengths compressed into
-COCO RLE strings, and whole masks encoded and decoded. No torch: the run lengths themselves
-are found on the model's device by `pipeline.stages.run_lengths`.
+COCO RLE strings, whole masks encoded and decoded, and COCO polygons rasterised as COCO tools
+read them. No torch: the run lengths themselves are found on the model's device by
+`pipeline.stages.run_lengths`.
 
 A stored mask is `{"size": [h, w], "counts": str}` (`pipeline.schema.RLE_TYPE`).
 """
@@ -46,6 +47,14 @@ def for_pycocotools(value: Any, where: str, what: str) -> Rle:
 def decode(value: Any, where: str, what: str) -> np.ndarray:
     """A stored mask → bool (H, W); ValueError when it is not a COCO RLE."""
     return mask_utils.decode(for_pycocotools(value, where, what)).astype(bool)
+
+
+def rasterise_polygons(polygons: List[List[float]], height: int, width: int) -> np.ndarray:
+    """COCO polygons ([x0, y0, x1, y1, ...] each, at least 3 points, in pixel coordinates) →
+    the bool (H, W) mask of their union, rasterised by pycocotools (`frPyObjects`), as COCO's
+    own tools and evaluation read them."""
+    parts = mask_utils.frPyObjects([[float(v) for v in polygon] for polygon in polygons], height, width)
+    return mask_utils.decode(mask_utils.merge(parts)).astype(bool)
 
 
 def counts_text(counts: Any) -> str:

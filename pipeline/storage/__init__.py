@@ -11,6 +11,7 @@ from .location import Location, s3_options
 from .parquet import ParquetInput
 from .transient import TRANSIENT_ERRORS, is_transient
 from .urls import (
+    LABEL_STUDIO_LOCAL_FILES,
     basename,
     glob_root,
     is_local,
@@ -24,6 +25,6 @@ from .urls import (
     within,
 )
 
-__all__ = ["TRANSIENT_ERRORS", "Location", "ParquetInput", "basename", "glob_root", "is_local", "is_transient", "join",
-           "local_path", "plain_path", "resolve_url_dots", "s3_options", "store_problem", "store_root", "uri_allowed",
-           "uri_problem", "within"]
+__all__ = ["LABEL_STUDIO_LOCAL_FILES", "TRANSIENT_ERRORS", "Location", "ParquetInput", "basename", "glob_root",
+           "is_local", "is_transient", "join", "local_path", "plain_path", "resolve_url_dots", "s3_options",
+           "store_problem", "store_root", "uri_allowed", "uri_problem", "within"]

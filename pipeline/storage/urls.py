@@ -9,6 +9,9 @@ from typing import Optional, Sequence, Tuple
 # hf:// paths (huggingface_hub's HfFileSystem) begin with the repository: `org/name` for a
 # model, `datasets/org/name` or `spaces/org/name`, each optionally `@revision`.
 _HUB_REPO_TYPES = ("datasets", "spaces")
+# Label Studio serves a local file under its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT at this path
+# (`export --label-studio-root` names images so; `import --label-studio-root` reads them back).
+LABEL_STUDIO_LOCAL_FILES = "/data/local-files/?d="
 
 # What an image URI may be besides a plain path. fsspec reads more forms (`file:/x`, `local:/x`,
 # `~/x`, `simplecache::/x` chains), each naming another file than the same string compared as a

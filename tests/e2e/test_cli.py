@@ -180,13 +180,15 @@ def imported_modules(args, cwd):
 
 @pytest.mark.slow  # several CLI processes
 def test_help_exports_and_review_import_neither_torch_nor_ray(tmp_path):
-    """What only reads a job's output, and the help, start quickly: no torch, no Ray."""
+    """What only reads a job's output or an export, and the help, start quickly: no torch, no Ray."""
     from helpers.review_data import write_job
 
     job = write_job(str(tmp_path / "job"), 12, image_files=True)
     for args in (["--help"], ["run", "--help"],
                  ["export", "--format", "coco-polygons", "--input", job["output"], "--output", str(tmp_path / "c.json")],
                  ["export", "--format", "label-studio", "--input", job["output"], "--output", str(tmp_path / "l.json")],
-                 ["review", "--input", job["output"], "--out", str(tmp_path / "page")]):
+                 ["review", "--input", job["output"], "--out", str(tmp_path / "page")], ["import", "--help"],
+                 ["import", "--format", "coco", "--input", str(tmp_path / "c.json"), "--output",
+                  str(tmp_path / "labelled.parquet")]):
         modules = imported_modules(args, tmp_path)
         assert "pipeline" in modules and not modules & {"torch", "ray"}, (args, sorted(modules & {"torch", "ray"}))

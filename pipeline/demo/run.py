@@ -39,8 +39,8 @@ def run_demo(workdir: str, num_images: int = 8, checkpoint: Optional[str] = None
     from ..evaluation.evaluate import evaluate_masks
     from ..evaluation.report import write_report
     from ..exports.coco import export_coco
-    from ..job.cluster import connect
     from ..job.run import run_job
+    from ..stages.cluster import connect
     from ..storage import Location, is_local
 
     checkpoint = checkpoint or DEMO_CHECKPOINT

@@ -29,17 +29,27 @@ def finetune_warnings(before: Dict[str, Dict[str, float]], after: Dict[str, Dict
     return found
 
 
+# What each training.trainable trains, in the report's words.
+_TRAINABLE = {"hq": "HQ", "decoder": "mask-decoder"}
+
+
 def report(before: Dict[str, Dict[str, float]], after: Dict[str, Dict[str, float]], skipped: Counter,
-           config: FinetuneConfig, seconds: float, trainable: int, warnings: Sequence[str] = ()) -> str:
+           config: FinetuneConfig, seconds: float, trainable: int, warnings: Sequence[str] = (),
+           notes: Sequence[str] = ()) -> str:
+    """The report: the run in a sentence and its `notes` (how it ran), the scores before and
+    after by mask source, the `warnings`, the rows skipped by reason."""
+    t = config.training
+    images = f"{t.batch_size} images" if t.workers == 1 else f"{t.workers} x {t.batch_size} images ({t.workers} workers)"
     lines = ["# HQ fine-tuning", "", f"Checkpoint `{config.model.checkpoint}` → `{config.model.output}`; "
-             f"{config.training.steps} steps of {config.training.batch_size} images, {trainable:,} trainable "
-             f"(HQ) parameters, {seconds / 60:.1f} min.", "",
+             f"{t.steps} steps of {images}, {trainable:,} trainable ({_TRAINABLE[t.trainable]}) parameters, "
+             f"{seconds / 60:.1f} min.", *(line for note in notes for line in ("", note)), "",
              "| mask source | boxes | mIoU before | mIoU after | mBIoU before | mBIoU after |", "|---|---|---|---|---|---|"]
     for source in MaskSource:
         b, a = before[source.value], after[source.value]
         lines.append(f"| {source.value} | {a['boxes']} | {b['miou']:.4f} | {a['miou']:.4f} | {b['mbiou']:.4f} "
                      f"| {a['mbiou']:.4f} |")
-    lines += ["", "sam_only is unchanged by design (only HQ parameters train): it is the baseline."]
+    lines += ["", "sam_only is unchanged by design (only HQ parameters train): it is the baseline." if t.trainable == "hq"
+              else "sam_only changed too: the whole mask decoder trained, SAM's two-way transformer with it."]
     lines += ["", *(f"**Warning**: {warning}." for warning in warnings)] if warnings else []
     if skipped:
         lines += ["", "| skipped (all passes over the data) | count |", "|---|---|"]

@@ -62,7 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if os.environ.get("RAY_ADDRESS"):
         import ray
 
-        from .cluster import quiet_ray_logging
+        from ..stages.cluster import quiet_ray_logging
 
         quiet_ray_logging(verbose=False)
         ray.init(logging_level=logging.WARNING)  # the cluster in RAY_ADDRESS
@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with stopped_by_sigterm():
             if nothing_to_do(plan) is None:  # else the answer needs no cluster
-                from .cluster import connect
+                from ..stages.cluster import connect
 
                 stderr = connect(verbose=args.verbose)
                 signal.signal(signal.SIGTERM, _stop)

@@ -1,5 +1,5 @@
-"""Training utilities: losses, the coarse-mask generator, the two phases' freezing, the
-SAM-only mask source."""
+"""Training utilities: losses, the coarse-mask generator, the phases' freezing, resuming a
+phase from its saved state, the SAM-only mask source."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,13 @@ import torch
 from samhq_core import MaskSource, SamHQConfig, SamHQModel
 from samhq_core.training.demo_model import demo_config, prefetched_batches, synthetic_batches
 from samhq_core.training.losses import mask_iou, mask_loss, point_sampled_mask_loss
-from samhq_core.training.recipe import HQ_PARAMETER_PREFIXES, batch_loss, set_trainable, train_phase
+from samhq_core.training.recipe import (
+    HQ_PARAMETER_PREFIXES,
+    PhaseTrainer,
+    batch_loss,
+    set_trainable,
+    train_phase,
+)
 from samhq_core.training.synthetic import coarsen
 
 
@@ -93,7 +99,7 @@ def test_sam_only_is_plain_sam_with_the_same_weights():
         model(pixel_values=pixels, input_boxes=boxes, mask_source="hq")
 
 
-@pytest.mark.parametrize("phase", ["sam", "hq"])
+@pytest.mark.parametrize("phase", ["sam", "hq", "decoder"])
 def test_each_phase_trains_exactly_its_parameters(phase):
     torch.manual_seed(0)
     model = SamHQModel(demo_config())
@@ -106,11 +112,46 @@ def test_each_phase_trains_exactly_its_parameters(phase):
         hq = name.startswith(HQ_PARAMETER_PREFIXES)
         if phase == "hq":
             assert changed == hq, name
+        elif phase == "decoder":
+            assert not changed or name.startswith("mask_decoder."), name
         else:
             assert not (hq and changed), name
     trained = [n for n, v in model.state_dict().items() if not torch.equal(v, before[n])]
     assert len(trained) > (10 if phase == "sam" else 5)
+    if phase == "decoder":  # SAM's decoder trains too, not only the HQ parameters
+        assert any(n.startswith("mask_decoder.transformer.") for n in trained)
+        assert not all(n.startswith(HQ_PARAMETER_PREFIXES) for n in trained)
     assert all(p.requires_grad for p in model.parameters())  # unfrozen again afterwards
+
+
+@pytest.mark.parametrize("phase", ["hq", "decoder"])
+def test_a_resumed_trainer_continues_where_it_stopped(phase):
+    """Two steps, saved, two more: a new trainer loaded from the saved state and given the
+    same two batches ends with the same parameters as the one that went on."""
+    source = synthetic_batches(5, 2, 256, coarse_cell=None)
+    batches = [next(source) for _ in range(4)]
+    torch.manual_seed(0)
+    start = SamHQModel(demo_config()).state_dict()
+    models = [SamHQModel(demo_config()) for _ in range(2)]
+    for model in models:
+        model.load_state_dict(start)
+    first = PhaseTrainer(models[0], phase, steps=4, lr=1e-3, warmup_steps=1)
+    for batch in batches[:2]:
+        first.train_step(batch)
+    saved = first.state_dict()
+    resumed = PhaseTrainer(models[1], phase, steps=4, lr=1e-3, warmup_steps=1)
+    resumed.load_state_dict(saved)
+    assert resumed.step == 2
+    for trainer in (first, resumed):
+        torch.manual_seed(1)  # the loss samples its points at random
+        for batch in batches[2:]:
+            trainer.train_step(batch)
+        trainer.finish()
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert not torch.equal(models[0].state_dict()[first.names[0]], start[first.names[0]])
+    with pytest.raises(ValueError, match="the saved state is of phase"):
+        PhaseTrainer(SamHQModel(demo_config()), "sam", steps=4, lr=1e-3).load_state_dict(saved)
 
 
 def test_hq_phase_needs_an_hq_model():

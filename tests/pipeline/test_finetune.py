@@ -2,6 +2,7 @@
 masks on S3 (moto), with bad rows counted, a before/after report and a checkpoint the
 pipeline loads."""
 
+import json
 import os
 
 import pytest
@@ -102,3 +103,52 @@ def test_a_worse_trained_output_is_said_to_be_worse():
     assert warning.startswith("the trained hq_only output got worse on the validation split (mIoU 0.8340 -> 0.8140, "
                               "mBIoU 0.7000 -> 0.6900)")
     assert len(finetune_warnings(scores, worse, 19)) == 2
+
+
+def test_an_unfinished_ray_train_run_is_resumed_only_with_its_own_settings(tmp_path, capsys):
+    """model.output holding an unfinished Ray Train run's training checkpoints (_training/):
+    the same settings resume it, other settings or the one-process path are refused, naming
+    why, --replace-output starts over, and anything else there is never touched."""
+    from pipeline.finetune.plan import RUN_SETTINGS_FILE, TRAINING_DIR, plan_finetune, run_settings
+
+    path, _ = labelled_parquet(tmp_path)
+    output = tmp_path / "tuned"
+    config = FinetuneConfig.parse({
+        "data": {"train": path, "id_column": "image_id", "image_column": "image", "boxes_column": "boxes",
+                 "validation_fraction": 0.3, "shuffle_buffer": 4},
+        "model": {"checkpoint": os.path.join(os.path.dirname(__file__), "..", "..", "models", "samhq-demo-synthetic"),
+                  "output": str(output)},
+        "training": {"workers": 2, "steps": 1, "batch_size": 2, "warmup_steps": 1}})
+    (output / TRAINING_DIR / "ray_train").mkdir(parents=True)
+    (output / TRAINING_DIR / RUN_SETTINGS_FILE).write_text(json.dumps(run_settings(plan_finetune(
+        config.model_copy(update={"model": config.model.model_copy(update={"output": str(tmp_path / "new")})})).config)))
+
+    plan = plan_finetune(config)
+    assert plan.resume and not plan.restart
+    assert plan.notes == [f"resume: {output} holds an unfinished run of these settings: it goes on from its latest "
+                          f"training checkpoint in {output / TRAINING_DIR} (--replace-output starts over)"]
+    other = config.model_copy(update={"training": config.training.model_copy(update={"lr": 0.01, "trainable": "decoder"})})
+    with pytest.raises(ConfigError) as info:
+        plan_finetune(other)
+    assert info.value.problems == [f"model.output: {output} holds an unfinished run of other settings "
+                                   "(training.trainable: 'hq' there, 'decoder' here; training.lr: 0.001 there, 0.01 here)"
+                                   "; give the same ones to resume it, or add --replace-output to start over"]
+    here = config.model_copy(update={"training": config.training.model_copy(update={"workers": 1})})
+    with pytest.raises(ConfigError) as info:
+        plan_finetune(here)
+    assert info.value.problems == [f"model.output: {output} holds an unfinished Ray Train run (_training/); set "
+                                   "training.workers to 2 or more to resume it, or add --replace-output to start over"]
+    replaced = plan_finetune(here, replace_output=True)
+    assert replaced.restart and not replaced.resume
+
+    # --replace-output in this process: the training checkpoints go, the result comes.
+    config_path = tmp_path / "finetune.yaml"
+    config_path.write_text(yaml.safe_dump(here.to_dict()))
+    assert main(["finetune", "--config", str(config_path), "--replace-output"]) == 0
+    assert "--replace-output: the training checkpoints of the earlier run" in capsys.readouterr().out
+    assert sorted(os.listdir(output)) == ["config.json", "finetune_report.md", "model.safetensors"]
+
+    (output / "notes.txt").write_text("mine")
+    (output / TRAINING_DIR).mkdir()
+    with pytest.raises(ConfigError, match="is not empty and not an earlier fine-tuning run's output"):
+        plan_finetune(config, replace_output=True)

@@ -1,4 +1,5 @@
-"""Joining or starting the Ray cluster a command runs on, with a quiet console.
+"""Joining or starting the Ray cluster a command runs on (a job, a Ray Train fine-tuning run),
+with a quiet console.
 
 Ray and Ray Data log a lot at INFO to the driver's console; a job prints its own stage lines,
 progress and summary instead (`--verbose` brings Ray's back). What is kept: Ray's warnings

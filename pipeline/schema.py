@@ -4,20 +4,26 @@ kinds of row errors. Nothing else in the package spells a column name.
 Result columns: one output row per input row: the id column, the passthrough columns (and
 the category and image-URI columns, when configured), then:
 - image_size: [h, w] of the decoded image (EXIF orientation applied); null if it failed
-- masks: per input box, a COCO RLE {size: [h, w], counts: compressed string}, aligned with
-  the boxes; a box that could not be used (see box_errors) gets an empty mask
-- iou_scores: per box, the model's predicted IoU (NaN for unusable boxes)
-- stability_scores: per box, SAM's stability score: the IoU of the mask logits thresholded
+- masks: per prompt (its box, points and mask prompt, from the input's prompt columns), a
+  COCO RLE {size: [h, w], counts: compressed string}; a prompt that could not be used (see
+  box_errors) gets an empty mask. With model.multimask_keep: all, each prompt has its 3
+  candidate masks one after the other, best predicted IoU first (prompt_index says whose)
+- iou_scores: per mask, the model's predicted IoU (NaN for unusable prompts)
+- stability_scores: per mask, SAM's stability score: the IoU of the mask logits thresholded
   at mask_threshold + 1 and at mask_threshold - 1, at the original size (NaN for unusable
-  boxes)
-- mask_areas: per box, the mask's pixel count
-- mask_bboxes: per box, the mask's tight bounding box in COCO xywh ([0, 0, 0, 0] if empty)
-- box_errors: per box, null, or why the box was not used (non-finite, inverted, empty
-  after clipping to the image); boxes partly outside the image are clipped and used
+  prompts)
+- mask_areas: per mask, its pixel count
+- mask_bboxes: per mask, its tight bounding box in COCO xywh ([0, 0, 0, 0] if empty)
+- prompt_index: per mask, the index of its prompt in the row's prompt lists ([0, 1, ...]
+  with one mask per prompt; [0, 0, 0, 1, 1, 1, ...] with multimask_keep: all)
+- box_errors: per prompt (not per mask), null, or why the prompt was not used (a box
+  non-finite, inverted or empty after clipping to the image; a point outside the image;
+  labels not 0/1 or not one per point; a mask prompt of the wrong size; nothing in the
+  prompt); boxes partly outside the image are clipped and used
 - error: null when the row succeeded, else "<kind>: <message>" (kinds: ERROR_KINDS); a
-  failed row keeps its id and passthrough columns with empty per-box lists
-- num_boxes: how many boxes the input row had (also for a failed row, whose per-box lists
-  are empty); null when the row's boxes could not be read
+  failed row keeps its id and passthrough columns with empty per-prompt and per-mask lists
+- num_boxes: how many prompts the input row had (also for a failed row, whose lists are
+  empty); null when the row's prompts could not be read
 
 Internal columns (prefixed `__`) exist only between stages and never reach the output.
 
@@ -35,6 +41,7 @@ IOU_SCORES = "iou_scores"
 STABILITY_SCORES = "stability_scores"
 MASK_AREAS = "mask_areas"
 MASK_BBOXES = "mask_bboxes"
+PROMPT_INDEX = "prompt_index"
 BOX_ERRORS = "box_errors"
 ERROR = "error"
 NUM_BOXES = "num_boxes"
@@ -47,23 +54,31 @@ RESULT_FIELDS = [
     pa.field(STABILITY_SCORES, pa.list_(pa.float32())),
     pa.field(MASK_AREAS, pa.list_(pa.int64())),
     pa.field(MASK_BBOXES, pa.list_(pa.list_(pa.float32()))),
+    pa.field(PROMPT_INDEX, pa.list_(pa.int32())),
     pa.field(BOX_ERRORS, pa.list_(pa.string())),
     pa.field(ERROR, pa.string()),
     pa.field(NUM_BOXES, pa.int32()),
 ]
 RESULT_COLUMNS = [f.name for f in RESULT_FIELDS]
 RESULT_TYPES = {f.name: f.type for f in RESULT_FIELDS}
-# Lists aligned with the row's boxes, one entry per box.
-PER_BOX_COLUMNS = (MASKS, IOU_SCORES, STABILITY_SCORES, MASK_AREAS, MASK_BBOXES, BOX_ERRORS)
+# Lists aligned with the row's masks, one entry per mask.
+PER_MASK_COLUMNS = (MASKS, IOU_SCORES, STABILITY_SCORES, MASK_AREAS, MASK_BBOXES, PROMPT_INDEX)
 
 PIXELS = "__pixels"  # resized uint8 RGB image bytes, row-major (h, w, 3)
 RESIZED_HW = "__resized_hw"  # [h, w] of the resized image, in the model's input frame
-BOXES = "__boxes"  # usable boxes in the model's input frame, flattened xyxy
-RUN_LENGTHS = "__run_lengths"  # per box: uncompressed COCO RLE counts (an empty mask's for unusable boxes)
+# The usable prompts, in the model's input frame, in order (the prompts box_errors leaves null):
+BOXES = "__boxes"  # their boxes, flattened xyxy; NaN x 4 for a prompt without a box
+POINTS = "__points"  # per prompt, its points flattened [x0, y0, x1, y1, ...] (empty: none)
+POINT_LABELS = "__point_labels"  # per prompt, its points' labels (1 foreground, 0 background)
+MASK_INPUTS = "__mask_inputs"  # per prompt, float32 (S/4, S/4) low-res logits, row-major, or null
+RUN_LENGTHS = "__run_lengths"  # per mask: uncompressed COCO RLE counts (an empty mask's for unusable prompts)
 INTERNAL_TYPES = {
     PIXELS: pa.binary(),
     RESIZED_HW: pa.list_(pa.int32()),
     BOXES: pa.list_(pa.float32()),
+    POINTS: pa.list_(pa.list_(pa.float32())),
+    POINT_LABELS: pa.list_(pa.list_(pa.int32())),
+    MASK_INPUTS: pa.list_(pa.binary()),
     RUN_LENGTHS: pa.list_(pa.list_(pa.int64())),
 }
 COLUMN_TYPES = {**RESULT_TYPES, **INTERNAL_TYPES}
@@ -109,8 +124,9 @@ def is_image_struct(t: pa.DataType) -> bool:
     return ((pa.types.is_binary(data) or pa.types.is_large_binary(data) or pa.types.is_null(data))
             and (pa.types.is_string(path) or pa.types.is_large_string(path) or pa.types.is_null(path)))
 
-# "id": the row's id is null; "per_box": a list meant to hold an entry per box (categories) holds
-# another number; "stage": a stage failed on the row in a way it has no kind for.
+# "id": the row's id is null; "boxes": the boxes column's value is not a list of 4-number boxes;
+# "per_box": a list meant to hold an entry per prompt (the categories, another prompt column)
+# holds another number; "stage": a stage failed on the row in a way it has no kind for.
 ERROR_KINDS = ("id", "image_read", "image_decode", "boxes", "per_box", "model", "stage")
 
 

@@ -10,8 +10,9 @@ the rest is resized to the original image size.
 
 The steps are also entry points of their own, for callers that run them apart (the
 pipeline resizes on CPU workers and normalises on the model's device):
-`resize_image` (CPU) → `model_input` (any device) for images, `scale_boxes` for boxes, and
-`masks_at_original_size` (any device, in bounded chunks) for masks, and `stability_scores`
+`resize_image` (CPU) → `model_input` (any device) for images, `scale_boxes` and
+`scale_coords` for boxes and points, `mask_prompt_logits` for a binary mask given as a prompt,
+and `masks_at_original_size` (any device, in bounded chunks) for masks, and `stability_scores`
 for SAM's stability score of mask logits; `pad_to_bucket` pads images or prompts to a few
 fixed counts for a compiled model.
 """
@@ -32,6 +33,11 @@ _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 # Full-resolution logits held at once when masks are upsampled, in pixels (x4 bytes).
 MAX_PIXELS_PER_CHUNK = 1 << 26
+# The low-res logit a binary mask prompt gives inside the mask (and its negative outside): the
+# magnitude of SAM's own confident logits, whose low-res masks are what its mask input was
+# trained on. The prompt encoder's first LayerNorm makes the result barely depend on it once
+# it is well above the convolution's bias.
+MASK_PROMPT_LOGIT = 20.0
 
 
 class ProcessorOutput(dict):
@@ -329,6 +335,26 @@ class SamHQProcessor:
         resized = F.interpolate(masks.float()[:, None], resized_size, mode="bilinear", antialias=True,
                                 align_corners=False)[:, 0]
         return F.pad(resized, (0, self.image_size - resized_size[1], 0, self.image_size - resized_size[0]))
+
+    def mask_prompt_logits(self, mask: np.ndarray) -> np.ndarray:
+        """A binary mask at the original size as a mask prompt: low-res logits, what the
+        official predictor's `mask_input` takes. The mask is resized and padded into the input
+        frame as the image is (`target_masks`: bilinear, antialiased; the padding is outside
+        the mask), averaged over 4 x 4 cells into the low-res frame, and mapped linearly from
+        [0, 1] to [-MASK_PROMPT_LOGIT, +MASK_PROMPT_LOGIT]: +20 inside, -20 outside, in
+        between along the edges.
+
+        Arguments:
+          mask (np.ndarray): bool or 0/1 (H, W), at the original (EXIF-oriented) size.
+
+        Returns:
+          (np.ndarray): float32 (S/4, S/4) logits.
+        """
+        h, w = mask.shape
+        resized = preprocess_shape(h, w, self.image_size)
+        frame = self.target_masks(torch.from_numpy(np.asarray(mask, dtype=np.float32))[None], resized)
+        inside = F.avg_pool2d(frame[None], self.image_size // self.mask_size)[0, 0]
+        return ((2 * inside - 1) * MASK_PROMPT_LOGIT).numpy()
 
     def scale_boxes(self, boxes: np.ndarray, original_size: Tuple[int, int]) -> np.ndarray:
         """Scale boxes from original pixels to the model's input frame.

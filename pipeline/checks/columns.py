@@ -56,6 +56,36 @@ def _check_boxes_type(t: pa.DataType) -> Optional[str]:
     return "one box list per row is expected: a list of [4 numbers] (list<list<double>>)"
 
 
+def _check_points_type(t: pa.DataType) -> Optional[str]:
+    if pa.types.is_null(t):
+        return None
+    expected = "per row, per prompt, a list of [x, y] points is expected (list<list<list<double>>>)"
+    if not (_is_list(t) and _is_list(t.value_type) and _is_list(t.value_type.value_type)):
+        return expected
+    point = t.value_type.value_type
+    if pa.types.is_fixed_size_list(point) and point.list_size != 2:
+        return f"points of {point.list_size} values; each point is [x, y]"
+    if not _is_number(point.value_type):
+        return f"point coordinates of type {point.value_type}; they must be numbers (integers or floats)"
+    return None
+
+
+def _check_point_labels_type(t: pa.DataType) -> Optional[str]:
+    if pa.types.is_null(t) or (_is_list(t) and _is_list(t.value_type) and (
+            pa.types.is_integer(t.value_type.value_type) or pa.types.is_null(t.value_type.value_type))):
+        return None
+    return "per row, per prompt, a list of integer labels (1 foreground, 0 background) is expected (list<list<int>>)"
+
+
+def _check_mask_prompts_type(t: pa.DataType) -> Optional[str]:
+    if _is_list(t) and (pa.types.is_binary(t.value_type) or pa.types.is_large_binary(t.value_type)):
+        return None  # low-res logits
+    if _check_masks_type(t) is None:
+        return None
+    return ("per row, per prompt, a mask prompt is expected: a COCO RLE {size: [h, w], counts} (list<struct>) or "
+            "low-res logits as float32 bytes (list<binary>)")
+
+
 def _check_masks_type(t: pa.DataType) -> Optional[str]:
     if pa.types.is_null(t):
         return None
@@ -83,6 +113,9 @@ _KIND_CHECKS: Dict[str, Callable[[pa.DataType], Optional[str]]] = {
                                                                            _is_number(t.value_type)))
     else "per row, a list of categories (names or integer ids, one per box) is expected",
     "rle_masks": _check_masks_type,
+    "points": _check_points_type,
+    "point_labels": _check_point_labels_type,
+    "mask_prompts": _check_mask_prompts_type,
 }
 
 

@@ -7,14 +7,14 @@ from typing import List, Optional, Sequence, Tuple, TypeVar
 
 from samhq_core.checkpoint_sources import hub_model, pin_hub_revision
 
-from ..config import ImageSourceConfig
+from ..config import ImageColumnsConfig
 from ..inputs.images import default_uri_prefixes
 from ..storage import is_local, plain_path
 
 # Set by `ray job submit` in the driver's environment: the job runs in a temporary copy of the
 # submitted working directory, so relative local paths would point into it.
 JOB_SUBMIT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-ImageSource = TypeVar("ImageSource", bound=ImageSourceConfig)
+ImageSource = TypeVar("ImageSource", bound=ImageColumnsConfig)
 
 
 def resolve_local_path(value: str, key: str, relative_to: Optional[str]) -> Tuple[str, List[str]]:

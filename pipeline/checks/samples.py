@@ -1,6 +1,7 @@
 """What the input's first rows, or its id column, say about a config before any work starts:
-boxes that look like another box_format, image URIs that all lie outside the allowed
-prefixes, and ids that a resumed run could not tell apart."""
+boxes that look like another box_format, prompt and category lists that disagree on the
+number of prompts, image URIs that all lie outside the allowed prefixes, and ids that a
+resumed run could not tell apart."""
 
 import math
 from typing import List, Tuple
@@ -11,6 +12,7 @@ from ..config import JobConfig
 from ..ids import repeated_ids
 from ..inputs.boxes import per_box_columns, per_box_mismatch
 from ..inputs.images import input_directory, resolve_image_uri
+from ..inputs.prompts import count_mismatch, prompt_counts
 from ..storage import uri_allowed
 from .input_files import InputScan
 
@@ -36,29 +38,45 @@ def check_uri_sample(scan: InputScan, config: JobConfig) -> List[str]:
 
 
 def check_per_box_lengths(scan: InputScan, config: JobConfig) -> Tuple[List[str], List[str]]:
-    """(problems, warnings) from the first rows of one file: rows whose per-box lists (the
-    categories) hold another number of entries than the row has boxes. Each such row becomes
-    that row's error ("per_box") in the job; when every sampled row with both lists is one, the
-    config names the wrong column, and the job is refused."""
-    problems, warnings = [], []
-    boxes_column = config.input.boxes_column
-    for key, column in per_box_columns(config).items():
-        sample = scan.first_rows(boxes_column, column)
-        if sample is None:
+    """(problems, warnings) from the first rows of one file: rows whose lists meant to hold an
+    entry per prompt (the prompt columns, the categories) hold different numbers of entries.
+    Each such row becomes that row's error ("per_box") in the job; when every sampled row with
+    two such lists is one, the config names the wrong column, and the job is refused."""
+    prompts = config.input.prompt_columns()
+    prompt_columns, per_box = [column for _, column in prompts.named()], per_box_columns(config)
+    if len(prompt_columns) + len(per_box) < 2:
+        return [], []
+    sample = scan.first_rows(*prompt_columns, *per_box.values())
+    if sample is None:
+        return [], []
+    first, values = sample
+    checked, wrong = 0, []  # wrong: (what is wrong, what the config may name wrongly) per row
+    for row in zip(*values, strict=True):
+        lists = dict(zip([*prompt_columns, *per_box.values()], row, strict=True))
+        if any(not isinstance(v, list) for v in lists.values() if v is not None):
             continue
-        first, (boxes, entries) = sample
-        pairs = [(len(b), len(e)) for b, e in zip(boxes, entries, strict=True)
-                 if isinstance(b, list) and isinstance(e, list)]
-        wrong = [(b, e) for b, e in pairs if b != e]
-        if not wrong:
+        counts = prompt_counts(lists, prompts)
+        entries = {key: len(lists[column]) for key, column in per_box.items() if lists[column] is not None}
+        if len(counts) + len(entries) < 2:
             continue
-        example = per_box_mismatch(key, column, wrong[0][1], wrong[0][0])
-        finding = f"{len(wrong)} of the first {len(pairs)} rows of {first.url}: {example}"
-        if len(wrong) == len(pairs):
-            problems.append(f"{finding}; is {column!r} the column of the boxes' categories?")
-        else:
-            warnings.append(f"{finding}; such rows are written with a per_box error")
-    return problems, warnings
+        checked += 1
+        count = next(iter(counts.values()), 0)
+        if len(set(counts.values())) > 1:
+            wrong.append((count_mismatch(counts), "do the prompt columns hold one entry per prompt, aligned?"))
+        for key, n in entries.items():
+            if counts and n != count:
+                column = per_box[key]
+                nouns = "boxes" if prompts.noun == "box" else "prompts"
+                wrong.append((per_box_mismatch(key, column, n, count, prompts.noun),
+                              f"is {column!r} the column of the {nouns}' categories?"))
+                break
+    if not wrong:
+        return [], []
+    example, hint = wrong[0]
+    finding = f"{len(wrong)} of the first {checked} rows of {first.url}: {example}"
+    if len(wrong) == checked:
+        return [f"{finding}; {hint}"], []
+    return [], [f"{finding}; such rows are written with a per_box error"]
 
 
 def check_ids_unique(ids: pa.ChunkedArray, id_column: str, resuming: bool) -> Tuple[List[str], List[str]]:

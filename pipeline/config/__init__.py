@@ -16,10 +16,10 @@ from .job import (
     load_config,
     parse_config,
 )
-from .shared import HUB_CREDENTIALS, ImageSourceConfig, StorageConfig
+from .shared import HUB_CREDENTIALS, ImageColumnsConfig, ImageSourceConfig, PromptColumns, StorageConfig
 from .yaml_source import apply_overrides, read_yaml
 
 __all__ = ["DEMO_WORKDIR", "HUB_CREDENTIALS", "ComputeConfig", "ConfigError", "DataConfig", "FinetuneConfig",
-           "FinetuneModelConfig", "ImageSourceConfig", "InputConfig", "JobConfig", "ModelConfig", "OutputConfig",
-           "Section", "Sections", "StorageConfig", "TrainingConfig", "apply_overrides", "load_config",
-           "parse_config", "read_yaml"]
+           "FinetuneModelConfig", "ImageColumnsConfig", "ImageSourceConfig", "InputConfig", "JobConfig", "ModelConfig",
+           "OutputConfig", "PromptColumns", "Section", "Sections", "StorageConfig", "TrainingConfig",
+           "apply_overrides", "load_config", "parse_config", "read_yaml"]

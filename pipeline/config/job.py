@@ -15,23 +15,44 @@ from samhq_core.config import PROMPT_CHUNK_SIZE_ACCELERATOR, PROMPT_CHUNK_SIZE_C
 from ..schema import RESULT_COLUMNS
 from ..text import clipped
 from .base import Section, Sections
-from .shared import HUB_CREDENTIALS, ImageSourceConfig, StorageConfig
+from .shared import HUB_CREDENTIALS, ImageColumnsConfig, PromptColumns, StorageConfig
 
 OutputMode = Literal["error", "overwrite", "resume"]  # the first is the default
 # Where `python -m pipeline demo` writes its data by default, which the example configs read.
 DEMO_WORKDIR = "demo_output"
 OnBadFile = Literal["fail", "skip"]
 DType = Literal["float32", "bfloat16"]
+MultimaskKeep = Literal["best", "all"]  # the first is the default
+_PROMPT_KEYS = ("boxes_column", "points_column", "mask_prompts_column")
 
 
-class InputConfig(ImageSourceConfig):
+class InputConfig(ImageColumnsConfig):
     section: ClassVar[str] = "input"
     path: str = Field(description="Parquet file, directory (read recursively) or glob; local path or any fsspec URL "
                                   "(hf://datasets/org/name/... for a Hugging Face Hub dataset).")
+    boxes_column: Optional[str] = Field(
+        None, description="Column with a list of boxes per row, one per prompt (null: that prompt has no box), in "
+                          "absolute pixels of the image as shown (EXIF orientation applied) and input.box_format. Set "
+                          "this, points_column and/or mask_prompts_column: their lists hold one entry per prompt, "
+                          "aligned, and a prompt may combine them.")
+    points_column: Optional[str] = Field(
+        None, description="Column with, per row, per prompt, a list of [x, y] points (list<list<list<number>>>), in "
+                          "absolute pixels of the image as shown (EXIF orientation applied); null or empty: that "
+                          "prompt has no points. A point outside the image makes its prompt unusable (box_errors).")
+    point_labels_column: Optional[str] = Field(
+        None, description="Column with, per prompt, one label per point of points_column (list<list<integer>>): 1 "
+                          "foreground, 0 background. Default: every point is foreground.")
+    mask_prompts_column: Optional[str] = Field(
+        None, description="Column with, per prompt, a mask prompt or null. Either a COCO RLE {size: [h, w], counts} "
+                          "at the size of the image as shown, given to SAM as low-res logits (+20 inside, -20 "
+                          "outside, after the image's resize and padding: samhq_core's "
+                          "SamHQProcessor.mask_prompt_logits); or low-res logits themselves, as binary: float32 "
+                          "little-endian, S/4 x S/4 row-major (256 x 256 for a 1024 px model) in the model's frame, "
+                          "as the official SamPredictor.predict returns them (low_res_masks[i].tobytes()).")
     passthrough_columns: List[str] = Field(default_factory=list, description="Input columns copied unchanged to the "
                                                                              "output.")
-    category_column: Optional[str] = Field(None, description="Column with a category per box (names or integer ids), "
-                                                             "copied to the output and used by export-coco.")
+    category_column: Optional[str] = Field(None, description="Column with a category per prompt (names or integer "
+                                                             "ids), copied to the output and used by export-coco.")
     num_blocks: Optional[int] = Field(None, ge=1, description="Blocks the input is cut into (each becomes one result "
                                                               "file and one checkpoint entry); default 4 per model "
                                                               "actor, more for large inputs: at most 1000 rows and "
@@ -39,6 +60,10 @@ class InputConfig(ImageSourceConfig):
     on_bad_file: OnBadFile = Field("fail", description="An input file that is not readable Parquet or lacks a "
                                                        "configured column: fail (refuse to start) or skip it (listed, "
                                                        "with the reason, in the summary and the _SUCCESS manifest).")
+
+    def prompt_columns(self) -> PromptColumns:
+        return PromptColumns(self.section, self.box_format, self.boxes_column, self.points_column,
+                             self.point_labels_column, self.mask_prompts_column)
 
     @classmethod
     def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
@@ -48,6 +73,10 @@ class InputConfig(ImageSourceConfig):
             clashes = sorted(set(RESULT_COLUMNS) & {c for c in passthrough if isinstance(c, str)})
             if clashes:
                 problems.append(f"input.passthrough_columns: {', '.join(clashes)} clash with output columns")
+        if all(values.get(key) is None for key in _PROMPT_KEYS):
+            problems.append(f"input: set at least one prompt column: {', '.join(_PROMPT_KEYS)}")
+        if values.get("point_labels_column") is not None and values.get("points_column") is None:
+            problems.append("input.point_labels_column: labels the points of input.points_column, which is not set")
         return problems
 
 
@@ -82,7 +111,15 @@ class ModelConfig(Section):
                                         "the HQ token's mask alone; sam_only: SAM's mask without HQ, the baseline to "
                                         "compare HQ against. Default: what the checkpoint's config.json recommends "
                                         "(its mask_source), else sam_plus_hq.")
-    multimask_output: bool = Field(False, description="Keep the best of 3 candidate masks per box by predicted IoU.")
+    multimask_output: bool = Field(False, description="Decode 3 candidate masks per prompt (SAM's output for "
+                                                      "ambiguous prompts, such as a single point) and keep what "
+                                                      "model.multimask_keep says; false: SAM's single mask.")
+    multimask_keep: MultimaskKeep = Field(
+        get_args(MultimaskKeep)[0],
+        description="With multimask_output: best keeps the candidate of highest predicted IoU (one mask per prompt, "
+                    "as the official predictor's callers do); all keeps the 3, best first, one after the other in "
+                    "the mask columns, with prompt_index naming each one's prompt (mask_source hq_only has one "
+                    "candidate).")
     mask_threshold: float = Field(0.0, description="Threshold on the mask logits.")
     dtype: DType = Field("float32", description="float32, or bfloat16 autocast (the prompt encoder stays in fp32).")
     box_chunk_size: Optional[int] = Field(None, ge=1, description="Boxes decoded at once, from all images of a model "
@@ -92,6 +129,17 @@ class ModelConfig(Section):
     compile: bool = Field(False, description="torch.compile the encoder and the decoder once per actor (the first "
                                              "batches take minutes longer; image and box counts are padded to "
                                              "powers of two, so that new counts reuse a few compiled graphs).")
+
+    def keeps_candidates(self, mask_source: MaskSource) -> bool:
+        """Whether each prompt keeps all its candidate masks (multimask_keep: all) under
+        `mask_source` (hq_only has one candidate)."""
+        return self.multimask_output and self.multimask_keep == "all" and mask_source != MaskSource.HQ_ONLY
+
+    @classmethod
+    def cross_checks(cls, values: Mapping[str, Any]) -> List[str]:
+        if values.get("multimask_keep") == "all" and values.get("multimask_output") is not True:
+            return ["model.multimask_keep: all keeps the 3 candidates of model.multimask_output, which is not true"]
+        return []
 
     @field_validator("variant")
     @classmethod
@@ -125,7 +173,7 @@ class ComputeConfig(Section):
 
 
 class JobConfig(Sections):
-    input: InputConfig = Field(description="Where the images and boxes are.")
+    input: InputConfig = Field(description="Where the images and prompts are.")
     output: OutputConfig = Field(description="Where the results go.")
     model: ModelConfig = Field(description="The SAM-HQ checkpoint and how its masks are made.")
     compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Actors, GPUs, CPUs and batch sizes.")

@@ -1,8 +1,9 @@
-"""The sections the job and fine-tuning share: where a Parquet input's images and boxes are,
+"""The sections the job and fine-tuning share: where a Parquet input's images and prompts are,
 and how to reach object storage."""
 
 import urllib.parse
-from typing import Any, ClassVar, List, Literal, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, List, Literal, Mapping, Optional, Tuple
 
 from pydantic import Field
 
@@ -13,11 +14,36 @@ BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 HUB_CREDENTIALS = "set HF_TOKEN in the environment or run `hf auth login` (a Hugging Face Hub token)"
 
 
-class ImageSourceConfig(Section):
-    """Where a Parquet input's images and boxes are (the job's input and fine-tuning's data)."""
+@dataclass(frozen=True)
+class PromptColumns:
+    """The input columns that hold a row's prompts, each a list with one entry per prompt
+    (None: not given), and the config section that names them (for messages)."""
 
+    section: str
+    box_format: BoxFormat = "xyxy"
+    boxes: Optional[str] = None
+    points: Optional[str] = None
+    point_labels: Optional[str] = None
+    mask_prompts: Optional[str] = None
+
+    @property
+    def noun(self) -> str:
+        """What a prompt is called in messages: "box" when boxes are the only prompts."""
+        return "box" if [key for key, _ in self.named()] == [f"{self.section}.boxes_column"] else "prompt"
+
+    def named(self) -> List[Tuple[str, str]]:
+        """(config key, column) of each prompt column given, boxes first."""
+        keys = (("boxes_column", self.boxes), ("points_column", self.points),
+                ("point_labels_column", self.point_labels), ("mask_prompts_column", self.mask_prompts))
+        return [(f"{self.section}.{key}", column) for key, column in keys if column is not None]
+
+
+class ImageColumnsConfig(Section):
+    """Where a Parquet input's images are, and the limits they are read within; its prompts'
+    columns come from the sections built on it (`prompt_columns`)."""
+
+    section: ClassVar[str] = "input"  # as the review page and the benchmarks name one of their own
     id_column: str = Field(description="Column identifying each row; copied to the output.")
-    boxes_column: str = Field(description="Column with a list of boxes per row, in absolute pixels.")
     image_column: Optional[str] = Field(None, description="Column of encoded image bytes (PNG, JPEG, ...), or a "
                                                           "datasets Image column (struct<bytes, path>: the bytes, "
                                                           "else the path read as an image URI); set this or "
@@ -44,6 +70,10 @@ class ImageSourceConfig(Section):
                           "directory. A URI elsewhere is that row's error, so data cannot make the workers read "
                           "arbitrary local files or internal URLs.")
 
+    def prompt_columns(self) -> PromptColumns:
+        """The columns of the row's prompts."""
+        raise NotImplementedError
+
     @property
     def image_source_column(self) -> str:
         """The column the images come from (encoded bytes or URIs)."""
@@ -56,6 +86,15 @@ class ImageSourceConfig(Section):
         if (values.get("image_column") is None) == (values.get("image_uri_column") is None):
             return [f"{cls.section}: set exactly one of image_column (encoded bytes) or image_uri_column (URIs)"]
         return []
+
+
+class ImageSourceConfig(ImageColumnsConfig):
+    """Where a Parquet input's images and boxes are (fine-tuning's data): a box per prompt."""
+
+    boxes_column: str = Field(description="Column with a list of boxes per row, in absolute pixels.")
+
+    def prompt_columns(self) -> PromptColumns:
+        return PromptColumns(self.section, self.box_format, boxes=self.boxes_column)
 
 
 class StorageConfig(Section):

@@ -24,7 +24,9 @@ finite and (with a category column) its category is not null. Every other box is
 ``skipped_boxes`` by reason; rows present on one side only are counted (``predictions_without_ground_truth``,
 ``ground_truth_without_predictions``, with a few example ids) and not evaluated. Misaligned rows (another
 number of masks than the ground truth has) and masks whose size differs from the ground truth's raise
-`ValueError`: the ground truth does not belong to this run.
+`ValueError`: the ground truth does not belong to this run. A run with ``model.multimask_keep: all``
+has several masks per box (``prompt_index`` says whose): each box's first, the candidate of highest
+predicted IoU, is evaluated, as ``multimask_keep: best`` would have kept it.
 
 Metrics, per evaluated box (prediction mask ``i`` against ground-truth mask ``i`` of the same id):
 - IoU = |G ∩ P| / |G ∪ P| of the binary masks (1.0 when both are empty); mIoU is the mean.

@@ -12,7 +12,7 @@ from ..ids import id_key
 from ..masks import rle
 from ..masks.metrics import Accumulator, dilation_pixels, mask_scores
 from ..output import JobOutput
-from ..schema import BOX_ERRORS, ERROR, GROUND_TRUTH_MASKS, IOU_SCORES, MASKS
+from ..schema import BOX_ERRORS, ERROR, GROUND_TRUTH_MASKS, IOU_SCORES, MASKS, PROMPT_INDEX
 from ..storage import Location, ParquetInput
 from .coco_ap import EvaluatedImage, category_order, coco_ap
 from .join import Spool
@@ -94,7 +94,9 @@ def evaluate_masks(
                     gt_spool.write(row)
         pred_spool = Spool(tmp, "pred", num_partitions)
         with pred_spool:
-            for row in pred_files.rows(id_column, list(PREDICTION_COLUMNS), pred_category, batch_rows):
+            # Outputs written before prompt_index existed have one mask per box.
+            for row in pred_files.rows(id_column, list(PREDICTION_COLUMNS), pred_category, batch_rows,
+                                       optional=[PROMPT_INDEX]):
                 state.prediction_rows += 1
                 if row[0] is None:
                     state.null_id_rows += 1
@@ -203,7 +205,7 @@ def _join_partition(gt_spool: Spool, pred_spool: Spool, part: int, id_column: st
 
 def _evaluate_row(key: bytes, gt: Tuple[Any, ...], pred: Tuple[Any, ...], id_column: str, state: _State) -> None:
     row_id, gt_masks, gt_categories = gt
-    _, pred_masks, scores, box_errors, error, pred_categories = pred
+    _, pred_masks, scores, box_errors, error, prompt_index, pred_categories = pred
     where = f"row {id_column}={row_id!r}"
     categories = gt_categories if gt_categories is not None else pred_categories
     if error is not None:
@@ -211,6 +213,10 @@ def _evaluate_row(key: bytes, gt: Tuple[Any, ...], pred: Tuple[Any, ...], id_col
         state.skipped["row_error"] += len(gt_masks or pred_masks or [])
         return
     pred_masks, scores, box_errors = pred_masks or [], scores or [], box_errors or []
+    if prompt_index is not None and len(prompt_index) != len(pred_masks):
+        raise ValueError(f"{where}: {PROMPT_INDEX} has {len(prompt_index)} entries for {len(pred_masks)} masks")
+    if prompt_index is not None and len(pred_masks) != len(box_errors):
+        pred_masks, scores = _best_per_box(pred_masks, scores, prompt_index, len(box_errors))
     num_boxes = len(pred_masks)
     if gt_masks is None:
         gt_masks = [None] * num_boxes
@@ -250,3 +256,15 @@ def _evaluate_row(key: bytes, gt: Tuple[Any, ...], pred: Tuple[Any, ...], id_col
         iou, biou = mask_scores(rle.decode(gt_rle, where, f"ground truth mask {i}"), rle.decode(pred_rle, where, f"mask {i}"),
                                 dilation_pixels(height, width))
         state.add_box(image, row_id, i, category, gt_rle, pred_rle, float(score), iou, biou)
+
+
+def _best_per_box(masks: List[Any], scores: List[Any], prompt_index: List[Any], num_boxes: int
+                  ) -> Tuple[List[Any], List[Any]]:
+    """Per box, its first mask and score (model.multimask_keep: all writes a box's candidates
+    best predicted IoU first), None where it has none."""
+    first: Dict[int, int] = {}
+    for i, box in enumerate(prompt_index):
+        if box is not None:
+            first.setdefault(box, i)
+    return ([masks[first[b]] if b in first else None for b in range(num_boxes)],
+            [scores[first[b]] if b in first else None for b in range(num_boxes)])

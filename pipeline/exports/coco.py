@@ -147,7 +147,7 @@ def write_coco(reader: ResultReader, output: Location, as_polygons: bool = False
 
 
 def _polygons(image: ResultImage, mask: ResultMask, simplify: float) -> Optional[List[List[int]]]:
-    decoded = rle.decode(mask.rle, f"image {image.file_name!r}", f"mask {mask.box_index}")
+    decoded = rle.decode(mask.rle, f"image {image.file_name!r}", f"mask {mask.mask_index}")
     return polygons.coco_polygons(decoded, simplify)
 
 

@@ -123,8 +123,8 @@ def brush_region(region_id: str, mask: np.ndarray, category: str) -> Dict[str, A
 def _task(image: ResultImage, shown: str, names: Dict[int, str], model_version: str) -> Dict[str, Any]:
     results = []
     for mask in image.masks:
-        decoded = rle.decode(mask.rle, f"image {image.file_name!r}", f"mask {mask.box_index}")
-        results.append({**brush_region(f"{image.index}_{mask.box_index}", decoded, names[mask.category_id]),
+        decoded = rle.decode(mask.rle, f"image {image.file_name!r}", f"mask {mask.mask_index}")
+        results.append({**brush_region(f"{image.index}_{mask.mask_index}", decoded, names[mask.category_id]),
                         "score": mask.score})
     prediction: Dict[str, Any] = {"model_version": model_version, "result": results}
     if image.masks:

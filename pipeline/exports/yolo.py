@@ -166,7 +166,7 @@ def _final_path(output_dir: str) -> str:
 def _write_labels(path: str, image: ResultImage, reader: ResultReader, simplify: float) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for mask in image.masks:
-            decoded = rle.decode(mask.rle, f"image {image.file_name!r}", f"mask {mask.box_index}")
+            decoded = rle.decode(mask.rle, f"image {image.file_name!r}", f"mask {mask.mask_index}")
             polygon = polygons.fillpoly_polygon(decoded, simplify)
             f.write(label_line(_class_index(mask.category_id, reader), polygon, image.height, image.width) + "\n")
 

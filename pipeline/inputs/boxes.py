@@ -1,6 +1,6 @@
 """A row's box list as the job reads it: parsed (numbers only), converted from the input's
 box_format to xyxy, and clipped and checked against the image; and the lists that hold an
-entry per box (the categories), which must be as long."""
+entry per prompt besides the prompt columns (the categories), which must be as long."""
 
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -60,11 +60,14 @@ def check_boxes(boxes: np.ndarray, height: int, width: int) -> Tuple[np.ndarray,
 
 
 def per_box_columns(config: JobConfig) -> Dict[str, str]:
-    """The input columns meant to hold one entry per box, by the config key naming each."""
+    """The input columns besides the prompt columns meant to hold one entry per prompt, by the
+    config key naming each."""
     column = config.input.category_column
     return {"input.category_column": column} if column else {}
 
 
-def per_box_mismatch(key: str, column: str, entries: int, boxes: int) -> str:
-    """What is wrong with a row whose per-box column `column` has `entries` for `boxes` boxes."""
-    return f"{key} {column!r} has {entries} entries for {boxes} boxes: give one per box (null for none)"
+def per_box_mismatch(key: str, column: str, entries: int, prompts: int, noun: str = "box") -> str:
+    """What is wrong with a row whose per-prompt column `column` has `entries` for `prompts`
+    prompts (`noun`: what a prompt is called, "box" where boxes are the only prompts)."""
+    nouns = "boxes" if noun == "box" else f"{noun}s"
+    return f"{key} {column!r} has {entries} entries for {prompts} {nouns}: give one per {noun} (null for none)"

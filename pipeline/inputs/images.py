@@ -14,7 +14,7 @@ import posixpath
 import urllib.parse
 from typing import Any, Dict, List, Optional
 
-from ..config import ImageSourceConfig, StorageConfig
+from ..config import ImageColumnsConfig, StorageConfig
 from ..schema import IMAGE_STRUCT_BYTES, IMAGE_STRUCT_PATH
 from ..storage import (
     Location,
@@ -101,7 +101,7 @@ class ImageReader:
     none itself, in its info requests (HEAD, GET) or its reads. Raises ValueError,
     PermissionError or TimeoutError naming the problem."""
 
-    def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig, directory: Optional[str] = None) -> None:
+    def __init__(self, inputs: ImageColumnsConfig, storage: StorageConfig, directory: Optional[str] = None) -> None:
         """`directory`: the input's directory, which relative image paths are read against
         (`input_directory`)."""
         self.inputs, self.storage, self.directory = inputs, storage, directory

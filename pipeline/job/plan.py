@@ -92,9 +92,10 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
         column_problems = check_columns(scan, rules, "input.path")
         problems += column_problems
         if not column_problems and scan.files:
-            found, suspicious = box_format_evidence(scan, config.input.boxes_column, config.input.box_format)
-            problems, warnings = (problems, warnings + found) if force_box_format else (problems + found, warnings)
-            warnings += suspicious
+            if config.input.boxes_column is not None:
+                found, suspicious = box_format_evidence(scan, config.input.boxes_column, config.input.box_format)
+                problems, warnings = (problems, warnings + found) if force_box_format else (problems + found, warnings)
+                warnings += suspicious
             found, suspicious = check_per_box_lengths(scan, config)
             problems, warnings = problems + found, warnings + suspicious
             problems += check_uri_sample(scan, config)
@@ -163,17 +164,23 @@ def _where_from(problem: str, key: str, written: str, relative_to: Optional[str]
 
 
 def read_columns(config: JobConfig) -> List[str]:
-    """The input columns the job reads, each once: id, passthrough, category, image, boxes."""
+    """The input columns the job reads, each once: id, passthrough, category, image, prompts."""
     inp = config.input
     return list(dict.fromkeys([inp.id_column, *inp.passthrough_columns,
                                *([inp.category_column] if inp.category_column else []), inp.image_source_column,
-                               inp.boxes_column]))
+                               *(column for _, column in inp.prompt_columns().named())]))
+
+
+# What each prompt column must hold, by its config key.
+_PROMPT_KINDS = {"input.boxes_column": "boxes", "input.points_column": "points",
+                 "input.point_labels_column": "point_labels", "input.mask_prompts_column": "mask_prompts"}
 
 
 def input_rules(config: JobConfig) -> List[ColumnRule]:
     """What each input column the config names must hold."""
     inp = config.input
-    rules = [ColumnRule("input.id_column", inp.id_column, "id"), ColumnRule("input.boxes_column", inp.boxes_column, "boxes")]
+    rules = [ColumnRule("input.id_column", inp.id_column, "id")]
+    rules += [ColumnRule(key, column, _PROMPT_KINDS[key]) for key, column in inp.prompt_columns().named()]
     if inp.image_column:
         rules.append(ColumnRule("input.image_column", inp.image_column, "image_bytes"))
     if inp.image_uri_column:

@@ -1,6 +1,7 @@
-"""What a job says when it ends, read back from its output: rows in and out, boxes and why
-some got no mask, rows with errors by kind, the warnings the counts give, and the closing
-check (one output row per input row, each id once)."""
+"""What a job says when it ends, read back from its output: rows in and out, prompts (boxes,
+where they are the only prompts) and why some got no mask, rows with errors by kind, the
+warnings the counts give, and the closing check (one output row per input row, each id
+once)."""
 
 import collections
 import time
@@ -8,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import pyarrow as pa
+
+from samhq_core import MaskSource, SamHQMaskDecoderConfig
 
 from ..config import JobConfig
 from ..ids import repeated_ids
@@ -75,11 +78,13 @@ class JobSummary:
     rows_already_done: int = 0  # written by the run this one resumed, and skipped
     rows_run: int = 0  # rows this run processed
     retried: Optional[RetryPass] = None  # what a --retry-errors pass did
-    boxes: int = 0  # every input box, those of failed rows included
-    masks: int = 0
-    box_reasons: Dict[str, int] = field(default_factory=dict)  # why boxes got no mask, with counts
+    boxes: int = 0  # every input prompt (box), those of failed rows included
+    masks: int = 0  # prompts that got their masks
+    box_reasons: Dict[str, int] = field(default_factory=dict)  # why prompts got no mask, with counts
     errors: Dict[str, int] = field(default_factory=dict)  # rows with an error, by kind
     box_format: str = "xyxy"
+    noun: str = "box"  # what a prompt is called: "box" where boxes are the only prompts
+    masks_per_prompt: int = 1  # 3 with model.multimask_keep: all
     seconds: float = 0.0
     stats: str = ""  # Ray Data's per-stage execution stats
     skipped_files: List[str] = field(default_factory=list)  # "<url>: <reason>", input.on_bad_file: skip
@@ -103,10 +108,14 @@ class JobSummary:
                          "input.box_format: xyxy, as [x, y, width, height] boxes read as xyxy are; if the input "
                          "is xywh, set input.box_format: xywh and run again")
         if self.boxes and self.unusable_boxes > self.boxes / 2:
-            found.append(f"most boxes could not be used ({self.unusable_boxes} of {self.boxes}): check "
-                         f"input.box_format (now {self.box_format}) and that boxes are in absolute pixels of the "
-                         "image")
+            found.append(f"most {self._nouns} could not be used ({self.unusable_boxes} of {self.boxes}): check "
+                         f"input.box_format (now {self.box_format}) and that {self._nouns} are in absolute pixels of "
+                         "the image")
         return found
+
+    @property
+    def _nouns(self) -> str:
+        return "boxes" if self.noun == "box" else f"{self.noun}s"
 
     def render(self) -> str:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none"
@@ -116,13 +125,14 @@ class JobSummary:
             resumed += f" ({self.retried.render()})"
         rate = self.images_per_second
         speed = f", {rate:.2f} images/s" if rate is not None else ", no row run"
+        masks = f"{self.masks} x {self.masks_per_prompt}" if self.masks_per_prompt > 1 else str(self.masks)
         lines = [
-            f"rows in: {self.rows_in}, rows out: {self.rows_out}{resumed}, boxes: {self.boxes} "
-            f"(masks: {self.masks}, unusable: {self.unusable_boxes}), rows with errors: {errors}, "
+            f"rows in: {self.rows_in}, rows out: {self.rows_out}{resumed}, {self._nouns}: {self.boxes} "
+            f"(masks: {masks}, unusable: {self.unusable_boxes}), rows with errors: {errors}, "
             f"{self.seconds:.1f} s{speed}"
         ]
         if self.box_reasons:
-            lines.append("  boxes without a mask: " + "; ".join(
+            lines.append(f"  {self._nouns} without a mask: " + "; ".join(
                 f"{reason}: {n}" for reason, n in sorted(self.box_reasons.items(), key=lambda kv: (-kv[1], kv[0]))))
         lines += [f"  warning: {w}" for w in self.warnings()]
         if self.skipped_files:
@@ -136,7 +146,10 @@ class JobSummary:
 def summarize_output(config: JobConfig, output: JobOutput, files: List[str], rows_in: int) -> JobSummary:
     """Counts over the result `files` (reads only their id and small result columns), and the
     closing check against `rows_in`."""
-    summary = JobSummary(box_format=config.input.box_format)
+    model = config.model
+    keeps = model.keeps_candidates(model.mask_source or MaskSource.SAM_PLUS_HQ)
+    summary = JobSummary(box_format=config.input.box_format, noun=config.input.prompt_columns().noun,
+                         masks_per_prompt=SamHQMaskDecoderConfig().num_multimask_outputs if keeps else 1)
     errors: Dict[str, int] = collections.Counter()
     reasons: Dict[str, int] = collections.Counter()
     id_column = config.input.id_column

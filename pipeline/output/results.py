@@ -25,7 +25,8 @@ from ..schema import (
     MASK_AREAS,
     MASK_BBOXES,
     MASKS,
-    PER_BOX_COLUMNS,
+    PER_MASK_COLUMNS,
+    PROMPT_INDEX,
     STABILITY_SCORES,
     error_kind,
 )
@@ -33,8 +34,9 @@ from .handle import JobOutput
 from .layout import JOB_FILE
 from .marks import MarkFilter
 
-# Result columns every reader needs (besides the id, category and image-path columns).
-_RESULT_COLUMNS = (IMAGE_SIZE, *PER_BOX_COLUMNS, ERROR)
+# Result columns every reader needs (besides the id, category and image-path columns); outputs
+# written before prompt_index existed (or rows where it is null) have one mask per prompt.
+_RESULT_COLUMNS = (IMAGE_SIZE, *(c for c in PER_MASK_COLUMNS if c != PROMPT_INDEX), BOX_ERRORS, ERROR)
 DEFAULT_CATEGORY_ID = 1
 DEFAULT_CATEGORY: Dict[str, Any] = {"id": DEFAULT_CATEGORY_ID, "name": "object"}
 
@@ -68,13 +70,14 @@ def job_columns(output: JobOutput, config: Optional[JobConfig] = None, id_column
 class ResultMask:
     """One exportable mask of an image."""
 
-    box_index: int  # its place among the row's input boxes
+    box_index: int  # its prompt's place among the row's input prompts (boxes)
     rle: rle.Rle  # {"size": [h, w], "counts": str}
     score: float  # the model's predicted IoU
     stability: float  # SAM's stability score
     area: int
     bbox: List[float]  # COCO xywh
     category_id: int
+    mask_index: int  # its place among the row's masks: box_index, unless model.multimask_keep: all
 
 
 @dataclass
@@ -94,13 +97,14 @@ class ResultReader:
     """Streams a job's result files as `ResultImage`s.
 
     Skipped and counted: rows that failed (``error`` non-null, no ``image_size``), have a null id
-    or per-box lists of different lengths (``skipped_rows``; their boxes are not counted; the
-    failed ones also per error kind in ``failed_rows``, `pipeline.schema.error_kind`, the
-    misaligned ones as "per_box"), and boxes with a ``box_errors`` entry,
-    an empty mask, a non-finite score, a null category, a score below ``min_score`` or a
-    stability below ``min_stability`` (``skipped_boxes``). With `marks`, a review's marks leave
-    out masks too (``marked_out_boxes``) and, for `--only`, whole images
-    (``unmarked_images``). The counts are attributes that
+    or per-mask or per-prompt lists of different lengths, or a ``prompt_index`` naming no
+    prompt (``skipped_rows``; their masks are not counted; the failed ones also per error kind
+    in ``failed_rows``, `pipeline.schema.error_kind`, the misaligned ones as "per_box"), and
+    masks whose prompt has a ``box_errors`` entry, empty masks, non-finite scores, null
+    categories, scores below ``min_score`` or stabilities below ``min_stability``
+    (``skipped_boxes``). A mask takes its prompt's category. With `marks` (whose "box" is a
+    mask's place among its row's masks), a review's marks leave out masks too
+    (``marked_out_boxes``) and, for `--only`, whole images (``unmarked_images``). The counts are attributes that
     `images()` keeps up to date: ``num_images``, ``num_masks`` (exported), ``skipped_rows``,
     ``skipped_boxes``.
 
@@ -190,7 +194,8 @@ class ResultReader:
                     or pa.types.is_fixed_size_list(category_type)):
                 raise ValueError(f"{url}: category column {columns.category_column!r} must hold a list per row (one "
                                  f"category per box), got type {category_type}")
-        wanted = (columns.id_column, *_RESULT_COLUMNS, columns.category_column, columns.image_column)
+        prompt_index = PROMPT_INDEX if PROMPT_INDEX in names else None
+        wanted = (columns.id_column, *_RESULT_COLUMNS, prompt_index, columns.category_column, columns.image_column)
         return list(dict.fromkeys(c for c in wanted if c))
 
     def _register_categories(self, values: Sequence[Any], where: str) -> List[Optional[int]]:
@@ -234,14 +239,20 @@ class ResultReader:
         if len(size) != 2 or any(s is None or s < 1 for s in size):
             raise ValueError(f"{where}: image_size must be [height, width] > 0, got {size!r}")
         height, width = int(size[0]), int(size[1])
-        per_box = {name: row[name] if row[name] is not None else [] for name in PER_BOX_COLUMNS}
-        num_boxes = len(per_box[MASKS])
-        lengths = {name: len(values) for name, values in per_box.items()}
+        per_mask = {name: row[name] if row.get(name) is not None else [] for name in PER_MASK_COLUMNS}
+        box_errors = row[BOX_ERRORS] if row[BOX_ERRORS] is not None else []
+        num_prompts, num_masks = len(box_errors), len(per_mask[MASKS])
+        if row.get(PROMPT_INDEX) is None:  # one mask per prompt
+            per_mask[PROMPT_INDEX] = list(range(num_masks))
+        mask_lengths = {len(values) for values in per_mask.values()}
+        prompt_lengths = {num_prompts}
         if columns.category_column is not None:
-            if category_ids is None:  # a null list: every box's category is null
-                category_ids = [None] * num_boxes
-            lengths[columns.category_column] = len(category_ids)
-        if len(set(lengths.values())) > 1:  # the row is unusable, not the output
+            if category_ids is None:  # a null list: every prompt's category is null
+                category_ids = [None] * num_prompts
+            prompt_lengths.add(len(category_ids))
+        prompts = per_mask[PROMPT_INDEX]
+        if (len(mask_lengths) > 1 or len(prompt_lengths) > 1
+                or any(p is None or not 0 <= p < num_prompts for p in prompts)):  # the row is unusable, not the output
             self.skipped_rows += 1
             self.failed_rows["per_box"] = self.failed_rows.get("per_box", 0) + 1
             return None
@@ -254,12 +265,12 @@ class ResultReader:
         uri = str(uri) if uri else None
         image = ResultImage(self.num_images + 1, row_id, uri or text, height, width, uri=uri)
         self.num_images += 1
-        for i in range(num_boxes):
-            mask, area, score = per_box[MASKS][i], per_box[MASK_AREAS][i], per_box[IOU_SCORES][i]
-            stability = per_box[STABILITY_SCORES][i]
-            category_id = category_ids[i] if category_ids is not None else DEFAULT_CATEGORY_ID
+        for i in range(num_masks):
+            mask, area, score = per_mask[MASKS][i], per_mask[MASK_AREAS][i], per_mask[IOU_SCORES][i]
+            stability, prompt = per_mask[STABILITY_SCORES][i], prompts[i]
+            category_id = category_ids[prompt] if category_ids is not None else DEFAULT_CATEGORY_ID
             marked_in = self.marks is None or self.marks.keeps(text, i)
-            if (per_box[BOX_ERRORS][i] is not None or mask is None or area is None or area <= 0
+            if (box_errors[prompt] is not None or mask is None or area is None or area <= 0
                     or score is None or not math.isfinite(score) or category_id is None
                     or (self.min_score is not None and score < self.min_score)
                     or (self.min_stability is not None and not (stability is not None
@@ -271,13 +282,13 @@ class ResultReader:
                 continue
             if mask["size"] is None or list(mask["size"]) != [height, width]:
                 raise ValueError(f"{where}: mask {i} has size {mask['size']!r}, not the image_size {[height, width]}")
-            bbox = per_box[MASK_BBOXES][i]
+            bbox = per_mask[MASK_BBOXES][i]
             if bbox is None or len(bbox) != 4:
                 raise ValueError(f"{where}: mask_bboxes[{i}] must be [x, y, w, h], got {bbox!r}")
             image.masks.append(ResultMask(
-                box_index=i, rle={"size": [height, width], "counts": rle.counts_text(mask["counts"])},
+                box_index=prompt, rle={"size": [height, width], "counts": rle.counts_text(mask["counts"])},
                 score=float(score), stability=float("nan") if stability is None else float(stability), area=int(area),
-                bbox=[float(v) for v in bbox], category_id=category_id))
+                bbox=[float(v) for v in bbox], category_id=category_id, mask_index=i))
             self.num_masks += 1
         return image
 

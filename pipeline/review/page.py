@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from PIL import Image
 
-from ..config import ImageSourceConfig, JobConfig
+from ..config import ImageColumnsConfig, JobConfig
 from ..ids import id_key, json_value
 from ..inputs.images import default_uri_prefixes
 from ..masks import drawing, rle
@@ -54,7 +54,7 @@ _TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "review_pag
 def _card(image: ResultImage, section: str, picture: Picture, number: int, out_dir: str, side: int,
           category_names: Dict[int, str]) -> Dict[str, Any]:
     """One image's entry in the page's data, its thumbnail and mask layers written to `out_dir`."""
-    masks = [{"box": m.box_index, "category": category_names.get(m.category_id, str(m.category_id)),
+    masks = [{"box": m.mask_index, "category": category_names.get(m.category_id, str(m.category_id)),
               "iou": m.score, "stability": finite_score(m.stability), "bbox": m.bbox, "color": "#%02x%02x%02x" % drawing.color(k),
               "prompt": picture.boxes[m.box_index] if picture.boxes and m.box_index < len(picture.boxes) else None}
              for k, m in enumerate(image.masks)]
@@ -78,7 +78,7 @@ def _card(image: ResultImage, section: str, picture: Picture, number: int, out_d
     thumbnail.resize(size, Image.Resampling.LANCZOS).save(os.path.join(out_dir, PICTURES, name), quality=85)
     card["thumbnail"] = f"{PICTURES}/{name}"
     for k, (entry, mask) in enumerate(zip(masks, image.masks, strict=True)):
-        pixels = rle.decode(mask.rle, f"{image.file_name}", f"mask {mask.box_index}")
+        pixels = rle.decode(mask.rle, f"{image.file_name}", f"mask {mask.mask_index}")
         # A pixel of the thumbnail is in the mask when at least half of what it covers is.
         small = np.asarray(Image.fromarray(pixels.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)) >= 128
         layer = f"{number}_{k}.png"
@@ -212,6 +212,7 @@ def write_review(output: JobOutput, out_dir: str, images: Optional[str] = None, 
     earlier = _check_out(out_dir)
     storage = location.storage
     source = _image_source(config, columns.id_column, images, image_column)
+    boxes_column = config.input.boxes_column if config is not None else None
     reader = ResultReader(output, columns)
     selection = select(reader.images(), max_images, needs_review, seed)
     chosen = [(image, "review") for image in selection.needs_review] + [(image, "sample") for image in selection.sample]
@@ -228,7 +229,8 @@ def write_review(output: JobOutput, out_dir: str, images: Optional[str] = None, 
         os.chmod(work, 0o755)  # a page to share, not mkdtemp's private directory
         os.makedirs(os.path.join(work, PICTURES))
         cards: List[Dict[str, Any]] = [{}] * len(chosen)
-        for key, picture in read_pictures([image.row_id for image, _ in chosen], Location(images, storage), source):
+        for key, picture in read_pictures([image.row_id for image, _ in chosen], Location(images, storage), source,
+                                            boxes_column):
             for n in places[key]:
                 cards[n] = _card(chosen[n][0], chosen[n][1], picture, n + 1, work, side, names)
         _write_page(work, output.url, images, reader, selection, cards, names, max_images, needs_review, seed)
@@ -246,12 +248,12 @@ def write_review(output: JobOutput, out_dir: str, images: Optional[str] = None, 
                          sum(1 for c in cards if c["thumbnail"] is None))
 
 
-def _image_source(config: Optional[JobConfig], id_column: str, images: str, image_column: str) -> ImageSourceConfig:
+def _image_source(config: Optional[JobConfig], id_column: str, images: str, image_column: str) -> ImageColumnsConfig:
     """How the page reads its images: as the job read them where the job is known (its limits,
     allowed URIs and boxes), from the columns the arguments name; by default under the job's
     default URI prefixes for an input at `images`."""
     if config is None:
-        return ImageSourceConfig(id_column=id_column, boxes_column="", image_column=image_column,
+        return ImageColumnsConfig(id_column=id_column, image_column=image_column,
                                  allowed_uri_prefixes=default_uri_prefixes(images))
     prefixes = config.input.allowed_uri_prefixes
     return config.input.model_copy(update={

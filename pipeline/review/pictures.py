@@ -7,10 +7,10 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import pyarrow.parquet as pq
 
-from ..config import ImageSourceConfig
+from ..config import ImageColumnsConfig, PromptColumns
 from ..ids import id_key, json_value
-from ..inputs.boxes import boxes_to_xyxy, parse_boxes
 from ..inputs.images import ImageReader, input_directory
+from ..inputs.prompts import read_prompts
 from ..storage import Location, ParquetInput
 
 
@@ -19,21 +19,22 @@ class Picture:
     """What the images input gives for one chosen image: its bytes and prompt boxes, or why not."""
 
     data: Optional[bytes] = None
-    boxes: Optional[List[List[float]]] = None  # xyxy, in the input's order
+    boxes: Optional[List[Optional[List[float]]]] = None  # per prompt, xyxy or None, in the input's order
     error: Optional[str] = None
 
 
-def read_pictures(wanted: Iterable[Any], images: Location, source: ImageSourceConfig) -> Iterator[Tuple[bytes, Picture]]:
+def read_pictures(wanted: Iterable[Any], images: Location, source: ImageColumnsConfig,
+                  boxes_column: Optional[str] = None) -> Iterator[Tuple[bytes, Picture]]:
     """(`ids.id_key` of the id, its Picture) for each id in `wanted`, from the images input, in
     the input's order, one image at a time: its id column is read row group by row group and
     only the row groups holding a wanted id are read further. `source` names the columns (the
-    boxes are drawn where its boxes column is in the file) and gives the limits the job reads
+    boxes are drawn where `boxes_column` is in the file) and gives the limits the job reads
     its images within: encoded bytes or URIs read through fsspec, only under its
     allowed_uri_prefixes, so that data cannot make the page show arbitrary files, by the decode
     stage's own reader. An unreadable image, or an id not in the input, is a Picture with its
     error."""
     reader = ImageReader(source, images.storage, input_directory(images))
-    id_column, image_column, boxes_column = source.id_column, source.image_source_column, source.boxes_column
+    id_column, image_column = source.id_column, source.image_source_column
     missing = {id_key(v): v for v in wanted}
     parquet_input = ParquetInput(images, "images")
     for path in parquet_input.files:
@@ -54,18 +55,21 @@ def read_pictures(wanted: Iterable[Any], images: Location, source: ImageSourceCo
                 for row, values in zip(hits, table, strict=True):
                     key = id_key(ids[row])
                     if missing.pop(key, None) is not None:  # an id twice in the input: its first row
-                        yield key, _picture(values, source, reader)
+                        yield key, _picture(values, source, boxes_column, reader)
                 if not missing:
                     return
     for key, value in missing.items():
         yield key, Picture(error=f"id {json_value(value)!r} is not in the images input {images.url}")
 
 
-def _picture(values: Dict[str, Any], source: ImageSourceConfig, reader: ImageReader) -> Picture:
+def _picture(values: Dict[str, Any], source: ImageColumnsConfig, boxes_column: Optional[str],
+             reader: ImageReader) -> Picture:
     picture = Picture()
-    if source.boxes_column in values:
+    if boxes_column is not None and boxes_column in values:
         try:
-            picture.boxes = boxes_to_xyxy(parse_boxes(values[source.boxes_column]), source.box_format).tolist()
+            prompts = read_prompts(values, PromptColumns("input", source.box_format, boxes=boxes_column))
+            picture.boxes = [box.tolist() if has_box else None
+                             for box, has_box in zip(prompts.boxes, prompts.has_box, strict=True)]
         except ValueError:
             pass  # the job wrote this row's error; the masks are drawn without their boxes
     try:

@@ -1,6 +1,6 @@
 """The decode stage (CPU tasks): read and decode each image, resize it for the model, and
-check, convert and rescale its boxes (the processor's transforms, as the official
-preprocessing does them)."""
+check, convert and rescale its prompts (boxes, points, mask prompts: the processor's
+transforms, as the official preprocessing does them)."""
 
 import io
 from dataclasses import dataclass, field
@@ -12,10 +12,11 @@ from PIL import Image
 
 from samhq_core import SamHQProcessor
 
-from ..config import ImageSourceConfig, StorageConfig
-from ..inputs.boxes import boxes_to_xyxy, check_boxes, parse_boxes, per_box_mismatch
+from ..config import ImageColumnsConfig, StorageConfig
+from ..inputs.boxes import per_box_mismatch
 from ..inputs.images import ImageReader
-from ..schema import BOXES, PIXELS, RESIZED_HW, exception_detail, row_error
+from ..inputs.prompts import Prompt, PromptCountError, read_prompts
+from ..schema import BOXES, MASK_INPUTS, PIXELS, POINT_LABELS, POINTS, RESIZED_HW, exception_detail, row_error
 from .contract import Stage, StageUDF, column
 
 # A decode task's memory, sized from bench/results/decode_memory.md for images up to 4K: the
@@ -31,12 +32,15 @@ _BYTES_PER_EXTRA_PIXEL = 6
 
 @dataclass
 class DecodedImage:
-    """One row, decoded: the image resized for the model, its usable boxes in the model's
-    frame, and what the output reports about it."""
+    """One row, decoded: the image resized for the model, its usable prompts in the model's
+    frame (`pipeline.schema`'s internal columns), and what the output reports about it."""
 
     pixels: Optional[bytes] = column(PIXELS, default=None)
     resized_hw: Optional[List[int]] = column(RESIZED_HW, default=None)
     boxes: List[float] = column(BOXES, default_factory=list)
+    points: List[List[float]] = column(POINTS, default_factory=list)
+    point_labels: List[List[int]] = column(POINT_LABELS, default_factory=list)
+    mask_inputs: List[Optional[bytes]] = column(MASK_INPUTS, default_factory=list)
     image_size: Optional[List[int]] = None
     box_errors: List[Optional[str]] = field(default_factory=list)
     error: Optional[str] = None
@@ -48,28 +52,30 @@ class DecodedImage:
 
     @classmethod
     def failed(cls, error: str, num_boxes: Optional[int]) -> "DecodedImage":
-        """A row that failed here: the error, and how many boxes it had (None when its boxes
-        could not be read)."""
+        """A row that failed here: the error, and how many prompts it had (None when its
+        prompts could not be read)."""
         return cls(error=error, num_boxes=num_boxes)
 
 
 class DecodeUDF(StageUDF):
     """Per row: the image read (bytes column, `datasets` Image column or URI) and decoded,
-    resized by the processor,
-    and its boxes parsed, converted to xyxy, clipped to the image, checked and scaled into
-    the model's frame. A row whose id is null or empty, or whose boxes, image read or image
-    decode fail, gets its `error`. A `datasets` Image column's row gives its bytes, or where
-    they are null its path, read as an image URI. Image URIs must lie under
-    input.allowed_uri_prefixes and
+    resized by the processor, and its prompts read (`pipeline.inputs.prompts`: boxes
+    converted to xyxy and clipped, points and mask prompts checked against the image) and
+    brought into the model's frame: boxes and points scaled, mask prompts as low-res logits.
+    A row whose id is null or empty, whose prompt columns disagree on the number of prompts,
+    or whose boxes, image read or image decode fail, gets its `error`. A `datasets` Image
+    column's row gives its bytes, or where they are null its path, read as an image URI.
+    Image URIs must lie under input.allowed_uri_prefixes and
     name a regular file of at most input.max_image_bytes, read within input.read_timeout_s;
     images over input.max_image_pixels are refused before they are decoded."""
 
     result_type = DecodedImage
 
-    def __init__(self, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int,
+    def __init__(self, inputs: ImageColumnsConfig, storage: StorageConfig, image_size: int,
                  per_box: Optional[Mapping[str, str]] = None, directory: Optional[str] = None) -> None:
         self.inputs, self.storage = inputs, storage
-        self.per_box = dict(per_box or {})  # config key -> column whose rows hold an entry per box
+        self.prompts = inputs.prompt_columns()
+        self.per_box = dict(per_box or {})  # config key -> column whose rows hold an entry per prompt
         self.processor = SamHQProcessor(image_size)
         # Pillow's own bomb check (a warning above the limit, an error above twice it) agrees
         # with the explicit check in _decode.
@@ -77,13 +83,18 @@ class DecodeUDF(StageUDF):
         self._reader = ImageReader(inputs, storage, directory)
 
     @classmethod
-    def stage(cls, inputs: ImageSourceConfig, storage: StorageConfig, image_size: int, batch_size: int,
+    def stage(cls, inputs: ImageColumnsConfig, storage: StorageConfig, image_size: int, batch_size: int,
               keep_image: bool, per_box: Optional[Mapping[str, str]] = None, directory: Optional[str] = None) -> Stage:
         """CPU tasks of `batch_size` rows; the image bytes column is handed on with `keep_image`;
-        `per_box`: the columns (by the config key naming each) that must hold an entry per box;
+        `per_box`: the columns (by the config key naming each) besides the prompt columns that
+        must hold an entry per prompt;
         `directory`: the input's, which relative image paths are read against."""
         memory = decode_memory(batch_size, inputs.max_image_pixels)
         per_box = dict(per_box or {})
+        prompts = inputs.prompt_columns()
+        kinds = [key.split(".", 1)[1].removesuffix("_column") for key, _ in prompts.named()]
+        checks = (f"check boxes ({inputs.box_format})" if prompts.noun == "box" else "check prompts (" + ", ".join(
+            f"boxes {inputs.box_format}" if kind == "boxes" else kind for kind in kinds) + ")")
         return Stage(
             name="decode",
             udf=cls,
@@ -93,8 +104,9 @@ class DecodeUDF(StageUDF):
             # actors, whose remote args differ, so the model never waits on it.
             map_batches_kwargs=dict(batch_format="pyarrow", batch_size=batch_size, num_cpus=1, memory=memory),
             description=f"CPU tasks of {batch_size} images (1 CPU, {memory / 2**20:.0f} MiB each): read, decode, "
-                        f"resize to {image_size} px, check boxes ({inputs.box_format})",
-            required_columns=(inputs.id_column, inputs.image_source_column, inputs.boxes_column, *per_box.values()),
+                        f"resize to {image_size} px, {checks}",
+            required_columns=(inputs.id_column, inputs.image_source_column, *(c for _, c in prompts.named()),
+                              *per_box.values()),
             dropped_columns=(inputs.image_column,) if inputs.image_column and not keep_image else (),
         )
 
@@ -103,30 +115,45 @@ class DecodeUDF(StageUDF):
 
     def _row(self, batch: pa.Table, i: int) -> DecodedImage:
         try:
-            boxes = boxes_to_xyxy(parse_boxes(batch.column(self.inputs.boxes_column)[i].as_py()), self.inputs.box_format)
+            prompts = read_prompts({c: batch.column(c)[i].as_py() for _, c in self.prompts.named()}, self.prompts)
+        except PromptCountError as e:
+            return DecodedImage.failed(row_error("per_box", str(e)), None)
         except ValueError as e:
             return DecodedImage.failed(row_error("boxes", str(e)), None)
+        count = prompts.count
         for key, name in self.per_box.items():
             entries = batch.column(name)[i].as_py()
-            if entries is not None and len(entries) != len(boxes):
-                return DecodedImage.failed(row_error("per_box", per_box_mismatch(key, name, len(entries), len(boxes))),
-                                           len(boxes))
+            if entries is not None and len(entries) != count:
+                mismatch = per_box_mismatch(key, name, len(entries), count, self.prompts.noun)
+                return DecodedImage.failed(row_error("per_box", mismatch), count)
         row_id = batch.column(self.inputs.id_column)[i].as_py()
         if row_id is None or row_id == "":
             return DecodedImage.failed(row_error("id", f"{self.inputs.id_column} is {'null' if row_id is None else 'empty'}: "
-                                                       "give every row a distinct id"), len(boxes))
+                                                       "give every row a distinct id"), count)
         try:
             data = self._image_bytes(batch, i)
         except Exception as e:  # noqa: BLE001 - any read failure belongs to this row
-            return DecodedImage.failed(row_error("image_read", exception_detail(e)), len(boxes))
+            return DecodedImage.failed(row_error("image_read", exception_detail(e)), count)
         try:
             resized, (h, w) = self._decode(data)
         except Exception as e:  # noqa: BLE001 - corrupt, truncated, unsupported or too large images
-            return DecodedImage.failed(row_error("image_decode", exception_detail(e)), len(boxes))
-        clipped, reasons = check_boxes(boxes, h, w)
-        usable = self.processor.scale_boxes(clipped[[r is None for r in reasons]], (h, w))
-        return DecodedImage(resized.tobytes(), [resized.shape[0], resized.shape[1]], usable.reshape(-1).tolist(),
-                            [h, w], reasons, None, len(boxes))
+            return DecodedImage.failed(row_error("image_decode", exception_detail(e)), count)
+        checked = prompts.check(h, w, self.processor.mask_size)
+        decoded = DecodedImage(resized.tobytes(), [resized.shape[0], resized.shape[1]], image_size=[h, w],
+                               box_errors=checked.reasons, num_boxes=count)
+        self._add_prompts(decoded, checked.usable, (h, w))
+        return decoded
+
+    def _add_prompts(self, decoded: DecodedImage, prompts: List[Prompt], size: Tuple[int, int]) -> None:
+        """The usable prompts, brought into the model's frame, as the row's."""
+        boxes = np.array([np.full(4, np.nan) if p.box is None else p.box for p in prompts]).reshape(-1, 4)
+        decoded.boxes = self.processor.scale_boxes(boxes, size).reshape(-1).tolist()  # NaN: no box
+        for prompt in prompts:
+            points = prompt.points
+            decoded.points.append(self.processor.scale_coords(points, size).reshape(-1).tolist() if len(points) else [])
+            decoded.point_labels.append(prompt.labels.tolist())
+            logits = self.processor.mask_prompt_logits(prompt.mask) if prompt.mask is not None else prompt.logits
+            decoded.mask_inputs.append(None if logits is None else logits.astype("<f4").tobytes())
 
     def _decode(self, data: bytes) -> Tuple[np.ndarray, Tuple[int, int]]:
         limit = f"input.max_image_pixels ({self.inputs.max_image_pixels / 1e6:.1f} MP)"

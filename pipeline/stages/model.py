@@ -23,22 +23,37 @@ from samhq_core.processor import pad_to_bucket, stability_scores
 
 from ..config import ComputeConfig, ModelConfig, StorageConfig
 from ..masks import rle
-from ..schema import BOX_ERRORS, BOXES, IMAGE_SIZE, PIXELS, RESIZED_HW, RUN_LENGTHS, exception_detail, row_error
+from ..schema import (
+    BOX_ERRORS,
+    BOXES,
+    IMAGE_SIZE,
+    MASK_INPUTS,
+    PIXELS,
+    POINT_LABELS,
+    POINTS,
+    RESIZED_HW,
+    RUN_LENGTHS,
+    exception_detail,
+    row_error,
+)
 from ..storage import s3_options
 from ..text import plural
 from .contract import Stage, StageUDF, column
+from .prompt_groups import ImagePrompts, prompt_groups
 from .run_lengths import RunLengthCoder
 
 
 @dataclass
 class MaskResult:
-    """One row's masks, as run lengths, with their scores, areas and boxes (per input box)."""
+    """One row's masks, as run lengths, with their scores, areas, boxes and prompts (per mask:
+    one per input prompt, or its candidates with model.multimask_keep: all)."""
 
     run_lengths: List[rle.RunLengths] = column(RUN_LENGTHS, default_factory=list)
     iou_scores: List[float] = field(default_factory=list)
     stability_scores: List[float] = field(default_factory=list)
     mask_areas: List[int] = field(default_factory=list)
     mask_bboxes: List[List[float]] = field(default_factory=list)
+    prompt_index: List[int] = field(default_factory=list)
     error: Optional[str] = None
 
     @classmethod
@@ -53,8 +68,8 @@ class _Image:
     pixels: bytes
     resized_hw: Tuple[int, int]
     original_hw: Tuple[int, int]
-    boxes: torch.Tensor  # (1, n, 4) usable boxes in the model's frame
-    box_errors: List[Optional[str]]
+    prompts: ImagePrompts  # the usable prompts, in the model's frame
+    box_errors: List[Optional[str]]  # per input prompt
 
 
 _MASK_SOURCES = {MaskSource.SAM_PLUS_HQ: "SAM's mask plus the HQ term (as official)",
@@ -84,6 +99,9 @@ class ModelUDF(StageUDF):
             torch.cuda.synchronize(self.device)
         self.processor = SamHQProcessor.for_model(self.model)
         self.mask_source = model.mask_source or self.model.config.default_mask_source
+        # Masks kept per prompt: the candidates of multimask_keep: all (sorted best first), else the first.
+        candidates = self.model.config.mask_decoder_config.num_multimask_outputs
+        self.masks_per_prompt = candidates if model.keeps_candidates(self.mask_source) else 1
         self.encode: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = self.model.get_image_embeddings
         self.decode: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = self.model.decode_flat
         if model.compile:
@@ -107,6 +125,7 @@ class ModelUDF(StageUDF):
         actors = plural(compute.num_actors, "actor")
         if compute.concurrent_batches_per_actor > 1:
             actors += f" ({compute.concurrent_batches_per_actor} batches at once each)"
+        multimask = f", multimask_keep: {model.multimask_keep}" if model.multimask_output else ""
         return Stage(
             name="model",
             udf=cls,
@@ -124,9 +143,9 @@ class ModelUDF(StageUDF):
             ),
             description=f"{actors} ({num_cpus:g} CPU, {num_gpus:g} GPU each) on {device}: "
                         f"{model_name}, batches of {compute.batch_size}, {model.dtype}, "
-                        f"{_MASK_SOURCES[model.mask_source] if model.mask_source else _CHECKPOINTS_SOURCE}",
-            required_columns=(PIXELS, RESIZED_HW, BOXES, IMAGE_SIZE, BOX_ERRORS),
-            dropped_columns=(PIXELS, BOXES),
+                        f"{_MASK_SOURCES[model.mask_source] if model.mask_source else _CHECKPOINTS_SOURCE}{multimask}",
+            required_columns=(PIXELS, RESIZED_HW, BOXES, POINTS, POINT_LABELS, MASK_INPUTS, IMAGE_SIZE, BOX_ERRORS),
+            dropped_columns=(PIXELS, BOXES, POINTS, POINT_LABELS, MASK_INPUTS),
             actors=actor_pool(compute),
         )
 
@@ -146,9 +165,9 @@ class ModelUDF(StageUDF):
         images = [self._image(batch, i) for i in range(batch.num_rows)]
         results: List[Optional[MaskResult]] = [None] * len(images)
         for i, image in enumerate(images):
-            if not image.boxes.shape[1]:
+            if not len(image.prompts):
                 results[i] = self._masks(image, None)
-        todo = [i for i, image in enumerate(images) if image.boxes.shape[1]]
+        todo = [i for i, image in enumerate(images) if len(image.prompts)]
         decoded = None
         if todo:
             try:
@@ -165,8 +184,8 @@ class ModelUDF(StageUDF):
     def _image(self, batch: pa.Table, i: int) -> _Image:
         h, w = batch.column(IMAGE_SIZE)[i].as_py()
         rh, rw = batch.column(RESIZED_HW)[i].as_py()
-        boxes = torch.tensor(batch.column(BOXES)[i].as_py(), dtype=torch.float32).view(1, -1, 4)
-        return _Image(batch.column(PIXELS)[i].as_py(), (rh, rw), (h, w), boxes, batch.column(BOX_ERRORS)[i].as_py())
+        prompts = ImagePrompts.from_row(batch, i, self.processor.mask_size)
+        return _Image(batch.column(PIXELS)[i].as_py(), (rh, rw), (h, w), prompts, batch.column(BOX_ERRORS)[i].as_py())
 
     def _autocast(self) -> ContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.dtype == "bfloat16")
@@ -180,7 +199,7 @@ class ModelUDF(StageUDF):
         batch = torch.stack(pixels)
         if self.config.compile:
             # Every batch padded to the job's batch size: one encoder graph, and the decoder's
-            # graphs keyed on the box count alone (the images without a usable box vary).
+            # graphs keyed on the prompts alone (the images without a usable prompt vary).
             batch = pad_to_bucket(batch, dim=0, at_least=self.batch_size)
         with self._autocast(), self._model_turn:
             # Padded rows stay: the decoder's graph is then keyed on the padded count too.
@@ -194,30 +213,48 @@ class ModelUDF(StageUDF):
 
     @torch.inference_mode()
     def _decode(self, images: Sequence[_Image]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """Per image (all with boxes) its low-res mask logits (n, s, s) and predicted IoUs (n,),
-        on the device: the boxes of all images decoded together, `box_chunk_size` at a time."""
+        """Per image (all with usable prompts) its low-res mask logits (n, k, s, s) and predicted
+        IoUs (n, k) for its n prompts, k = `masks_per_prompt`, on the device: the prompts of
+        all images decoded together, one call per form of prompt (`prompt_groups`), each
+        `box_chunk_size` at a time."""
         embeddings, intermediate = self._embed_images(images)
-        counts = [image.boxes.shape[1] for image in images]
-        boxes = self._to_device(torch.cat([image.boxes[0] for image in images]))  # N x 4
-        image_index = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(counts)).to(self.device)
-        if self.config.compile:
-            boxes, image_index = pad_to_bucket(boxes, dim=0), pad_to_bucket(image_index, dim=0)
-        with self._autocast(), self._model_turn:
-            logits, scores = self.decode(
-                embeddings, intermediate, image_index, boxes=boxes, multimask_output=self.config.multimask_output,
-                mask_source=self.mask_source, prompt_chunk_size=self.config.box_chunk_size,
-            )
-        starts = [sum(counts[:k]) for k in range(len(counts))]
-        return [(logits[start : start + n, 0], scores[start : start + n, 0]) for start, n in zip(starts, counts,
-                                                                                                 strict=True)]
+        k = self.masks_per_prompt
+        pieces: List[List[Tuple[List[int], torch.Tensor, torch.Tensor]]] = [[] for _ in images]
+        for group in prompt_groups([image.prompts for image in images]):
+            parts = [group.image_index, group.boxes, group.masks, *(group.points or ())]
+            if self.config.compile:
+                parts = [None if part is None else pad_to_bucket(part, dim=0) for part in parts]
+            image_index, boxes, masks, *points = [None if part is None else self._to_device(part) for part in parts]
+            with self._autocast(), self._model_turn:
+                logits, scores = self.decode(
+                    embeddings, intermediate, image_index, points=tuple(points) if points else None, boxes=boxes,
+                    masks=masks, multimask_output=self.config.multimask_output, mask_source=self.mask_source,
+                    prompt_chunk_size=self.config.box_chunk_size,
+                )
+            start = 0  # a group holds each image's prompts of its form together; the padding's rows are left out
+            for image, prompts in group.by_image():
+                end = start + len(prompts)
+                pieces[image].append((prompts, logits[start:end, :k], scores[start:end, :k]))
+                start = end
+        return [self._in_prompt_order(image_pieces) for image_pieces in pieces]
+
+    def _in_prompt_order(self, pieces: List[Tuple[List[int], torch.Tensor, torch.Tensor]]
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One image's logits and scores from the groups' pieces (its prompts' indices, their
+        logits and scores), in the order of its prompts: as they are when one group held them."""
+        if len(pieces) == 1:
+            return pieces[0][1], pieces[0][2]
+        prompts = [j for piece in pieces for j in piece[0]]
+        order = self._to_device(torch.tensor(sorted(range(len(prompts)), key=prompts.__getitem__)))
+        return torch.cat([piece[1] for piece in pieces])[order], torch.cat([piece[2] for piece in pieces])[order]
 
     @torch.inference_mode()
     def _masks(self, image: _Image, decoded: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> MaskResult:
-        """One image's result row from its decoded logits and scores (None: no usable box)."""
+        """One image's result row from its decoded logits and scores (None: no usable prompt)."""
         h, w = image.original_hw
         coder, iou_scores, stability = RunLengthCoder(h, w), torch.zeros(0), []
         if decoded is not None:
-            low_res, iou_scores = decoded
+            low_res, iou_scores = decoded[0].flatten(0, 1), decoded[1].flatten()
             threshold = self.config.mask_threshold
             for logits in self.processor.masks_at_original_size(low_res, image.resized_hw, image.original_hw,
                                                                 threshold, binarize=False):
@@ -226,22 +263,24 @@ class ModelUDF(StageUDF):
         stats = coder.finish(iou_scores, torch.cat(stability) if stability else torch.zeros(0))
         scores, stabilities = stats.values
         counts, areas, boxes_xywh = stats.counts, stats.areas, stats.boxes
-        # Boxes that could not be used get an empty mask, NaN score, zero area and box.
+        # Prompts that could not be used get empty masks, NaN scores, zero areas and boxes.
         result, k = MaskResult(), 0
-        for reason in image.box_errors:
-            if reason is None:
-                result.run_lengths.append(counts[k])
-                result.iou_scores.append(float(scores[k]))
-                result.stability_scores.append(float(stabilities[k]))
-                result.mask_areas.append(int(areas[k]))
-                result.mask_bboxes.append(boxes_xywh[k].tolist())
-                k += 1
-            else:
-                result.run_lengths.append(rle.empty_run_lengths(h, w))
-                result.iou_scores.append(float("nan"))
-                result.stability_scores.append(float("nan"))
-                result.mask_areas.append(0)
-                result.mask_bboxes.append([0.0, 0.0, 0.0, 0.0])
+        for prompt, reason in enumerate(image.box_errors):
+            for _ in range(self.masks_per_prompt):
+                result.prompt_index.append(prompt)
+                if reason is None:
+                    result.run_lengths.append(counts[k])
+                    result.iou_scores.append(float(scores[k]))
+                    result.stability_scores.append(float(stabilities[k]))
+                    result.mask_areas.append(int(areas[k]))
+                    result.mask_bboxes.append(boxes_xywh[k].tolist())
+                    k += 1
+                else:
+                    result.run_lengths.append(rle.empty_run_lengths(h, w))
+                    result.iou_scores.append(float("nan"))
+                    result.stability_scores.append(float("nan"))
+                    result.mask_areas.append(0)
+                    result.mask_bboxes.append([0.0, 0.0, 0.0, 0.0])
         return result
 
 

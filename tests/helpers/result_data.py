@@ -42,7 +42,7 @@ def result_row(row_id, size, masks, scores, box_errors=None, categories=None, er
     stabilities = stabilities if stabilities is not None else [s - 0.1 for s in scores]
     row = {"id": row_id, "image_size": list(size) if size is not None else None, "masks": rles,
            "iou_scores": scores, "stability_scores": stabilities, "mask_areas": areas, "mask_bboxes": bboxes,
-           "box_errors": box_errors, "error": error}
+           "prompt_index": list(range(len(masks))), "box_errors": box_errors, "error": error}
     if categories is not None:
         row["cat"] = categories
     return row

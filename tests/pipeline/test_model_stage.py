@@ -14,7 +14,7 @@ import torch
 from helpers.pipeline_data import png_bytes
 
 from pipeline.config import ModelConfig, StorageConfig
-from pipeline.schema import BOX_ERRORS, BOXES, IMAGE_SIZE, PIXELS, RESIZED_HW
+from pipeline.schema import BOX_ERRORS, BOXES, IMAGE_SIZE, MASK_INPUTS, PIXELS, POINT_LABELS, POINTS, RESIZED_HW
 from pipeline.stages.model import ModelUDF
 from samhq_core import SamHQModel, SamHQProcessor
 from samhq_core.processor import bucket_size, pad_to_bucket
@@ -36,7 +36,8 @@ def _decoded_batch(processor: SamHQProcessor) -> pa.Table:
 
     from PIL import Image
 
-    columns = {PIXELS: [], RESIZED_HW: [], BOXES: [], IMAGE_SIZE: [], BOX_ERRORS: []}
+    columns = {PIXELS: [], RESIZED_HW: [], BOXES: [], POINTS: [], POINT_LABELS: [], MASK_INPUTS: [], IMAGE_SIZE: [],
+               BOX_ERRORS: []}
     for seed, num_boxes in enumerate((3, 4, 4)):
         image = Image.open(io.BytesIO(png_bytes(48, 80, seed)))
         resized, _ = processor.resize_image(image)
@@ -47,6 +48,9 @@ def _decoded_batch(processor: SamHQProcessor) -> pa.Table:
         columns[PIXELS].append(resized.tobytes())
         columns[RESIZED_HW].append([h, w])
         columns[BOXES].append(processor.scale_boxes(boxes, (48, 80)).reshape(-1).tolist())
+        columns[POINTS].append([[]] * num_boxes)
+        columns[POINT_LABELS].append([[]] * num_boxes)
+        columns[MASK_INPUTS].append([None] * num_boxes)
         columns[IMAGE_SIZE].append([48, 80])
         columns[BOX_ERRORS].append([None] * num_boxes)
     return pa.table(columns)

@@ -129,7 +129,7 @@ def test_fewer_scored_images_than_needs_review_leave_room_for_the_sample(job):
 
 
 def _image(index: int, score: Optional[float]) -> ResultImage:
-    masks = [] if score is None else [ResultMask(0, {"size": [1, 1], "counts": "01"}, score, score, 1, [0, 0, 1, 1], 1)]
+    masks = [] if score is None else [ResultMask(0, {"size": [1, 1], "counts": "01"}, score, score, 1, [0, 0, 1, 1], 1, 0)]
     return ResultImage(index, f"im{index}", f"im{index}", 1, 1, masks)
 
 

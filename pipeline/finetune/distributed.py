@@ -70,7 +70,7 @@ def train_on_ray(plan: FinetunePlan, log: Callable[[str], None]) -> str:
     config, t = plan.config, plan.config.training
     output = Location(config.model.output, config.storage)
     training = output.join(TRAINING_DIR)
-    stderr = connect()
+    stderr = connect(local_cpus=t.workers * (t.torch_threads or 1) + 1)  # the workers and the decode tasks
     try:
         resources = cluster_resources()
         gpu = use_gpus(config, resources)

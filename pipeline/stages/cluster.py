@@ -91,13 +91,18 @@ def quiet_ray_logging(verbose: bool) -> None:
                 handler.addFilter(_DROP_HARMLESS)
 
 
-def connect(verbose: bool = False) -> StderrFilter:
+def connect(verbose: bool = False, local_cpus: Optional[int] = None) -> StderrFilter:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a new local
     one (never another cluster that happens to run on this machine); returns the started
-    stderr filter, for the caller to stop when the work is done."""
+    stderr filter, for the caller to stop when the work is done. `local_cpus`: the logical
+    CPUs a new local cluster needs at least, beyond the machine's cores if need be (its tasks
+    then share the cores), so that work which fits any cluster of that size also runs on a
+    small machine."""
     quiet_ray_logging(verbose)
     if not ray.is_initialized():
-        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local",
+        local = not os.environ.get("RAY_ADDRESS")
+        cpus = max(os.cpu_count() or 1, local_cpus) if local and local_cpus else None
+        ray.init(address="local" if local else None, num_cpus=cpus,
                  logging_level=logging.INFO if verbose else logging.WARNING)
     quiet_ray_logging(verbose)  # ray.init configures its loggers anew
     stderr = StderrFilter([] if verbose else _HARMLESS_STDERR)

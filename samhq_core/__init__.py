@@ -10,13 +10,16 @@ from .config import SamHQConfig, SamHQMaskDecoderConfig, SamHQPromptEncoderConfi
 from .mask_source import MaskSource
 
 if TYPE_CHECKING:
+    from .automatic import SamHQAutomaticMaskGenerator
     from .modeling import SamHQModel, SamHQOutput
     from .processor import SamHQProcessor
 
-_LAZY = {"SamHQModel": ".modeling", "SamHQOutput": ".modeling", "SamHQProcessor": ".processor"}
+_LAZY = {"SamHQModel": ".modeling", "SamHQOutput": ".modeling", "SamHQProcessor": ".processor",
+         "SamHQAutomaticMaskGenerator": ".automatic"}
 
 __all__ = [
     "MaskSource",
+    "SamHQAutomaticMaskGenerator",
     "SamHQConfig",
     "SamHQMaskDecoderConfig",
     "SamHQModel",

@@ -25,7 +25,10 @@ against the fp32 peak; bf16 means `torch.autocast(dtype=torch.bfloat16)`, as the
    vit_b and vit_h at batch 8 only: compiling takes minutes) x batch 1 / 8 / 16, in images/s
    and as MFU: the analytic FLOP count of `bench.common.flops.encoder_flops` over the measured peak of the
    same dtype; the decoder (`decode_prompts` on one image's embeddings) at 16 / 64 / 256 boxes,
-   in chunks of 64 (the accelerator default) and all boxes in one chunk, in masks/s.
+   in chunks of 64 (the accelerator default) and all boxes in one chunk, in masks/s; everything
+   mode (`SamHQAutomaticMaskGenerator.generate`, points_per_side 32, run-length output) on one
+   scene of the pipeline run's size, with the official thresholds and with the filters off, in
+   images/s (bench/gpu_check/everything.py).
 4. The whole pipeline (`pipeline.job.run_job`) on a local Ray cluster of this node's CPUs and
    its one GPU: 256 synthetic 1080p JPEG rows (4 distinct scenes of
    `samhq_core.training.synthetic.make_scene`, 50 random boxes each) in one Parquet file, a
@@ -60,6 +63,7 @@ import ray
 import torch
 
 from bench.gpu_check.clock import Clock, Device, interrupt
+from bench.gpu_check.everything import bench_everything
 from bench.gpu_check.inputs import job_config, write_pipeline_input
 from bench.gpu_check.parity import check_parity
 from bench.gpu_check.pipeline_run import bench_pipeline
@@ -92,6 +96,7 @@ def run_checks(settings: Settings, dev: Device, clock: Clock, r: Dict[str, Any],
     r["peaks"] = matmul_peaks(settings, dev, clock)
     r["encoders"] = bench_encoders(settings, dev, clock, r["peaks"])
     r["decoder"] = bench_decoder(settings, dev, clock, model)
+    r["everything"] = bench_everything(settings, dev, clock, model)
     del model
     dev.reset_peak_memory()  # the pipeline's actors get the GPU's memory
     r["pipeline"] = bench_pipeline(settings, dev, clock, work, checkpoint, input_path)
@@ -100,6 +105,8 @@ def run_checks(settings: Settings, dev: Device, clock: Clock, r: Dict[str, Any],
               if row.timing.status.startswith("error")]
     failed += [f"decoder {d.boxes} boxes {d.chunk}: {t.status}" for d in r["decoder"] for t in (d.fp32, d.bf16)
                if t.status.startswith("error")]
+    failed += [f"everything mode {e.thresholds} {e.points_per_batch}: {e.timing.status}" for e in r["everything"]
+               if e.timing.status.startswith("error")]
     failed += [f"pipeline {p.label}: {p.status}" for p in r["pipeline"]
                if p.status.startswith(("error", "failed"))]
     r["failures"] += failed

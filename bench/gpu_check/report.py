@@ -14,6 +14,7 @@ import torch
 
 from bench.common.machine import cpu_model, memory_gib
 from bench.gpu_check.clock import Clock, Device, Timing
+from bench.gpu_check.everything import points_per_side
 from bench.gpu_check.inputs import describe
 from bench.gpu_check.pipeline_run import planned_pipeline_rows
 from bench.gpu_check.settings import BF16_MIN_MEAN_IOU, LOGIT_TOLERANCE, Settings
@@ -149,6 +150,16 @@ def render_throughput(settings: Settings, r: Dict[str, Any]) -> List[str]:
             cells += [t.span(), f"{d.boxes / t.seconds:.0f}" if t.ok else ""]
         lines.append(f"| {d.boxes} | {d.chunk} | " + " | ".join(cells) + " |")
     height, width = settings.pipeline_hw
+    lines += ["", "## Everything mode", "",
+              f"`SamHQAutomaticMaskGenerator.generate` on one {width} x {height} scene ({describe(settings.parity_config)}, "
+              f"random weights), points_per_side {points_per_side(settings)}, output_mode uncompressed_rle; thresholds "
+              "\"off\": pred_iou_thresh and stability_score_thresh 0. ms per image: median (min–max).", "",
+              "| thresholds | points at once | dtype | masks | ms / image | images/s | peak GiB |",
+              "|---|---|---|---|---|---|---|"]
+    for e in r.get("everything", []):
+        t = e.timing
+        lines.append(f"| {e.thresholds} | {e.points_per_batch} | {'bf16' if e.bf16 else 'fp32'} | {e.masks} | {t.span()} | "
+                     f"{f'{1 / t.seconds:.2f}' if t.ok else ''} | {'' if t.peak_gib is None else f'{t.peak_gib:.1f}'} |")
     lines += ["", "## Pipeline", "",
               f"`pipeline.job.run_job` on a local Ray cluster ({os.cpu_count()} CPUs, "
               f"{1 if r.get('cuda') else 0} GPU): {settings.pipeline_images} JPEG rows of {width} x {height} "

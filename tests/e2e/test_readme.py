@@ -97,4 +97,8 @@ def test_readme_blocks_run_as_written(tmp_path):
     assert "Job 'raysubmit_" in output and "succeeded" in output, output
     assert (repo / "demo_output" / "example_instances.json").exists()
     assert (repo / "demo_output" / "finetuned" / "model.safetensors").exists()
+    # the labelling loop: corrections imported, fine-tuned by two Ray Train workers, annotated again
+    assert "wrote demo_output/corrected.parquet: 8 rows" in output, output
+    assert "Trained by 2 Ray Train workers" in (repo / "demo_output" / "finetuned_corrections" / "finetune_report.md").read_text()
+    assert (repo / "demo_output" / "after_corrections" / "_SUCCESS").exists()
     assert "torch.Size([1, 3, 256, 256]) torch.Size([1, 1, 3])" in output

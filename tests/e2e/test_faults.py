@@ -7,18 +7,16 @@ import dataclasses
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers.owned_processes import OwnedProcess, free_port, ray_port_flags, session_members, wait_for_port
+from helpers.owned_processes import OwnedProcess, session_members, start_ray_head
 from helpers.paths import ROOT
 from helpers.pipeline_data import png_bytes, write_rows
 from helpers.seaweedfs import CREDENTIALS, SeaweedFS
@@ -42,18 +40,9 @@ class RayHead:
 @pytest.fixture
 def ray_head():
     """A one-node Ray cluster with 2 CPUs, as in CI."""
-    port = free_port()
-    ray_temp = tempfile.mkdtemp(prefix="ray_faults_", dir="/tmp")  # socket paths must stay short
-    head = OwnedProcess(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                         "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_temp}",
-                         "--disable-usage-stats", *ray_port_flags(head=True)], env=env())
-    try:
-        wait_for_port(port, timeout=120, process=head)
-        yield RayHead(f"127.0.0.1:{port}", head.session_id)
-    finally:
-        head.stop()
-        shutil.rmtree(ray_temp, ignore_errors=True)
-    assert not session_members(head.session_id)
+    with start_ray_head(2, env(), "ray_faults_") as (address, session_id):
+        yield RayHead(address, session_id)
+    assert not session_members(session_id)
 
 
 def write_input(directory) -> set:

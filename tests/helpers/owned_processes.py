@@ -2,13 +2,15 @@
 stopping it ends exactly the processes of that session (what it started, and what those
 started), never another Ray cluster or server on the machine."""
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from typing import IO, Dict, List, Optional, Sequence
+from typing import IO, Dict, Iterator, List, Optional, Sequence, Tuple
 
 
 def free_port() -> int:
@@ -102,3 +104,22 @@ class OwnedProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def start_ray_head(num_cpus: int, env: Dict[str, str], prefix: str) -> Iterator[Tuple[str, int]]:
+    """A one-node Ray cluster of `num_cpus` CPUs on free ports, without a dashboard, its state
+    in a short temporary directory named with `prefix` (Ray's socket paths must stay short);
+    yields (its GCS address, the session id that holds every process of the cluster) and ends
+    exactly those processes afterwards."""
+    port = free_port()
+    ray_temp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    head = OwnedProcess(["ray", "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
+                         "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_temp}",
+                         "--disable-usage-stats", *ray_port_flags(head=True)], env=env)
+    try:
+        wait_for_port(port, timeout=120, process=head)
+        yield f"127.0.0.1:{port}", head.session_id
+    finally:
+        head.stop()
+        shutil.rmtree(ray_temp, ignore_errors=True)

@@ -8,17 +8,15 @@ latest training checkpoint and end with a checkpoint the job accepts."""
 import hashlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 import torch
 import yaml
-from helpers.owned_processes import OwnedProcess, free_port, ray_port_flags, session_members, wait_for_port
+from helpers.owned_processes import OwnedProcess, session_members, start_ray_head
 from helpers.paths import ROOT
 from helpers.pipeline_data import labelled_parquet
 
@@ -47,18 +45,9 @@ def ray_head(s3_endpoint):
     """A one-node Ray cluster of 3 CPUs: 2 workers of 1 CPU and 1 for the decode tasks,
     started after the S3 server so that its workers have the server's credentials. Yields
     (address, session id: every process of the cluster is in that session)."""
-    port = free_port()
-    ray_temp = tempfile.mkdtemp(prefix="ray_tune_", dir="/tmp")  # socket paths must stay short
-    head = OwnedProcess(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=3",
-                         "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_temp}",
-                         "--disable-usage-stats", *ray_port_flags(head=True)], env=env())
-    try:
-        wait_for_port(port, timeout=120, process=head)
-        yield f"127.0.0.1:{port}", head.session_id
-    finally:
-        head.stop()
-        shutil.rmtree(ray_temp, ignore_errors=True)
-    assert not session_members(head.session_id)
+    with start_ray_head(3, env(), "ray_tune_") as (address, session_id):
+        yield address, session_id
+    assert not session_members(session_id)
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,11 @@ def test_every_prompt_kind_through_the_job_with_all_candidates(ray_cluster, vit_
     assert coco["annotations"] == len(exported) and coco["skipped_boxes"] == 7 * CANDIDATES - len(exported)
     written = json.loads((tmp_path / "coco.json").read_text())
     names = {c["id"]: c["name"] for c in written["categories"]}
-    assert [names[a["category_id"]] for a in written["annotations"]] == [category for _, _, category in exported]
+    row_of = {image["id"]: image["source_id"] for image in written["images"]}
+    # per image, in its masks' order (the order of the output's rows is Ray's)
+    by_row = {row["id"]: [category for row_id, _, category in exported if row_id == row["id"]] for row in rows}
+    assert {row_id: [names[a["category_id"]] for a in written["annotations"] if row_of[a["image_id"]] == row_id]
+            for row_id in by_row} == by_row
     reader = ResultReader(JobOutput(output), ResultColumns("id", "category", "uri"))
     write_label_studio(reader, Location(str(tmp_path / "tasks.json")))
     regions = [r["id"] for task in json.loads((tmp_path / "tasks.json").read_text())

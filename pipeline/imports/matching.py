@@ -13,7 +13,8 @@ from typing import Collection, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from .records import ImportCounts, Region, tight_box
+from ..masks.metrics import mask_iou
+from .records import ImportCounts, Region
 
 # Below this, an annotated region that kept no predicted region's id is taken as drawn anew:
 # a person moving a mask onto another object is more likely than one keeping less than half.
@@ -83,12 +84,7 @@ def _pairs(annotated: Sequence[Region], predicted: Sequence[Region], kept_ids: S
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Mask IoU, over the two masks' boxes only (0 for masks of different sizes, or empty)."""
+    """Mask IoU; 0 for masks of different sizes, or empty, which no prediction can have started."""
     if a.shape != b.shape or not a.any() or not b.any():
         return 0.0
-    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = tight_box(a), tight_box(b)
-    x0, y0, x1, y1 = int(min(ax0, bx0)), int(min(ay0, by0)), int(max(ax1, bx1)), int(max(ay1, by1))
-    if max(ax0, bx0) >= min(ax1, bx1) or max(ay0, by0) >= min(ay1, by1):
-        return 0.0
-    a, b = a[y0:y1, x0:x1], b[y0:y1, x0:x1]
-    return float(np.logical_and(a, b).sum()) / float(np.logical_or(a, b).sum())
+    return mask_iou(a, b)

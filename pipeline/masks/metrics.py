@@ -40,28 +40,52 @@ def boundary(mask: np.ndarray, d: Optional[int] = None) -> np.ndarray:
     return mask & ~erode(mask, d)
 
 
+def mask_iou(gt: np.ndarray, pred: np.ndarray) -> float:
+    """IoU of two binary masks of one image (1.0 when both are empty), on the crop of their
+    union's bounding box."""
+    gt, pred = _same_shape(gt, pred)
+    crop = _union_crop(gt, pred)
+    return 1.0 if crop is None else _iou(gt[crop], pred[crop])
+
+
 def mask_scores(gt: np.ndarray, pred: np.ndarray, d: Optional[int] = None) -> Tuple[float, float]:
     """(IoU, boundary IoU) of two binary masks of one image; d defaults to `dilation_pixels` of their shape.
 
     Both are 1.0 when both masks are empty. Computed on the crop of the union's bounding box, which
     gives the same result as the full image (outside it both masks are background, as outside the image).
     """
-    gt, pred = np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool)
-    if gt.shape != pred.shape or gt.ndim != 2:
-        raise ValueError(f"masks must be 2-D of one shape, got {gt.shape} and {pred.shape}")
+    gt, pred = _same_shape(gt, pred)
     if d is None:
         d = dilation_pixels(*gt.shape)
-    union = gt | pred
-    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
-    if rows.size == 0:
+    crop = _union_crop(gt, pred)
+    if crop is None:
         return 1.0, 1.0
-    crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     gt, pred = gt[crop], pred[crop]
-    iou = int(np.count_nonzero(gt & pred)) / int(np.count_nonzero(union[crop]))
     bg, bp = boundary(gt, d), boundary(pred, d)
     b_union = int(np.count_nonzero(bg | bp))
     biou = int(np.count_nonzero(bg & bp)) / b_union if b_union else 1.0
-    return iou, biou
+    return _iou(gt, pred), biou
+
+
+def _same_shape(gt: np.ndarray, pred: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    gt, pred = np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool)
+    if gt.shape != pred.shape or gt.ndim != 2:
+        raise ValueError(f"masks must be 2-D of one shape, got {gt.shape} and {pred.shape}")
+    return gt, pred
+
+
+def _union_crop(gt: np.ndarray, pred: np.ndarray) -> Optional[Tuple[slice, slice]]:
+    """The slices of the union's bounding box; None when both masks are empty."""
+    union = gt | pred
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    if rows.size == 0:
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def _iou(gt: np.ndarray, pred: np.ndarray) -> float:
+    """IoU of two masks whose union is not empty."""
+    return int(np.count_nonzero(gt & pred)) / int(np.count_nonzero(gt | pred))
 
 
 class ExactSum:

@@ -15,7 +15,19 @@ the category and image-URI columns, when configured), then:
 - mask_areas: per mask, its pixel count
 - mask_bboxes: per mask, its tight bounding box in COCO xywh ([0, 0, 0, 0] if empty)
 - prompt_index: per mask, the index of its prompt in the row's prompt lists ([0, 1, ...]
-  with one mask per prompt; [0, 0, 0, 1, 1, 1, ...] with multimask_keep: all)
+  with one mask per prompt; [0, 0, 0, 1, 1, 1, ...] with multimask_keep: all); null for a
+  mask segment-everything found
+- found_by: per mask, what found it: its prompt's parts ("box", "points", "mask", joined by
+  "+" in that order, e.g. "box+points"), or "everything" (FOUND_BY_EVERYTHING)
+- point_coords: per mask, [x, y] of the grid point that found it (segment-everything, in the
+  image's pixels), else null
+- crop_boxes: per mask, the crop it was found in, COCO xywh (segment-everything), else null
+
+Segment-everything (the `everything` config section) adds its masks after the row's prompt
+masks, in the automatic generator's order; their iou_scores, stability_scores and mask_areas
+are its records' predicted_iou, stability_score and area, and mask_bboxes is the masks' tight
+box as for prompt masks (one pixel wider and taller than the official generator's records'
+bbox, which is x1 - x0 of the inclusive box).
 - box_errors: per prompt (not per mask), null, or why the prompt was not used (a box
   non-finite, inverted or empty after clipping to the image; a point outside the image;
   labels not 0/1 or not one per point; a mask prompt of the wrong size; nothing in the
@@ -42,6 +54,9 @@ STABILITY_SCORES = "stability_scores"
 MASK_AREAS = "mask_areas"
 MASK_BBOXES = "mask_bboxes"
 PROMPT_INDEX = "prompt_index"
+FOUND_BY = "found_by"
+POINT_COORDS = "point_coords"
+CROP_BOXES = "crop_boxes"
 BOX_ERRORS = "box_errors"
 ERROR = "error"
 NUM_BOXES = "num_boxes"
@@ -55,6 +70,9 @@ RESULT_FIELDS = [
     pa.field(MASK_AREAS, pa.list_(pa.int64())),
     pa.field(MASK_BBOXES, pa.list_(pa.list_(pa.float32()))),
     pa.field(PROMPT_INDEX, pa.list_(pa.int32())),
+    pa.field(FOUND_BY, pa.list_(pa.string())),
+    pa.field(POINT_COORDS, pa.list_(pa.list_(pa.float32()))),
+    pa.field(CROP_BOXES, pa.list_(pa.list_(pa.float32()))),
     pa.field(BOX_ERRORS, pa.list_(pa.string())),
     pa.field(ERROR, pa.string()),
     pa.field(NUM_BOXES, pa.int32()),
@@ -63,6 +81,17 @@ RESULT_COLUMNS = [f.name for f in RESULT_FIELDS]
 RESULT_TYPES = {f.name: f.type for f in RESULT_FIELDS}
 # Lists aligned with the row's masks, one entry per mask.
 PER_MASK_COLUMNS = (MASKS, IOU_SCORES, STABILITY_SCORES, MASK_AREAS, MASK_BBOXES, PROMPT_INDEX)
+# found_by's values: a prompt's parts, joined by PROMPT_PART_SEPARATOR in this order, or everything.
+PROMPT_PARTS = ("box", "points", "mask")
+PROMPT_PART_SEPARATOR = "+"
+FOUND_BY_EVERYTHING = "everything"
+
+
+def prompt_kind(has_box: bool, has_points: bool, has_mask: bool) -> str:
+    """A prompt's found_by value from the parts it has ("" for none)."""
+    parts = (part for part, present in zip(PROMPT_PARTS, (has_box, has_points, has_mask), strict=True) if present)
+    return PROMPT_PART_SEPARATOR.join(parts)
+
 
 PIXELS = "__pixels"  # resized uint8 RGB image bytes, row-major (h, w, 3)
 RESIZED_HW = "__resized_hw"  # [h, w] of the resized image, in the model's input frame
@@ -71,6 +100,12 @@ BOXES = "__boxes"  # their boxes, flattened xyxy; NaN x 4 for a prompt without a
 POINTS = "__points"  # per prompt, its points flattened [x0, y0, x1, y1, ...] (empty: none)
 POINT_LABELS = "__point_labels"  # per prompt, its points' labels (1 foreground, 0 background)
 MASK_INPUTS = "__mask_inputs"  # per prompt, float32 (S/4, S/4) low-res logits, row-major, or null
+PROMPT_KINDS = "__prompt_kinds"  # per input prompt, its found_by value (`prompt_kind`)
+EVERYTHING = "__everything"  # whether segment-everything runs on the row
+# Segment-everything's crops after the first (the whole image, PIXELS), resized, each row-major
+# (h, w, 3) uint8, with their [h, w]; empty without crop layers.
+CROP_PIXELS = "__crop_pixels"
+CROP_HW = "__crop_hw"
 RUN_LENGTHS = "__run_lengths"  # per mask: uncompressed COCO RLE counts (an empty mask's for unusable prompts)
 INTERNAL_TYPES = {
     PIXELS: pa.binary(),
@@ -79,6 +114,10 @@ INTERNAL_TYPES = {
     POINTS: pa.list_(pa.list_(pa.float32())),
     POINT_LABELS: pa.list_(pa.list_(pa.int32())),
     MASK_INPUTS: pa.list_(pa.binary()),
+    PROMPT_KINDS: pa.list_(pa.string()),
+    EVERYTHING: pa.bool_(),
+    CROP_PIXELS: pa.list_(pa.binary()),
+    CROP_HW: pa.list_(pa.list_(pa.int32())),
     RUN_LENGTHS: pa.list_(pa.list_(pa.int64())),
 }
 COLUMN_TYPES = {**RESULT_TYPES, **INTERNAL_TYPES}

@@ -51,6 +51,12 @@ class Sections(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    @classmethod
+    def cross_section_checks(cls, sections: Mapping[str, "Section"]) -> List[str]:
+        """What keys of different sections say against each other, from the sections that
+        parsed (by name; a section with problems of its own is absent)."""
+        return []
+
     def to_dict(self) -> Dict[str, Any]:
         """As plain JSON data (what `parse` takes back)."""
         return self.model_dump(mode="json")
@@ -86,6 +92,7 @@ class Sections(BaseModel):
             problems += found
             if parsed is not None:
                 sections[name] = parsed
+        problems += cls.cross_section_checks(sections)
         if problems:
             raise ConfigError(problems)
         return cls(**sections)

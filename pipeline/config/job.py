@@ -4,7 +4,7 @@ separately (`pipeline.checks`, `pipeline.job.plan`), since it needs the network.
 carries a description, which `python -m pipeline schema` turns into a JSON Schema for editors
 (`configs/job.schema.json`)."""
 
-from typing import Any, ClassVar, List, Literal, Mapping, Optional, get_args
+from typing import Any, ClassVar, List, Literal, Mapping, Optional, Union, get_args
 
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
@@ -15,6 +15,7 @@ from samhq_core.config import PROMPT_CHUNK_SIZE_ACCELERATOR, PROMPT_CHUNK_SIZE_C
 from ..schema import RESULT_COLUMNS
 from ..text import clipped
 from .base import Section, Sections
+from .everything import EverythingConfig
 from .shared import HUB_CREDENTIALS, ImageColumnsConfig, PromptColumns, StorageConfig
 
 OutputMode = Literal["error", "overwrite", "resume"]  # the first is the default
@@ -73,8 +74,6 @@ class InputConfig(ImageColumnsConfig):
             clashes = sorted(set(RESULT_COLUMNS) & {c for c in passthrough if isinstance(c, str)})
             if clashes:
                 problems.append(f"input.passthrough_columns: {', '.join(clashes)} clash with output columns")
-        if all(values.get(key) is None for key in _PROMPT_KEYS):
-            problems.append(f"input: set at least one prompt column: {', '.join(_PROMPT_KEYS)}")
         if values.get("point_labels_column") is not None and values.get("points_column") is None:
             problems.append("input.point_labels_column: labels the points of input.points_column, which is not set")
         return problems
@@ -92,6 +91,10 @@ class OutputConfig(Section):
     checkpoint_path: Optional[str] = Field(None, description="Where Ray Data's checkpoint of written ids goes; default "
                                                              "<path>/_checkpoint (same storage settings).")
     keep_checkpoint: bool = Field(False, description="Keep the checkpoint after the job completes (default: removed).")
+    default_category: Union[str, int] = Field(
+        "object", description="The exports' category of masks the input gives none: every mask without "
+                              "input.category_column, and segment-everything's masks. A name, or an integer id "
+                              "where input.category_column holds integer ids.")
 
 
 class ModelConfig(Section):
@@ -176,8 +179,20 @@ class JobConfig(Sections):
     input: InputConfig = Field(description="Where the images and prompts are.")
     output: OutputConfig = Field(description="Where the results go.")
     model: ModelConfig = Field(description="The SAM-HQ checkpoint and how its masks are made.")
+    everything: EverythingConfig = Field(default_factory=EverythingConfig,
+                                         description="Segment-everything: which rows, with what parameters.")
     compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Actors, GPUs, CPUs and batch sizes.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Object-store settings.")
+
+    @classmethod
+    def cross_section_checks(cls, sections: Mapping[str, Section]) -> List[str]:
+        inputs, everything = sections.get("input"), sections.get("everything")
+        if not isinstance(inputs, InputConfig) or not isinstance(everything, EverythingConfig):
+            return []
+        if not inputs.prompt_columns().named() and not everything.enabled:
+            return [f"input: set at least one prompt column ({', '.join(_PROMPT_KEYS)}), or everything.rows to run "
+                    "segment-everything on rows without prompts"]
+        return []
 
 
 def load_config(path: str, overrides: Optional[List[str]] = None) -> JobConfig:

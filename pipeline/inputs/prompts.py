@@ -13,6 +13,7 @@ import numpy as np
 
 from ..config import PromptColumns
 from ..masks import rle
+from ..schema import prompt_kind
 from ..text import clipped
 from .boxes import boxes_to_xyxy, check_boxes, parse_boxes
 
@@ -59,6 +60,11 @@ class RowPrompts:
     points: Optional[List[Any]] = None
     labels: Optional[List[Any]] = None
     masks: Optional[List[Any]] = None
+
+    def kinds(self) -> List[str]:
+        """Per prompt, its parts as the output's found_by names them (`schema.prompt_kind`)."""
+        return [prompt_kind(bool(self.has_box[i]), bool(_entry(self.points, i)), _entry(self.masks, i) is not None)
+                for i in range(self.count)]
 
     def check(self, height: int, width: int, mask_side: int) -> CheckedPrompts:
         """Each prompt against the (height, width) image: boxes clipped to it (`check_boxes`),

@@ -90,9 +90,9 @@ def job_stages(plan: JobPlan, resources: Resources, num_cpus: float, counter: Op
     stages = [
         DecodeUDF.stage(config.input, config.storage, plan.image_size, config.compute.decode_batch_size,
                         keep_image=config.input.image_column in keep, per_box=per_box_columns(config),
-                        directory=input_directory(plan.scan.location)),
+                        directory=input_directory(plan.scan.location), everything=config.everything),
         ModelUDF.stage(config.model, config.storage, config.compute, num_cpus, num_gpus_per_actor(config, resources),
-                       plan.image_size, model_name(plan.model_config)),
+                       plan.image_size, model_name(plan.model_config), config.everything),
         EncodeUDF.stage(keep, config.output.path),
     ]
     return [dataclasses.replace(stage, row_counter=counter, crash_guard=crash_guard) for stage in stages]

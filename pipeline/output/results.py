@@ -9,7 +9,7 @@ the size of the output.
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,12 +20,15 @@ from ..masks import rle
 from ..schema import (
     BOX_ERRORS,
     ERROR,
+    FOUND_BY,
+    FOUND_BY_EVERYTHING,
     IMAGE_SIZE,
     IOU_SCORES,
     MASK_AREAS,
     MASK_BBOXES,
     MASKS,
     PER_MASK_COLUMNS,
+    POINT_COORDS,
     PROMPT_INDEX,
     STABILITY_SCORES,
     error_kind,
@@ -35,20 +38,24 @@ from .layout import JOB_FILE
 from .marks import MarkFilter
 
 # Result columns every reader needs (besides the id, category and image-path columns); outputs
-# written before prompt_index existed (or rows where it is null) have one mask per prompt.
+# written before prompt_index existed (or rows where it is null) have one mask per prompt, and
+# those written before segment-everything existed have no provenance columns.
 _RESULT_COLUMNS = (IMAGE_SIZE, *(c for c in PER_MASK_COLUMNS if c != PROMPT_INDEX), BOX_ERRORS, ERROR)
-DEFAULT_CATEGORY_ID = 1
-DEFAULT_CATEGORY: Dict[str, Any] = {"id": DEFAULT_CATEGORY_ID, "name": "object"}
+_OPTIONAL_COLUMNS = (PROMPT_INDEX, FOUND_BY, POINT_COORDS)
+DEFAULT_CATEGORY_NAME = "object"  # output.default_category's default
+_DEFAULT_CATEGORY_ID = 1  # without a category column, a name's id
 
 
 @dataclass(frozen=True)
 class ResultColumns:
     """Which input columns of the job the results carry: its id, its per-box categories (or
-    None) and its image URIs or paths (or None)."""
+    None) and its image URIs or paths (or None); and the category of masks without one (the
+    job's output.default_category)."""
 
     id_column: str
     category_column: Optional[str] = None
     image_column: Optional[str] = None
+    default_category: Union[str, int] = DEFAULT_CATEGORY_NAME
 
 
 def job_columns(output: JobOutput, config: Optional[JobConfig] = None, id_column: Optional[str] = None,
@@ -63,14 +70,15 @@ def job_columns(output: JobOutput, config: Optional[JobConfig] = None, id_column
         raise ValueError(f"--id-column: {output.url} has no {JOB_FILE} (written by the job) and no --config was "
                          "given: name the id column (the job's input.id_column)")
     return ResultColumns(id_column, category_column or (config.input.category_column if config else None),
-                         image_column or (config.input.image_uri_column if config else None))
+                         image_column or (config.input.image_uri_column if config else None),
+                         config.output.default_category if config else DEFAULT_CATEGORY_NAME)
 
 
 @dataclass
 class ResultMask:
     """One exportable mask of an image."""
 
-    box_index: int  # its prompt's place among the row's input prompts (boxes)
+    box_index: Optional[int]  # its prompt's place among the row's input prompts (None: segment-everything's)
     rle: rle.Rle  # {"size": [h, w], "counts": str}
     score: float  # the model's predicted IoU
     stability: float  # SAM's stability score
@@ -78,6 +86,8 @@ class ResultMask:
     bbox: List[float]  # COCO xywh
     category_id: int
     mask_index: int  # its place among the row's masks: box_index, unless model.multimask_keep: all
+    found_by: Optional[str] = None  # what found it (`schema.FOUND_BY`); None in outputs that do not say
+    point: Optional[List[float]] = None  # segment-everything's: [x, y] of the point that found it
 
 
 @dataclass
@@ -98,20 +108,25 @@ class ResultReader:
 
     Skipped and counted: rows that failed (``error`` non-null, no ``image_size``), have a null id
     or per-mask or per-prompt lists of different lengths, or a ``prompt_index`` naming no
-    prompt (``skipped_rows``; their masks are not counted; the failed ones also per error kind
-    in ``failed_rows``, `pipeline.schema.error_kind`, the misaligned ones as "per_box"), and
-    masks whose prompt has a ``box_errors`` entry, empty masks, non-finite scores, null
-    categories, scores below ``min_score`` or stabilities below ``min_stability``
-    (``skipped_boxes``). A mask takes its prompt's category. With `marks` (whose "box" is a
-    mask's place among its row's masks), a review's marks leave out masks too
-    (``marked_out_boxes``) and, for `--only`, whole images (``unmarked_images``). The counts are attributes that
-    `images()` keeps up to date: ``num_images``, ``num_masks`` (exported), ``skipped_rows``,
+    prompt (it is null only for segment-everything's masks) (``skipped_rows``; their masks are
+    not counted; the failed ones also per error kind in ``failed_rows``,
+    `pipeline.schema.error_kind`, the misaligned ones as "per_box"), and masks whose prompt has
+    a ``box_errors`` entry, empty masks, non-finite scores, null categories, scores below
+    ``min_score`` or stabilities below ``min_stability`` (``skipped_boxes``). A mask takes its
+    prompt's category; a segment-everything mask, and every mask without a category column,
+    the columns' ``default_category``. With `marks` (whose "box" is a mask's place among its
+    row's masks), a review's marks leave out masks too (``marked_out_boxes``) and, for
+    `--only`, whole images (``unmarked_images``). The counts are attributes that `images()`
+    keeps up to date: ``num_images``, ``num_masks`` (exported), ``skipped_rows``,
     ``skipped_boxes``.
 
-    Categories: without a category column every mask is ``{"id": 1, "name": "object"}``. With
-    string categories, ids 1, 2, ... in order of first appearance over all rows (failed rows and
-    skipped boxes included, so that the ids do not depend on which images failed); with integer
-    categories, the ids themselves, named ``str(id)``. A column mixing the two is an error.
+    Categories: without a category column every mask is the default category: ``{"id": 1,
+    "name": name}`` for a name, ``{"id": id, "name": str(id)}`` for an integer id. With string
+    categories, ids 1, 2, ... in order of first appearance over all rows (failed rows and
+    skipped boxes included, so that the ids do not depend on which images failed; the default
+    category is registered where a segment-everything mask first needs it); with integer
+    categories, the ids themselves, named ``str(id)``. A column mixing the two (the default
+    category included) is an error.
 
     Raises ValueError (from `images()`, naming the file and row) for missing columns, masks whose
     size is not the row's image_size, and malformed image_size or bbox values.
@@ -160,10 +175,15 @@ class ResultReader:
     def categories(self) -> List[Dict[str, Any]]:
         """The category table, `[{"id", "name"}]`, of the rows read so far."""
         if self.columns.category_column is None:
-            return [dict(DEFAULT_CATEGORY)]
+            default = self.columns.default_category
+            return [{"id": self._default_id(), "name": str(default)}]
         if self._category_kind is str:
             return [{"id": cid, "name": name} for name, cid in self._category_ids.items()]
         return [{"id": cid, "name": str(cid)} for cid in sorted(self._category_ids)]
+
+    def _default_id(self) -> int:
+        default = self.columns.default_category
+        return default if isinstance(default, int) else _DEFAULT_CATEGORY_ID
 
     @property
     def integer_categories(self) -> bool:
@@ -194,8 +214,8 @@ class ResultReader:
                     or pa.types.is_fixed_size_list(category_type)):
                 raise ValueError(f"{url}: category column {columns.category_column!r} must hold a list per row (one "
                                  f"category per box), got type {category_type}")
-        prompt_index = PROMPT_INDEX if PROMPT_INDEX in names else None
-        wanted = (columns.id_column, *_RESULT_COLUMNS, prompt_index, columns.category_column, columns.image_column)
+        optional = [c for c in _OPTIONAL_COLUMNS if c in names]
+        wanted = (columns.id_column, *_RESULT_COLUMNS, *optional, columns.category_column, columns.image_column)
         return list(dict.fromkeys(c for c in wanted if c))
 
     def _register_categories(self, values: Sequence[Any], where: str) -> List[Optional[int]]:
@@ -250,9 +270,13 @@ class ResultReader:
             if category_ids is None:  # a null list: every prompt's category is null
                 category_ids = [None] * num_prompts
             prompt_lengths.add(len(category_ids))
+        found_by = row.get(FOUND_BY) or [None] * num_masks
+        points = row.get(POINT_COORDS) or [None] * num_masks
+        mask_lengths |= {len(found_by), len(points)}
         prompts = per_mask[PROMPT_INDEX]
         if (len(mask_lengths) > 1 or len(prompt_lengths) > 1
-                or any(p is None or not 0 <= p < num_prompts for p in prompts)):  # the row is unusable, not the output
+                or any(not 0 <= p < num_prompts if p is not None else found_by[i] != FOUND_BY_EVERYTHING
+                       for i, p in enumerate(prompts))):  # the row is unusable, not the output
             self.skipped_rows += 1
             self.failed_rows["per_box"] = self.failed_rows.get("per_box", 0) + 1
             return None
@@ -268,9 +292,12 @@ class ResultReader:
         for i in range(num_masks):
             mask, area, score = per_mask[MASKS][i], per_mask[MASK_AREAS][i], per_mask[IOU_SCORES][i]
             stability, prompt = per_mask[STABILITY_SCORES][i], prompts[i]
-            category_id = category_ids[prompt] if category_ids is not None else DEFAULT_CATEGORY_ID
+            if prompt is None:
+                category_id = self._default_category_id(where)
+            else:
+                category_id = category_ids[prompt] if category_ids is not None else self._default_id()
             marked_in = self.marks is None or self.marks.keeps(text, i)
-            if (box_errors[prompt] is not None or mask is None or area is None or area <= 0
+            if ((prompt is not None and box_errors[prompt] is not None) or mask is None or area is None or area <= 0
                     or score is None or not math.isfinite(score) or category_id is None
                     or (self.min_score is not None and score < self.min_score)
                     or (self.min_stability is not None and not (stability is not None
@@ -288,9 +315,16 @@ class ResultReader:
             image.masks.append(ResultMask(
                 box_index=prompt, rle={"size": [height, width], "counts": rle.counts_text(mask["counts"])},
                 score=float(score), stability=float("nan") if stability is None else float(stability), area=int(area),
-                bbox=[float(v) for v in bbox], category_id=category_id, mask_index=i))
+                bbox=[float(v) for v in bbox], category_id=category_id, mask_index=i, found_by=found_by[i],
+                point=points[i]))
             self.num_masks += 1
         return image
 
+    def _default_category_id(self, where: str) -> Optional[int]:
+        """The category id of a segment-everything mask: the default category's."""
+        if self.columns.category_column is None:
+            return self._default_id()
+        return self._register_categories([self.columns.default_category], f"{where} (output.default_category)")[0]
 
-__all__ = ["DEFAULT_CATEGORY", "ResultColumns", "ResultImage", "ResultMask", "ResultReader", "job_columns"]
+
+__all__ = ["DEFAULT_CATEGORY_NAME", "ResultColumns", "ResultImage", "ResultMask", "ResultReader", "job_columns"]

@@ -51,12 +51,17 @@ _OWN_PICTURE = re.compile(r"[0-9]+(_[0-9]+)?\.(jpg|png)")  # the names `_card` g
 _TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "review_page.html")
 
 
+def _prompt_box(boxes: Optional[List[Any]], prompt: Optional[int]) -> Optional[Any]:
+    """The box of a mask's prompt, if it has one (segment-everything's masks have no prompt)."""
+    return boxes[prompt] if boxes and prompt is not None and prompt < len(boxes) else None
+
+
 def _card(image: ResultImage, section: str, picture: Picture, number: int, out_dir: str, side: int,
           category_names: Dict[int, str]) -> Dict[str, Any]:
     """One image's entry in the page's data, its thumbnail and mask layers written to `out_dir`."""
     masks = [{"box": m.mask_index, "category": category_names.get(m.category_id, str(m.category_id)),
               "iou": m.score, "stability": finite_score(m.stability), "bbox": m.bbox, "color": "#%02x%02x%02x" % drawing.color(k),
-              "prompt": picture.boxes[m.box_index] if picture.boxes and m.box_index < len(picture.boxes) else None}
+              "prompt": _prompt_box(picture.boxes, m.box_index)}
              for k, m in enumerate(image.masks)]
     card = {"id": json_value(image.row_id), "file": image.file_name, "name": basename(image.file_name) or image.file_name,
             "section": section, "score": review_score(image),

@@ -1,6 +1,7 @@
 """The decode stage (CPU tasks): read and decode each image, resize it for the model, and
 check, convert and rescale its prompts (boxes, points, mask prompts: the processor's
-transforms, as the official preprocessing does them)."""
+transforms, as the official preprocessing does them); for a row segment-everything runs on,
+also its crops, each resized (the automatic generator's `prepare`)."""
 
 import io
 from dataclasses import dataclass, field
@@ -11,12 +12,26 @@ import pyarrow as pa
 from PIL import Image
 
 from samhq_core import SamHQProcessor
+from samhq_core.automatic import PreparedImage, prepare_image
 
-from ..config import ImageColumnsConfig, StorageConfig
+from ..config import EverythingConfig, ImageColumnsConfig, StorageConfig
 from ..inputs.boxes import per_box_mismatch
 from ..inputs.images import ImageReader
 from ..inputs.prompts import Prompt, PromptCountError, read_prompts
-from ..schema import BOXES, MASK_INPUTS, PIXELS, POINT_LABELS, POINTS, RESIZED_HW, exception_detail, row_error
+from ..schema import (
+    BOXES,
+    CROP_HW,
+    CROP_PIXELS,
+    EVERYTHING,
+    MASK_INPUTS,
+    PIXELS,
+    POINT_LABELS,
+    POINTS,
+    PROMPT_KINDS,
+    RESIZED_HW,
+    exception_detail,
+    row_error,
+)
 from .contract import Stage, StageUDF, column
 
 # A decode task's memory, sized from bench/results/decode_memory.md for images up to 4K: the
@@ -41,6 +56,10 @@ class DecodedImage:
     points: List[List[float]] = column(POINTS, default_factory=list)
     point_labels: List[List[int]] = column(POINT_LABELS, default_factory=list)
     mask_inputs: List[Optional[bytes]] = column(MASK_INPUTS, default_factory=list)
+    prompt_kinds: List[str] = column(PROMPT_KINDS, default_factory=list)
+    everything: bool = column(EVERYTHING, default=False)
+    crop_pixels: List[bytes] = column(CROP_PIXELS, default_factory=list)
+    crop_hw: List[List[int]] = column(CROP_HW, default_factory=list)
     image_size: Optional[List[int]] = None
     box_errors: List[Optional[str]] = field(default_factory=list)
     error: Optional[str] = None
@@ -72,8 +91,10 @@ class DecodeUDF(StageUDF):
     result_type = DecodedImage
 
     def __init__(self, inputs: ImageColumnsConfig, storage: StorageConfig, image_size: int,
-                 per_box: Optional[Mapping[str, str]] = None, directory: Optional[str] = None) -> None:
+                 per_box: Optional[Mapping[str, str]] = None, directory: Optional[str] = None,
+                 everything: Optional[EverythingConfig] = None) -> None:
         self.inputs, self.storage = inputs, storage
+        self.everything = everything if everything is not None else EverythingConfig()
         self.prompts = inputs.prompt_columns()
         self.per_box = dict(per_box or {})  # config key -> column whose rows hold an entry per prompt
         self.processor = SamHQProcessor(image_size)
@@ -84,22 +105,30 @@ class DecodeUDF(StageUDF):
 
     @classmethod
     def stage(cls, inputs: ImageColumnsConfig, storage: StorageConfig, image_size: int, batch_size: int,
-              keep_image: bool, per_box: Optional[Mapping[str, str]] = None, directory: Optional[str] = None) -> Stage:
+              keep_image: bool, per_box: Optional[Mapping[str, str]] = None, directory: Optional[str] = None,
+              everything: Optional[EverythingConfig] = None) -> Stage:
         """CPU tasks of `batch_size` rows; the image bytes column is handed on with `keep_image`;
         `per_box`: the columns (by the config key naming each) besides the prompt columns that
         must hold an entry per prompt;
-        `directory`: the input's, which relative image paths are read against."""
-        memory = decode_memory(batch_size, inputs.max_image_pixels)
+        `directory`: the input's, which relative image paths are read against;
+        `everything`: which rows segment-everything runs on, and their crops."""
+        everything = everything if everything is not None else EverythingConfig()
+        crops = everything.crops_per_image - 1 if everything.enabled else 0
+        memory = decode_memory(batch_size, inputs.max_image_pixels, crops, image_size)
         per_box = dict(per_box or {})
         prompts = inputs.prompt_columns()
         kinds = [key.split(".", 1)[1].removesuffix("_column") for key, _ in prompts.named()]
         checks = (f"check boxes ({inputs.box_format})" if prompts.noun == "box" else "check prompts (" + ", ".join(
             f"boxes {inputs.box_format}" if kind == "boxes" else kind for kind in kinds) + ")")
+        if not kinds:
+            checks = "no prompts"
+        if crops:
+            checks += f", cut {everything.crops_per_image} crops for segment-everything"
         return Stage(
             name="decode",
             udf=cls,
             constructor_kwargs=dict(inputs=inputs, storage=storage, image_size=image_size, per_box=per_box,
-                                    directory=directory),
+                                    directory=directory, everything=everything),
             # Having a memory reservation also keeps Ray Data from fusing decoding into the model
             # actors, whose remote args differ, so the model never waits on it.
             map_batches_kwargs=dict(batch_format="pyarrow", batch_size=batch_size, num_cpus=1, memory=memory),
@@ -134,13 +163,24 @@ class DecodeUDF(StageUDF):
             data = self._image_bytes(batch, i)
         except Exception as e:  # noqa: BLE001 - any read failure belongs to this row
             return DecodedImage.failed(row_error("image_read", exception_detail(e)), count)
+        rows = self.everything.rows
+        everything = rows == "all" or (rows == "without_prompts" and count == 0)
         try:
-            resized, (h, w) = self._decode(data)
+            if everything and self.everything.crop_n_layers:
+                prepared = self._decode_crops(data)
+            else:
+                resized, size = self._decode(data)
+                prepared = PreparedImage(size, [])
         except Exception as e:  # noqa: BLE001 - corrupt, truncated, unsupported or too large images
             return DecodedImage.failed(row_error("image_decode", exception_detail(e)), count)
+        if prepared.crops:
+            resized = prepared.crops[0].resized
+        h, w = prepared.size
         checked = prompts.check(h, w, self.processor.mask_size)
         decoded = DecodedImage(resized.tobytes(), [resized.shape[0], resized.shape[1]], image_size=[h, w],
-                               box_errors=checked.reasons, num_boxes=count)
+                               box_errors=checked.reasons, num_boxes=count, prompt_kinds=prompts.kinds(),
+                               everything=everything, crop_pixels=[c.resized.tobytes() for c in prepared.crops[1:]],
+                               crop_hw=[[c.resized.shape[0], c.resized.shape[1]] for c in prepared.crops[1:]])
         self._add_prompts(decoded, checked.usable, (h, w))
         return decoded
 
@@ -156,23 +196,42 @@ class DecodeUDF(StageUDF):
             decoded.mask_inputs.append(None if logits is None else logits.astype("<f4").tobytes())
 
     def _decode(self, data: bytes) -> Tuple[np.ndarray, Tuple[int, int]]:
+        """The image resized for the model, and its size as shown."""
+        with self._open(data) as image:
+            return self.processor.resize_image(image, draft=self.inputs.jpeg_draft)
+
+    def _decode_crops(self, data: bytes) -> PreparedImage:
+        """The image's segment-everything crops, the whole image first, each resized for the
+        model from the full-resolution image (never a JPEG draft: the crops need its pixels)."""
+        with self._open(data) as image:
+            return prepare_image(image, self.processor, self.everything.crop_n_layers,
+                                 self.everything.crop_overlap_ratio)
+
+    def _open(self, data: bytes) -> Image.Image:
+        """The encoded image opened (not yet decoded); ValueError above input.max_image_pixels."""
         limit = f"input.max_image_pixels ({self.inputs.max_image_pixels / 1e6:.1f} MP)"
         try:
-            opened = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as e:  # Pillow refuses above twice its limit, from the header
             raise ValueError(f"the image is larger than {limit}: {e}") from None
-        with opened as image:
-            width, height = image.size
-            if width * height > self.inputs.max_image_pixels:
-                raise ValueError(f"the image is {width} x {height} = {width * height / 1e6:.1f} MP, more than {limit}")
-            return self.processor.resize_image(image, draft=self.inputs.jpeg_draft)
+        width, height = image.size
+        if width * height > self.inputs.max_image_pixels:
+            image.close()
+            raise ValueError(f"the image is {width} x {height} = {width * height / 1e6:.1f} MP, more than {limit}")
+        return image
 
     def _image_bytes(self, batch: pa.Table, i: int) -> bytes:
         column = self.inputs.image_source_column
         return self._reader.image_bytes(batch.column(column)[i].as_py(), column)
 
 
-def decode_memory(batch_size: int, max_image_pixels: int = _MEASURED_PIXELS) -> int:
-    """Bytes a decode task of `batch_size` images, each at most `max_image_pixels`, reserves."""
+def decode_memory(batch_size: int, max_image_pixels: int = _MEASURED_PIXELS, crops_per_image: int = 0,
+                  image_size: int = 1024) -> int:
+    """Bytes a decode task of `batch_size` images, each at most `max_image_pixels` and cut into
+    `crops_per_image` crops besides the whole image (segment-everything), reserves."""
     extra = max(0, max_image_pixels - _MEASURED_PIXELS) * _BYTES_PER_EXTRA_PIXEL
-    return _DECODE_WORKER_BYTES + batch_size * _DECODE_BYTES_PER_IMAGE + extra
+    # Each crop resized (image_size² RGB at most) is held as an array and as the row's bytes.
+    crops = batch_size * crops_per_image * 2 * 3 * image_size * image_size
+    if crops_per_image:  # the full-resolution image the crops are cut from, with its RGB copy
+        extra += 2 * 3 * max_image_pixels
+    return _DECODE_WORKER_BYTES + batch_size * _DECODE_BYTES_PER_IMAGE + extra + crops

@@ -1,7 +1,8 @@
 """The model stage (actors): one SAM-HQ replica each. Runs the image encoder on the batch's
 images, the HQ decoder on all usable boxes of all of them (in bounded chunks), and upsamples,
 thresholds, scores the stability of and run-length-codes the masks on the actor's device,
-so that only run boundaries, scores, areas and boxes leave it.
+so that only run boundaries, scores, areas and boxes leave it. Rows segment-everything runs on
+(`everything`) go through the automatic mask generator, all of a batch's crops together.
 
 With `compute.concurrent_batches_per_actor` above 1, Ray Data calls an actor's UDF from that
 many threads at once; each thread has a CUDA stream of its own, so that one batch's copies,
@@ -11,7 +12,7 @@ kernel) are not thread-safe, and one model call at a time bounds the device memo
 
 import contextlib
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
@@ -21,44 +22,31 @@ from ray.data import ActorPoolStrategy
 from samhq_core import MaskSource, SamHQModel, SamHQProcessor
 from samhq_core.processor import pad_to_bucket, stability_scores
 
-from ..config import ComputeConfig, ModelConfig, StorageConfig
+from ..config import ComputeConfig, EverythingConfig, ModelConfig, StorageConfig
 from ..masks import rle
 from ..schema import (
     BOX_ERRORS,
     BOXES,
+    CROP_HW,
+    CROP_PIXELS,
+    EVERYTHING,
     IMAGE_SIZE,
     MASK_INPUTS,
     PIXELS,
     POINT_LABELS,
     POINTS,
+    PROMPT_KINDS,
     RESIZED_HW,
-    RUN_LENGTHS,
     exception_detail,
     row_error,
 )
 from ..storage import s3_options
 from ..text import plural
-from .contract import Stage, StageUDF, column
+from .contract import Stage, StageUDF
+from .everything import EverythingMasks, add_records
+from .mask_result import MaskResult
 from .prompt_groups import ImagePrompts, prompt_groups
 from .run_lengths import RunLengthCoder
-
-
-@dataclass
-class MaskResult:
-    """One row's masks, as run lengths, with their scores, areas, boxes and prompts (per mask:
-    one per input prompt, or its candidates with model.multimask_keep: all)."""
-
-    run_lengths: List[rle.RunLengths] = column(RUN_LENGTHS, default_factory=list)
-    iou_scores: List[float] = field(default_factory=list)
-    stability_scores: List[float] = field(default_factory=list)
-    mask_areas: List[int] = field(default_factory=list)
-    mask_bboxes: List[List[float]] = field(default_factory=list)
-    prompt_index: List[int] = field(default_factory=list)
-    error: Optional[str] = None
-
-    @classmethod
-    def passthrough(cls) -> "MaskResult":
-        return cls()
 
 
 @dataclass
@@ -70,6 +58,10 @@ class _Image:
     original_hw: Tuple[int, int]
     prompts: ImagePrompts  # the usable prompts, in the model's frame
     box_errors: List[Optional[str]]  # per input prompt
+    prompt_kinds: List[str]  # per input prompt, its found_by value
+    everything: bool  # whether segment-everything runs on the row
+    crop_pixels: List[bytes]  # its crops after the whole image, resized
+    crop_hw: List[List[int]]
 
 
 _MASK_SOURCES = {MaskSource.SAM_PLUS_HQ: "SAM's mask plus the HQ term (as official)",
@@ -84,7 +76,8 @@ class ModelUDF(StageUDF):
     result_type = MaskResult
 
     def __init__(self, model: ModelConfig, storage: StorageConfig, image_size: int,
-                 torch_threads: Optional[int] = None, batch_size: int = 1, concurrent_batches: int = 1) -> None:
+                 torch_threads: Optional[int] = None, batch_size: int = 1, concurrent_batches: int = 1,
+                 everything: Optional[EverythingConfig] = None) -> None:
         self.batch_size, self.concurrent_batches = batch_size, concurrent_batches
         self._model_turn = threading.Lock()
         self._thread_state = threading.local()
@@ -115,23 +108,32 @@ class ModelUDF(StageUDF):
         if self.processor.image_size != image_size:  # the decode tasks resized every image for `image_size`
             raise ValueError(f"{model.checkpoint} loaded a model of input size {self.processor.image_size}, but the "
                              f"job resizes images for {image_size}: did the checkpoint change after the job's checks?")
+        # The generator runs the model uncompiled: its crops and point batches vary too much.
+        self.everything = (EverythingMasks(self.model, self.processor, everything, self.mask_source, batch_size)
+                           if everything is not None and everything.enabled else None)
 
     @classmethod
     def stage(cls, model: ModelConfig, storage: StorageConfig, compute: ComputeConfig, num_cpus: float,
-              num_gpus: float, image_size: int, model_name: str) -> Stage:
+              num_gpus: float, image_size: int, model_name: str, everything: Optional[EverythingConfig] = None
+              ) -> Stage:
         """The actor pool of `compute.num_actors` replicas, each reserving `num_cpus` CPUs and
-        `num_gpus` GPUs (`model_name` describes the model)."""
+        `num_gpus` GPUs (`model_name` describes the model), running segment-everything on the
+        rows the decode stage marks, with `everything`'s parameters."""
         device = "GPU" if num_gpus > 0 else "CPU"
         actors = plural(compute.num_actors, "actor")
         if compute.concurrent_batches_per_actor > 1:
             actors += f" ({compute.concurrent_batches_per_actor} batches at once each)"
         multimask = f", multimask_keep: {model.multimask_keep}" if model.multimask_output else ""
+        if everything is not None and everything.enabled:
+            multimask += (f"; segment-everything on rows {everything.rows.replace('_', ' ')}: "
+                          f"{everything.points_per_side}² points, {everything.crop_n_layers} crop layers")
         return Stage(
             name="model",
             udf=cls,
             constructor_kwargs=dict(model=model, storage=storage, image_size=image_size,
                                     torch_threads=compute.torch_threads, batch_size=compute.batch_size,
-                                    concurrent_batches=compute.concurrent_batches_per_actor),
+                                    concurrent_batches=compute.concurrent_batches_per_actor,
+                                    everything=everything),
             map_batches_kwargs=dict(
                 batch_format="pyarrow",
                 batch_size=compute.batch_size,
@@ -144,8 +146,10 @@ class ModelUDF(StageUDF):
             description=f"{actors} ({num_cpus:g} CPU, {num_gpus:g} GPU each) on {device}: "
                         f"{model_name}, batches of {compute.batch_size}, {model.dtype}, "
                         f"{_MASK_SOURCES[model.mask_source] if model.mask_source else _CHECKPOINTS_SOURCE}{multimask}",
-            required_columns=(PIXELS, RESIZED_HW, BOXES, POINTS, POINT_LABELS, MASK_INPUTS, IMAGE_SIZE, BOX_ERRORS),
-            dropped_columns=(PIXELS, BOXES, POINTS, POINT_LABELS, MASK_INPUTS),
+            required_columns=(PIXELS, RESIZED_HW, BOXES, POINTS, POINT_LABELS, MASK_INPUTS, PROMPT_KINDS, EVERYTHING,
+                              CROP_PIXELS, CROP_HW, IMAGE_SIZE, BOX_ERRORS),
+            dropped_columns=(PIXELS, BOXES, POINTS, POINT_LABELS, MASK_INPUTS, PROMPT_KINDS, EVERYTHING, CROP_PIXELS,
+                             CROP_HW),
             actors=actor_pool(compute),
         )
 
@@ -179,13 +183,46 @@ class ModelUDF(StageUDF):
                 results[i] = self._masks(images[i], decoded[k] if decoded else self._decode([images[i]])[0])
             except Exception as e:  # noqa: BLE001 - a bad row never kills the job
                 results[i] = MaskResult(error=row_error("model", exception_detail(e)))
+        self._add_everything(images, results)
         return [r if r is not None else MaskResult() for r in results]
+
+    def _add_everything(self, images: List[_Image], results: List[Optional[MaskResult]]) -> None:
+        """Segment-everything's masks added to the results of the rows it runs on: all their
+        crops at once, else (when that fails) one row at a time, a failing row getting its error."""
+        failed = {i for i, result in enumerate(results) if result is not None and result.error}
+        todo = [i for i, image in enumerate(images) if image.everything and i not in failed]
+        if not todo:
+            return
+        if self.everything is None:
+            raise ValueError("the decode stage marked rows for segment-everything, which this actor was not built for")
+        found = None
+        try:
+            found = self._generate([images[i] for i in todo])
+        except Exception:  # noqa: BLE001 - isolate the failing image below, one at a time
+            found = None
+        for k, i in enumerate(todo):
+            result = results[i] or MaskResult()
+            try:
+                add_records(result, found[k] if found else self._generate([images[i]])[0])
+            except Exception as e:  # noqa: BLE001 - a bad row never kills the job
+                result = MaskResult(error=row_error("model", exception_detail(e)))
+            results[i] = result
+
+    @torch.inference_mode()
+    def _generate(self, images: Sequence[_Image]) -> List[List[Any]]:
+        assert self.everything is not None
+        prepared = [self.everything.prepared(image.pixels, image.resized_hw, image.original_hw, image.crop_pixels,
+                                             image.crop_hw) for image in images]
+        with self._autocast(), self._model_turn:
+            return self.everything.generate(prepared)
 
     def _image(self, batch: pa.Table, i: int) -> _Image:
         h, w = batch.column(IMAGE_SIZE)[i].as_py()
         rh, rw = batch.column(RESIZED_HW)[i].as_py()
         prompts = ImagePrompts.from_row(batch, i, self.processor.mask_size)
-        return _Image(batch.column(PIXELS)[i].as_py(), (rh, rw), (h, w), prompts, batch.column(BOX_ERRORS)[i].as_py())
+        return _Image(batch.column(PIXELS)[i].as_py(), (rh, rw), (h, w), prompts, batch.column(BOX_ERRORS)[i].as_py(),
+                      batch.column(PROMPT_KINDS)[i].as_py(), bool(batch.column(EVERYTHING)[i].as_py()),
+                      batch.column(CROP_PIXELS)[i].as_py(), batch.column(CROP_HW)[i].as_py())
 
     def _autocast(self) -> ContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.dtype == "bfloat16")
@@ -265,22 +302,15 @@ class ModelUDF(StageUDF):
         counts, areas, boxes_xywh = stats.counts, stats.areas, stats.boxes
         # Prompts that could not be used get empty masks, NaN scores, zero areas and boxes.
         result, k = MaskResult(), 0
-        for prompt, reason in enumerate(image.box_errors):
+        for prompt, (reason, kind) in enumerate(zip(image.box_errors, image.prompt_kinds, strict=True)):
             for _ in range(self.masks_per_prompt):
-                result.prompt_index.append(prompt)
                 if reason is None:
-                    result.run_lengths.append(counts[k])
-                    result.iou_scores.append(float(scores[k]))
-                    result.stability_scores.append(float(stabilities[k]))
-                    result.mask_areas.append(int(areas[k]))
-                    result.mask_bboxes.append(boxes_xywh[k].tolist())
+                    result.add(counts[k], float(scores[k]), float(stabilities[k]), int(areas[k]),
+                               boxes_xywh[k].tolist(), prompt, kind)
                     k += 1
                 else:
-                    result.run_lengths.append(rle.empty_run_lengths(h, w))
-                    result.iou_scores.append(float("nan"))
-                    result.stability_scores.append(float("nan"))
-                    result.mask_areas.append(0)
-                    result.mask_bboxes.append([0.0, 0.0, 0.0, 0.0])
+                    result.add(rle.empty_run_lengths(h, w), float("nan"), float("nan"), 0, [0.0, 0.0, 0.0, 0.0], prompt,
+                               kind)
         return result
 
 

@@ -9,6 +9,9 @@ from .crops import CropBox, xyxy_to_xywh
 from .rle import coco_rle, rle_area, rle_to_mask, uncompressed_rle
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+# A record's keys, as the official generator names them.
+SEGMENTATION, AREA, BBOX, PREDICTED_IOU = "segmentation", "area", "bbox", "predicted_iou"
+POINT_COORDS, STABILITY_SCORE, CROP_BOX = "point_coords", "stability_score", "crop_box"
 
 
 def mask_records(rles: Sequence[np.ndarray], image_size: Tuple[int, int], boxes: np.ndarray, iou: np.ndarray,
@@ -42,12 +45,12 @@ def mask_records(rles: Sequence[np.ndarray], image_size: Tuple[int, int], boxes:
             segmentation = uncompressed_rle(counts, image_size)
         x0, y0, x1, y1 = (int(v) for v in boxes[i])
         records.append({
-            "segmentation": segmentation,
-            "area": rle_area(counts),
-            "bbox": [x0, y0, x1 - x0, y1 - y0],
-            "predicted_iou": float(iou[i]),
-            "point_coords": [[float(points[i, 0]), float(points[i, 1])]],
-            "stability_score": float(stability[i]),
-            "crop_box": xyxy_to_xywh(crop_boxes[i]),
+            SEGMENTATION: segmentation,
+            AREA: rle_area(counts),
+            BBOX: [x0, y0, x1 - x0, y1 - y0],
+            PREDICTED_IOU: float(iou[i]),
+            POINT_COORDS: [[float(points[i, 0]), float(points[i, 1])]],
+            STABILITY_SCORE: float(stability[i]),
+            CROP_BOX: xyxy_to_xywh(crop_boxes[i]),
         })
     return records

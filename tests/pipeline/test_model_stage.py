@@ -14,7 +14,20 @@ import torch
 from helpers.pipeline_data import png_bytes
 
 from pipeline.config import ModelConfig, StorageConfig
-from pipeline.schema import BOX_ERRORS, BOXES, IMAGE_SIZE, MASK_INPUTS, PIXELS, POINT_LABELS, POINTS, RESIZED_HW
+from pipeline.schema import (
+    BOX_ERRORS,
+    BOXES,
+    CROP_HW,
+    CROP_PIXELS,
+    EVERYTHING,
+    IMAGE_SIZE,
+    MASK_INPUTS,
+    PIXELS,
+    POINT_LABELS,
+    POINTS,
+    PROMPT_KINDS,
+    RESIZED_HW,
+)
 from pipeline.stages.model import ModelUDF
 from samhq_core import SamHQModel, SamHQProcessor
 from samhq_core.processor import bucket_size, pad_to_bucket
@@ -37,7 +50,7 @@ def _decoded_batch(processor: SamHQProcessor) -> pa.Table:
     from PIL import Image
 
     columns = {PIXELS: [], RESIZED_HW: [], BOXES: [], POINTS: [], POINT_LABELS: [], MASK_INPUTS: [], IMAGE_SIZE: [],
-               BOX_ERRORS: []}
+               BOX_ERRORS: [], PROMPT_KINDS: [], EVERYTHING: [], CROP_PIXELS: [], CROP_HW: []}
     for seed, num_boxes in enumerate((3, 4, 4)):
         image = Image.open(io.BytesIO(png_bytes(48, 80, seed)))
         resized, _ = processor.resize_image(image)
@@ -53,6 +66,10 @@ def _decoded_batch(processor: SamHQProcessor) -> pa.Table:
         columns[MASK_INPUTS].append([None] * num_boxes)
         columns[IMAGE_SIZE].append([48, 80])
         columns[BOX_ERRORS].append([None] * num_boxes)
+        columns[PROMPT_KINDS].append(["box"] * num_boxes)
+        columns[EVERYTHING].append(False)
+        columns[CROP_PIXELS].append([])
+        columns[CROP_HW].append([])
     return pa.table(columns)
 
 

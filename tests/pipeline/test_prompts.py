@@ -212,7 +212,8 @@ def test_multimask_all_keeps_the_three_candidates_of_each_prompt(vit_pair, refer
 
 @pytest.mark.parametrize("changes, problem", [
     ({"input": {"boxes_column": None}},
-     "input: set at least one prompt column: boxes_column, points_column, mask_prompts_column"),
+     "input: set at least one prompt column (boxes_column, points_column, mask_prompts_column), or everything.rows "
+     "to run segment-everything on rows without prompts"),
     ({"input": {"point_labels_column": "labels"}},
      "input.point_labels_column: labels the points of input.points_column, which is not set"),
     ({"model": {"multimask_keep": "all"}},

@@ -18,12 +18,13 @@ from .finetune import command as finetune_command
 from .imports import command as import_command
 from .job import commands as job_commands
 from .review import command as review_command
+from .status import command as status_command
 
-COMMANDS = (job_commands, export_command, import_command, evaluate_command, review_command, finetune_command,
-            schema_command, demo_command)
+COMMANDS = (job_commands, status_command, export_command, import_command, evaluate_command, review_command,
+            finetune_command, schema_command, demo_command)
 # Commands whose inputs' problems (ValueError, FileNotFoundError) are worded for the user: each
 # is an `error:` line and exit code 2, not a traceback.
-_INPUT_ERRORS_WORDED = ("export", "export-coco", "import", "evaluate", "review", "demo-correct")
+_INPUT_ERRORS_WORDED = ("export", "export-coco", "import", "evaluate", "review", "demo-correct", "status")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ everything there is a job's own (`pipeline.output.layout`): nothing else is ever
 import os
 from typing import List, Optional, Tuple
 
-from ..output import CHECKPOINT_DIR, JOB_FILE, SUCCESS_FILE, OutputLease, is_job_file
+from ..output import CHECKPOINT_DIR, JOB_FILE, LEASE_FILE, SUCCESS_FILE, OutputLease, is_job_file
 from ..storage import Location, glob_root, store_problem, within
 from ..text import some
 
@@ -59,10 +59,11 @@ def missing_bucket(location: Location) -> Optional[str]:
         return None
 
 
-def check_lease(output: Location, take_over: bool, output_key: str = "output.path") -> List[str]:
-    """Another run holding the output's lease (a run now would be refused), or a stopped run's
-    lease that only a run continuing the output (`take_over`) may take."""
-    lease = OutputLease(output, "check", take_over)
+def check_lease(output: Location, take_over: bool, output_key: str = "output.path",
+                file_name: str = LEASE_FILE) -> List[str]:
+    """Another run holding the output's lease (`file_name`: a shard's own) (a run now would be
+    refused), or a stopped run's lease that only a run continuing the output (`take_over`) may take."""
+    lease = OutputLease(output, "check", take_over, file_name=file_name)
     try:
         found = lease.current()
     except ValueError as e:

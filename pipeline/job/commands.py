@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 from ..checks.samples import FORCE_BOX_FORMAT
 
 if TYPE_CHECKING:
+    from ..output.shards import Shard
     from .plan import JobPlan
 
 
@@ -27,6 +28,10 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
         cmd.add_argument(FORCE_BOX_FORMAT, action="store_true",
                          help="run even when the input's first boxes look like another box format than "
                               "input.box_format says (most inverted under xyxy, or all within [0, 1])")
+        cmd.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                         help="run part I (0-based) of N of the input into the same output.path as the other parts, "
+                              "each with its own checkpoint, lease and _SUCCESS.shard-*.json; `python -m pipeline "
+                              "status OUTPUT` checks the whole job")
         cmd.add_argument("--retry-errors", action="store_true",
                          help="a second pass over the completed output at output.path: run again only the rows "
                               "whose error is transient (image reads that timed out, 5xx replies, lost connections; "
@@ -39,12 +44,21 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
                          help="seconds between progress lines (default: 10)")
 
 
+def _shard(text: str) -> "Shard":
+    from ..output.shards import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _plan(args: argparse.Namespace) -> "JobPlan":
     from ..config import load_config
     from .plan import plan_job
 
     return plan_job(load_config(args.config, args.set), relative_to=args.relative_to, retry_errors=args.retry_errors,
-                    force_box_format=args.force_box_format)
+                    force_box_format=args.force_box_format, shard=args.shard)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -76,7 +90,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise ConfigError(problems)
     retry = (f"; --retry-errors: {plural(len(plan.retry.ids), 'row')} with transient errors to run again"
              if plan.retry is not None else "")
-    print(f"config OK: {args.config}: {plural(plan.scan.num_rows, 'row')} in "
+    part = f" (shard {args.shard})" if args.shard is not None else ""
+    print(f"config OK: {args.config}{part}: {plural(plan.scan.num_rows, 'row')} in "
           f"{plural(len(plan.scan.files), 'file')}, model "
           f"{model_name(plan.model_config)}, output {plan.config.output.path}; fits {resources.describe()}{retry}")
     return 0
@@ -123,9 +138,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except RunStopped as e:
+        same_shard = f" and the same --shard {args.shard}" if args.shard is not None else ""
         again = ("run the --retry-errors pass again" if plan.retry is not None else
-                 "run it again with output.mode: resume (--set output.mode=resume) to process only the rows not "
-                 "written yet")
+                 f"run it again with output.mode: resume (--set output.mode=resume){same_shard} to process only the "
+                 "rows not written yet")
         print(f"error: the run was stopped by {e} before it finished; what it wrote at {plan.config.output.path} is "
               f"kept: {again}", file=sys.stderr)
         return EXIT_STOPPED

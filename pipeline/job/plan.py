@@ -8,6 +8,7 @@ rows of one file's boxes and image URI columns (`pipeline.checks.samples`), ever
 (the id column alone: they must be unique), the checkpoint's header (no weights are
 downloaded) and its version, a listing of the output directory and its lease."""
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -24,9 +25,11 @@ from ..checks.output_dir import check_lease, check_output
 from ..checks.paths import resolve_checkpoint, resolve_local_path, with_uri_prefixes
 from ..checks.samples import box_format_evidence, check_ids_unique, check_per_box_lengths, check_uri_sample
 from ..config import DEMO_WORKDIR, ConfigError, JobConfig, Section
-from ..output import Fingerprint, JobOutput
+from ..output import Fingerprint, JobOutput, Shard, ShardRecord
 from ..storage import Location, is_local, plain_path, s3_options, store_problem
+from ..text import plural
 from .resume import ResumeState, RetryState, check_resume, check_retry
+from .shard_checks import check_shard_layout, check_shard_output, select_shard
 
 
 @dataclass
@@ -43,6 +46,7 @@ class JobPlan:
     notes: List[str] = field(default_factory=list)  # what the plan decided that the config left open
     resume: ResumeState = field(default_factory=ResumeState)
     retry: Optional[RetryState] = None  # set for a --retry-errors pass
+    shard: Optional[ShardRecord] = None  # set for a shard's run (--shard I/N): `scan` is its part of the input
 
     @property
     def rows_in(self) -> int:
@@ -63,12 +67,15 @@ def continues_output(config: JobConfig, retry_errors: bool) -> bool:
 
 
 def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors: bool = False,
-             force_box_format: bool = False) -> JobPlan:
+             force_box_format: bool = False, shard: Optional[Shard] = None) -> JobPlan:
     """Every check that needs no Ray cluster; ConfigError listing every problem found.
     Relative local paths are resolved (`pipeline.checks.paths`) in the returned plan.
     `retry_errors`: plan a second pass over the completed output at output.path that runs
     again only its rows with transient errors (`RetryState`). `force_box_format`: boxes that
-    look like another box format than the configured one are a warning, not a problem."""
+    look like another box format than the configured one are a warning, not a problem.
+    `shard`: plan that shard's run (`pipeline.output.shards`): its part of the input, into
+    its own files at the output; the fingerprint is the whole input's, which every shard
+    shares."""
     written = {"input.path": config.input.path, "model.checkpoint": config.model.checkpoint}
     config, problems = resolve_job_paths(config, relative_to)
     unresolved = {problem.split(":", 1)[0] for problem in problems}
@@ -82,6 +89,12 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
             scan = scan_input(input_location, "input.path", read_columns(config), skip_bad)
         except ConfigError as e:
             problems += [_where_from(problem, "input.path", written["input.path"], relative_to) for problem in e.problems]
+    whole_input: Dict[str, str] = {}
+    record: Optional[ShardRecord] = None
+    if scan is not None and shard is not None:
+        whole_input = {f.url: f.version for f in scan.files}
+        scan, record, found = select_shard(scan, shard)
+        problems += found
     if scan is not None:
         rules = input_rules(config)
         if skip_bad:
@@ -124,17 +137,25 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
     if scan is not None and model_config is not None:
         try:
             weights = checkpoint_version(config.model.checkpoint, s3_options(config.storage))
-            fingerprint = Fingerprint({f.url: f.version for f in scan.files}, weights)
+            fingerprint = Fingerprint(whole_input or {f.url: f.version for f in scan.files}, weights)
         except Exception as e:  # noqa: BLE001 - the header was read a moment ago: a store's hiccup
             problems.append(f"model.checkpoint: cannot read {config.model.checkpoint}: "
                             f"{store_problem(e, config.model.checkpoint)}")
     resume, retry = ResumeState(), None
-    output = JobOutput.of(config)
+    output = JobOutput.of(config, shard)
     if not unresolved & {"input.path", "output.path"}:
-        mode = "resume" if retry_errors else config.output.mode  # both work on the job's own files
-        problems += check_output(output.location, input_location, mode)
+        # A retry pass works on the job's own files, as resume does; a shard may find the
+        # other shards' files in every mode, never anything else.
+        mode = "resume" if retry_errors or shard is not None else config.output.mode
+        # Shards of another N, or a run without --shard and shards, said first: more to the
+        # point than "not empty".
+        problems += check_shard_layout(output, config, fingerprint) or check_output(output.location, input_location,
+                                                                                  mode)
         if not problems:
-            problems += check_lease(output.location, take_over=continues_output(config, retry_errors))
+            problems += check_shard_output(output, continues=continues_output(config, retry_errors))
+        if not problems:
+            problems += check_lease(output.location, take_over=continues_output(config, retry_errors),
+                                    file_name=output.lease_name)
         if retry_errors and not problems:
             retry, found = check_retry(config, output, fingerprint)
             problems += found
@@ -147,7 +168,11 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
     if problems:
         raise ConfigError(problems)
     assert scan is not None and model_config is not None and fingerprint is not None
-    return JobPlan(config, scan, model_config, output, fingerprint, warnings, notes, resume, retry)
+    if record is not None:
+        record = dataclasses.replace(record, skipped_input_files={s.url: s.reason for s in scan.skipped})
+        notes.append(f"shard:   {record.shard}: {plural(len(scan.files), 'input file')} of the input's "
+                     f"{len(whole_input)}, {plural(scan.num_rows, 'row')} of {sum(record.rows_per_shard)}")
+    return JobPlan(config, scan, model_config, output, fingerprint, warnings, notes, resume, retry, record)
 
 
 def _where_from(problem: str, key: str, written: str, relative_to: Optional[str]) -> str:

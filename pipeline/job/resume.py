@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import JobConfig
-from ..output import JOB_FILE, LEASE_FILE, SUCCESS_FILE, Fingerprint, JobDescription, JobOutput, changed_settings
+from ..output import Fingerprint, JobDescription, JobOutput, changed_settings, job_file, success_file
 from ..schema import ERROR, error_kind
 from ..storage import basename, is_transient
 
@@ -83,9 +83,9 @@ def check_resume(config: JobConfig, output: JobOutput, fingerprint: Optional[Fin
     be read, or one listing ids that the input (`input_ids`, when given) does not hold."""
     description = output.read_description()
     if description is None:
-        if any(basename(path) != LEASE_FILE for path in output.job_files()):
-            return ResumeState(), [f"output.mode: resume: {output.url} holds results but no {JOB_FILE}; it cannot be "
-                                   "resumed: use output.mode: overwrite"]
+        if any(basename(path) != output.lease_name for path in output.job_files()):
+            return ResumeState(), [f"output.mode: resume: {output.url} holds results but no {job_file(output.shard)}; "
+                                   "it cannot be resumed: use output.mode: overwrite"]
         return ResumeState(), []  # nothing there yet: a first run
     if changed_settings(description.config, config):
         return ResumeState(), [f"output.mode: resume: the config differs from the run being resumed at {output.url} "
@@ -150,8 +150,8 @@ def check_retry(config: JobConfig, output: JobOutput, fingerprint: Optional[Fing
     weights changed since, `fingerprint` being now's)."""
     description = output.read_description()
     if description is None:
-        return None, [f"--retry-errors: {output.url} holds no results of this pipeline (no {JOB_FILE}); run the job "
-                      "first"]
+        return None, [f"--retry-errors: {output.url} holds no results of this pipeline (no "
+                      f"{job_file(output.shard)}); run the job first"]
     if changed_settings(description.config, config):
         return None, [f"--retry-errors: the config differs from the one that wrote {output.url} "
                       f"({_differences(description, config)}); retry with the same input, model and output settings"]
@@ -159,7 +159,7 @@ def check_retry(config: JobConfig, output: JobOutput, fingerprint: Optional[Fing
     if changed:
         return None, changed
     if output.read_manifest() is None:
-        return None, [f"--retry-errors: {output.url} has no {SUCCESS_FILE}: its run has not finished; complete it "
+        return None, [f"--retry-errors: {output.url} has no {success_file(output.shard)}: its run has not finished; complete it "
                       "with output.mode: resume first"]
     retry = RetryState()
     for path, table in output.read_tables(output.result_files().files, [config.input.id_column, ERROR]):

@@ -16,7 +16,17 @@ import ray
 
 from ..checks.resources import Resources, check_resources, cluster_resources
 from ..config import ConfigError, JobConfig
-from ..output import LEASE_FILE, SUCCESS_FILE, JobDescription, LeaseHeld, Manifest, OutputLease, config_digest
+from ..output import (
+    LEASE_FILE,
+    JobDescription,
+    LeaseHeld,
+    Manifest,
+    OutputLease,
+    Shard,
+    config_digest,
+    result_file_name,
+    success_file,
+)
 from ..schema import ERROR
 from ..stages import decode_memory
 from ..stages.crash_guard import CrashGuard
@@ -27,11 +37,22 @@ from .dataset import ResultFilenames, block_count, build_dataset
 from .plan import JobPlan, continues_output, plan_job
 from .progress import Log, ProgressReporter, RowCounter
 from .resume import check_resume
+from .shard_checks import check_shard_layout
 from .summary import JobSummary, RetryPass, summarize_output
 
 
 def _print(message: str) -> None:
     print(message, flush=True)
+
+
+class ShardResultFilenames(ResultFilenames):
+    """The result files' names with the shard's label in them, so that shards never collide."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return result_file_name(write_uuid, task_index, self.shard)
 
 
 class JobFailed(RuntimeError):
@@ -66,7 +87,8 @@ def nothing_to_do(plan: JobPlan) -> Optional[str]:
     """Why the run the plan describes has no row to run (a completed output resumed, or a
     --retry-errors pass without a transient error), or None."""
     if plan.resume.complete:
-        return f"output: {plan.config.output.path} holds a completed run ({SUCCESS_FILE}); nothing to resume"
+        done = success_file(plan.output.shard)
+        return f"output: {plan.config.output.path} holds a completed run ({done}); nothing to resume"
     if plan.retry is not None and not plan.retry.ids:
         return f"retry:   no row of {plan.config.output.path} has a transient error; nothing to run again"
     return None
@@ -104,7 +126,7 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
         raise ConfigError(problems)
     lease = OutputLease(plan.output.location, "run --retry-errors" if plan.retry is not None else "run",
                         take_over=continues_output(config, retry_errors=plan.retry is not None),
-                        on_lost=lambda _: _thread.interrupt_main())
+                        on_lost=lambda _: _thread.interrupt_main(), file_name=plan.output.lease_name)
     try:
         with lease:
             if lease.taken_over is not None:
@@ -132,6 +154,9 @@ def recheck_output(plan: JobPlan) -> JobPlan:
     have written into it between the plan's checks and the lease. ConfigError when the run
     can no longer go ahead."""
     config, output = plan.config, plan.output
+    problems = check_shard_layout(output, config, plan.fingerprint)  # a shard of another N started meanwhile
+    if problems:
+        raise ConfigError(problems)
     if plan.retry is not None or config.output.mode == "overwrite":
         return plan  # a pass over the output as it is / the job's own files go anyway
     if config.output.mode == "resume":
@@ -139,7 +164,10 @@ def recheck_output(plan: JobPlan) -> JobPlan:
         if problems:
             raise ConfigError(problems)
         return dataclasses.replace(plan, resume=resume)
-    written = [name for name in output.location.names() if name != LEASE_FILE]
+    if output.shard is None:
+        written = [name for name in output.location.names() if name != LEASE_FILE]
+    else:  # the other shards write beside it
+        written = [basename(path) for path in output.job_files() if basename(path) != output.lease_name]
     if written:
         raise ConfigError([f"output.path: another run wrote into {output.url} after this run's checks "
                            f"({some(written)}); it was not empty when the lease was taken: output.mode: resume "
@@ -151,10 +179,10 @@ def _write_results(plan: JobPlan, resources: Resources, start: float, log: Log, 
                    progress_interval: float) -> JobSummary:
     """The job's rows (all, or those a resumed run has not written yet) into the output."""
     config, output = plan.config, plan.output
-    if config.output.mode == "overwrite":  # only the job's own files are there (checked in the plan)
+    if config.output.mode == "overwrite":  # only the job's (the shard's) own files go (checked in the plan)
         output.remove_job_files()
     if config.output.mode != "resume" or output.read_description() is None:
-        output.write_description(JobDescription(config, plan.scan.num_rows, plan.fingerprint))
+        output.write_description(JobDescription(config, plan.scan.num_rows, plan.fingerprint, shard=plan.shard))
     if plan.resume.rows_done:
         log(f"resume:  {plan.resume.rows_done} of {plan.rows_in} rows already written; the rest is processed "
             "(Ray Data filters the input against the checkpoint)")
@@ -203,7 +231,8 @@ def _run_stages(plan: JobPlan, resources: Resources, destination: Location, rows
     rows_per_file = math.ceil(plan.scan.num_rows / block_count(plan))
     try:
         with ProgressReporter(counter, rows, progress_interval, log):
-            dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=ResultFilenames(),
+            names = ResultFilenames() if output.shard is None else ShardResultFilenames(output.shard)
+            dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=names,
                                   min_rows_per_file=rows_per_file)
     except Exception as e:  # Ray raises its own wrappers of whatever stopped a task
         if only_ids is not None:
@@ -276,4 +305,5 @@ def write_manifest(plan: JobPlan, summary: JobSummary, files: List[str]) -> None
         skipped_input_files=[{"url": s.url, "reason": s.reason} for s in plan.scan.skipped],
         checkpoint={"path": output.checkpoint.url, "kept": config.output.keep_checkpoint},
         retries=retries,
+        shard=plan.shard.to_json() if plan.shard is not None else None,
     ))

@@ -43,8 +43,9 @@ class NamedOutput:
 
 def named_output(args: argparse.Namespace) -> NamedOutput:
     """The output `--input` names, with the job's config from `--config`, else from the
-    description next to the results (None when there is none); a warning on stderr when the
-    output has no `_SUCCESS` manifest."""
+    description next to the results (None when there is none; a job run in shards: the
+    lowest shard's); a warning on stderr when the output has no `_SUCCESS` manifest, or when a
+    shard of a job run in shards is not complete."""
     if args.config:
         config = load_config(args.config)
         named = NamedOutput(JobOutput(args.input, config.storage), config, args.config)
@@ -52,13 +53,14 @@ def named_output(args: argparse.Namespace) -> NamedOutput:
         output = JobOutput(args.input, storage_of(args))
         description = output.read_description()
         named = NamedOutput(output, description.config if description else None,
-                            f"{args.input.rstrip('/')}/{JOB_FILE}")
+                            f"{args.input.rstrip('/')}/{output.description_name if description else JOB_FILE}")
     warn_if_unfinished(named.output)
     return named
 
 
 def warn_if_unfinished(output: JobOutput) -> None:
-    """A warning on stderr when `output` is a job's output without its _SUCCESS manifest."""
+    """A warning on stderr when `output` is a job's output without its _SUCCESS manifest (a
+    job run in shards: when one of them is not complete)."""
     try:
         warning = output.result_files().warning
     except FileNotFoundError:

@@ -1,7 +1,7 @@
 """The two JSON files that describe an output, typed: the job that writes it
-(`JobDescription`, `_samhq_job.json`, with the `Fingerprint` of its input files and weights)
-and, once its closing check passed, what it wrote (`Manifest`, `_SUCCESS`); and which of a
-job's settings decide its results."""
+(`JobDescription`, `_samhq_job.json`, with the `Fingerprint` of its input files and weights,
+and for a shard of a job its `ShardRecord`) and, once its closing check passed, what it wrote
+(`Manifest`, `_SUCCESS`); and which of a job's settings decide its results."""
 
 import dataclasses
 import hashlib
@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 from ..config import ConfigError, JobConfig
 from ..text import some
 from .layout import JOB_FILE_FORMAT
+from .shards import Shard
 
 
 def decisive_settings(config: JobConfig) -> Dict[str, Dict[str, Any]]:
@@ -63,6 +64,31 @@ class Fingerprint:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShardRecord:
+    """Which part of the job a shard's run is: the shard, the input files it was given
+    (`shards.assign_files`; those it left out under input.on_bad_file: skip with their reason)
+    and every shard's rows, so that `status` knows the whole job from any one shard."""
+
+    shard: Shard
+    input_files: List[str]  # URLs, those left out included
+    skipped_input_files: Dict[str, str] = dataclasses.field(default_factory=dict)  # url -> reason
+    rows_per_shard: List[int] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"index": self.shard.index, "count": self.shard.count, "input_files": self.input_files,
+                "skipped_input_files": self.skipped_input_files, "rows_per_shard": self.rows_per_shard}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "ShardRecord":
+        try:
+            return cls(Shard(int(data["index"]), int(data["count"])), [str(url) for url in data["input_files"]],
+                       {str(k): str(v) for k, v in data.get("skipped_input_files", {}).items()},
+                       [int(n) for n in data.get("rows_per_shard", [])])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ValueError(f"{where} holds no shard record this version can read") from None
+
+
+@dataclasses.dataclass(frozen=True)
 class JobDescription:
     """The job that writes an output: its config, its input's row count, and the fingerprint
     of its input files and weights (None in a description that has none)."""
@@ -73,6 +99,7 @@ class JobDescription:
     # Input files that failed to read during a run, left out under input.on_bad_file: skip:
     # url -> {"reason": why, "rows_written": how many of its rows were written before}.
     skipped_inputs: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+    shard: Optional[ShardRecord] = None  # a shard's run (`--shard I/N`): which part of the job
 
     def to_json(self) -> Dict[str, Any]:
         data = {"format": JOB_FILE_FORMAT, "config": self.config.to_dict(), "rows_in": self.rows_in,
@@ -81,6 +108,8 @@ class JobDescription:
             data["fingerprint"] = dataclasses.asdict(self.fingerprint)
         if self.skipped_inputs:
             data["skipped_inputs"] = self.skipped_inputs
+        if self.shard is not None:
+            data["shard"] = self.shard.to_json()
         return data
 
     @classmethod
@@ -99,14 +128,15 @@ class JobDescription:
         skipped = data.get("skipped_inputs")
         skipped_inputs = {str(url): {"reason": str(entry.get("reason", "")), "rows_written": int(entry.get("rows_written", 0))}
                           for url, entry in skipped.items() if isinstance(entry, dict)} if isinstance(skipped, dict) else {}
-        return cls(config, int(data.get("rows_in", 0)), fingerprint, skipped_inputs)
+        shard = ShardRecord.from_json(data["shard"], where) if data.get("shard") is not None else None
+        return cls(config, int(data.get("rows_in", 0)), fingerprint, skipped_inputs, shard)
 
 
 @dataclasses.dataclass
 class Manifest:
-    """What a completed job wrote (its closing check passed): the config's digest, rows in
-    and out, the result files, the input files it skipped, the checkpoint, and each
-    `--retry-errors` pass."""
+    """What a completed job (or shard of a job) wrote (its closing check passed): the config's
+    digest, rows in and out, the result files, the input files it skipped, the checkpoint, each
+    `--retry-errors` pass, and a shard's record (`ShardRecord.to_json`: its input files)."""
 
     config_digest: str
     rows_in: int
@@ -115,9 +145,13 @@ class Manifest:
     skipped_input_files: List[Dict[str, str]] = dataclasses.field(default_factory=list)
     checkpoint: Dict[str, Any] = dataclasses.field(default_factory=dict)
     retries: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    shard: Optional[Dict[str, Any]] = None
 
     def to_json(self) -> Dict[str, Any]:
-        return {"format": JOB_FILE_FORMAT, **dataclasses.asdict(self)}
+        data = {"format": JOB_FILE_FORMAT, **dataclasses.asdict(self)}
+        if self.shard is None:
+            del data["shard"]  # an unsharded job's manifest stays as it was
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> "Manifest":

@@ -1,6 +1,7 @@
-"""`OutputLease`: one writer per output. A run takes the lease (`_samhq_lease.json` in the
-output directory) before it writes anything, refreshes it while it runs and removes it when
-it ends; a second run meanwhile is refused with a line naming the holder.
+"""`OutputLease`: one writer per output (per shard of a job run in shards). A run takes the
+lease (`_samhq_lease.json` in the output directory) before it writes anything, refreshes it
+while it runs and removes it when it ends; a second run meanwhile is refused with a line
+naming the holder.
 
 The lease file is written with `pipeline.storage.conditional.ConditionalFile`: atomically on a
 local filesystem and on S3-compatible stores with conditional writes, best effort elsewhere
@@ -81,12 +82,15 @@ class OutputLease:
 
     `take_over`: whether a dead holder's lease may be taken (a run that continues the output).
     `on_lost`: called (from the refresh thread) if another run took the lease meanwhile, so
-    that the run stops writing; `lost` then says why.
+    that the run stops writing; `lost` then says why. `file_name`: the lease's file in `output`;
+    each shard of a job has its own (`layout.lease_file`), so that its shards run at once while
+    two runs of one shard cannot.
     """
 
     def __init__(self, output: Location, command: str, take_over: bool, ttl_s: float = LEASE_TTL_S,
-                 refresh_s: float = LEASE_REFRESH_S, on_lost: Optional[Callable[[str], None]] = None) -> None:
-        self.file = ConditionalFile(output.join(LEASE_FILE))
+                 refresh_s: float = LEASE_REFRESH_S, on_lost: Optional[Callable[[str], None]] = None,
+                 file_name: str = LEASE_FILE) -> None:
+        self.file = ConditionalFile(output.join(file_name))
         self.command, self.take_over, self.ttl_s, self.refresh_s = command, take_over, ttl_s, refresh_s
         self.on_lost = on_lost
         self.lost: Optional[str] = None

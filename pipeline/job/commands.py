@@ -64,7 +64,7 @@ def _plan(args: argparse.Namespace) -> "JobPlan":
 def cmd_validate(args: argparse.Namespace) -> int:
     from ..checks.resources import check_resources, cluster_resources, local_resources
     from ..config import ConfigError
-    from ..stages import decode_memory
+    from ..stages import decode_task_memory
     from ..text import plural
     from .dataset import model_name
 
@@ -84,8 +84,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         resources = local_resources()
     compute, inputs = plan.config.compute, plan.config.input
-    problems = check_resources(plan.config, resources, decode_memory(compute.decode_batch_size, inputs.max_image_pixels),
-                               checkpoint_filter=plan.resume.filters_rows)
+    memory = decode_task_memory(inputs, plan.config.everything, compute.decode_batch_size, plan.image_size)
+    problems = check_resources(plan.config, resources, memory, checkpoint_filter=plan.resume.filters_rows)
     if problems:
         raise ConfigError(problems)
     retry = (f"; --retry-errors: {plural(len(plan.retry.ids), 'row')} with transient errors to run again"

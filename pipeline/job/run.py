@@ -28,7 +28,7 @@ from ..output import (
     success_file,
 )
 from ..schema import ERROR
-from ..stages import decode_memory
+from ..stages import decode_task_memory
 from ..stages.crash_guard import CrashGuard
 from ..storage import Location, basename
 from ..text import plural, some
@@ -119,9 +119,8 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
         return _finish(plan, start, rows_done=plan.rows_in if plan.resume.complete else 0, rows_run=0,
                        stats="", retried=RetryPass() if plan.retry is not None else None)
     resources = cluster_resources()
-    problems = check_resources(config, resources, decode_memory(config.compute.decode_batch_size,
-                                                                config.input.max_image_pixels),
-                               checkpoint_filter=plan.resume.filters_rows)
+    memory = decode_task_memory(config.input, config.everything, config.compute.decode_batch_size, plan.image_size)
+    problems = check_resources(config, resources, memory, checkpoint_filter=plan.resume.filters_rows)
     if problems:
         raise ConfigError(problems)
     lease = OutputLease(plan.output.location, "run --retry-errors" if plan.retry is not None else "run",

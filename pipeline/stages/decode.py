@@ -113,8 +113,7 @@ class DecodeUDF(StageUDF):
         `directory`: the input's, which relative image paths are read against;
         `everything`: which rows segment-everything runs on, and their crops."""
         everything = everything if everything is not None else EverythingConfig()
-        crops = everything.crops_per_image - 1 if everything.enabled else 0
-        memory = decode_memory(batch_size, inputs.max_image_pixels, crops, image_size)
+        memory = decode_task_memory(inputs, everything, batch_size, image_size)
         per_box = dict(per_box or {})
         prompts = inputs.prompt_columns()
         kinds = [key.split(".", 1)[1].removesuffix("_column") for key, _ in prompts.named()]
@@ -122,7 +121,7 @@ class DecodeUDF(StageUDF):
             f"boxes {inputs.box_format}" if kind == "boxes" else kind for kind in kinds) + ")")
         if not kinds:
             checks = "no prompts"
-        if crops:
+        if everything.enabled and everything.crop_n_layers:
             checks += f", cut {everything.crops_per_image} crops for segment-everything"
         return Stage(
             name="decode",
@@ -223,6 +222,14 @@ class DecodeUDF(StageUDF):
     def _image_bytes(self, batch: pa.Table, i: int) -> bytes:
         column = self.inputs.image_source_column
         return self._reader.image_bytes(batch.column(column)[i].as_py(), column)
+
+
+def decode_task_memory(inputs: ImageColumnsConfig, everything: EverythingConfig, batch_size: int,
+                       image_size: int) -> int:
+    """Bytes the job's decode tasks of `batch_size` rows reserve, for images resized to
+    `image_size`, with segment-everything's crops when it is on."""
+    crops = everything.crops_per_image - 1 if everything.enabled else 0
+    return decode_memory(batch_size, inputs.max_image_pixels, crops, image_size)
 
 
 def decode_memory(batch_size: int, max_image_pixels: int = _MEASURED_PIXELS, crops_per_image: int = 0,

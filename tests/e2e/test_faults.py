@@ -1,12 +1,14 @@
-"""Faults with real processes: a local Ray cluster the test starts (and ends by process id),
-the CLI as the driver, and a SIGKILL to the driver or to the model actor mid-run. In every
+"""Faults with real processes, on a local Ray cluster of a head and worker nodes that the
+module starts (each node a process of its own, ended by process id): the CLI as the driver, a
+SIGKILL to the driver (in a run and in its resumed run), to the model actor, or to a whole
+worker node, a worker node preempted (SIGTERM, then SIGKILL), and the S3 server down. In every
 case the output must end holding every input id exactly once (read from every result file in
 the directory, not only those the manifest lists)."""
 
-import dataclasses
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,14 +18,25 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers.owned_processes import OwnedProcess, session_members, start_ray_head
+from helpers.owned_processes import OwnedProcess, RayCluster, start_ray_cluster
 from helpers.paths import ROOT
 from helpers.pipeline_data import png_bytes, write_rows
 from helpers.seaweedfs import CREDENTIALS, SeaweedFS
 
-pytestmark = pytest.mark.cluster  # every test starts a Ray head, nodes and SeaweedFS
+pytestmark = pytest.mark.cluster  # every test runs on a Ray cluster of several nodes, some on SeaweedFS
 
 NUM_FILES, ROWS_PER_FILE = 8, 10
+# The cluster between tests: a head that runs no task (0 CPUs: the GCS, the drivers' node) and
+# two worker nodes of 1 CPU each, which place the model actor and the read, decode and write
+# tasks: 2 CPUs in all, as in CI, so that a resumed run finds its first run's cluster full. A
+# test that loses a node adds a third worker first (a spot node joining), so that the job still
+# has a CPU for its tasks beside the model actor once a node is gone.
+WORKER_CPUS = (1, 1)
+# The head's GCS marks a node dead after 5 failed health checks; once a second instead of every
+# 3 s, so that a killed node's actor is restarted elsewhere after ~5 s instead of ~15 s. A
+# check that merely answers slowly (a loaded machine) fails only after the default 10 s.
+CLUSTER_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
+MODEL_ACTOR = "ModelUDF"  # Ray titles an actor's worker process after its class
 
 
 def env(**extra) -> dict:
@@ -31,18 +44,34 @@ def env(**extra) -> dict:
     return {**os.environ, **CREDENTIALS, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", **extra}
 
 
-@dataclasses.dataclass
-class RayHead:
-    address: str
-    session_id: int  # every process of the cluster, its workers included, is in this session
+@pytest.fixture(scope="module")
+def ray_nodes():
+    """The module's Ray cluster (see WORKER_CPUS); every process of it is ended afterwards."""
+    with start_ray_cluster(WORKER_CPUS, env(**CLUSTER_ENV), "ray_faults_") as cluster:
+        yield cluster
+    left = [(node, node.pids()) for node in [cluster.head, *cluster.workers, *cluster.gone] if node and node.pids()]
+    assert not left
 
 
 @pytest.fixture
-def ray_head():
-    """A one-node Ray cluster with 2 CPUs, as in CI."""
-    with start_ray_head(2, env(), "ray_faults_") as (address, session_id):
-        yield RayHead(address, session_id)
-    assert not session_members(session_id)
+def cluster(ray_nodes: RayCluster):
+    """The module's cluster as the test finds it: the head and two worker nodes, no model actor
+    of an earlier test's job left; put back in that shape after a test that changed it (lost
+    or added a node, also when it failed)."""
+    if len(ray_nodes.workers) != len(WORKER_CPUS):
+        while len(ray_nodes.workers) < len(WORKER_CPUS):
+            ray_nodes.add_worker(WORKER_CPUS[0])
+        while len(ray_nodes.workers) > len(WORKER_CPUS):
+            ray_nodes.kill(ray_nodes.workers[-1])
+        ray_nodes.wait_for_nodes()
+    deadline = time.time() + 60  # the actor of a job whose driver was killed ends with that job
+    while ray_nodes.node_running(MODEL_ACTOR) is not None:
+        assert time.time() < deadline, "a model actor of an earlier job is still alive"
+        time.sleep(0.2)
+    gone = len(ray_nodes.gone)
+    yield ray_nodes
+    if len(ray_nodes.gone) != gone:  # the next test's resource check must not count a dead node
+        ray_nodes.wait_for_nodes()
 
 
 def write_input(directory) -> set:
@@ -112,12 +141,12 @@ def ids_in_every_result_file(output) -> list:
     return ids
 
 
-def start_job(tmp_path, checkpoint, head: RayHead, committed: int):
+def start_job(tmp_path, checkpoint, cluster: RayCluster, committed: int):
     """Input, config and a driver running the job, once `committed` result files are written:
     (input ids, config path, output directory, driver)."""
     ids = write_input(tmp_path / "input")
     config, output = job_file(tmp_path, checkpoint), tmp_path / "output"
-    driver = start_run(config, head.address)
+    driver = start_run(config, cluster.address)
     try:
         wait_until(lambda: committed_entries(output) >= committed, f"{committed} committed result files", driver)
     except BaseException:
@@ -126,51 +155,67 @@ def start_job(tmp_path, checkpoint, head: RayHead, committed: int):
     return ids, config, output, driver
 
 
-def test_driver_killed_then_resume(ray_head, vit_pair, tmp_path):
-    ids, config, output, driver = start_job(tmp_path, vit_pair.pth, ray_head, committed=16)
+def kill_driver(driver: OwnedProcess) -> None:
     try:
         os.kill(driver.process.pid, signal.SIGKILL)  # the driver alone, mid-run
         driver.process.wait(30)
     finally:
         driver.stop()
+
+
+def rows_skipped(printed: str) -> int:
+    """The rows a resumed run found written already, from its summary."""
+    return int(printed.split(" already written by the run resumed")[0].rsplit("(", 1)[1])
+
+
+def test_driver_killed_then_resume(cluster, vit_pair, tmp_path):
+    """The driver SIGKILLed mid-run, then the driver of the resumed run SIGKILLed mid-run too:
+    the run resumed once more completes the output, every id once."""
+    ids, config, output, driver = start_job(tmp_path, vit_pair.pth, cluster, committed=8)
+    kill_driver(driver)
     written_before = ids_in_every_result_file(output)
+    committed_before = committed_entries(output)
     assert not os.path.exists(output / "_SUCCESS")
 
-    printed = run_to_end(config, ray_head.address, "--set", "output.mode=resume")
-    done = int(printed.split(" already written by the run resumed")[0].rsplit("(", 1)[1])
-    print(f"driver SIGKILLed with {len(written_before)} rows in result files; the resumed run skipped {done} and "
-          f"processed {len(ids) - done} of {len(ids)}")
-    assert 0 < done < len(ids) and done <= len(written_before)
+    resumed = start_run(config, cluster.address, "--set", "output.mode=resume")
+    try:
+        wait_until(lambda: committed_entries(output) >= committed_before + 4,
+                   f"4 result files committed by the resumed run (after {committed_before})", resumed)
+    except BaseException:
+        resumed.stop()
+        raise
+    kill_driver(resumed)
+    printed = resumed.output_tail(20000)
+    done_first = int(re.search(rf"^resume: +(\d+) of {len(ids)} rows already written", printed, re.M).group(1))
+    assert 0 < done_first <= len(written_before), printed[-4000:]
+    # The first run filled the 2-CPU cluster; the resumed run makes room for the checkpoint filter.
     assert ("resume:  the model actors reserve 0 CPUs each instead of 1, leaving one for Ray Data's checkpoint "
             "filter") in printed
+    written_second = ids_in_every_result_file(output)
+    assert not os.path.exists(output / "_SUCCESS")
+
+    printed = run_to_end(config, cluster.address, "--set", "output.mode=resume")
+    done = rows_skipped(printed)
+    print(f"driver SIGKILLed with {len(written_before)} rows in result files, the resumed run's driver with "
+          f"{len(written_second)}; the run resumed again skipped {done} (the first resumed run {done_first}) and "
+          f"processed {len(ids) - done} of {len(ids)}")
+    assert done_first < done < len(ids) and done <= len(written_second)
     assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
     final = ids_in_every_result_file(output)
-    assert sorted(final) == sorted(ids)  # every id exactly once: no file of the killed run left over twice
+    assert sorted(final) == sorted(ids)  # every id exactly once: no file of the killed runs left over twice
     manifest = json.loads((output / "_SUCCESS").read_text())
     assert manifest["rows_out"] == len(ids) and not os.path.exists(output / "_checkpoint")
 
-    again = run_to_end(config, ray_head.address, "--set", "output.mode=resume")
+    again = run_to_end(config, cluster.address, "--set", "output.mode=resume")
     assert "holds a completed run (_SUCCESS); nothing to resume" in again
 
 
-def model_actor_pid(head: RayHead) -> int:
-    """The model actor's worker process: Ray titles it after the actor's class."""
-    for pid in session_members(head.session_id):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                title = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith("ray::") and "ModelUDF" in title:
-            return pid
-    return 0
-
-
-def test_model_actor_killed_mid_run(ray_head, vit_pair, tmp_path):
-    ids, _, output, driver = start_job(tmp_path, vit_pair.pth, ray_head, committed=2)
+def test_model_actor_killed_mid_run(cluster, vit_pair, tmp_path):
+    ids, _, output, driver = start_job(tmp_path, vit_pair.pth, cluster, committed=2)
     try:
-        pid = model_actor_pid(ray_head)
-        assert pid, "no live model actor found"
+        node = cluster.node_running(MODEL_ACTOR)
+        assert node is not None, "no live model actor found"
+        pid = node.process_titled(MODEL_ACTOR)
         os.kill(pid, signal.SIGKILL)
         assert driver.process.wait(600) == 0, driver.output_tail()
         printed = driver.output_tail(20000)
@@ -208,14 +253,14 @@ def ids_in_result_objects(store: SeaweedFS, bucket: str) -> list:
     return ids
 
 
-def test_s3_server_down_mid_run(ray_head, vit_pair, tmp_path):
+def test_s3_server_down_mid_run(cluster, vit_pair, tmp_path):
     """Input, output and checkpoint on SeaweedFS; the server is stopped for 10 s mid-run and
     started again on the same data. The run completes, or fails naming the storage error and
     a resumed run completes it; either way the output holds every id exactly once."""
     store = SeaweedFS(str(tmp_path / "weed")).start()
     try:
         ids, config = s3_job(store, "faults", tmp_path, vit_pair.pth)
-        driver = start_run(config, ray_head.address)
+        driver = start_run(config, cluster.address)
         try:
             wait_until(lambda: sum(map(is_committed_entry, store.keys("faults", "output/_checkpoint/"))) >= 4,
                        "4 committed result files", driver)
@@ -232,7 +277,7 @@ def test_s3_server_down_mid_run(ray_head, vit_pair, tmp_path):
         else:
             outcome = "the run failed; a resumed run completed it"
             assert "error: the job stopped: " in printed and "output.mode: resume" in printed, printed[-6000:]
-            printed = run_to_end(config, ray_head.address, "--set", "output.mode=resume")
+            printed = run_to_end(config, cluster.address, "--set", "output.mode=resume")
         print(f"S3 server down for 10 s mid-run: {outcome}: "
               + next(line for line in printed.splitlines() if "rows in:" in line))
         assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
@@ -241,9 +286,9 @@ def test_s3_server_down_mid_run(ray_head, vit_pair, tmp_path):
         store.stop()
 
 
-def race_two_runs(config: str, head: RayHead, *extra: str):
+def race_two_runs(config: str, cluster: RayCluster, *extra: str):
     """Two drivers of one config started together; (exit status, output) of each."""
-    runs = [start_run(config, head.address, *extra) for _ in range(2)]
+    runs = [start_run(config, cluster.address, *extra) for _ in range(2)]
     try:
         return [(run.process.wait(600), run.output_tail(20000)) for run in runs]
     finally:
@@ -268,20 +313,20 @@ def assert_one_wrote(outcomes, ids, final_ids) -> None:
     assert sorted(final_ids) == sorted(ids)  # every id exactly once
 
 
-def test_two_runs_on_one_local_output(ray_head, vit_pair, tmp_path):
+def test_two_runs_on_one_local_output(cluster, vit_pair, tmp_path):
     ids = write_input(tmp_path / "input")
     config = job_file(tmp_path, vit_pair.pth)
-    outcomes = race_two_runs(config, ray_head)
+    outcomes = race_two_runs(config, cluster)
     assert_one_wrote(outcomes, ids, ids_in_every_result_file(tmp_path / "output"))
     assert os.path.exists(tmp_path / "output" / "_SUCCESS")
     assert not os.path.exists(tmp_path / "output" / "_samhq_lease.json")
 
 
-def test_two_resumed_runs_on_one_seaweedfs_output(ray_head, vit_pair, tmp_path):
+def test_two_resumed_runs_on_one_seaweedfs_output(cluster, vit_pair, tmp_path):
     store = SeaweedFS(str(tmp_path / "weed")).start()
     try:
         ids, config = s3_job(store, "race", tmp_path, vit_pair.pth)
-        outcomes = race_two_runs(config, ray_head, "--set", "output.mode=resume")
+        outcomes = race_two_runs(config, cluster, "--set", "output.mode=resume")
         assert_one_wrote(outcomes, ids, ids_in_result_objects(store, "race"))
         keys = store.keys("race", "output/")
         assert "output/_SUCCESS" in keys and "output/_samhq_lease.json" not in keys
@@ -289,11 +334,11 @@ def test_two_resumed_runs_on_one_seaweedfs_output(ray_head, vit_pair, tmp_path):
         store.stop()
 
 
-def test_sigterm_stops_the_driver_cleanly_then_resume(ray_head, vit_pair, tmp_path):
+def test_sigterm_stops_the_driver_cleanly_then_resume(cluster, vit_pair, tmp_path):
     """SIGTERM (a node's preemption notice) to the driver mid-run: one error line saying the
     run was stopped and how to go on, exit status 143, no stack dump, the lease released; a
     resumed run completes the output."""
-    ids, config, output, driver = start_job(tmp_path, vit_pair.pth, ray_head, committed=8)
+    ids, config, output, driver = start_job(tmp_path, vit_pair.pth, cluster, committed=8)
     try:
         os.kill(driver.process.pid, signal.SIGTERM)
         code = driver.process.wait(120)
@@ -305,6 +350,97 @@ def test_sigterm_stops_the_driver_cleanly_then_resume(ray_head, vit_pair, tmp_pa
     for dump in ("Traceback", "SIGABRT", "Stack trace", "Fatal Python error", "*** "):
         assert dump not in printed, printed[-4000:]
     assert not os.path.exists(output / "_samhq_lease.json") and not os.path.exists(output / "_SUCCESS")
-    printed = run_to_end(config, ray_head.address, "--set", "output.mode=resume")
+    printed = run_to_end(config, cluster.address, "--set", "output.mode=resume")
     assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
+    assert sorted(ids_in_every_result_file(output)) == sorted(ids)
+
+
+def model_rows(printed: str) -> int:
+    """Rows through the model in the driver's last progress line (0 before the first)."""
+    found = re.findall(r"^progress: \d+ / \d+ rows decoded, (\d+) through the model", printed, re.M)
+    return int(found[-1]) if found else 0
+
+
+def row_errors(output) -> list:
+    """The error of every result row that has one, from every result file."""
+    errors = []
+    for name in sorted(os.listdir(output)):
+        if name.startswith("masks-") and name.endswith(".parquet"):
+            column = pq.read_table(os.path.join(output, name), columns=["error"]).column(0)
+            errors += [error for error in column.to_pylist() if error is not None]
+    return errors
+
+
+def titles(pids) -> dict:
+    """Process id → its program's name (or Ray's title for a worker process)."""
+    found = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                found[pid] = os.path.basename(f.read().split(b"\0")[0].decode(errors="replace")).strip()
+        except OSError:
+            pass
+    return found
+
+
+def lose_the_model_actors_node(cluster: RayCluster, tmp_path, checkpoint, lose):
+    """A spot worker node joins (3 CPUs in all), the job starts, and once the model actor has
+    run some rows, `lose` is called on the worker node that runs the actor (whichever it is):
+    (input ids, config, output directory, what `lose` returned, the node's processes before,
+    rows through the model by then, the driver's exit status, its output)."""
+    cluster.add_worker(1)
+    ids = write_input(tmp_path / "input")
+    config, output = job_file(tmp_path, checkpoint), tmp_path / "output"
+    driver = start_run(config, cluster.address)
+    try:
+        wait_until(lambda: model_rows(driver.output_tail(20000)) >= 4, "4 rows through the model", driver)
+        node = cluster.node_running(MODEL_ACTOR)
+        assert node is not None and node is not cluster.head, f"the model actor runs on {node}"
+        processes = titles(node.pids())
+        assert "raylet" in processes.values() and node.process_titled(MODEL_ACTOR), processes
+        modelled = model_rows(driver.output_tail(20000))
+        lost = lose(node)
+        assert not node.pids()
+        code = driver.process.wait(300)  # a run takes under a minute here; a hang fails
+        printed = driver.output_tail(50000)
+    finally:
+        driver.stop()
+    assert modelled < len(ids), f"the model had run every row before its node was lost:\n{printed[-4000:]}"
+    return ids, config, output, lost, processes, modelled, code, printed
+
+
+def test_worker_node_killed_mid_run(cluster, vit_pair, tmp_path):
+    """Every process of the worker node that runs the model actor (its raylet, which holds the
+    node's object store, its agents and workers) SIGKILLed at once, mid-run: Ray retries the
+    node's tasks and restarts the actor on a surviving node, and the job completes with every
+    id once and no row failed."""
+    ids, _, output, killed, processes, modelled, code, printed = lose_the_model_actors_node(
+        cluster, tmp_path, vit_pair.pth, cluster.kill)
+    assert code == 0, printed[-6000:]
+    print(f"worker node SIGKILLed ({len(killed)} processes: {', '.join(processes.get(p, '?') for p in killed)}) with "
+          f"{modelled} of {len(ids)} rows through the model; the run ended with: "
+          + next(line for line in printed.splitlines() if "rows in:" in line))
+    assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
+    assert "rows with errors: none" in printed and not row_errors(output)
+    assert sorted(ids_in_every_result_file(output)) == sorted(ids)
+
+
+def test_worker_node_preempted_mid_run(cluster, vit_pair, tmp_path):
+    """The worker node that runs the model actor goes as a spot node does, mid-run: SIGTERM to
+    each of its processes, SIGKILL to those left 3 s later. The run completes, or stops saying
+    how to resume and a resumed run completes it; either way every id once, no row failed."""
+    ids, config, output, (terminated, killed), processes, modelled, code, printed = lose_the_model_actors_node(
+        cluster, tmp_path, vit_pair.pth, lambda node: cluster.preempt(node, grace=3.0))
+    if code == 0:
+        outcome = "the run completed"
+    else:
+        outcome = "the run stopped; a resumed run completed it"
+        assert "error: the job stopped: " in printed and "output.mode: resume" in printed, printed[-6000:]
+        printed = run_to_end(config, cluster.address, "--set", "output.mode=resume")
+    left = ", ".join(processes.get(p, "?") for p in killed) or "none"
+    print(f"worker node preempted ({len(terminated)} processes SIGTERMed, {len(killed)} SIGKILLed 3 s later: {left}) "
+          f"with {modelled} of {len(ids)} rows through the model: {outcome}: "
+          + next(line for line in printed.splitlines() if "rows in:" in line))
+    assert f"closing check: passed ({len(ids)} rows out for {len(ids)} in, every id once)" in printed
+    assert "rows with errors: none" in printed and not row_errors(output)
     assert sorted(ids_in_every_result_file(output)) == sorted(ids)

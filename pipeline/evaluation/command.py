@@ -7,10 +7,12 @@ from ..output.arguments import add_storage_arguments, storage_of, warn_if_unfini
 
 
 def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    ev = sub.add_parser("evaluate", help="mask quality (mIoU, boundary IoU, COCO AP) of a job's output vs ground truth")
+    ev = sub.add_parser("evaluate", help="mask quality (mIoU, boundary IoU, COCO AP; segment-everything's AP) of a "
+                                         "job's output vs ground truth")
     ev.add_argument("--predictions", required=True, help="the job's output Parquet (file, directory or glob)")
     ev.add_argument("--ground-truth", required=True,
-                    help="Parquet with the id column and COCO RLE `masks` aligned with the job's input boxes")
+                    help="Parquet with the id column and COCO RLE `masks` aligned with the job's input boxes "
+                         "(a row without prompts: the image's objects, for segment-everything's AP)")
     ev.add_argument("--report", default=None, help="write a Markdown report here")
     ev.add_argument("--id-column", default="id", help="the job's input.id_column (default: id)")
     ev.add_argument("--category-column", default=None,

@@ -12,9 +12,10 @@ from ..ids import id_key
 from ..masks import rle
 from ..masks.metrics import Accumulator, dilation_pixels, mask_scores
 from ..output import JobOutput
-from ..schema import BOX_ERRORS, ERROR, GROUND_TRUTH_MASKS, IOU_SCORES, MASKS, PROMPT_INDEX
+from ..schema import BOX_ERRORS, ERROR, FOUND_BY, GROUND_TRUTH_MASKS, IOU_SCORES, MASKS, PROMPT_INDEX
 from ..storage import Location, ParquetInput
 from .coco_ap import EvaluatedImage, category_order, coco_ap
+from .everything import EverythingEvaluation, split_masks
 from .join import Spool
 from .overlays import write_overlays
 from .report import SKIP_REASONS, CategoryMetrics, EvaluationResult, WorstBox
@@ -82,7 +83,9 @@ def evaluate_masks(
         else:
             raise ValueError(f"category column {category_column!r} is in neither the ground truth "
                              f"({ground_truth}) nor the predictions ({predictions})")
-    state = _State(category_column is not None, worst)
+    description = predicted.read_description()
+    state = _State(category_column is not None, worst,
+                   EverythingEvaluation(description.config.everything.rows if description is not None else None))
     with tempfile.TemporaryDirectory(prefix="evaluate_", dir=temp_dir) as tmp:
         gt_spool = Spool(tmp, "gt", num_partitions)
         with gt_spool:
@@ -94,9 +97,10 @@ def evaluate_masks(
                     gt_spool.write(row)
         pred_spool = Spool(tmp, "pred", num_partitions)
         with pred_spool:
-            # Outputs written before prompt_index existed have one mask per box.
+            # Outputs written before prompt_index existed have one mask per box, those before
+            # found_by no segment-everything masks.
             for row in pred_files.rows(id_column, list(PREDICTION_COLUMNS), pred_category, batch_rows,
-                                       optional=[PROMPT_INDEX]):
+                                       optional=[PROMPT_INDEX, FOUND_BY]):
                 state.prediction_rows += 1
                 if row[0] is None:
                     state.null_id_rows += 1
@@ -107,7 +111,7 @@ def evaluate_masks(
         for part in range(num_partitions):
             _join_partition(gt_spool, pred_spool, part, id_column, state)
             log.debug("evaluated partition %d/%d (%d boxes so far)", part + 1, num_partitions, state.boxes)
-    result = state.result(predictions, ground_truth, category_column)
+    result = state.result(predictions, ground_truth, category_column, id_column)
     if overlays_dir is not None and images is not None and state.worst_boxes():
         write_overlays(state.worst_boxes(), Location(images, storage), id_column, image_column,
                        Location(overlays_dir, storage), batch_rows)
@@ -115,10 +119,11 @@ def evaluate_masks(
 
 
 class _State:
-    def __init__(self, has_categories: bool, worst: int) -> None:
+    def __init__(self, has_categories: bool, worst: int, everything: EverythingEvaluation) -> None:
         self.has_categories = has_categories
         self.num_worst = worst
-        self.prediction_rows = self.ground_truth_rows = self.matched_rows = 0
+        self.everything = everything
+        self.prediction_rows = self.ground_truth_rows = self.matched_rows = self.prompt_rows = 0
         self.pred_only = self.gt_only = self.error_rows = self.null_id_rows = 0
         self.unmatched: Dict[str, List[Tuple[bytes, Any]]] = {"predictions": [], "ground_truth": []}
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
@@ -158,7 +163,8 @@ class _State:
         self._trim_worst()
         return [(w, gt, pred) for _, w, gt, pred in self.worst]
 
-    def result(self, predictions: str, ground_truth: str, category_column: Optional[str]) -> EvaluationResult:
+    def result(self, predictions: str, ground_truth: str, category_column: Optional[str], id_column: str
+               ) -> EvaluationResult:
         ap, category_ap = coco_ap(self.images, self.has_categories)
         per_category = {
             c: CategoryMetrics(acc.count, acc.iou.mean(acc.count), acc.biou.mean(acc.count), category_ap.get(c, math.nan))
@@ -174,7 +180,8 @@ class _State:
             matched_rows=self.matched_rows, predictions_without_ground_truth=self.pred_only,
             ground_truth_without_predictions=self.gt_only, error_rows=self.error_rows, null_id_rows=self.null_id_rows,
             unmatched_examples=examples, category_column=category_column, per_category=per_category,
-            worst=[w for w, _, _ in self.worst_boxes()],
+            worst=[w for w, _, _ in self.worst_boxes()], prompt_rows=self.prompt_rows,
+            everything=self.everything.metrics(id_column),
         )
 
 
@@ -205,7 +212,7 @@ def _join_partition(gt_spool: Spool, pred_spool: Spool, part: int, id_column: st
 
 def _evaluate_row(key: bytes, gt: Tuple[Any, ...], pred: Tuple[Any, ...], id_column: str, state: _State) -> None:
     row_id, gt_masks, gt_categories = gt
-    _, pred_masks, scores, box_errors, error, prompt_index, pred_categories = pred
+    _, pred_masks, scores, box_errors, error, prompt_index, found_by, pred_categories = pred
     where = f"row {id_column}={row_id!r}"
     categories = gt_categories if gt_categories is not None else pred_categories
     if error is not None:
@@ -215,6 +222,13 @@ def _evaluate_row(key: bytes, gt: Tuple[Any, ...], pred: Tuple[Any, ...], id_col
     pred_masks, scores, box_errors = pred_masks or [], scores or [], box_errors or []
     if prompt_index is not None and len(prompt_index) != len(pred_masks):
         raise ValueError(f"{where}: {PROMPT_INDEX} has {len(prompt_index)} entries for {len(pred_masks)} masks")
+    if found_by is not None:
+        (pred_masks, scores, prompt_index), (found_masks, found_scores) = split_masks(
+            found_by, pred_masks, scores, prompt_index, where)
+        state.everything.add_row(key, row_id, where, gt_masks, found_masks, found_scores, bool(box_errors))
+        if not box_errors and not pred_masks:
+            return  # no prompts: the ground truth is the image's objects, segment-everything's alone
+    state.prompt_rows += 1
     if prompt_index is not None and len(pred_masks) != len(box_errors):
         pred_masks, scores = _best_per_box(pred_masks, scores, prompt_index, len(box_errors))
     num_boxes = len(pred_masks)

@@ -1,7 +1,7 @@
 """What a job says when it ends, read back from its output: rows in and out, prompts (boxes,
-where they are the only prompts) and why some got no mask, rows with errors by kind, the
-warnings the counts give, and the closing check (one output row per input row, each id
-once)."""
+where they are the only prompts) and why some got no mask, masks by what found them (outputs
+with found_by), rows with errors by kind, the warnings the counts give, and the closing check
+(one output row per input row, each id once)."""
 
 import collections
 import time
@@ -14,6 +14,7 @@ from samhq_core import MaskSource, SamHQMaskDecoderConfig
 
 from ..config import JobConfig
 from ..ids import repeated_ids
+from ..masks.found_by import COUNTED_COLUMNS, FoundByCounts, render_counts
 from ..output import JobOutput
 from ..schema import BOX_ERRORS, ERROR, NUM_BOXES, error_kind
 from ..text import plural
@@ -81,6 +82,7 @@ class JobSummary:
     boxes: int = 0  # every input prompt (box), those of failed rows included
     masks: int = 0  # prompts that got their masks
     box_reasons: Dict[str, int] = field(default_factory=dict)  # why prompts got no mask, with counts
+    found_by: Optional[Dict[str, int]] = None  # masks per found_by value; None for outputs without found_by
     errors: Dict[str, int] = field(default_factory=dict)  # rows with an error, by kind
     box_format: str = "xyxy"
     noun: str = "box"  # what a prompt is called: "box" where boxes are the only prompts
@@ -134,6 +136,8 @@ class JobSummary:
         if self.box_reasons:
             lines.append(f"  {self._nouns} without a mask: " + "; ".join(
                 f"{reason}: {n}" for reason, n in sorted(self.box_reasons.items(), key=lambda kv: (-kv[1], kv[0]))))
+        if self.found_by is not None:
+            lines.append(f"  {render_counts(self.found_by)}")
         lines += [f"  warning: {w}" for w in self.warnings()]
         if self.skipped_files:
             lines.append(f"  skipped {plural(len(self.skipped_files), 'input file')} (input.on_bad_file: skip): "
@@ -144,8 +148,8 @@ class JobSummary:
 
 
 def summarize_output(config: JobConfig, output: JobOutput, files: List[str], rows_in: int) -> JobSummary:
-    """Counts over the result `files` (reads only their id and small result columns), and the
-    closing check against `rows_in`."""
+    """Counts over the result `files` (reads only their id and small result columns, file by
+    file), and the closing check against `rows_in`."""
     model = config.model
     keeps = model.keeps_candidates(model.mask_source or MaskSource.SAM_PLUS_HQ)
     summary = JobSummary(box_format=config.input.box_format, noun=config.input.prompt_columns().noun,
@@ -154,8 +158,11 @@ def summarize_output(config: JobConfig, output: JobOutput, files: List[str], row
     reasons: Dict[str, int] = collections.Counter()
     id_column = config.input.id_column
     ids: List[pa.ChunkedArray] = []
-    for _, table in output.read_tables(files, [id_column, ERROR, BOX_ERRORS, NUM_BOXES]):
+    masks_found = FoundByCounts()
+    for _, table in output.location.read_tables(files, [id_column, ERROR, BOX_ERRORS, NUM_BOXES],
+                                                optional=COUNTED_COLUMNS):
         summary.rows_out += table.num_rows
+        masks_found.add(table)
         ids.append(table.column(id_column))
         for error, box_errors, num_boxes in zip(*(table.column(c).to_pylist() for c in (ERROR, BOX_ERRORS, NUM_BOXES)),
                                                 strict=True):
@@ -172,6 +179,7 @@ def summarize_output(config: JobConfig, output: JobOutput, files: List[str], row
                 else:
                     reasons[reason] += 1
     summary.errors, summary.box_reasons = dict(errors), dict(reasons)
+    summary.found_by = None if masks_found.counts is None else dict(masks_found.counts)
     summary.closing = closing_check(ids, rows_in)
     return summary
 

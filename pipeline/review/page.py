@@ -3,12 +3,13 @@ server: `index.html` and its pictures in one directory, opened from disk).
 
 The page shows the totals (rows, failed rows by error kind, images, masks), the masks per
 category, histograms of the predicted IoU and the stability score, and at most `max_images`
-images with their masks and boxes: first the `needs_review` images with the lowest review
-score (an image's lowest predicted IoU or stability over its masks), then a seeded sample of
-the others. It filters by category in the browser (also from the address:
-`index.html#category=<name>`), enlarges an image on a click, and keeps a reviewer's good / bad
-marks per mask in the browser's storage, downloadable as the JSON or CSV that
-`pipeline.output.marks` reads (`export --exclude` / `--only`).
+images with their masks and boxes (a segment-everything mask: the point that found it): first
+the `needs_review` images with the lowest review score (an image's lowest predicted IoU or
+stability over its masks), then a seeded sample of the others. It filters by category and by
+what found the masks (`selection.found_by_kinds`) in the browser (also from the address:
+`index.html#category=<name>&found_by=<kind>`), enlarges an image on a click, and keeps a
+reviewer's good / bad marks per mask in the browser's storage, downloadable as the JSON or CSV
+that `pipeline.output.marks` reads (`export --exclude` / `--only`).
 
 Bounded over any output size: one pass over the results (`ResultReader`) keeps only counters,
 histogram bins, a heap of the `needs_review` lowest-scored images and a reservoir sample of
@@ -38,10 +39,11 @@ from ..inputs.images import default_uri_prefixes
 from ..masks import drawing, rle
 from ..output import JobOutput
 from ..output.results import ResultColumns, ResultImage, ResultReader, job_columns
+from ..schema import FOUND_BY
 from ..storage import Location
 from ..storage.urls import basename
 from .pictures import Picture, read_pictures
-from .selection import Selection, finite_score, review_score, select
+from .selection import FOUND_BY_KINDS, Selection, finite_score, found_by_kinds, review_score, select
 
 PAGE = "index.html"
 PICTURES = "img"  # the page's thumbnails and mask layers, beside it
@@ -61,7 +63,8 @@ def _card(image: ResultImage, section: str, picture: Picture, number: int, out_d
     """One image's entry in the page's data, its thumbnail and mask layers written to `out_dir`."""
     masks = [{"box": m.mask_index, "category": category_names.get(m.category_id, str(m.category_id)),
               "iou": m.score, "stability": finite_score(m.stability), "bbox": m.bbox, "color": "#%02x%02x%02x" % drawing.color(k),
-              "prompt": _prompt_box(picture.boxes, m.box_index)}
+              "prompt": _prompt_box(picture.boxes, m.box_index), FOUND_BY: m.found_by,
+              "kinds": found_by_kinds(m.found_by), "point": m.point}
              for k, m in enumerate(image.masks)]
     card = {"id": json_value(image.row_id), "file": image.file_name, "name": basename(image.file_name) or image.file_name,
             "section": section, "score": review_score(image),
@@ -278,6 +281,8 @@ def _write_page(out_dir: str, input_path: str, images: str, reader: ResultReader
     data = {
         "results": input_path, "images": images, "totals": _totals(reader),
         "categories": [{"name": names[cid], "num_masks": selection.masks_per_category.get(cid, 0)} for cid in names],
+        FOUND_BY: [{"name": kind, "num_masks": selection.masks_per_kind[kind]} for kind in FOUND_BY_KINDS
+                   if kind in selection.masks_per_kind],
         "histograms": {"iou": dataclasses.asdict(selection.iou), "stability": dataclasses.asdict(selection.stability)},
         "selection": {"max_images": max_images, "needs_review": needs_review, "seed": seed,
                       "others": selection.images_seen - len(selection.needs_review)},

@@ -1,7 +1,7 @@
 """Which images the review page shows, in one pass over any number of results: the
 `needs_review` images with the lowest review score (an image's lowest predicted IoU or
 stability over its masks), then a seeded uniform sample of the others; with the counts and
-histograms of all."""
+histograms of all, and what found each mask (`found_by_kinds`)."""
 
 import dataclasses
 import heapq
@@ -10,8 +10,23 @@ import random
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..output.results import ResultImage
+from ..schema import FOUND_BY_EVERYTHING, PROMPT_PART_SEPARATOR, PROMPT_PARTS
 
 HISTOGRAM_BINS = 20
+# The page's found-by filter: a prompt's parts, segment-everything, and "unknown" for masks of
+# outputs written before found_by existed (prompt masks whose prompt's parts the output does
+# not say).
+FOUND_BY_UNKNOWN = "unknown"
+FOUND_BY_KINDS = (*PROMPT_PARTS, FOUND_BY_EVERYTHING, FOUND_BY_UNKNOWN)
+
+
+def found_by_kinds(found_by: Optional[str]) -> List[str]:
+    """The filter's kinds a mask counts under: each part of its prompt ("box+points" under both
+    box and points), ["everything"], or ["unknown"] where the output does not say."""
+    if found_by == FOUND_BY_EVERYTHING:
+        return [FOUND_BY_EVERYTHING]
+    parts = [part for part in PROMPT_PARTS if part in (found_by or "").split(PROMPT_PART_SEPARATOR)]
+    return parts or [FOUND_BY_UNKNOWN]
 
 
 def review_score(image: ResultImage) -> Optional[float]:
@@ -47,6 +62,7 @@ class Selection:
     needs_review: List[ResultImage]  # lowest review score first
     sample: List[ResultImage]  # in result order
     masks_per_category: Dict[int, int]
+    masks_per_kind: Dict[str, int]  # by `found_by_kinds`: a mask of a combined prompt under each part
     iou: Histogram
     stability: Histogram
     images_seen: int
@@ -64,6 +80,7 @@ def select(images: Iterable[ResultImage], max_images: int, needs_review: int, se
     reservoir: List[ResultImage] = []
     offered = 0
     per_category: Dict[int, int] = {}
+    per_kind: Dict[str, int] = {}
     iou, stability = Histogram(), Histogram()
     seen = 0
 
@@ -83,6 +100,8 @@ def select(images: Iterable[ResultImage], max_images: int, needs_review: int, se
         seen += 1
         for mask in image.masks:
             per_category[mask.category_id] = per_category.get(mask.category_id, 0) + 1
+            for kind in found_by_kinds(mask.found_by):
+                per_kind[kind] = per_kind.get(kind, 0) + 1
             iou.add(mask.score)
             stability.add(finite_score(mask.stability))
         score = review_score(image)
@@ -99,4 +118,4 @@ def select(images: Iterable[ResultImage], max_images: int, needs_review: int, se
         else:
             offer(image)
     return Selection([entry[2] for entry in sorted(lowest, reverse=True)], sorted(reservoir, key=lambda i: i.index),
-                     per_category, iou, stability, seen)
+                     per_category, per_kind, iou, stability, seen)

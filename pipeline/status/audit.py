@@ -8,12 +8,13 @@ description's; a shard not started: the rows the other shards' records give it) 
 result files (those of interrupted writes left out while it is incomplete; those a complete
 part's manifest does not list are read too, and named). Then, over the whole job: input ids
 with no output row (missing), ids in more than one output row (duplicates, over every result
-file in the directory), and rows with errors by kind.
+file in the directory), rows with errors by kind, and masks by what found them (outputs with
+found_by).
 
-Memory: the result files and the input files are read one at a time, their id (and error)
-columns only, but the output's ids are kept (in Arrow arrays, about the ids' size plus 8 bytes
-each) to find duplicates and missing ids: fine up to a few million ids; a job of 100M rows needs
-some GB on the machine that runs `status`."""
+Memory: the result files and the input files are read one at a time, their id (and error,
+found_by and iou_scores) columns only, but the output's ids are kept (in Arrow arrays, about
+the ids' size plus 8 bytes each) to find duplicates and missing ids: fine up to a few million
+ids; a job of 100M rows needs some GB on the machine that runs `status`."""
 
 import collections
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 
 from ..config import JobConfig
 from ..ids import repeated_ids
+from ..masks.found_by import COUNTED_COLUMNS, FoundByCounts, render_counts
 from ..output import (
     CHECKPOINT_DIR,
     JOB_FILE,
@@ -90,6 +92,7 @@ class JobStatus:
     duplicate_examples: List[Any] = field(default_factory=list)
     null_ids: int = 0
     errors: Dict[str, int] = field(default_factory=dict)  # rows with an error, by kind
+    found_by: Optional[Dict[str, int]] = None  # masks per found_by value; None for outputs without found_by
     problems: List[str] = field(default_factory=list)  # what makes the output wrong besides ids
 
     @property
@@ -124,6 +127,8 @@ class JobStatus:
             lines.append(f"null ids: {self.null_ids} rows")
         errors = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.errors.items())) or "none"
         lines.append(f"rows with errors: {errors}")
+        if self.found_by is not None:
+            lines.append(render_counts(self.found_by))
         lines += [f"problem: {problem}" for problem in self.problems]
         lines.append(f"status: {self._verdict()} (exit {self.exit_code})")
         return lines
@@ -144,17 +149,20 @@ def _examples(values: Sequence[Any]) -> str:
 
 
 class _Ids:
-    """The output ids read so far, per part, with the rows' error kinds."""
+    """The output ids read so far, per part, with the rows' error kinds and their masks by what
+    found them."""
 
     def __init__(self) -> None:
         self.columns: List[pa.ChunkedArray] = []
         self.errors: Dict[str, int] = collections.Counter()
+        self.found_by = FoundByCounts()
 
     def read(self, output: JobOutput, files: List[str], id_column: str) -> "pa.ChunkedArray":
         """The ids of `files` (all kept for the duplicate check), counting their errors."""
         own: List[pa.ChunkedArray] = []
-        for _, table in output.read_tables(files, [id_column, ERROR]):
+        for _, table in output.location.read_tables(files, [id_column, ERROR], optional=COUNTED_COLUMNS):
             own.append(table.column(id_column))
+            self.found_by.add(table)
             for error in table.column(ERROR).drop_null().to_pylist():
                 kind = error_kind(error)
                 if kind is not None:
@@ -204,6 +212,7 @@ def audit_output(output: JobOutput) -> JobStatus:
     _missing(status, descriptions, known, part_ids, id_column)
     status.null_ids, status.duplicate_ids, status.duplicate_examples = repeated_ids(_one_type(ids.columns), _EXAMPLES)
     status.errors = dict(ids.errors)
+    status.found_by = None if ids.found_by.counts is None else dict(ids.found_by.counts)
     return status
 
 

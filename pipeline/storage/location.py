@@ -170,15 +170,20 @@ class Location:
             raise FileNotFoundError(f"no .parquet files in {self.url}")
         return files
 
-    def read_tables(self, paths: Sequence[str],
-                    columns: Optional[Sequence[str]] = None) -> Iterator[Tuple[str, pa.Table]]:
-        """(path, table of its `columns`, all when None) for each Parquet file of `paths` in
-        this filesystem, in order; up to _READ_THREADS files are read at a time, and at most
-        twice that many tables wait to be taken."""
+    def read_tables(self, paths: Sequence[str], columns: Optional[Sequence[str]] = None,
+                    optional: Sequence[str] = ()) -> Iterator[Tuple[str, pa.Table]]:
+        """(path, table of its `columns`, all when None, and of those of `optional` the file
+        has) for each Parquet file of `paths` in this filesystem, in order; up to _READ_THREADS
+        files are read at a time, and at most twice that many tables wait to be taken."""
 
         def read(path: str) -> pa.Table:
             with self.fs.open(path, "rb") as f:
-                return pq.read_table(f, columns=list(columns) if columns is not None else None)
+                wanted = list(columns) if columns is not None else None
+                if wanted is not None and optional:
+                    names = pq.read_schema(f).names
+                    wanted += [c for c in optional if c in names and c not in wanted]
+                    f.seek(0)
+                return pq.read_table(f, columns=wanted)
 
         with concurrent.futures.ThreadPoolExecutor(_READ_THREADS) as pool:
             waiting: "collections.deque[Tuple[str, concurrent.futures.Future[pa.Table]]]" = collections.deque()

@@ -3,7 +3,8 @@ Debian's chromium, headless, loading the page from disk: its DOM after the page'
 (the cards, mask layers, placeholders and histogram bars it drew, matching the reader's
 numbers; the category filter's state from the address), a screenshot, and a reviewer's session
 driven over the DevTools protocol (enlarging, marking masks good and bad, reloading, downloading
-the marks) whose downloads `export --exclude` / `--only` then take."""
+the marks) whose downloads `export --exclude` / `--only` then take; on an output with
+segment-everything's masks, their points and the found-by filter, clicked."""
 
 import csv
 import io
@@ -89,6 +90,9 @@ def test_page_draws_what_the_reader_counted(page):
     totals = {a["data-total"] for a in dom.having("data-total")}
     assert {"rows", "masks", "failed rows", *(f"\u2003{k}" for k in data["totals"]["failed_rows"])} <= totals
     assert {a["data-category-count"] for a in dom.having("data-category-count")} == {"cat", "dog", "bird"}
+    # Results without found_by (as written before it existed): every mask's prompt kind is unknown.
+    assert [a["data-found-by-count"] for a in dom.having("data-found-by-count")] == ["unknown"]
+    assert {a["data-kinds"] for a in dom.having("data-mask")} == {"unknown"} and not dom.having("data-point")
 
 
 def test_category_filter_from_the_address(page):
@@ -101,7 +105,8 @@ def test_category_filter_from_the_address(page):
     assert len(visible) == with_dog and dom.having("id", "shown")[0]["data-count"] == str(with_dog)
     for card in visible:
         assert "dog" in json.loads(card["data-categories"])
-    assert [a["data-filter"] for a in dom.having("aria-pressed", "true")] == ["dog"]
+    assert [(a["data-filter-key"], a["data-filter"]) for a in dom.having("data-filter")
+            if a["aria-pressed"] == "true"] == [("category", "dog"), ("found_by", "")]
     # Masks of the other categories are hidden: their rows, layers and boxes.
     others = [m for c in cards for m in c["segments"] if m["category"] != "dog"]
     drawn = [m for c in cards if c["id"] != page["broken"] for m in c["segments"] if m["category"] != "dog"]
@@ -254,3 +259,60 @@ def test_marks_kept_downloaded_and_taken_by_export(page, tmp_path):
     only = _export(page, str(tmp_path / "only.json"), "--only", str(tmp_path / "marks.csv"))
     assert _coco_masks(str(tmp_path / "only.json"), ids_by_file) == good
     assert f"only the {len(good)} masks marked good" in only.stdout
+
+
+@pytest.fixture(scope="module")
+def everything_page(tmp_path_factory):
+    """The review page of an output whose rows hold box masks ("box", or "box+points") and
+    segment-everything's masks, every image on it."""
+    root = tmp_path_factory.mktemp("review_everything")
+    job = write_job(str(root), EVERYTHING_ROWS, image_files=True, everything=True)
+    out = str(root / "page")
+    _review(job["output"], out, "--max-images", str(EVERYTHING_ROWS))
+    return {"dir": out, "data": page_data(os.path.join(out, "index.html")), "job": job}
+
+
+EVERYTHING_ROWS = 30
+# (card number, mask) of every mask row not dimmed, on the cards shown
+_SHOWN_MASKS = ("[...document.querySelectorAll('[data-card]')].filter((n) => !n.hidden).flatMap((n) => "
+                "[...n.querySelectorAll('tr[data-mask]')].filter((r) => !r.classList.contains('dim'))"
+                ".map((r) => [Number(n.dataset.number), Number(r.dataset.mask)]))")
+# (card number, mask) of every mask layer and prompt mark (box or point) drawn on the cards shown
+_DRAWN = ("[...document.querySelectorAll('[data-card]')].filter((n) => !n.hidden).flatMap((n) => "
+          "[...n.querySelectorAll('[data-layer], [data-box]')].filter((p) => p.style.display !== 'none')"
+          ".map((p) => [Number(n.dataset.number), Number(p.dataset.layer ?? p.dataset.box), p.tagName]))")
+
+
+def test_found_by_filter_and_everything_points(everything_page):
+    """Each segment-everything mask is drawn with its point (an SVG circle where a prompt mask's
+    box is); clicking a found-by button shows exactly the masks it names (a box+points mask under
+    both), together with the category filter, and "all" shows every mask again."""
+    cards = everything_page["data"]["cards"]
+    assert len(cards) == sum(1 for row in everything_page["job"]["rows"] if row["error"] is None)
+    masks = {(n, k): m for n, c in enumerate(cards) for k, m in enumerate(c["segments"])}
+    assert {m["found_by"] for m in masks.values()} == {"box", "box+points", "everything"}
+    with DevTools() as browser:
+        browser.open(url(everything_page))
+        points = browser.evaluate("[...document.querySelectorAll('[data-card] circle[data-point]')].map((p) => "
+                                  "[Number(p.closest('[data-card]').dataset.number), Number(p.dataset.point), "
+                                  "Number(p.getAttribute('cx')), Number(p.getAttribute('cy'))])")
+        assert sorted(map(tuple, points)) == sorted((n, k, *m["point"]) for (n, k), m in masks.items()
+                                                    if m["found_by"] == "everything")
+        assert browser.evaluate("document.querySelectorAll('[data-card] rect[data-box]').length") == sum(
+            1 for m in masks.values() if m["found_by"] != "everything")
+        for category, kind in ((None, "everything"), (None, "points"), (None, "box"), ("cat", "box"),
+                               ("object", "box"), ("object", None), (None, None)):
+            for key, value in (("category", category), ("found_by", kind)):
+                browser.click(f"[data-filter-key='{key}'][data-filter='{value or ''}']")
+            browser.wait_for(f"document.body.dataset.category === {json.dumps(category or '')} && "
+                             f"document.body.dataset.foundBy === {json.dumps(kind or '')}")
+            wanted = {key for key, m in masks.items()
+                      if (category is None or m["category"] == category) and (kind is None or kind in m["kinds"])}
+            assert {tuple(p) for p in browser.evaluate(_SHOWN_MASKS)} == wanted, (category, kind)
+            drawn = browser.evaluate(_DRAWN)
+            assert {(n, k) for n, k, _ in drawn} == wanted and len(drawn) == 2 * len(wanted), (category, kind)
+            assert all((tag == "circle") == (masks[n, k]["found_by"] == "everything") for n, k, tag in drawn if tag != "IMG")
+            shown = browser.evaluate("Number(document.getElementById('shown').dataset.count)")
+            assert shown == (len(cards) if category is None and kind is None else len({n for n, _ in wanted})), (category, kind)
+            address = "&".join(f"{k}={v}" for k, v in (("category", category), ("found_by", kind)) if v is not None)
+            assert browser.evaluate("location.hash.replace(/^#/, '')") == address

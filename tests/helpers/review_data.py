@@ -1,6 +1,7 @@
 """A synthetic job's output and input for the review page's tests: result Parquet as the job
 writes it (with its description and manifest), spread over several files, with scores known in advance,
-failed rows of several kinds, and an input Parquet of small PNGs in many row groups."""
+failed rows of several kinds, and an input Parquet of small PNGs in many row groups; optionally
+with segment-everything's masks after the box masks (`add_everything`)."""
 
 import io
 import json
@@ -55,15 +56,38 @@ def result_row(i: int) -> Dict[str, Any]:
             "mask_bboxes": bboxes, "box_errors": [None] * num, "error": None, "num_boxes": num}
 
 
-def write_job(root: str, num_rows: int, files: int = 3, image_files: bool = False) -> Dict[str, Any]:
+def add_everything(row: Dict[str, Any], i: int) -> Dict[str, Any]:
+    """Row i (a `result_row`) as a job with `everything.rows: all` writes it: its box masks found
+    by "box" ("box+points" in every fifth row), then i % 3 segment-everything masks, squares
+    below the box masks with the grid point at their centre."""
+    num = len(row["masks"])
+    row.update(found_by=["box+points" if i % 5 == 0 else "box"] * num, prompt_index=list(range(num)),
+               point_coords=[None] * num, crop_boxes=[None] * num)
+    if row["error"] is not None:
+        return row
+    for j in range(i % 3):
+        mask = np.zeros((HEIGHT, WIDTH), bool)
+        mask[16:22, 2 + 10 * j: 8 + 10 * j] = True
+        score = ((i * 53 + 7 * j) % 991) / 991
+        for name, value in (("masks", rle.encode(mask)), ("iou_scores", score), ("stability_scores", min(1.0, score + 0.02)),
+                            ("mask_areas", int(mask.sum())), ("mask_bboxes", [2.0 + 10 * j, 16.0, 6.0, 6.0]),
+                            ("prompt_index", None), ("found_by", "everything"), ("point_coords", [5.0 + 10 * j, 19.0]),
+                            ("crop_boxes", [0, 0, WIDTH, HEIGHT])):
+            row[name].append(value)
+    return row
+
+
+def write_job(root: str, num_rows: int, files: int = 3, image_files: bool = False,
+              everything: bool = False) -> Dict[str, Any]:
     """output/ (result files, `_samhq_job.json`, `_SUCCESS`) and input/images.parquet under `root`;
     returns the rows written. The input holds the images themselves, or with `image_files` their
     paths (column "uri", carried into the results as the job does) to PNGs under
-    input/photos/2024-batch-07/."""
+    input/photos/2024-batch-07/. With `everything`, the rows also hold segment-everything's
+    masks (`add_everything`)."""
     output, inputs = os.path.join(root, "output"), os.path.join(root, "input")
     os.makedirs(output)
     os.makedirs(inputs)
-    rows = [result_row(i) for i in range(num_rows)]
+    rows = [add_everything(result_row(i), i) if everything else result_row(i) for i in range(num_rows)]
     paths = [os.path.join(inputs, "photos", "2024-batch-07", f"{r['id']}.png") for r in rows]
     extra = [pa.field("uri", pa.string())] if image_files else []
     if image_files:
@@ -80,13 +104,15 @@ def write_job(root: str, num_rows: int, files: int = 3, image_files: bool = Fals
         pq.write_table(pa.Table.from_pylist(chunk, schema=schema), os.path.join(output, name))
     image_column = "uri" if image_files else "image"
     input_rows = [{"id": r["id"], image_column: paths[i] if image_files else png(i),
-                   "boxes": [b[:2] + [b[0] + b[2], b[1] + b[3]] for b in r["mask_bboxes"]]} for i, r in enumerate(rows)]
+                   "boxes": [b[:2] + [b[0] + b[2], b[1] + b[3]] for b in r["mask_bboxes"][:r["num_boxes"]]]}
+                  for i, r in enumerate(rows)]
     images = os.path.join(inputs, "images.parquet")
     pq.write_table(pa.Table.from_pylist(input_rows), images, row_group_size=16)
     source = {"image_uri_column": "uri"} if image_files else {"image_column": "image"}
     config = parse_config({"input": {"path": images, "id_column": "id", **source, "boxes_column": "boxes",
                                      "box_format": "xyxy", "category_column": "labels"},
-                           "output": {"path": output}, "model": {"checkpoint": "unused"}})
+                           "output": {"path": output}, "model": {"checkpoint": "unused"},
+                           "everything": {"rows": "all" if everything else "none"}})
     job_output = JobOutput(output)
     job_output.write_description(JobDescription(config, num_rows))
     job_output.write_manifest(Manifest(config_digest(config), num_rows, num_rows, names))

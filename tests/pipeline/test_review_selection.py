@@ -1,7 +1,8 @@
 """The review page's data, without a browser: the bounded selection (lowest-scored images, a
 seeded sample of the rest, counts over everything) on an output larger than --max-images, the
-targeted read of the images, and placeholders and messages for bad input. The page itself is
-tested in a real browser in tests/e2e/test_review.py."""
+targeted read of the images, placeholders and messages for bad input, and what found each mask
+(segment-everything's with their points; outputs that do not say). The page itself is tested in
+a real browser in tests/e2e/test_review.py."""
 
 import json
 import os
@@ -21,7 +22,7 @@ from helpers.review_data import FAILURES, expected_lowest, page_data, write_job
 from pipeline.output import JobOutput
 from pipeline.output.results import ResultColumns, ResultImage, ResultMask, ResultReader
 from pipeline.review.page import MANIFEST, PICTURES, write_review
-from pipeline.review.selection import select
+from pipeline.review.selection import found_by_kinds, select
 
 NUM_ROWS, MAX_IMAGES, NEEDS_REVIEW = 300, 40, 10
 
@@ -287,3 +288,54 @@ def test_out_with_a_planted_link_is_refused(job, tmp_path):
         with pytest.raises(ValueError, match="is a symbolic link"):
             write_review(JobOutput(job["output"]), f"{tmp_path}/{name}", max_images=2, needs_review=1)
     assert os.listdir(elsewhere) == ["1.jpg"] and (elsewhere / "1.jpg").read_bytes() == b"not the page's"
+
+
+def test_found_by_kinds():
+    assert found_by_kinds("box") == ["box"] and found_by_kinds("everything") == ["everything"]
+    assert found_by_kinds("box+points+mask") == ["box", "points", "mask"] and found_by_kinds("points+mask") == [
+        "points", "mask"]
+    assert found_by_kinds(None) == found_by_kinds("") == found_by_kinds("lasso") == ["unknown"]
+
+
+def test_page_data_says_what_found_each_mask(tmp_path):
+    """Box masks ("box", "box+points") and segment-everything's: each mask's entry has its
+    found_by, the kinds the page filters it under, and its prompt's box or the point that found
+    it; the counts per kind are over every mask, a box+points mask under both."""
+    job = write_job(str(tmp_path / "job"), 40, everything=True)
+    summary = write_review(JobOutput(job["output"]), str(tmp_path / "page"), max_images=40, needs_review=5)
+    data = page_data(summary.page)
+    rows = {r["id"]: r for r in job["rows"] if r["error"] is None}
+    found = Counter(f for r in rows.values() for f in r["found_by"])
+    assert found["box"] and found["box+points"] and found["everything"]
+    assert data["found_by"] == [{"name": "box", "num_masks": found["box"] + found["box+points"]},
+                                {"name": "points", "num_masks": found["box+points"]},
+                                {"name": "everything", "num_masks": found["everything"]}]
+    assert len(data["cards"]) == len(rows)
+    for card in data["cards"]:
+        row = rows[card["id"]]
+        assert [m["box"] for m in card["segments"]] == list(range(len(row["masks"])))
+        for m in card["segments"]:
+            k = m["box"]
+            assert (m["found_by"], m["point"]) == (row["found_by"][k], row["point_coords"][k])
+            if m["found_by"] == "everything":
+                assert m["kinds"] == ["everything"] and m["prompt"] is None and m["category"] == "object"
+            else:
+                x, y, w, h = row["mask_bboxes"][k]
+                assert m["kinds"] == m["found_by"].split("+") and m["prompt"] == [x, y, x + w, y + h]
+                assert m["point"] is None and m["category"] == row["labels"][k]
+
+
+def test_output_written_before_found_by(job, tmp_path):
+    """Result files without the found_by, point_coords and crop_boxes columns still make a page:
+    every mask's prompt kind is unknown."""
+    output = str(tmp_path / "output")
+    shutil.copytree(job["output"], output)
+    for name in os.listdir(output):
+        if name.endswith(".parquet"):
+            table = pq.read_table(os.path.join(output, name))
+            pq.write_table(table.drop_columns(["found_by", "point_coords", "crop_boxes"]), os.path.join(output, name))
+    data = page_data(write_review(JobOutput(output), str(tmp_path / "page"), images=job["images"], max_images=8,
+                                  needs_review=2).page)
+    masks = [m for c in data["cards"] for m in c["segments"]]
+    assert masks and all((m["found_by"], m["kinds"], m["point"]) == (None, ["unknown"], None) for m in masks)
+    assert data["found_by"] == [{"name": "unknown", "num_masks": data["totals"]["num_masks"]}]

@@ -55,6 +55,10 @@ class EverythingConfig(Section):
     def enabled(self) -> bool:
         return self.rows != "none"
 
+    def runs_on(self, has_prompts: bool) -> bool:
+        """Whether segment-everything runs on a row that has prompts or has none."""
+        return self.rows == "all" or (self.rows == "without_prompts" and not has_prompts)
+
     @property
     def crops_per_image(self) -> int:
         """Crops each image is cut into, the whole image included."""

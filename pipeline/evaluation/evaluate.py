@@ -85,7 +85,7 @@ def evaluate_masks(
                              f"({ground_truth}) nor the predictions ({predictions})")
     description = predicted.read_description()
     state = _State(category_column is not None, worst,
-                   EverythingEvaluation(description.config.everything.rows if description is not None else None))
+                   EverythingEvaluation(description.config.everything if description is not None else None))
     with tempfile.TemporaryDirectory(prefix="evaluate_", dir=temp_dir) as tmp:
         gt_spool = Spool(tmp, "gt", num_partitions)
         with gt_spool:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..config import EverythingConfig
 from ..masks import rle
 from ..schema import FOUND_BY_EVERYTHING
 from .coco_ap import annotate, ap_triple, run_cocoeval, valid_mean
@@ -16,8 +17,6 @@ from .report import EverythingMetrics
 
 # COCO's maxDets stop at 100; a segment-everything image has hundreds of masks.
 MAX_DETS = 1000
-# everything.rows values under which segment-everything ran on rows without prompts / on every row
-WITHOUT_PROMPTS, ALL_ROWS = "without_prompts", "all"
 
 
 def split_masks(found_by: Sequence[Any], masks: List[Any], scores: List[Any], prompt_index: Optional[List[Any]],
@@ -51,9 +50,9 @@ class EverythingEvaluation:
     """The rows of an evaluation that segment-everything ran on, gathered one by one, then
     evaluated together (COCOeval needs every image at once: memory grows with their RLEs)."""
 
-    def __init__(self, configured_rows: Optional[str]) -> None:
-        # everything.rows from the job's description; None when the predictions have none
-        self.configured_rows = configured_rows
+    def __init__(self, configured: Optional[EverythingConfig]) -> None:
+        # the job's everything section, from its description; None when the predictions have none
+        self.configured = configured
         self.images: List[_Image] = []
         # Rows without prompts nor segment-everything masks: the image's objects, all missed, if
         # segment-everything ran at all (known at the end unless the description says).
@@ -64,7 +63,7 @@ class EverythingEvaluation:
     @property
     def ran(self) -> bool:
         """Whether segment-everything ran in the job: masks of it, or its description says so."""
-        return self.found_masks or self.configured_rows in (WITHOUT_PROMPTS, ALL_ROWS)
+        return self.found_masks or (self.configured is not None and self.configured.enabled)
 
     def add_row(self, key: bytes, row_id: Any, where: str, gt_masks: Optional[List[Any]], masks: List[Any],
                 scores: List[Any], has_prompts: bool) -> None:
@@ -72,7 +71,7 @@ class EverythingEvaluation:
         with prompts and none of these masks takes part only when the description says every
         row went through segment-everything (else it may not have)."""
         self.found_masks |= bool(masks)
-        if has_prompts and not masks and self.configured_rows != ALL_ROWS:
+        if has_prompts and not masks and not (self.configured is not None and self.configured.runs_on(has_prompts)):
             return
         if gt_masks is None:  # not annotated
             self.unannotated_rows += 1

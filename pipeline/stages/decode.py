@@ -12,7 +12,7 @@ import pyarrow as pa
 from PIL import Image
 
 from samhq_core import SamHQProcessor
-from samhq_core.automatic import PreparedImage, prepare_image
+from samhq_core.automatic import PreparedCrop, PreparedImage, prepare_image
 
 from ..config import EverythingConfig, ImageColumnsConfig, StorageConfig
 from ..inputs.boxes import per_box_mismatch
@@ -162,24 +162,21 @@ class DecodeUDF(StageUDF):
             data = self._image_bytes(batch, i)
         except Exception as e:  # noqa: BLE001 - any read failure belongs to this row
             return DecodedImage.failed(row_error("image_read", exception_detail(e)), count)
-        rows = self.everything.rows
-        everything = rows == "all" or (rows == "without_prompts" and count == 0)
+        everything = self.everything.runs_on(count > 0)
+        crops: List[PreparedCrop] = []  # the crop layers' crops, after the whole image
         try:
             if everything and self.everything.crop_n_layers:
                 prepared = self._decode_crops(data)
+                resized, (h, w), crops = prepared.crops[0].resized, prepared.size, prepared.crops[1:]
             else:
-                resized, size = self._decode(data)
-                prepared = PreparedImage(size, [])
+                resized, (h, w) = self._decode(data)
         except Exception as e:  # noqa: BLE001 - corrupt, truncated, unsupported or too large images
             return DecodedImage.failed(row_error("image_decode", exception_detail(e)), count)
-        if prepared.crops:
-            resized = prepared.crops[0].resized
-        h, w = prepared.size
         checked = prompts.check(h, w, self.processor.mask_size)
         decoded = DecodedImage(resized.tobytes(), [resized.shape[0], resized.shape[1]], image_size=[h, w],
                                box_errors=checked.reasons, num_boxes=count, prompt_kinds=prompts.kinds(),
-                               everything=everything, crop_pixels=[c.resized.tobytes() for c in prepared.crops[1:]],
-                               crop_hw=[[c.resized.shape[0], c.resized.shape[1]] for c in prepared.crops[1:]])
+                               everything=everything, crop_pixels=[c.resized.tobytes() for c in crops],
+                               crop_hw=[[c.resized.shape[0], c.resized.shape[1]] for c in crops])
         self._add_prompts(decoded, checked.usable, (h, w))
         return decoded
 

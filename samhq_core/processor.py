@@ -17,7 +17,7 @@ for SAM's stability score of mask logits; `pad_to_bucket` pads images or prompts
 fixed counts for a compiled model.
 """
 
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -153,6 +153,8 @@ class SamHQProcessor:
         self.mask_size = image_size // 4
         self.pixel_mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
         self.pixel_std = torch.tensor(PIXEL_STD).view(3, 1, 1)
+        # Copies on each device used, made once: a copy to a GPU per image would sync the host.
+        self._normalisers: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_pretrained(cls, src: str, variant: Optional[str] = None,
@@ -316,10 +318,16 @@ class SamHQProcessor:
           (torch.Tensor): the input (3, S, S), float32, on that device.
         """
         h, w = resized.shape[:2]
-        mean, std = self.pixel_mean.to(resized.device), self.pixel_std.to(resized.device)
+        mean, std = self._normaliser(resized.device)
         pixels = torch.zeros(3, self.image_size, self.image_size, device=resized.device)
         pixels[:, :h, :w] = (resized.permute(2, 0, 1).float() - mean) / std
         return pixels
+
+    def _normaliser(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The pixel mean and std (3, 1, 1) on `device`."""
+        if device not in self._normalisers:
+            self._normalisers[device] = (self.pixel_mean.to(device), self.pixel_std.to(device))
+        return self._normalisers[device]
 
     def target_masks(self, masks: torch.Tensor, resized_size: Tuple[int, int]) -> torch.Tensor:
         """Bring masks at the original size into the model's input frame, resized as the

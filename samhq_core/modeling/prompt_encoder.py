@@ -44,8 +44,12 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward(self, coords: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
         """Pixel coordinates (..., 2) in an (h, w) frame → (..., C)."""
-        scale = torch.tensor([image_size[1], image_size[0]], device=coords.device, dtype=torch.float32)
-        return self._encode(coords.float() / scale)
+        # Divided by Python numbers, as the official encoder does: a tensor of the sizes would be a
+        # host-to-device copy, which syncs.
+        coords = coords.float().clone()  # ... x 2
+        coords[..., 0] = coords[..., 0] / image_size[1]
+        coords[..., 1] = coords[..., 1] / image_size[0]
+        return self._encode(coords)
 
 
 class PromptEncoder(nn.Module):

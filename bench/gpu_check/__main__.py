@@ -37,6 +37,10 @@ against the fp32 peak; bf16 means `torch.autocast(dtype=torch.bfloat16)`, as the
    own, so that copies and mask coding overlap the model), then 2 actors with 0.5 GPU each.
    Timed from job start to the closing check, so actor start-up and model loading count; Ray
    Data's per-stage throughput lines are quoted.
+   `--pipeline-masks empty` zeroes the decoder's hypernetworks in the pipeline's checkpoint, so
+   that every mask is empty: random weights' masks are noise with thousands of runs each, which
+   makes mask coding and writing cost far more than real masks do; the two runs bracket them.
+   `--sections pipeline` runs this section alone.
 Measurements run in order of importance; `--budget-s` skips those that would not finish in
 time (the report lists them), and a SIGTERM (the wrapper's `timeout`) still writes the report.
 
@@ -48,6 +52,7 @@ events) and with torch.compile's "eager" backend (inductor's C++ build takes hal
 small CPU); its report goes to `--out` or a temporary file, never to bench/results.
 
 Usage: bash bench/gpu_check.sh    (python -m bench.gpu_check --budget-s 420 under `timeout 480`)
+       python -m bench.gpu_check --sections pipeline --pipeline-masks empty
        python -m bench.gpu_check --smoke [--out report.md]
 """
 import os
@@ -64,48 +69,58 @@ import torch
 
 from bench.gpu_check.clock import Clock, Device, interrupt
 from bench.gpu_check.everything import bench_everything
-from bench.gpu_check.inputs import job_config, write_pipeline_input
+from bench.gpu_check.inputs import empty_masks, job_config, write_pipeline_input
 from bench.gpu_check.parity import check_parity
 from bench.gpu_check.pipeline_run import bench_pipeline
 from bench.gpu_check.report import device_slug, render
 from bench.gpu_check.settings import ROOT, Settings, parse_args
 from bench.gpu_check.syncs import check_syncs
 from bench.gpu_check.throughput import bench_compiled, bench_decoder, bench_encoders, matmul_peaks
+from samhq_core import SamHQModel
+from samhq_core.random_weights import random_model
 
 
 def run_checks(settings: Settings, dev: Device, clock: Clock, r: Dict[str, Any], work: str) -> None:
     """Every section in order of importance, filling `r` as they finish (a partial `r` still renders)."""
-    parity, reference, model = check_parity(settings, dev, clock)
-    r["parity"] = parity
-    if not (parity["fp32_passed"] and parity["bf16_passed"]):
-        r["failures"].append("parity check failed (see Parity)")
+    model: Optional[SamHQModel] = None
+    if settings.sections == "pipeline":
+        reference = random_model(settings.parity_config, settings.seed)
+    else:
+        parity, reference, model = check_parity(settings, dev, clock)
+        r["parity"] = parity
+        if not (parity["fp32_passed"] and parity["bf16_passed"]):
+            r["failures"].append("parity check failed (see Parity)")
 
     checkpoint, input_path = os.path.join(work, "checkpoint"), os.path.join(work, "input", "images.parquet")
+    if settings.pipeline_masks == "empty":
+        empty_masks(reference)
     reference.save_pretrained(checkpoint)  # the parity model's weights: the pipeline loads what was checked
     del reference
     os.makedirs(os.path.dirname(input_path))
     write_pipeline_input(input_path, settings)
     clock.log(f"wrote {settings.pipeline_images} input rows and the checkpoint")
-    first_actors, first_gpus, _ = settings.pipeline_runs[0]
-    first_gpus = first_gpus if dev.cuda else 0.0
-    r["syncs"] = check_syncs(settings, dev, clock, model,
-                             job_config(work, checkpoint, input_path, settings, first_actors, first_gpus), input_path)
-    if not r["syncs"]["free_passed"]:
-        r["failures"].append("the sync-free model calls synced (see Host syncs)")
+    if model is not None:
+        first_actors, first_gpus, _ = settings.pipeline_runs[0]
+        first_gpus = first_gpus if dev.cuda else 0.0
+        r["syncs"] = check_syncs(settings, dev, clock, model,
+                                 job_config(work, checkpoint, input_path, settings, first_actors, first_gpus), input_path)
+        if not r["syncs"]["free_passed"]:
+            r["failures"].append("the sync-free model calls synced (see Host syncs)")
 
-    r["peaks"] = matmul_peaks(settings, dev, clock)
-    r["encoders"] = bench_encoders(settings, dev, clock, r["peaks"])
-    r["decoder"] = bench_decoder(settings, dev, clock, model)
-    r["everything"] = bench_everything(settings, dev, clock, model)
-    del model
+        r["peaks"] = matmul_peaks(settings, dev, clock)
+        r["encoders"] = bench_encoders(settings, dev, clock, r["peaks"])
+        r["decoder"] = bench_decoder(settings, dev, clock, model)
+        r["everything"] = bench_everything(settings, dev, clock, model)
+        del model
     dev.reset_peak_memory()  # the pipeline's actors get the GPU's memory
     r["pipeline"] = bench_pipeline(settings, dev, clock, work, checkpoint, input_path)
-    r["encoders"] += bench_compiled(settings, dev, clock)
-    failed = [f"{row.variant} {row.mode} batch {row.batch}: {row.timing.status}" for row in r["encoders"]
+    if settings.sections == "all":
+        r["encoders"] += bench_compiled(settings, dev, clock)
+    failed = [f"{row.variant} {row.mode} batch {row.batch}: {row.timing.status}" for row in r.get("encoders", [])
               if row.timing.status.startswith("error")]
-    failed += [f"decoder {d.boxes} boxes {d.chunk}: {t.status}" for d in r["decoder"] for t in (d.fp32, d.bf16)
+    failed += [f"decoder {d.boxes} boxes {d.chunk}: {t.status}" for d in r.get("decoder", []) for t in (d.fp32, d.bf16)
                if t.status.startswith("error")]
-    failed += [f"everything mode {e.thresholds} {e.points_per_batch}: {e.timing.status}" for e in r["everything"]
+    failed += [f"everything mode {e.thresholds} {e.points_per_batch}: {e.timing.status}" for e in r.get("everything", [])
                if e.timing.status.startswith("error")]
     failed += [f"pipeline {p.label}: {p.status}" for p in r["pipeline"]
                if p.status.startswith(("error", "failed"))]

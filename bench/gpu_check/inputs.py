@@ -13,7 +13,7 @@ from PIL import Image
 
 from bench.gpu_check.settings import Settings
 from pipeline.config import JobConfig, parse_config
-from samhq_core import SamHQConfig, SamHQProcessor
+from samhq_core import SamHQConfig, SamHQModel, SamHQProcessor
 from samhq_core.training.synthetic import make_scene
 
 
@@ -30,6 +30,19 @@ def scene_pixels(side: int, seed: int) -> torch.Tensor:
     cached: three checks use it, and a 1024 px scene takes a second to draw."""
     scene = make_scene(np.random.default_rng(seed), side, side)
     return SamHQProcessor(side).model_input(torch.from_numpy(scene.image))[None]
+
+
+def empty_masks(model: SamHQModel) -> SamHQModel:
+    """Zero the last layer of every hypernetwork (SAM's and the HQ token's), so that every mask
+    logit is 0 and every mask empty: one run each, what mask coding costs at the least. The
+    encoder and the rest of the decoder still do all their work."""
+    decoder = model.mask_decoder
+    hypernetworks = [*decoder.output_hypernetworks_mlps, *([decoder.hf_mlp] if hasattr(decoder, "hf_mlp") else [])]
+    with torch.no_grad():
+        for mlp in hypernetworks:
+            mlp.layers[-1].weight.zero_()
+            mlp.layers[-1].bias.zero_()
+    return model
 
 
 def write_pipeline_input(path: str, settings: Settings) -> int:

@@ -19,6 +19,9 @@ from bench.gpu_check.inputs import describe
 from bench.gpu_check.pipeline_run import planned_pipeline_rows
 from bench.gpu_check.settings import BF16_MIN_MEAN_IOU, LOGIT_TOLERANCE, Settings
 
+MASKS = {"random": "their masks noisy, with many runs each: the most that mask coding and writing cost",
+         "empty": "hypernetworks zeroed, so every mask is empty: the least that mask coding and writing cost"}
+
 
 def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
@@ -59,10 +62,11 @@ def render(settings: Settings, args: argparse.Namespace, dev: Device, clock: Clo
     title = "smoke run (tiny model, not a measurement)" if settings.smoke else "one GPU"
     lines = [f"# samhq_core and the pipeline on {title}", "",
              f"Command: `python -m bench.gpu_check {' '.join(sys.argv[1:])}`; what is measured and how: the docstring "
-             f"of `bench/gpu_check.py`. Total {clock.elapsed():.0f} s of a {args.budget_s:.0f} s budget.", "",
+             f"of `bench/gpu_check/__main__.py`. Total {clock.elapsed():.0f} s of a {args.budget_s:.0f} s budget.", "",
              "## Machine", "", *machine(dev, r["load_before"]), ""]
     lines += render_checks(r)
     lines += render_throughput(settings, r)
+    lines += render_pipeline(settings, r)
     lines += ["## Skipped or failed", ""]
     notes = [f"- skipped: {s}" for s in clock.skipped] + [f"- {f}" for f in r["failures"]]
     if r.get("interrupted"):
@@ -160,11 +164,17 @@ def render_throughput(settings: Settings, r: Dict[str, Any]) -> List[str]:
         t = e.timing
         lines.append(f"| {e.thresholds} | {e.points_per_batch} | {'bf16' if e.bf16 else 'fp32'} | {e.masks} | {t.span()} | "
                      f"{f'{1 / t.seconds:.2f}' if t.ok else ''} | {'' if t.peak_gib is None else f'{t.peak_gib:.1f}'} |")
-    lines += ["", "## Pipeline", "",
+    return lines + [""]
+
+
+def render_pipeline(settings: Settings, r: Dict[str, Any]) -> List[str]:
+    height, width = settings.pipeline_hw
+    lines = ["## Pipeline", "",
               f"`pipeline.job.run_job` on a local Ray cluster ({os.cpu_count()} CPUs, "
               f"{1 if r.get('cuda') else 0} GPU): {settings.pipeline_images} JPEG rows of {width} x {height} "
               f"({settings.pipeline_scenes} distinct scenes), {settings.pipeline_boxes} boxes each, "
-              f"{describe(settings.parity_config)} random weights, model.dtype {settings.pipeline_dtype}, "
+              f"{describe(settings.parity_config)} random weights ({MASKS[settings.pipeline_masks]}), "
+              f"model.dtype {settings.pipeline_dtype}, "
               f"compute.batch_size {settings.pipeline_batch_size}. Seconds from job start to the closing check "
               "(actor start-up and model loading included).", "",
               "| actors x GPUs each | batches at once per actor | status | seconds | images/s | masks/s |",

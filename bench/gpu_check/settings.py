@@ -36,6 +36,8 @@ class Settings:
     pipeline_runs: Tuple[Tuple[int, float, int], ...]  # (actors, GPUs per actor, concurrent batches per actor)
     pipeline_dtype: str
     pipeline_batch_size: int
+    pipeline_masks: str  # "random": the random weights' masks; "empty": every mask logit 0 (coding costs nothing)
+    sections: str  # "all", or "pipeline": section 4 alone, on a random-weight model that skips the parity check
     torch_threads: Optional[int]  # None: torch's default
 
 
@@ -61,6 +63,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     parser.add_argument("--pipeline-boxes", type=int, default=50, help="boxes per image in the pipeline run")
     parser.add_argument("--pipeline-dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--pipeline-batch-size", type=int, default=8, help="compute.batch_size of the pipeline run")
+    parser.add_argument("--pipeline-masks", choices=("random", "empty"), default="random",
+                        help="random: the random weights' masks, noisy with many runs each (the worst case for mask "
+                             "coding); empty: the decoder's hypernetworks zeroed, so every mask is one run (its ceiling)")
+    parser.add_argument("--sections", choices=("all", "pipeline"), default="all",
+                        help="pipeline: only the pipeline runs (section 4)")
     parser.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor, eager with --smoke)")
     args = parser.parse_args(argv)
     if args.budget_s is None:
@@ -72,7 +79,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
             batches=(1, 2), compiled=(("smoke_64px", 2),), compile_backend=args.compile_backend or "eager",
             box_counts=(4, 80), peak_size=256, warmup=1, repeats=2, call_seconds=0.2, sync_images=2,
             pipeline_images=8, pipeline_hw=(64, 64), pipeline_boxes=3, pipeline_scenes=2, pipeline_runs=((1, 1.0, 2),),
-            pipeline_dtype=args.pipeline_dtype, pipeline_batch_size=4, torch_threads=1,
+            pipeline_dtype=args.pipeline_dtype, pipeline_batch_size=4, pipeline_masks=args.pipeline_masks,
+            sections=args.sections, torch_threads=1,
         )
     else:
         settings = Settings(
@@ -82,6 +90,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
             box_counts=(16, 64, 256), peak_size=8192, warmup=args.warmup, repeats=args.repeats, call_seconds=1.5,
             sync_images=4, pipeline_images=args.pipeline_images, pipeline_hw=(1080, 1920),
             pipeline_boxes=args.pipeline_boxes, pipeline_scenes=4, pipeline_runs=((1, 1.0, 1), (1, 1.0, 2), (2, 0.5, 1)),
-            pipeline_dtype=args.pipeline_dtype, pipeline_batch_size=args.pipeline_batch_size, torch_threads=None,
+            pipeline_dtype=args.pipeline_dtype, pipeline_batch_size=args.pipeline_batch_size,
+            pipeline_masks=args.pipeline_masks, sections=args.sections, torch_threads=None,
         )
     return args, settings

@@ -45,3 +45,23 @@ def test_gpu_check_smoke_writes_every_section_and_passes(tmp_path):
     assert "\n- nothing\n" in report  # nothing skipped for the budget, nothing failed
     assert "| 1 x 0 | 2 | ok | " in report  # the pipeline run (2 batches at once) finished, closing check passed
     assert "compiled | 2 |" in report and "error: " not in report  # every measurement ran
+
+
+def test_empty_masks_zeroes_every_mask_logit_and_nothing_else():
+    """--pipeline-masks empty: the decoder's hypernetworks give 0 for every mask logit (one run
+    per mask), while the encoder and the IoU head still compute what they did."""
+    import torch
+
+    from bench.gpu_check.inputs import empty_masks
+    from bench.gpu_check.settings import smoke_config
+    from samhq_core.random_weights import random_model
+
+    model = random_model(smoke_config(), seed=0)
+    pixels = torch.randn(1, 3, 64, 64)
+    boxes = torch.tensor([[[4.0, 6.0, 40.0, 50.0], [10.0, 2.0, 60.0, 30.0]]])
+    with torch.inference_mode():
+        before = model(pixel_values=pixels, input_boxes=boxes, multimask_output=False)
+        after = empty_masks(model)(pixel_values=pixels, input_boxes=boxes, multimask_output=False)
+    assert before.pred_masks.abs().amax() > 0.1
+    assert torch.count_nonzero(after.pred_masks) == 0
+    assert torch.equal(after.iou_scores, before.iou_scores)

@@ -28,7 +28,9 @@ binary search. This bench pays each of those steps with the job's own `Checkpoin
 
 About 10 minutes on 2 cores (the stalled v2 restores at 10M ids wait out --deadline, 180 s);
 at most about 3 GB of memory (10M string ids). --readers v2 v1: Ray 2.60's default Parquet reader
-(Datasource V2) and the V1 one (RAY_DATA_USE_DATASOURCE_V2=0), which restores 10,000 files.
+(Datasource V2) and the V1 one (RAY_DATA_USE_DATASOURCE_V2=0), which restores 10,000 files;
+--readers job: the job's own checkpoint manager (`pipeline.job.checkpoint_restore`), which reads
+the checkpoint with the V1 reader whatever the input's reader is.
 """
 
 import argparse
@@ -79,7 +81,7 @@ MIB = 1 << 20
 # Ray Data 2.60 reads Parquet (the checkpoint too) with its Datasource V2 reader unless this
 # variable is 0 (ray/data/context.py); the V2 reader starts a thread per file in a read task.
 READER_VARIABLE = "RAY_DATA_USE_DATASOURCE_V2"
-READERS = {"v2": "1", "v1": "0"}
+READERS = {"v2": "1", "v1": "0", "job": "1"}  # job: the job's own manager, under the default
 
 
 def make_ids(kind: str, numbers: np.ndarray) -> pa.Array:
@@ -133,13 +135,17 @@ class FormatChanged(SystemExit):
                          "(ray/data/checkpoint/checkpoint_writer.py) changed; update write_checkpoint.")
 
 
-def load_ids(checkpoint_dir: str, data_dir: str) -> Tuple[Any, int]:
-    """Ray's restore as the planner calls it: (the sorted ids' ObjectRef, their reported size)."""
+def load_ids(checkpoint_dir: str, data_dir: str, reader: str = "job") -> Tuple[Any, int]:
+    """The restore as the planner calls it: (the sorted ids' ObjectRef, their reported size), by
+    the job's checkpoint manager (`reader` "job") or by Ray's own (the reader its variable says)."""
     from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager
     from ray.data.context import DataContext
 
+    from pipeline.job.checkpoint_restore import JobCheckpointManager
+
     config = job_checkpoint(JobOutput(data_dir, checkpoint_url=checkpoint_dir), ID_COLUMN)
-    manager = IdColumnCheckpointManager(checkpoint_config=config, data_context=DataContext.get_current())
+    manager_cls = JobCheckpointManager if reader == "job" else IdColumnCheckpointManager
+    manager = manager_cls(checkpoint_config=config, data_context=DataContext.get_current())
     ref, size = manager.load_checkpoint(data_dir, config.filesystem)
     if ref is None:
         raise FormatChanged(f"Ray's loader found no ids in {checkpoint_dir}")
@@ -301,7 +307,8 @@ def emit(result: Dict[str, Any]) -> Dict[str, Any]:
     return result
 
 
-def measure(kind: str, count: int, checkpoint_dir: str, schema_json: str, deadline_s: float) -> Dict[str, Any]:
+def measure(kind: str, count: int, checkpoint_dir: str, schema_json: str, deadline_s: float,
+            reader: str) -> Dict[str, Any]:
     """Restore the checkpoint at `checkpoint_dir` (`count` ids) as a resumed job does, and probe
     its filter; a restore still running after `deadline_s` is reported as stalled."""
     import ray
@@ -320,7 +327,7 @@ def measure(kind: str, count: int, checkpoint_dir: str, schema_json: str, deadli
         loaded_ids: List[Tuple[Any, int]] = []
         # In a thread, so that a restore that stalls (Ray Data's V2 Parquet reader starts a thread
         # per checkpoint file in one read task) is seen and reported, not waited on for ever.
-        loader = threading.Thread(target=lambda: loaded_ids.append(load_ids(checkpoint_dir, data_dir)), daemon=True)
+        loader = threading.Thread(target=lambda: loaded_ids.append(load_ids(checkpoint_dir, data_dir, reader)), daemon=True)
         with PeakSampler() as peaks:
             start = time.perf_counter()
             loader.start()
@@ -389,7 +396,7 @@ def run_one(kind: str, count: int, work: str, schema: pa.Schema, rows_per_file: 
             load_before = os.getloadavg()
             # A fresh process: its driver RSS, its Ray workers and its object store are this restore's alone.
             args = [sys.executable, "-m", "bench.checkpoint_cost", "--measure", kind, str(count), directory,
-                    schema.serialize().to_pybytes().hex(), str(deadline_s)]
+                    schema.serialize().to_pybytes().hex(), str(deadline_s), reader]
             env = {**os.environ, READER_VARIABLE: READERS[reader]}
             done = run_measurement(args, env, deadline_s + 300)
             if done.returncode != 0 or not done.stdout.strip():
@@ -543,15 +550,16 @@ def main() -> None:
                         help="ids per checkpoint file (the job's default block: one file per block)")
     parser.add_argument("--out", default="bench/results/checkpoint_cost.md")
     parser.add_argument("--readers", nargs="+", choices=sorted(READERS), default=["v2", "v1"],
-                        help="Ray Data's Parquet reader for the restore: v2 (Ray 2.60's default) and/or v1")
+                        help="the restore by Ray's own manager with Ray Data's Parquet reader v2 (Ray 2.60's "
+                             "default) or v1, or by the job's manager (job: pipeline.job.checkpoint_restore)")
     parser.add_argument("--deadline", type=float, default=180.0,
                         help="seconds after which a restore still running is reported as stalled")
-    parser.add_argument("--measure", nargs=5, metavar=("KIND", "IDS", "CHECKPOINT", "SCHEMA", "DEADLINE"),
+    parser.add_argument("--measure", nargs=6, metavar=("KIND", "IDS", "CHECKPOINT", "SCHEMA", "DEADLINE", "READER"),
                         help=argparse.SUPPRESS)  # one measurement, in the process run_one starts
     args = parser.parse_args()
     if args.measure:
-        kind, count, directory, schema_hex, deadline = args.measure
-        measure(kind, int(count), directory, schema_hex, float(deadline))
+        kind, count, directory, schema_hex, deadline, reader = args.measure
+        measure(kind, int(count), directory, schema_hex, float(deadline), reader)
         # Not waiting for a stalled restore's thread (its cluster is shut down).
         os._exit(0)
 

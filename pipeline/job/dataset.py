@@ -23,6 +23,7 @@ from ..stages import DecodeUDF, EncodeUDF, ModelUDF, Stage, check_column_flow
 from ..stages.crash_guard import CrashGuard
 from ..storage import TRANSIENT_ERRORS
 from ..text import byte_size, plural
+from .checkpoint_restore import JobCheckpointManager
 from .plan import JobPlan, read_columns
 from .progress import Log
 
@@ -144,7 +145,8 @@ def job_checkpoint(output: JobOutput, id_column: str) -> CheckpointConfig:
     writes. The job removes the checkpoint itself, only after its closing check and manifest,
     so that a driver that dies in between still leaves a resumable output."""
     fs, path = output.checkpoint.arrow()
-    checkpoint = CheckpointConfig(id_column, path, override_filesystem=fs, delete_checkpoint_on_success=False)
+    checkpoint = CheckpointConfig(id_column, path, override_filesystem=fs, delete_checkpoint_on_success=False,
+                                  checkpoint_manager_cls=JobCheckpointManager)
     checkpoint.checkpoint_actor_pool_max_size = 1
     checkpoint.checkpoint_actor_memory_bytes = _CHECKPOINT_FILTER_MEMORY
     return checkpoint

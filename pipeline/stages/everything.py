@@ -3,9 +3,10 @@ image, then those of the crop layers, each resized) handed to samhq_core's autom
 generator (`SamHQAutomaticMaskGenerator.generate_prepared`), the crops of all of a batch's
 rows at once, and its records added to the rows' results."""
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from samhq_core import MaskSource, SamHQModel, SamHQProcessor
 from samhq_core.automatic import PreparedCrop, PreparedImage, SamHQAutomaticMaskGenerator
@@ -42,7 +43,8 @@ class EverythingMasks:
             mask_source=mask_source, encoder_batch_size=encoder_batch_size, processor=processor)
 
     def prepared(self, pixels: bytes, resized_hw: Tuple[int, int], original_hw: Tuple[int, int],
-                 crop_pixels: Sequence[bytes], crop_hw: Sequence[Sequence[int]]) -> PreparedImage:
+                 crop_pixels: Sequence[bytes], crop_hw: Sequence[Sequence[int]],
+                 embeddings: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> PreparedImage:
         """A row's crops as the generator takes them.
 
         Arguments:
@@ -51,6 +53,8 @@ class EverythingMasks:
           original_hw (tuple(int, int)): the image's (H, W), as shown.
           crop_pixels (sequence of bytes): the crop layers' crops resized, in `crop_boxes` order.
           crop_hw (sequence of [h, w]): their sizes.
+          embeddings (tuple(torch.Tensor, torch.Tensor or None) or None): the whole image's
+            image and intermediate embeddings, when its prompts were decoded: not encoded again.
 
         Returns:
           (PreparedImage): the image's size and crops.
@@ -60,8 +64,9 @@ class EverythingMasks:
             raise ValueError(f"the row has {len(crop_pixels)} crops after the whole image, not the "
                              f"{len(boxes) - 1} of everything.crop_n_layers {self.config.crop_n_layers}")
         images = [_pixels(pixels, resized_hw), *(_pixels(p, (hw[0], hw[1])) for p, hw in zip(crop_pixels, crop_hw, strict=True))]
-        return PreparedImage(original_hw, [PreparedCrop(box, layer, image)
-                                           for box, layer, image in zip(boxes, layers, images, strict=True)])
+        given = [embeddings] + [None] * (len(images) - 1)
+        return PreparedImage(original_hw, [PreparedCrop(box, layer, image, known) for box, layer, image, known
+                                           in zip(boxes, layers, images, given, strict=True)])
 
     def generate(self, images: Sequence[PreparedImage]) -> List[List[Dict[str, Any]]]:
         """Per image, the generator's records (uncompressed RLE segmentations)."""

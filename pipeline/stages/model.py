@@ -62,6 +62,8 @@ class _Image:
     everything: bool  # whether segment-everything runs on the row
     crop_pixels: List[bytes]  # its crops after the whole image, resized
     crop_hw: List[List[int]]
+    # The whole image's embeddings once its prompts were decoded: segment-everything reuses them.
+    embeddings: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None
 
 
 _MASK_SOURCES = {MaskSource.SAM_PLUS_HQ: "SAM's mask plus the HQ term (as official)",
@@ -212,7 +214,7 @@ class ModelUDF(StageUDF):
     def _generate(self, images: Sequence[_Image]) -> List[List[Any]]:
         assert self.everything is not None
         prepared = [self.everything.prepared(image.pixels, image.resized_hw, image.original_hw, image.crop_pixels,
-                                             image.crop_hw) for image in images]
+                                             image.crop_hw, image.embeddings) for image in images]
         with self._autocast(), self._model_turn:
             return self.everything.generate(prepared)
 
@@ -255,6 +257,9 @@ class ModelUDF(StageUDF):
         all images decoded together, one call per form of prompt (`prompt_groups`), each
         `box_chunk_size` at a time."""
         embeddings, intermediate = self._embed_images(images)
+        for i, row in enumerate(images):
+            if row.everything:
+                row.embeddings = (embeddings[i], None if intermediate is None else intermediate[i])
         k = self.masks_per_prompt
         pieces: List[List[Tuple[List[int], torch.Tensor, torch.Tensor]]] = [[] for _ in images]
         for group in prompt_groups([image.prompts for image in images]):

@@ -3,7 +3,8 @@ generator's algorithm and parameters (segment_anything_hq.SamAutomaticMaskGenera
 
 1. each image is cut into crops (layer 0: the whole image) and each crop resized (CPU:
    `prepare`, which a pipeline may run on other workers);
-2. the crops of all images are encoded together, encoder_batch_size at a time;
+2. the crops of all images are encoded together, encoder_batch_size at a time (a crop given
+   with its embeddings is not encoded again);
 3. every crop's grid of point prompts is decoded points_per_batch at a time (a batch of points
    may span crops and images); the masks are filtered by predicted IoU, upsampled to their
    crop's size, filtered by stability score and by the crop's edge, thresholded, and coded as
@@ -27,7 +28,7 @@ from .candidates import Candidates, CropPrompts, Filters, find_candidates
 from .cleanup import clean_small_regions
 from .grid import layer_point_grids
 from .nms import box_area, nms_per_segment
-from .prepare import PreparedImage, prepare_image
+from .prepare import PreparedCrop, PreparedImage, prepare_image
 from .records import OUTPUT_MODES, mask_records
 
 # Crops encoded at once when the caller does not say: one on a CPU, more on an accelerator.
@@ -173,7 +174,7 @@ class SamHQAutomaticMaskGenerator:
                              self.point_grids[c.layer] * np.array([[c.box[2] - c.box[0], c.box[3] - c.box[1]]]))
                  for image in images for c in image.crops]
         crops_per_image = [len(image.crops) for image in images]
-        embeddings, intermediate = self._encode([c.resized for image in images for c in image.crops])
+        embeddings, intermediate = self._encode([c for image in images for c in image.crops])
         found = find_candidates(self.model, self.processor, embeddings, intermediate, crops, self.filters,
                                 self.points_per_batch, multimask_output, self.mask_source)
         found = self._within_crops(found, crops)
@@ -188,18 +189,22 @@ class SamHQAutomaticMaskGenerator:
             per_image = self._count_per_image(found, crops_per_image)
         return self._records(found, crops, [image.size for image in images], per_image)
 
-    def _encode(self, crops: List[np.ndarray]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Image and intermediate embeddings (C, ...) of the resized crops."""
+    def _encode(self, crops: List[PreparedCrop]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Image and intermediate embeddings (N, C, ...) of the crops: those given with a crop
+        as they are, the others encoded from its resized pixels."""
         device = self.model.device
         batch = self.encoder_batch_size or (ENCODER_BATCH_CPU if device.type == "cpu" else ENCODER_BATCH_ACCELERATOR)
-        embeddings, intermediate = [], []
-        for start in range(0, len(crops), batch):
-            pixels = torch.stack([self.processor.model_input(torch.from_numpy(c).to(device))
-                                  for c in crops[start : start + batch]])
+        encoded = [c.embeddings for c in crops]
+        todo = [i for i, given in enumerate(encoded) if given is None]
+        for start in range(0, len(todo), batch):
+            part = todo[start : start + batch]
+            pixels = torch.stack([self.processor.model_input(torch.from_numpy(crops[i].resized).to(device)) for i in part])
             image_embeddings, early = self.model.get_image_embeddings(pixels)
-            embeddings.append(image_embeddings)
-            intermediate.append(early)
-        return torch.cat(embeddings), None if intermediate[0] is None else torch.cat(intermediate)
+            for k, i in enumerate(part):
+                encoded[i] = (image_embeddings[k], None if early is None else early[k])
+        done = [e for e in encoded if e is not None]
+        intermediate = [e[1] for e in done if e[1] is not None]
+        return torch.stack([e[0] for e in done]), torch.stack(intermediate) if len(intermediate) == len(done) else None
 
     def _within_crops(self, found: Candidates, crops: List[CropPrompts]) -> Candidates:
         """NMS within each crop (box in the crop, predicted IoU), then boxes and points moved to

@@ -4,9 +4,10 @@ workers and hands the result to the generator on the model's device
 (`SamHQAutomaticMaskGenerator.generate_prepared`)."""
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
+import torch
 
 from ..processor import ImageInput, SamHQProcessor, to_rgb_array
 from .crops import CropBox, crop_boxes
@@ -19,6 +20,10 @@ class PreparedCrop:
     box: CropBox  # (x0, y0, x1, y1) in the image, x1 and y1 exclusive
     layer: int  # 0 for the whole image
     resized: np.ndarray  # uint8 (h, w, 3): the crop, longest side the model's input size
+    # The crop's image embeddings (C, h', w') and intermediate embeddings (or None) when the
+    # caller already has them from this model (e.g. the whole image, encoded for its prompts):
+    # the generator does not encode the crop again.
+    embeddings: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None
 
 
 @dataclass

@@ -212,3 +212,24 @@ def test_public_functions_are_documented():
                 functions += [m.fget for m in vars(attr).values() if isinstance(m, property)]
                 functions += [m.__func__ for m in vars(attr).values() if isinstance(m, classmethod)]
     assert len(functions) > 20 and not offenders(functions)
+
+
+def test_a_crop_given_with_its_embeddings_is_not_encoded_again(demo, monkeypatch):
+    """A caller that already encoded the whole image (for its prompts) hands the embeddings
+    over: the generator encodes only the other crops and finds the same masks."""
+    ours, _ = demo
+    generator = SamHQAutomaticMaskGenerator(ours, points_per_side=12, crop_n_layers=1, crop_n_points_downscale_factor=2,
+                                            output_mode="uncompressed_rle", **DEMO_THRESHOLDS)
+    prepared = generator.prepare(scenes(1, 256, seed=7)[0])
+    expected = generator.generate_prepared([prepared], multimask_output=False)[0]
+    whole = prepared.crops[0]
+    with torch.inference_mode():
+        embeddings, intermediate = ours.get_image_embeddings(generator.processor.model_input(
+            torch.from_numpy(whole.resized))[None])
+    whole.embeddings = (embeddings[0], intermediate[0])
+    encoded = []
+    encode = ours.get_image_embeddings
+    monkeypatch.setattr(ours, "get_image_embeddings", lambda pixels: encoded.append(len(pixels)) or encode(pixels))
+    found = generator.generate_prepared([prepared], multimask_output=False)[0]
+    assert sum(encoded) == len(prepared.crops) - 1 == 4  # layer 1's crops, not the whole image
+    assert len(found) >= MIN_MASKS and found == expected

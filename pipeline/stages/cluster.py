@@ -9,6 +9,7 @@ and errors, except the few known to be harmless here, each named below with the 
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 from typing import IO, List, Optional, Pattern
@@ -91,6 +92,12 @@ def quiet_ray_logging(verbose: bool) -> None:
                 handler.addFilter(_DROP_HARMLESS)
 
 
+def _free_local_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def connect(verbose: bool = False, local_cpus: Optional[int] = None) -> StderrFilter:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a new local
     one (never another cluster that happens to run on this machine); returns the started
@@ -102,8 +109,11 @@ def connect(verbose: bool = False, local_cpus: Optional[int] = None) -> StderrFi
     if not ray.is_initialized():
         local = not os.environ.get("RAY_ADDRESS")
         cpus = max(os.cpu_count() or 1, local_cpus) if local and local_cpus else None
+        # A new local cluster's dashboard on a free port: Ray's default (8265) may be another
+        # cluster's on a shared machine. Every other port of such a cluster Ray already picks free.
         ray.init(address="local" if local else None, num_cpus=cpus,
-                 logging_level=logging.INFO if verbose else logging.WARNING)
+                 logging_level=logging.INFO if verbose else logging.WARNING,
+                 dashboard_port=_free_local_port() if local else None)
     quiet_ray_logging(verbose)  # ray.init configures its loggers anew
     stderr = StderrFilter([] if verbose else _HARMLESS_STDERR)
     stderr.start()

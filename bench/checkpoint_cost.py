@@ -450,15 +450,18 @@ def report(results: List[Dict[str, Any]], checks: List[str], load_start: Tuple[f
     def load(values: Tuple[float, ...]) -> str:
         return " ".join(f"{v:.2f}" for v in values)
 
+    busiest = max([load_start[0], load_end[0], *(r[key][0] for r in results for key in ("load_before", "load_after"))])
+
     lines = [
         "# What resuming costs: Ray Data's checkpoint restore at 1M and 10M ids",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {cpu_model()}, {os.cpu_count()} logical cores (`nproc`), {memory_gib():.0f} GiB; "
         f"ray {ray.__version__}, pyarrow {pa.__version__}, numpy {np.__version__}",
-        f"- load average (1, 5, 15 min) before the runs: {load(load_start)}; after: {load(load_end)}. "
-        "Other agents ran tests on this machine throughout: **the timings were measured under that load** "
-        "(each row's load is in the second table) and are upper bounds for an idle 2-core node",
+        f"- load average (1, 5, 15 min) before the runs: {load(load_start)}; after: {load(load_end)}; each row's "
+        "in the second table. " + (
+            f"**Measured under a load above the {os.cpu_count()} cores**: the timings are upper bounds for an idle "
+            "node" if busiest > (os.cpu_count() or 1) else "No more than the cores' load: the bench's own"),
         f"- cluster: a local Ray cluster per row, started in the measuring process (`ray.init(address=\"local\")`: "
         f"free ports), {CLUSTER_CPUS} CPUs, object store {OBJECT_STORE_BYTES >> 30} GiB; the job's checkpoint config "
         f"(`job_checkpoint`: one filter actor, reservation floor `_CHECKPOINT_FILTER_MEMORY` = "
@@ -470,7 +473,8 @@ def report(results: List[Dict[str, Any]], checks: List[str], load_start: Tuple[f
         f"the bench's writer; the bench stops if they differ): passed. {' '.join(checks)}",
         f"- whole bench: {total_s / 60:.1f} min",
         "",
-        "Restore time is `IdColumnCheckpointManager.load_checkpoint()`, the call the planner makes for a resumed "
+        "Restore time is the checkpoint manager's `load_checkpoint()` (Ray's `IdColumnCheckpointManager`, or with "
+        "reader `job` the job's `JobCheckpointManager`), the call the planner makes for a resumed "
         "job (`create_checkpoint_filter_op`, with the job's output directory for the pending-file cleanup; none "
         "were pending): list and read every checkpoint file, gather them into one block, sort the ids in one "
         "task. The job pays it on the driver before its first block is read, then the filter actor's start "

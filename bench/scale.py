@@ -11,7 +11,8 @@ local 2-CPU Ray cluster the bench starts and ends by process id. Measured per si
 - result files written, their total and mean size; the host's load average while it ran.
 Then a table extrapolated to 10M images in 10k files, and what binds first.
 
-    python -m bench.scale [--sizes 1000,10000,100000] [--rows-per-file 100] [--out bench/results/scale.md]
+    python -m bench.scale [--sizes 1000,10000,100000] [--rows-per-file 100] [--encode-cpus 1[,0]]
+                          [--out bench/results/scale.md]
 """
 
 import argparse
@@ -90,7 +91,7 @@ class LoadSampler:
         self._thread.join()
 
 
-def run_size(work: str, checkpoint: str, rows: int, rows_per_file: int, address: str) -> dict:
+def run_size(work: str, checkpoint: str, rows: int, rows_per_file: int, address: str, encode_cpus: float = 1.0) -> dict:
     input_dir, output_dir = os.path.join(work, f"input-{rows}"), os.path.join(work, f"output-{rows}")
     write_input(input_dir, rows, rows_per_file)
     config = {
@@ -98,7 +99,7 @@ def run_size(work: str, checkpoint: str, rows: int, rows_per_file: int, address:
         "output": {"path": output_dir},
         "model": {"checkpoint": checkpoint},
         "compute": {"num_actors": 1, "num_cpus_per_actor": 1, "torch_threads": 1, "batch_size": 16,
-                    "decode_batch_size": 32},
+                    "decode_batch_size": 32, "encode_cpus": encode_cpus},
     }
     config_path = os.path.join(work, f"job-{rows}.yaml")
     with open(config_path, "w") as f:
@@ -133,7 +134,8 @@ def run_size(work: str, checkpoint: str, rows: int, rows_per_file: int, address:
     shutil.rmtree(input_dir)
     shutil.rmtree(output_dir)
     return {
-        "rows": rows, "files_in": -(-rows // rows_per_file), "seconds": seconds, "rows_per_s": rows / seconds,
+        "rows": rows, "encode_cpus": encode_cpus,
+        "files_in": -(-rows // rows_per_file), "seconds": seconds, "rows_per_s": rows / seconds,
         "first_file_s": first_file,
         "driver_peak_rss_mib": usage.ru_maxrss / 1024, "files_out": len(results), "bytes_out": sum(sizes),
         "mean_file_kib": sum(sizes) / len(sizes) / 1024, "load_mean": float(np.mean(load.samples or [0])),
@@ -161,7 +163,8 @@ def extrapolate(results: list, target_rows: int = 10_000_000, target_files: int 
 
 
 def render(results: list, machine: dict) -> str:
-    lines = ["# The pipeline at scale: 1k → 10k → 100k small images, smallest model", "",
+    sizes = " → ".join(f"{r['rows'] // 1000}k" for r in results)
+    lines = [f"# The pipeline at scale: {sizes} small images, smallest model", "",
              f"- date: {machine['date']}", f"- machine: {machine['cpu']}, {machine['cores']} logical cores, "
              f"{machine['memory_gib']:.0f} GiB; torch {torch.__version__}, ray {machine['ray']}",
              f"- load average before the runs: {machine['load_before']}",
@@ -170,15 +173,17 @@ def render(results: list, machine: dict) -> str:
              "smallest the code supports, so the data plane dominates",
              "- cluster: local, 2 CPUs; 1 model actor (1 CPU, 1 torch thread, batches of 16), decode tasks of 32 "
              "images; the CLI as the driver; input.num_blocks unset (the default)", "",
-             "| rows | input files | wall s | rows/s | to first result file s | driver peak RSS MiB "
+             "| rows | compute.encode_cpus | input files | wall s | rows/s | to first result file s | driver peak RSS MiB "
              "| result files | output MiB | mean file KiB | load mean / max |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['rows']:,} | {r['files_in']:,} | {r['seconds']:.1f} | {r['rows_per_s']:.1f} | "
+        lines.append(f"| {r['rows']:,} | {r['encode_cpus']:g} | {r['files_in']:,} | {r['seconds']:.1f} | {r['rows_per_s']:.1f} | "
                      f"{r['first_file_s']:.1f} | {r['driver_peak_rss_mib']:.0f} | "
                      f"{r['files_out']} | {r['bytes_out'] / 2**20:.1f} | {r['mean_file_kib']:.0f} | "
                      f"{r['load_mean']:.2f} / {r['load_max']:.2f} |")
     lines += ["", "Job summaries:", ""] + [f"- {r['rows']:,}: `{r['summary']}`" for r in results]
+    if len({r["rows"] for r in results}) < 2:
+        return "\n".join(lines) + "\n"
     lines += ["", "## Extrapolated to 10M images in 10k files", "",
               "| quantity | measured (largest size) | 10M images | how |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in extrapolate(results)]
@@ -190,6 +195,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--rows-per-file", type=int, default=100)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--encode-cpus", default="1",
+                        help="compute.encode_cpus of the runs; several (e.g. 1,0) run each size with each")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     work = tempfile.mkdtemp(prefix="bench_scale_")
@@ -212,8 +219,9 @@ def main() -> None:
     try:
         wait_for_port(port, timeout=120, process=head)
         for rows in sizes:
-            results.append(run_size(work, checkpoint, rows, args.rows_per_file, f"127.0.0.1:{port}"))
-            print(json.dumps(results[-1]), flush=True)
+            for encode_cpus in (float(c) for c in args.encode_cpus.split(",")):
+                results.append(run_size(work, checkpoint, rows, args.rows_per_file, f"127.0.0.1:{port}", encode_cpus))
+                print(json.dumps(results[-1]), flush=True)
     finally:
         head.stop()
         shutil.rmtree(ray_temp, ignore_errors=True)

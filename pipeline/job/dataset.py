@@ -94,7 +94,7 @@ def job_stages(plan: JobPlan, resources: Resources, num_cpus: float, counter: Op
                         directory=input_directory(plan.scan.location), everything=config.everything),
         ModelUDF.stage(config.model, config.storage, config.compute, num_cpus, num_gpus_per_actor(config, resources),
                        plan.image_size, model_name(plan.model_config), config.everything),
-        EncodeUDF.stage(keep, config.output.path),
+        EncodeUDF.stage(keep, config.output.path, config.compute.encode_cpus),
     ]
     return [dataclasses.replace(stage, row_counter=counter, crash_guard=crash_guard) for stage in stages]
 
@@ -129,6 +129,10 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
         log(f"resume:  the model actors reserve {reserved:g} CPUs each instead of "
             f"{config.compute.num_cpus_per_actor:g}, leaving one for Ray Data's checkpoint filter (their threads, "
             "compute.torch_threads, are unchanged)")
+    if writes_wait_for_decoding(config, resources, reserved, plan.resume.filters_rows and only_ids is None):
+        log(f"note:    on this cluster ({resources.cpus:g} CPUs, {config.compute.num_actors * reserved:g} of them for "
+            "the model actors) Ray Data runs the encode-and-write tasks only after every image is decoded: no "
+            "result file or checkpoint entry before then. compute.encode_cpus: 0 writes as the job goes")
     log(f"input:   {plural(len(plan.scan.files), 'Parquet file')}, {plural(plan.scan.num_rows, 'row')}, "
         f"{byte_size(plan.scan.read_bytes)} to read, in about {num_blocks} blocks (input.num_blocks)")
     for stage in stages:
@@ -136,6 +140,15 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
         ds = stage.apply(ds)
     log(f"cluster: {resources.describe()}")
     return ds
+
+
+def writes_wait_for_decoding(config: JobConfig, resources: Resources, cpus_per_actor: float,
+                             checkpoint_filter: bool) -> bool:
+    """Whether Ray Data would start no write before the decoding ends: it reserves a task's CPU
+    for the read and the decode first, and a write that reserves CPU gets one only from what
+    is left beside the model actors (and a resumed run's checkpoint filter)."""
+    spare = resources.cpus - config.compute.num_actors * cpus_per_actor - (1 if checkpoint_filter else 0)
+    return config.compute.encode_cpus > 0 and spare < 3
 
 
 def job_checkpoint(output: JobOutput, id_column: str) -> CheckpointConfig:

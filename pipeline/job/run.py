@@ -232,7 +232,7 @@ def _run_stages(plan: JobPlan, resources: Resources, destination: Location, rows
         with ProgressReporter(counter, rows, progress_interval, log):
             names = ResultFilenames() if output.shard is None else ShardResultFilenames(output.shard)
             dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=names,
-                                  min_rows_per_file=rows_per_file)
+                                  min_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": config.compute.encode_cpus})
     except Exception as e:  # Ray raises its own wrappers of whatever stopped a task
         if only_ids is not None:
             raise JobFailed(f"the --retry-errors pass stopped: {root_cause(e)}. The output at {config.output.path} "

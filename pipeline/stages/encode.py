@@ -29,13 +29,15 @@ class EncodeUDF(StageUDF):
         self.keep_columns = list(keep_columns)
 
     @classmethod
-    def stage(cls, keep_columns: Sequence[str], output_url: str) -> Stage:
+    def stage(cls, keep_columns: Sequence[str], output_url: str, num_cpus: float = 1.0) -> Stage:
+        """The encode tasks, each reserving `num_cpus` (`compute.encode_cpus`; Ray Data's Parquet
+        write, fused with them, must reserve the same)."""
         return Stage(
             name="encode",
             udf=cls,
             constructor_kwargs=dict(keep_columns=list(keep_columns)),
-            map_batches_kwargs=dict(batch_format="pyarrow", num_cpus=1),
-            description=f"CPU tasks (1 CPU each): COCO RLE, then Parquet to {output_url}",
+            map_batches_kwargs=dict(batch_format="pyarrow", num_cpus=num_cpus),
+            description=f"CPU tasks ({num_cpus:g} CPU each): COCO RLE, then Parquet to {output_url}",
             required_columns=(*keep_columns, IMAGE_SIZE, RUN_LENGTHS),
         )
 

@@ -170,6 +170,21 @@ def test_blocks_outnumber_actors(ray_cluster, checkpoint, tmp_path):
     assert read_blocks >= 2 * 2 and model_tasks >= 2 * 2
 
 
+def test_writes_that_reserve_no_cpu_write_every_row_once(ray_cluster, checkpoint, tmp_path):
+    """compute.encode_cpus: 0 (the encode tasks and Ray Data's write fused, reserving no CPU):
+    with the default 1, this 2-CPU cluster would hold every write back until the decoding
+    ends, and the job says so; with 0 it does not, and every row is written once."""
+    os.makedirs(tmp_path / "input")
+    write_rows(str(tmp_path / "input" / "rows.parquet"), sample_rows(num_good=12)[:12], row_group_size=4)
+    config = job_config(tmp_path, checkpoint, input={"num_blocks": 4}, compute={"encode_cpus": 0})
+    lines = []
+    summary = run_job(config, log=lines.append)
+    assert summary.rows_out == 12 and summary.closing is not None and summary.closing.passed
+    assert any(line.startswith("encode:") and "(0 CPU each)" in line for line in lines), lines
+    assert not any(line.startswith("note:") for line in lines), lines
+    assert len(pq.ParquetDataset(str(tmp_path / "output")).files) >= 2  # several blocks, several writes
+
+
 def test_s3_image_uris_checkpoint_and_output(ray_cluster, checkpoint, s3_endpoint, tmp_path):
     import boto3
     import s3fs

@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.checks.resources import Resources, check_resources, num_cpus_per_actor
 from pipeline.config import parse_config
+from pipeline.job.dataset import writes_wait_for_decoding
 
 
 def config(**compute):
@@ -40,3 +41,17 @@ def test_a_first_run_that_does_not_fit_is_refused_resumed_or_not():
         (problem,) = check_resources(job, cluster(2), decode_memory=2**20, checkpoint_filter=resumed)
         assert problem.startswith("compute: 2 model actors x 1 CPUs = 2 CPUs"), problem
         assert ("plus 1 for Ray Data's checkpoint filter (resuming)" in problem) == resumed
+
+
+@pytest.mark.parametrize("cpus, compute, resumed, waits", [
+    (2, {}, False, True),  # 1 CPU beside the model actor: the read and the decode reserve it first
+    (4, {}, False, False),
+    (4, {}, True, True),  # the checkpoint filter takes one of the 3
+    (4, {"num_actors": 2}, False, True),
+    (5, {"num_actors": 2}, False, False),
+    (2, {"encode_cpus": 0}, False, False),
+])
+def test_whether_writes_wait_for_the_decoding(cpus, compute, resumed, waits):
+    job = config(**compute)
+    reserved = num_cpus_per_actor(job, cluster(cpus), checkpoint_filter=resumed)
+    assert writes_wait_for_decoding(job, cluster(cpus), reserved, checkpoint_filter=resumed) == waits

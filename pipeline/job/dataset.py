@@ -129,16 +129,16 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
         log(f"resume:  the model actors reserve {reserved:g} CPUs each instead of "
             f"{config.compute.num_cpus_per_actor:g}, leaving one for Ray Data's checkpoint filter (their threads, "
             "compute.torch_threads, are unchanged)")
-    if writes_wait_for_decoding(config, resources, reserved, plan.resume.filters_rows and only_ids is None):
-        log(f"note:    on this cluster ({resources.cpus:g} CPUs, {config.compute.num_actors * reserved:g} of them for "
-            "the model actors) Ray Data runs the encode-and-write tasks only after every image is decoded: no "
-            "result file or checkpoint entry before then. compute.encode_cpus: 0 writes as the job goes")
     log(f"input:   {plural(len(plan.scan.files), 'Parquet file')}, {plural(plan.scan.num_rows, 'row')}, "
         f"{byte_size(plan.scan.read_bytes)} to read, in about {num_blocks} blocks (input.num_blocks)")
     for stage in stages:
         log(f"{stage.name + ':':<8} {stage.description}")
         ds = stage.apply(ds)
     log(f"cluster: {resources.describe()}")
+    if writes_wait_for_decoding(config, resources, reserved, plan.resume.filters_rows and only_ids is None):
+        log(f"note:    on this cluster ({resources.cpus:g} CPUs, {config.compute.num_actors * reserved:g} of them for "
+            "the model actors) Ray Data runs the encode-and-write tasks only after every image is decoded: no "
+            "result file or checkpoint entry before then. compute.encode_cpus: 0 writes as the job goes")
     return ds
 
 

@@ -21,11 +21,12 @@ class Resources:
 
 
 def check_resources(config: JobConfig, resources: Resources, decode_memory: float,
-                    checkpoint_filter: bool = False) -> List[str]:
+                    checkpoint_filter: bool = False, filter_memory: float = 0.0) -> List[str]:
     """Problems placing the job's actors and tasks on these resources: actors must leave at
     least one CPU for the read, decode and write tasks, GPU actors need the GPUs, and a decode
     task's memory reservation (`decode_memory`) must fit. A resumed run (`checkpoint_filter`)
-    also places Ray Data's checkpoint filter actor (1 CPU)."""
+    also places Ray Data's checkpoint filter actor (1 CPU, `filter_memory` reserved), beside
+    at least one decode task."""
     compute = config.compute
     problems = []
     cpus_per_actor = num_cpus_per_actor(config, resources, checkpoint_filter)
@@ -43,7 +44,12 @@ def check_resources(config: JobConfig, resources: Resources, decode_memory: floa
         problems.append(f"compute: {compute.num_actors} model actors x {gpus:g} GPUs need {gpus * compute.num_actors:g} "
                         f"GPUs; the cluster has {resources.describe()}; lower compute.num_actors or "
                         "compute.num_gpus_per_actor (fractions share a GPU)")
-    if decode_memory > resources.memory:
+    if filter_memory and decode_memory + filter_memory > resources.memory:
+        problems.append(f"output.mode: resume: Ray Data's checkpoint filter reserves {filter_memory / 2**20:.0f} MiB for "
+                        f"the ids written so far, which with a decode task's {decode_memory / 2**20:.0f} MiB is more "
+                        f"than the cluster's {resources.describe()}; resume on a cluster with more memory, or run the "
+                        "job in shards (run --shard I/N), each with a checkpoint of its own")
+    elif decode_memory > resources.memory:
         problems.append(f"compute.decode_batch_size: a decode task of {compute.decode_batch_size} images reserves "
                         f"{decode_memory / 2**20:.0f} MiB, more than the cluster's {resources.describe()}; lower it")
     return problems

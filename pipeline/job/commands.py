@@ -66,7 +66,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ..config import ConfigError
     from ..stages import decode_task_memory
     from ..text import plural
-    from .dataset import model_name
+    from .dataset import checkpoint_filter_memory, model_name
 
     plan = _plan(args)
     for note in plan.notes:
@@ -85,7 +85,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         resources = local_resources()
     compute, inputs = plan.config.compute, plan.config.input
     memory = decode_task_memory(inputs, plan.config.everything, compute.decode_batch_size, plan.image_size)
-    problems = check_resources(plan.config, resources, memory, checkpoint_filter=plan.resume.filters_rows)
+    problems = check_resources(plan.config, resources, memory, checkpoint_filter=plan.resume.filters_rows,
+                               filter_memory=checkpoint_filter_memory(plan))
     if problems:
         raise ConfigError(problems)
     retry = (f"; --retry-errors: {plural(len(plan.retry.ids), 'row')} with transient errors to run again"

@@ -31,6 +31,9 @@ from .progress import Log
 # default reservation (1 GiB, up to 10 actors) would starve a small cluster of the CPUs and
 # memory its read and write tasks need. One actor does a searchsorted per block.
 _CHECKPOINT_FILTER_MEMORY = 256 << 20
+# Ray Data reserves the larger of that and this many times the restored ids' size for it
+# (ray/data/_internal/planner/checkpoint/plan_read_op.py, CHECKPOINT_MEMORY_SAFETY_FACTOR).
+_RAY_FILTER_SAFETY_FACTOR = 1.5
 # Default block bounds (input.num_blocks unset): a 10M-image job becomes about 10k result files.
 _ROWS_PER_BLOCK = 1000
 _BLOCK_BYTES = 256 << 20
@@ -149,6 +152,14 @@ def writes_wait_for_decoding(config: JobConfig, resources: Resources, cpus_per_a
     is left beside the model actors (and a resumed run's checkpoint filter)."""
     spare = resources.cpus - config.compute.num_actors * cpus_per_actor - (1 if checkpoint_filter else 0)
     return config.compute.encode_cpus > 0 and spare < 3
+
+
+def checkpoint_filter_memory(plan: JobPlan) -> int:
+    """Bytes Ray Data will reserve for a resumed run's checkpoint filter actor (0 when it has
+    none): the job's floor, or more for a large checkpoint."""
+    if not plan.resume.filters_rows:
+        return 0
+    return max(_CHECKPOINT_FILTER_MEMORY, int(_RAY_FILTER_SAFETY_FACTOR * plan.resume.restored_bytes))
 
 
 def job_checkpoint(output: JobOutput, id_column: str) -> CheckpointConfig:

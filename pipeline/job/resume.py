@@ -17,6 +17,7 @@ from ..schema import ERROR, error_kind
 from ..storage import basename, is_transient
 
 _FOOTER_THREADS = 32
+_STR_OBJECT_BYTES = 49  # sys.getsizeof("") on CPython 3.10+: a compact ASCII str's header
 # Errors that come from the row's data: another try meets them again.
 _DATA_ERROR_KINDS = ("id", "boxes", "per_box", "image_decode")
 
@@ -26,6 +27,10 @@ class ResumeState:
     """What an earlier run at the output left (`output.mode: resume`)."""
 
     rows_done: int = 0  # rows the checkpoint holds as written
+    # What Ray Data will count the restored ids as (an int64 array, or an object array of str:
+    # 8 bytes a pointer plus each str object), estimated from the checkpoint's entries; it sizes
+    # the checkpoint filter actor's memory reservation from that.
+    restored_bytes: int = 0
     complete: bool = False  # the earlier run finished (its _SUCCESS manifest is there)
     # Input files an earlier run of the output found unreadable and left out (JobDescription).
     skipped_inputs: Dict[str, Dict[str, Any]] = field(default_factory=dict)
@@ -96,51 +101,67 @@ def check_resume(config: JobConfig, output: JobOutput, fingerprint: Optional[Fin
         return ResumeState(), changed
     if output.read_manifest() is not None:
         return ResumeState(complete=True, skipped_inputs=description.skipped_inputs), []
-    done, problems = _checkpoint_rows(output, input_ids)
+    done, restored, problems = _checkpoint_rows(output, input_ids)
     if problems:
         return ResumeState(), problems
     if not done and output.result_files().files:
         return ResumeState(), [f"output.mode: resume: {output.url} holds results but its checkpoint "
                                f"({output.checkpoint.url}) lists no rows as written; it cannot be resumed: use "
                                "output.mode: overwrite"]
-    return ResumeState(rows_done=done, skipped_inputs=description.skipped_inputs), []
+    return ResumeState(rows_done=done, restored_bytes=restored, skipped_inputs=description.skipped_inputs), []
 
 
-def _checkpoint_rows(output: JobOutput, input_ids: Optional[pa.ChunkedArray]) -> Tuple[int, List[str]]:
-    """The rows the checkpoint's committed entries list, read in threads (whole, when the input's
-    ids are given to check them against; else their footers), or the entries that cannot be
-    read or list ids the input does not hold."""
+def _restored_size(rows: int, text_bytes: Optional[int]) -> int:
+    """Ray's size of `rows` restored ids: int64, or str (`text_bytes` of text in all, ASCII:
+    sys.getsizeof of a compact str is 49 bytes plus its characters) behind 8-byte pointers."""
+    return 8 * rows + (0 if text_bytes is None else _STR_OBJECT_BYTES * rows + text_bytes)
+
+
+def _checkpoint_rows(output: JobOutput, input_ids: Optional[pa.ChunkedArray]) -> Tuple[int, int, List[str]]:
+    """The rows the checkpoint's committed entries list and their restored size
+    (`_restored_size`), read in threads (whole, when the input's ids are given to check them
+    against; else their footers), or the entries that cannot be read or list ids the input
+    does not hold."""
     checkpoint = output.checkpoint
     fs = checkpoint.fs
     known = input_ids.combine_chunks() if input_ids is not None else None
 
-    def read(path: str) -> Tuple[int, int, Optional[str]]:
-        """(rows, of them ids not in the input, the problem reading it)."""
+    def read(path: str) -> Tuple[int, int, int, Optional[str]]:
+        """(rows, their restored size, of them ids not in the input, the problem reading it)."""
         try:
             if known is None:
                 with fs.open(path, "rb") as f:
-                    return int(pq.ParquetFile(f).metadata.num_rows), 0, None
-            ids = output.checkpoint_entry_ids(path).cast(known.type)
-            return len(ids), len(ids) - (pc.sum(pc.is_in(ids, value_set=known)).as_py() or 0), None
+                    meta = pq.ParquetFile(f).metadata
+                rows = int(meta.num_rows)
+                chunks = [meta.row_group(g).column(0) for g in range(meta.num_row_groups)]
+                # A text column's plain values are each a 4-byte length and the text.
+                text = (sum(c.total_uncompressed_size for c in chunks) - 4 * rows
+                        if chunks and chunks[0].physical_type == "BYTE_ARRAY" else None)
+                return rows, _restored_size(rows, text), 0, None
+            ids = output.checkpoint_entry_ids(path)
+            text = int(pc.sum(pc.utf8_length(ids)).as_py() or 0) if pa.types.is_string(ids.type) else None
+            ids = ids.cast(known.type)
+            return (len(ids), _restored_size(len(ids), text),
+                    len(ids) - (pc.sum(pc.is_in(ids, value_set=known)).as_py() or 0), None)
         except Exception as e:  # noqa: BLE001 - truncated, corrupt or not Parquet at all
-            return 0, 0, f"{type(e).__name__}: {e}"[:300]
+            return 0, 0, 0, f"{type(e).__name__}: {e}"[:300]
 
     entries = output.committed_checkpoint_entries()
     with concurrent.futures.ThreadPoolExecutor(_FOOTER_THREADS) as pool:
         found = list(pool.map(read, entries))
-    unreadable = [(checkpoint.url_of(path), problem) for path, (_, _, problem) in zip(entries, found, strict=True)
+    unreadable = [(checkpoint.url_of(path), problem) for path, (_, _, _, problem) in zip(entries, found, strict=True)
                   if problem is not None]
     if unreadable:
         url, problem = unreadable[0]
         name = basename(url)[: -len(".parquet")]
-        return 0, [f"output.mode: resume: {len(unreadable)} checkpoint entries cannot be read, e.g. {url} ({problem}); "
+        return 0, 0, [f"output.mode: resume: {len(unreadable)} checkpoint entries cannot be read, e.g. {url} ({problem}); "
                    f"remove each with the result files it covers (for this one: {output.url}/{name}*.parquet), whose "
                    "rows are then processed again, or start over with output.mode: overwrite"]
-    foreign = sum(n for _, n, _ in found)
+    foreign = sum(n for _, _, n, _ in found)
     if foreign:
-        return 0, [f"output.mode: resume: the checkpoint at {checkpoint.url} lists {foreign} ids that the input does not "
+        return 0, 0, [f"output.mode: resume: the checkpoint at {checkpoint.url} lists {foreign} ids that the input does not "
                    "hold: it belongs to another input (or was edited); start over with output.mode: overwrite"]
-    return sum(rows for rows, _, _ in found), []
+    return sum(rows for rows, _, _, _ in found), sum(size for _, size, _, _ in found), []
 
 
 def check_retry(config: JobConfig, output: JobOutput, fingerprint: Optional[Fingerprint] = None

@@ -33,7 +33,7 @@ from ..stages.crash_guard import CrashGuard
 from ..storage import Location, basename
 from ..text import plural, some
 from .bad_input import skip_unreadable, unreadable_input
-from .dataset import ResultFilenames, block_count, build_dataset
+from .dataset import ResultFilenames, block_count, build_dataset, checkpoint_filter_memory
 from .plan import JobPlan, continues_output, plan_job
 from .progress import Log, ProgressReporter, RowCounter
 from .resume import check_resume
@@ -120,7 +120,8 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
                        stats="", retried=RetryPass() if plan.retry is not None else None)
     resources = cluster_resources()
     memory = decode_task_memory(config.input, config.everything, config.compute.decode_batch_size, plan.image_size)
-    problems = check_resources(config, resources, memory, checkpoint_filter=plan.resume.filters_rows)
+    problems = check_resources(config, resources, memory, checkpoint_filter=plan.resume.filters_rows,
+                               filter_memory=checkpoint_filter_memory(plan))
     if problems:
         raise ConfigError(problems)
     lease = OutputLease(plan.output.location, "run --retry-errors" if plan.retry is not None else "run",

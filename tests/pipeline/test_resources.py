@@ -55,3 +55,14 @@ def test_whether_writes_wait_for_the_decoding(cpus, compute, resumed, waits):
     job = config(**compute)
     reserved = num_cpus_per_actor(job, cluster(cpus), checkpoint_filter=resumed)
     assert writes_wait_for_decoding(job, cluster(cpus), reserved, checkpoint_filter=resumed) == waits
+
+
+def test_a_resumed_run_whose_checkpoint_filter_cannot_be_placed_is_refused():
+    """Ray Data sizes the filter actor's reservation from the ids written; where that and a
+    decode task exceed the cluster's memory, Ray would wait for ever."""
+    job, small = config(), Resources(4, 0.0, 2 * 2**30, "a test cluster")
+    assert check_resources(job, small, decode_memory=512 * 2**20, checkpoint_filter=True,
+                           filter_memory=1024 * 2**20) == []
+    (problem,) = check_resources(job, small, decode_memory=512 * 2**20, checkpoint_filter=True,
+                                 filter_memory=1600 * 2**20)
+    assert problem.startswith("output.mode: resume: Ray Data's checkpoint filter reserves 1600 MiB") and "shard" in problem

@@ -61,6 +61,7 @@ from pipeline.job.dataset import (
     _FOOTER_READERS_VARIABLE,
     _ROWS_PER_BLOCK,
     ResultFilenames,
+    filter_reservation,
     job_checkpoint,
 )
 from pipeline.output import JobOutput, result_file_name
@@ -74,9 +75,6 @@ CLUSTER_CPUS = 2
 OBJECT_STORE_BYTES = 2 << 30
 FILTER_BLOCK_ROWS = 1000
 FILTER_REPEATS = 200
-# Ray Data sizes the filter actor's memory reservation as max(checkpoint_actor_memory_bytes,
-# 1.5 x the ids' reported size): ray/data/_internal/planner/checkpoint/plan_read_op.py.
-RAY_SAFETY_FACTOR = 1.5
 MIB = 1 << 20
 # Ray Data 2.60 reads Parquet (the checkpoint too) with its Datasource V2 reader unless this
 # variable is 0 (ray/data/context.py); the V2 reader starts a thread per file in a read task.
@@ -341,7 +339,7 @@ def measure(kind: str, count: int, checkpoint_dir: str, schema_json: str, deadli
         ref, size = loaded_ids[0]
         object_bytes = ray.experimental.get_object_locations([ref])[ref]["object_size"]
         config = job_checkpoint(JobOutput(data_dir, checkpoint_url=checkpoint_dir), ID_COLUMN)
-        reservation = max(config.checkpoint_actor_memory_bytes, int(size * RAY_SAFETY_FACTOR))
+        reservation = filter_reservation(size)
         # Reserved as Ray Data reserves its filter actor; Any: Ray's stubs type the handle as "handle or class".
         probe: Any = ray.remote(FilterProbe).options(num_cpus=1, memory=reservation).remote()
         ray.get(probe.__ray_ready__.remote())
@@ -539,7 +537,7 @@ def report(results: List[Dict[str, Any]], checks: List[str], load_start: Tuple[f
             lines.append(
                 f"| {kind} | {rows[0]['reader']} | {n:,} | {value['restore'] / 60:.0f} | {value['reported'] / 2**30:.1f} "
                 f"| {value['object'] / 2**30:.1f} | {value['worker'] / 2**30:.1f} | {value['actor'] / 2**30:.1f} "
-                f"| {max(_CHECKPOINT_FILTER_MEMORY, RAY_SAFETY_FACTOR * value['reported']) / 2**30:.1f} |")
+                f"| {filter_reservation(value['reported']) / 2**30:.1f} |")
     lines += ["", "The filter actor outgrows the project's 256 MiB (`_CHECKPOINT_FILTER_MEMORY`) at about "
               + ", ".join(f"**{n / 1e6:.0f}M {kind} ids**" for kind, n in outgrows.items())
               + " (extrapolated from the measured bytes per id)."]

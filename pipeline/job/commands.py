@@ -62,11 +62,10 @@ def _plan(args: argparse.Namespace) -> "JobPlan":
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ..checks.resources import check_resources, cluster_resources, local_resources
+    from ..checks.resources import cluster_resources, local_resources
     from ..config import ConfigError
-    from ..stages import decode_task_memory
     from ..text import plural
-    from .dataset import checkpoint_filter_memory, model_name
+    from .dataset import model_name, resource_problems
 
     plan = _plan(args)
     for note in plan.notes:
@@ -83,10 +82,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         resources = cluster_resources()
     else:
         resources = local_resources()
-    compute, inputs = plan.config.compute, plan.config.input
-    memory = decode_task_memory(inputs, plan.config.everything, compute.decode_batch_size, plan.image_size)
-    problems = check_resources(plan.config, resources, memory, checkpoint_filter=plan.resume.filters_rows,
-                               filter_memory=checkpoint_filter_memory(plan))
+    problems = resource_problems(plan, resources)
     if problems:
         raise ConfigError(problems)
     retry = (f"; --retry-errors: {plural(len(plan.retry.ids), 'row')} with transient errors to run again"

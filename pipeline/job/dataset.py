@@ -8,18 +8,19 @@ import warnings
 from typing import Any, List, Optional
 
 import ray
+from ray.data._internal.planner.checkpoint.plan_read_op import CHECKPOINT_MEMORY_SAFETY_FACTOR
 from ray.data.checkpoint import CheckpointConfig
 from ray.data.datasource import FilenameProvider
 from ray.data.expressions import col
 
 from samhq_core import SamHQConfig
 
-from ..checks.resources import Resources, num_cpus_per_actor, num_gpus_per_actor
+from ..checks.resources import Resources, check_resources, num_cpus_per_actor, num_gpus_per_actor
 from ..config import JobConfig
 from ..inputs.boxes import per_box_columns
 from ..inputs.images import input_directory
 from ..output import JobOutput, result_file_name
-from ..stages import DecodeUDF, EncodeUDF, ModelUDF, Stage, check_column_flow
+from ..stages import DecodeUDF, EncodeUDF, ModelUDF, Stage, check_column_flow, decode_task_memory
 from ..stages.crash_guard import CrashGuard
 from ..storage import TRANSIENT_ERRORS
 from ..text import byte_size, plural
@@ -31,9 +32,6 @@ from .progress import Log
 # default reservation (1 GiB, up to 10 actors) would starve a small cluster of the CPUs and
 # memory its read and write tasks need. One actor does a searchsorted per block.
 _CHECKPOINT_FILTER_MEMORY = 256 << 20
-# Ray Data reserves the larger of that and this many times the restored ids' size for it
-# (ray/data/_internal/planner/checkpoint/plan_read_op.py, CHECKPOINT_MEMORY_SAFETY_FACTOR).
-_RAY_FILTER_SAFETY_FACTOR = 1.5
 # Default block bounds (input.num_blocks unset): a 10M-image job becomes about 10k result files.
 _ROWS_PER_BLOCK = 1000
 _BLOCK_BYTES = 256 << 20
@@ -109,7 +107,8 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
     has no checkpoint), then the job's stages in turn."""
     config = plan.config
     # Ray Data's checkpoint filter actor runs beside the stages in a resumed run.
-    reserved = num_cpus_per_actor(config, resources, checkpoint_filter=plan.resume.filters_rows and only_ids is None)
+    filtered = plan.resume.filters_rows and only_ids is None
+    reserved = num_cpus_per_actor(config, resources, checkpoint_filter=filtered)
     stages = job_stages(plan, resources, reserved, counter, crash_guard)
     columns = read_columns(config)
     check_column_flow(stages, columns)
@@ -138,7 +137,7 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
         log(f"{stage.name + ':':<8} {stage.description}")
         ds = stage.apply(ds)
     log(f"cluster: {resources.describe()}")
-    if writes_wait_for_decoding(config, resources, reserved, plan.resume.filters_rows and only_ids is None):
+    if writes_wait_for_decoding(config, resources, reserved, filtered):
         log(f"note:    on this cluster ({resources.cpus:g} CPUs, {config.compute.num_actors * reserved:g} of them for "
             "the model actors) Ray Data runs the encode-and-write tasks only after every image is decoded: no "
             "result file or checkpoint entry before then. compute.encode_cpus: 0 writes as the job goes")
@@ -154,12 +153,20 @@ def writes_wait_for_decoding(config: JobConfig, resources: Resources, cpus_per_a
     return config.compute.encode_cpus > 0 and spare < 3
 
 
-def checkpoint_filter_memory(plan: JobPlan) -> int:
-    """Bytes Ray Data will reserve for a resumed run's checkpoint filter actor (0 when it has
-    none): the job's floor, or more for a large checkpoint."""
-    if not plan.resume.filters_rows:
-        return 0
-    return max(_CHECKPOINT_FILTER_MEMORY, int(_RAY_FILTER_SAFETY_FACTOR * plan.resume.restored_bytes))
+def filter_reservation(restored_bytes: float) -> int:
+    """Bytes Ray Data reserves for the checkpoint filter actor holding ids of `restored_bytes`
+    (as it counts them): the job's floor, or its safety factor times their size
+    (ray/data/_internal/planner/checkpoint/plan_read_op.py)."""
+    return max(_CHECKPOINT_FILTER_MEMORY, int(CHECKPOINT_MEMORY_SAFETY_FACTOR * restored_bytes))
+
+
+def resource_problems(plan: JobPlan, resources: Resources) -> List[str]:
+    """`check_resources` for the planned job: its decode tasks' memory, and in a resumed run
+    the checkpoint filter actor with its reservation."""
+    config, resumed = plan.config, plan.resume.filters_rows
+    memory = decode_task_memory(config.input, config.everything, config.compute.decode_batch_size, plan.image_size)
+    return check_resources(config, resources, memory, checkpoint_filter=resumed,
+                           filter_memory=filter_reservation(plan.resume.restored_bytes) if resumed else 0)
 
 
 def job_checkpoint(output: JobOutput, id_column: str) -> CheckpointConfig:

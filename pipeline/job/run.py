@@ -14,7 +14,7 @@ from typing import Any, List, Optional, cast
 import pyarrow as pa
 import ray
 
-from ..checks.resources import Resources, check_resources, cluster_resources
+from ..checks.resources import Resources, cluster_resources
 from ..config import ConfigError, JobConfig
 from ..output import (
     LEASE_FILE,
@@ -28,12 +28,11 @@ from ..output import (
     success_file,
 )
 from ..schema import ERROR
-from ..stages import decode_task_memory
 from ..stages.crash_guard import CrashGuard
 from ..storage import Location, basename
 from ..text import plural, some
 from .bad_input import skip_unreadable, unreadable_input
-from .dataset import ResultFilenames, block_count, build_dataset, checkpoint_filter_memory
+from .dataset import ResultFilenames, block_count, build_dataset, resource_problems
 from .plan import JobPlan, continues_output, plan_job
 from .progress import Log, ProgressReporter, RowCounter
 from .resume import check_resume
@@ -119,9 +118,7 @@ def run_job(config: JobConfig, plan: Optional[JobPlan] = None, log: Log = _print
         return _finish(plan, start, rows_done=plan.rows_in if plan.resume.complete else 0, rows_run=0,
                        stats="", retried=RetryPass() if plan.retry is not None else None)
     resources = cluster_resources()
-    memory = decode_task_memory(config.input, config.everything, config.compute.decode_batch_size, plan.image_size)
-    problems = check_resources(config, resources, memory, checkpoint_filter=plan.resume.filters_rows,
-                               filter_memory=checkpoint_filter_memory(plan))
+    problems = resource_problems(plan, resources)
     if problems:
         raise ConfigError(problems)
     lease = OutputLease(plan.output.location, "run --retry-errors" if plan.retry is not None else "run",

@@ -96,12 +96,13 @@ def measure(rows: int, work: str) -> Dict[str, Any]:
     import ray
 
     from bench.scale import smallest_model, write_input
+    from bench.scale_storage import LocalStore
     from pipeline.config import parse_config
     from pipeline.job.run import run_job
 
     checkpoint, input_dir = os.path.join(work, "model"), os.path.join(work, "input")
     smallest_model(checkpoint)
-    write_input(input_dir, rows, 100)
+    write_input(LocalStore(work), "input", rows, 100)
     config = parse_config({
         "input": {"path": input_dir, "id_column": "id", "image_column": "image", "boxes_column": "boxes"},
         "output": {"path": os.path.join(work, "output")},

@@ -1,30 +1,44 @@
 """The whole pipeline at growing scale with the smallest model the code supports, so that the
 data plane (Parquet read, decode, Ray Data's scheduling, RLE encode, Parquet write, the
-checkpoint, the closing check) dominates: 1,000 → 10,000 → 100,000 small images in files
-of 100 rows each (100k images in 1,000 files).
+checkpoint, the closing check) dominates: small images in files of 100 rows each (1M images in
+10,000 files), on local disk or on a SeaweedFS S3 server the bench starts.
 
-Each size is a `python -m pipeline run` of its own (the CLI as users run it) against a
-local 2-CPU Ray cluster the bench starts and ends by process id. Measured per size:
+Each run is a `python -m pipeline run` of its own (the CLI as users run it) against a local Ray
+cluster the bench starts and ends by process id: one node of 2 CPUs (`--workers 0`), or a head
+of 0 CPUs (the driver's node) and `--workers` nodes of 1 CPU each, every node a `ray start`
+process of its own. Measured per run:
 - wall time of the driver process (start-up and the closing check included), and rows/s;
 - time to the first result file (a block's rows through every stage and written);
-- the driver's peak RSS (`wait4`'s ru_maxrss of the CLI process);
+- the driver's peak RSS (`wait4`'s ru_maxrss of the CLI process), its RSS at a quarter, half
+  and three quarters of the run, and its CPU seconds;
+- each node's CPU seconds (user + system of the node's processes, read from /proc every
+  second), and which node ran the model actor: is the work spread?
 - result files written, their total and mean size; the host's load average while it ran.
-Then a table extrapolated to 10M images in 10k files, and what binds first.
 
-    python -m bench.scale [--sizes 1000,10000,100000] [--rows-per-file 100] [--encode-cpus 1[,0]]
-                          [--out bench/results/scale.md]
+A run `STORAGE:ROWS:kill` SIGKILLs the driver once half the rows are encoded for writing, then
+resumes (`output.mode=resume`) and reports the rows the checkpoint held, the rows the model had
+done at the kill, the rows redone, and that the resumed output holds every id once.
+
+Each run appends its record to `--json`; the report (`--out`) renders every record there.
+
+    python -m bench.scale [--workers 4] [--runs local:10000,local:100000,s3:10000,local:100000:kill]
+                          [--rows-per-file 100] [--encode-cpus 1] [--batch-size 16]
+                          [--json bench/results/scale_cluster.jsonl] [--out bench/results/scale_cluster.md]
 """
 
 import argparse
+import contextlib
 import io
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -34,16 +48,23 @@ import yaml
 from PIL import Image
 
 from bench.common.machine import cpu_model, memory_gib
+from bench.scale_report import render
+from bench.scale_storage import LocalStore, SeaweedStore, Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the processes and servers the tests own, shared
 
-from helpers.owned_processes import OwnedProcess, free_port, ray_port_flags, wait_for_port  # noqa: E402
+from helpers.owned_processes import RAY_TOKEN_AUTH, session_members, start_ray_cluster, start_ray_head  # noqa: E402
+from helpers.seaweedfs import CREDENTIALS, SeaweedFS  # noqa: E402
 
+from bench.common.sampling import PeriodicSampler  # noqa: E402
 from samhq_core import SamHQModel  # noqa: E402
 from samhq_core.random_weights import smallest_config  # noqa: E402
 
 IMAGE_SIDE = 64
+NODE_OBJECT_STORE = 1 << 30  # per worker node
+PROGRESS = re.compile(r"progress: (\d+) / (\d+) rows decoded, (\d+) through the model.*?, (\d+) encoded for writing")
+MODEL_ACTOR = "ModelUDF"  # Ray titles an actor's worker process after its class
 
 
 def smallest_model(path: str) -> None:
@@ -52,8 +73,7 @@ def smallest_model(path: str) -> None:
     SamHQModel(smallest_config(side=IMAGE_SIDE)).save_pretrained(path)
 
 
-def write_input(directory: str, rows: int, rows_per_file: int) -> None:
-    os.makedirs(directory)
+def write_input(store: Store, prefix: str, rows: int, rows_per_file: int) -> None:
     rng = np.random.default_rng(0)
     for start in range(0, rows, rows_per_file):
         records = []
@@ -66,171 +86,231 @@ def write_input(directory: str, rows: int, rows_per_file: int) -> None:
             Image.fromarray(pixels).save(buffer, format="PNG")
             records.append({"id": f"img{i:08}", "image": buffer.getvalue(),
                             "boxes": [[float(x0), float(y0), float(x1), float(y1)]]})
-        pq.write_table(pa.Table.from_pylist(records), os.path.join(directory, f"part-{start // rows_per_file:05}.parquet"))
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(records), sink)
+        store.put(f"{prefix}/part-{start // rows_per_file:05}.parquet", sink.getvalue().to_pybytes())
 
 
-class LoadSampler:
-    """The host's 1-minute load average, sampled every second in a thread."""
-
-    def __init__(self) -> None:
-        self.samples: list = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            with open("/proc/loadavg") as f:
-                self.samples.append(float(f.read().split()[0]))
-
-    def __enter__(self) -> "LoadSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+def _cpu_seconds(pid: int) -> Optional[float]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def run_size(work: str, checkpoint: str, rows: int, rows_per_file: int, address: str, encode_cpus: float = 1.0) -> dict:
-    input_dir, output_dir = os.path.join(work, f"input-{rows}"), os.path.join(work, f"output-{rows}")
-    write_input(input_dir, rows, rows_per_file)
-    config = {
-        "input": {"path": input_dir, "id_column": "id", "image_column": "image", "boxes_column": "boxes"},
-        "output": {"path": output_dir},
-        "model": {"checkpoint": checkpoint},
-        "compute": {"num_actors": 1, "num_cpus_per_actor": 1, "torch_threads": 1, "batch_size": 16,
-                    "decode_batch_size": 32, "encode_cpus": encode_cpus},
-    }
-    config_path = os.path.join(work, f"job-{rows}.yaml")
-    with open(config_path, "w") as f:
-        yaml.safe_dump(config, f)
-    log = open(os.path.join(work, f"run-{rows}.log"), "w+")
-    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token"}
-    first_file = None
-    with LoadSampler() as load:
-        start = time.perf_counter()
+def _title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class RunSampler(PeriodicSampler):
+    """Every second: the host's load average, the driver's RSS, each node's CPU seconds (a
+    process's last count is kept once it has exited) and the nodes that ran a model actor."""
+
+    def __init__(self, driver_pid: int, nodes: Dict[str, int]) -> None:
+        super().__init__()
+        self.driver_pid, self.nodes = driver_pid, nodes
+        self.loads: List[float] = []
+        self.rss: List[Tuple[float, int]] = []  # (seconds since start, bytes)
+        self.start = time.perf_counter()
+        self._cpu: Dict[str, Dict[int, float]] = {name: {} for name in nodes}
+        self.model_nodes: set = set()
+
+    def sample(self) -> None:
+        with open("/proc/loadavg") as f:
+            self.loads.append(float(f.read().split()[0]))
+        try:
+            with open(f"/proc/{self.driver_pid}/statm") as f:
+                self.rss.append((time.perf_counter() - self.start, int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")))
+        except OSError:
+            pass
+        for name, session in self.nodes.items():
+            for pid in session_members(session):
+                seconds = _cpu_seconds(pid)
+                if seconds is not None:
+                    self._cpu[name][pid] = seconds
+                if name not in self.model_nodes and MODEL_ACTOR in _title(pid):
+                    self.model_nodes.add(name)
+
+    def node_cpu_seconds(self) -> Dict[str, float]:
+        return {name: sum(pids.values()) for name, pids in self._cpu.items()}
+
+    def rss_at(self, share: float, seconds: float) -> float:
+        """The driver's RSS (MiB) at the sample nearest `share` of the run."""
+        if not self.rss:
+            return 0.0
+        return min(self.rss, key=lambda s: abs(s[0] - share * seconds))[1] / 2**20
+
+
+def last_progress(log_path: str) -> Optional[Dict[str, int]]:
+    with open(log_path, errors="replace") as f:
+        found = PROGRESS.findall(f.read())
+    if not found:
+        return None
+    decoded, total, modelled, encoded = (int(v) for v in found[-1])
+    return {"decoded": decoded, "total": total, "modelled": modelled, "encoded": encoded}
+
+
+def drive(config_path: str, env: Dict[str, str], store: Store, output: str, nodes: Dict[str, int], log_path: str,
+          extra: Tuple[str, ...] = (), kill_when_encoded: Optional[int] = None) -> dict:
+    """One driver run to its end (or to its SIGKILL once `kill_when_encoded` rows are encoded)."""
+    first_file, killed_at = None, None
+    with open(log_path, "w") as log:
         driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", config_path,
-                                   "--progress-interval", "30"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        while True:  # wait4, not poll(): it gives the driver's own peak RSS
+                                   "--progress-interval", "5" if kill_when_encoded else "30", *extra],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    sampler = RunSampler(driver.pid, nodes)
+    with sampler:
+        start, next_look = time.perf_counter(), 0.0
+        while True:  # wait4, not poll(): it gives the driver's own peak RSS and CPU time
             pid, status, usage = os.wait4(driver.pid, os.WNOHANG)
             if pid:
                 driver.returncode = os.waitstatus_to_exitcode(status)
                 break
-            if first_file is None and os.path.isdir(output_dir) and any(
-                    n.startswith("masks-") for n in os.listdir(output_dir)):
-                first_file = time.perf_counter() - start
+            now = time.perf_counter() - start
+            if now >= next_look:
+                next_look = now + store.poll_interval
+                if first_file is None and store.result_files(output):
+                    first_file = now
+                progress = last_progress(log_path) if kill_when_encoded and killed_at is None else None
+                if progress and kill_when_encoded and progress["encoded"] >= kill_when_encoded:
+                    os.kill(driver.pid, signal.SIGKILL)  # the driver alone, mid-run
+                    killed_at = progress
             time.sleep(0.1)
         seconds = time.perf_counter() - start
-    log.seek(0)
-    printed = log.read()
-    if driver.returncode != 0:
-        raise RuntimeError(f"the run of {rows} rows failed:\n{printed[-4000:]}")
-    summary = next(line for line in printed.splitlines() if "rows in:" in line)
-    results = [os.path.join(output_dir, n) for n in os.listdir(output_dir) if n.startswith("masks-")]
-    sizes = [os.path.getsize(p) for p in results]
-    rows_out = sum(pq.ParquetFile(p).metadata.num_rows for p in results)
-    assert rows_out == rows, (rows_out, rows)
-    assert "closing check: passed" in printed, printed[-3000:]
-    shutil.rmtree(input_dir)
-    shutil.rmtree(output_dir)
+    with open(log_path, errors="replace") as f:
+        printed = f.read()
+    if driver.returncode != 0 and killed_at is None:
+        raise RuntimeError(f"the run ({config_path} {extra}) failed:\n{printed[-4000:]}")
+    cpu = sampler.node_cpu_seconds()
     return {
-        "rows": rows, "encode_cpus": encode_cpus,
-        "files_in": -(-rows // rows_per_file), "seconds": seconds, "rows_per_s": rows / seconds,
-        "first_file_s": first_file,
-        "driver_peak_rss_mib": usage.ru_maxrss / 1024, "files_out": len(results), "bytes_out": sum(sizes),
-        "mean_file_kib": sum(sizes) / len(sizes) / 1024, "load_mean": float(np.mean(load.samples or [0])),
-        "load_max": float(np.max(load.samples or [0])), "summary": summary.strip(),
+        "seconds": seconds, "first_file_s": first_file, "driver_peak_rss_mib": usage.ru_maxrss / 1024,
+        "driver_rss_quarters_mib": [sampler.rss_at(q, seconds) for q in (0.25, 0.5, 0.75)],
+        "driver_cpu_s": usage.ru_utime + usage.ru_stime, "node_cpu_s": cpu, "model_nodes": sorted(sampler.model_nodes),
+        "load_mean": float(np.mean(sampler.loads or [0])), "load_max": float(np.max(sampler.loads or [0])),
+        "killed_at": killed_at, "printed": printed,
     }
 
 
-def extrapolate(results: list, target_rows: int = 10_000_000, target_files: int = 10_000) -> list:
-    """Rows of (quantity, measured at the largest size, 10M estimate, how) from the two largest sizes."""
-    small, large = results[-2], results[-1]
-    rss_per_row = (large["driver_peak_rss_mib"] - small["driver_peak_rss_mib"]) / (large["rows"] - small["rows"])
-    scale = target_rows / large["rows"]
-    return [
-        ("wall time, this 2-CPU node", f"{large['seconds'] / 60:.1f} min", f"{large['seconds'] * scale / 3600:.0f} h",
-         "linear in rows at the largest size's rate"),
-        ("driver peak RSS", f"{large['driver_peak_rss_mib']:.0f} MiB",
-         f"{large['driver_peak_rss_mib'] + rss_per_row * (target_rows - large['rows']):.0f} MiB",
-         f"linear fit of the two largest sizes ({rss_per_row * 1e6:.0f} MiB per million rows)"),
-        ("result files", str(large["files_out"]), f"{large['files_out'] * scale:.0f}",
-         "one per block; blocks default to at most 1000 rows"),
-        ("output size", f"{large['bytes_out'] / 2**20:.0f} MiB", f"{large['bytes_out'] * scale / 2**30:.1f} GiB",
-         f"{large['bytes_out'] / large['rows']:.0f} bytes per row (one 64 px mask each; real masks are larger)"),
-        ("input files", str(large["files_in"]), str(target_files), "footers read in 32 threads: see driver_scan.md"),
-    ]
+@contextlib.contextmanager
+def ray_cluster(workers: int, env: Dict[str, str]) -> Iterator[Tuple[str, Dict[str, int]]]:
+    """(the cluster's address, {node name: the session id holding the node's processes})."""
+    if workers == 0:
+        with start_ray_head(2, env, "ray_scale_") as (address, session):
+            yield address, {"head": session}
+        return
+    with start_ray_cluster([1] * workers, env, "ray_scale_", head_cpus=0, object_store_bytes=NODE_OBJECT_STORE) as cluster:
+        cluster.wait_for_nodes()
+        yield cluster.address, {n.name: n.process.session_id for n in [cluster.head, *cluster.workers] if n}
 
 
-def render(results: list, machine: dict) -> str:
-    sizes = " → ".join(f"{r['rows'] // 1000}k" for r in results)
-    lines = [f"# The pipeline at scale: {sizes} small images, smallest model", "",
-             f"- date: {machine['date']}", f"- machine: {machine['cpu']}, {machine['cores']} logical cores, "
-             f"{machine['memory_gib']:.0f} GiB; torch {torch.__version__}, ray {machine['ray']}",
-             f"- load average before the runs: {machine['load_before']}",
-             "- data: 64 x 64 PNG images (one box each), bytes in the Parquet rows, 100 rows per file",
-             "- model: random-weight ViT SAM-HQ at 64 px (one 32-wide encoder block, 32-wide decoder): the "
-             "smallest the code supports, so the data plane dominates",
-             "- cluster: local, 2 CPUs; 1 model actor (1 CPU, 1 torch thread, batches of 16), decode tasks of 32 "
-             "images; the CLI as the driver; input.num_blocks unset (the default)", "",
-             "| rows | compute.encode_cpus | input files | wall s | rows/s | to first result file s | driver peak RSS MiB "
-             "| result files | output MiB | mean file KiB | load mean / max |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r['rows']:,} | {r['encode_cpus']:g} | {r['files_in']:,} | {r['seconds']:.1f} | {r['rows_per_s']:.1f} | "
-                     f"{r['first_file_s']:.1f} | {r['driver_peak_rss_mib']:.0f} | "
-                     f"{r['files_out']} | {r['bytes_out'] / 2**20:.1f} | {r['mean_file_kib']:.0f} | "
-                     f"{r['load_mean']:.2f} / {r['load_max']:.2f} |")
-    lines += ["", "Job summaries:", ""] + [f"- {r['rows']:,}: `{r['summary']}`" for r in results]
-    if len({r["rows"] for r in results}) < 2:
-        return "\n".join(lines) + "\n"
-    lines += ["", "## Extrapolated to 10M images in 10k files", "",
-              "| quantity | measured (largest size) | 10M images | how |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in extrapolate(results)]
-    return "\n".join(lines) + "\n"
+def job_config(work: str, name: str, store: Store, checkpoint: str, args: argparse.Namespace) -> str:
+    config = {
+        "input": {"path": store.url(f"{name}/input"), "id_column": "id", "image_column": "image",
+                  "boxes_column": "boxes"},
+        "output": {"path": store.url(f"{name}/output")},
+        "model": {"checkpoint": checkpoint},
+        "compute": {"num_actors": 1, "num_cpus_per_actor": 1, "torch_threads": 1, "batch_size": args.batch_size,
+                    "decode_batch_size": 32, "encode_cpus": args.encode_cpus},
+        **({"storage": store.job_storage} if store.job_storage else {}),
+    }
+    path = os.path.join(work, f"{name}.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return path
+
+
+def closing_check(printed: str, rows: int) -> None:
+    if f"closing check: passed ({rows} rows out for {rows} in, every id once)" not in printed:
+        raise RuntimeError(f"the job did not pass its closing check:\n{printed[-3000:]}")
+
+
+def run_one(spec: str, work: str, checkpoint: str, stores: Dict[str, Store], nodes: Dict[str, int],
+            env: Dict[str, str], args: argparse.Namespace) -> dict:
+    kind, rows_text, *mode = spec.split(":")
+    rows, store = int(rows_text), stores[kind]
+    name = f"{kind}-{rows}{'-kill' if mode else ''}"
+    write_input(store, f"{name}/input", rows, args.rows_per_file)
+    config = job_config(work, name, store, checkpoint, args)
+    output = f"{name}/output"
+    run = drive(config, env, store, output, nodes, os.path.join(work, f"{name}.log"),
+                kill_when_encoded=rows // 2 if mode else None)
+    record: dict = {"spec": spec, "rows": rows, "storage": store.kind, "files_in": -(-rows // args.rows_per_file)}
+    if mode:
+        killed = run.pop("killed_at")
+        if killed is None:
+            raise RuntimeError(f"{spec}: the run ended before half its rows were encoded")
+        files_at_kill = store.result_files(output)
+        record["killed"] = {**killed, "seconds": run["seconds"], "result_files": len(files_at_kill),
+                            "rows_in_result_files": sum(store.num_rows(k) for k in files_at_kill)}
+        run = drive(config, env, store, output, nodes, os.path.join(work, f"{name}-resumed.log"),
+                    extra=("--set", "output.mode=resume"))
+        resume_line = re.search(rf"^resume: +(\d+) of {rows} rows already written", run["printed"], re.M)
+        if resume_line is None:
+            raise RuntimeError(f"{spec}: the resumed run did not say what it skipped:\n{run['printed'][-3000:]}")
+        done = int(resume_line.group(1))
+        record["resumed"] = {"rows_skipped": done, "rows_redone": killed["modelled"] - done}
+    printed = run.pop("printed")
+    closing_check(printed, rows)
+    results = store.result_files(output)
+    ids = store.ids(results)
+    if len(ids) != rows or len(set(ids)) != rows:
+        raise RuntimeError(f"{spec}: {len(ids)} ids in the result files, {len(set(ids))} distinct, for {rows} rows")
+    sizes = list(results.values())
+    record.update(run, rows_per_s=rows / run["seconds"], files_out=len(results), bytes_out=sum(sizes),
+                  mean_file_kib=sum(sizes) / len(sizes) / 1024,
+                  summary=next(line for line in printed.splitlines() if "rows in:" in line).strip())
+    store.remove(name)
+    return record
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--workers", type=int, default=4, help="worker nodes of 1 CPU each; 0: one node of 2 CPUs")
+    parser.add_argument("--runs", default="local:10000,local:100000",
+                        help="STORAGE:ROWS[:kill] runs, STORAGE local or s3 (a SeaweedFS server the bench starts)")
     parser.add_argument("--rows-per-file", type=int, default=100)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--encode-cpus", default="1",
-                        help="compute.encode_cpus of the runs; several (e.g. 1,0) run each size with each")
+    parser.add_argument("--batch-size", type=int, default=16, help="compute.batch_size of the model actor")
+    parser.add_argument("--encode-cpus", type=float, default=1.0, help="compute.encode_cpus of the runs")
+    parser.add_argument("--json", default="bench/results/scale_cluster.jsonl", help="records are appended here")
+    parser.add_argument("--out", default="bench/results/scale_cluster.md")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
     work = tempfile.mkdtemp(prefix="bench_scale_")
     checkpoint = os.path.join(work, "smallest")
     smallest_model(checkpoint)
-    with open("/proc/loadavg") as f:
-        load_before = " ".join(f.read().split()[:3])
-    memory = memory_gib()
     import ray
 
-    machine = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
-               "cores": os.cpu_count(), "memory_gib": memory, "ray": ray.__version__, "load_before": load_before}
-    port = free_port()
-    ray_temp = tempfile.mkdtemp(prefix="ray_scale_", dir="/tmp")
-    head = OwnedProcess(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                         "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_temp}",
-                         "--disable-usage-stats", *ray_port_flags(head=True)],
-                        env={**os.environ, "RAY_AUTH_MODE": "token"})
-    results = []
-    try:
-        wait_for_port(port, timeout=120, process=head)
-        for rows in sizes:
-            for encode_cpus in (float(c) for c in args.encode_cpus.split(",")):
-                results.append(run_size(work, checkpoint, rows, args.rows_per_file, f"127.0.0.1:{port}", encode_cpus))
-                print(json.dumps(results[-1]), flush=True)
-    finally:
-        head.stop()
-        shutil.rmtree(ray_temp, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
-    report = render(results, machine)
+    env = {**os.environ, **CREDENTIALS, "PYTHONPATH": ROOT, **RAY_TOKEN_AUTH}
+    stores: Dict[str, Store] = {"local": LocalStore(os.path.join(work, "data"))}
+    with contextlib.ExitStack() as stack:
+        if any(spec.startswith("s3:") for spec in args.runs.split(",")):
+            server = SeaweedFS(os.path.join(work, "seaweedfs")).start()
+            stack.callback(server.stop)
+            stores["s3"] = SeaweedStore(server, "scale")
+        address, nodes = stack.enter_context(ray_cluster(args.workers, env))
+        for spec in args.runs.split(","):
+            with open("/proc/loadavg") as f:
+                load_before = " ".join(f.read().split()[:3])
+            started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            record = run_one(spec, work, checkpoint, stores, nodes, {**env, "RAY_ADDRESS": address}, args)
+            record["machine"] = {"date": started, "cpu": cpu_model(), "cores": os.cpu_count(),
+                                 "memory_gib": round(memory_gib(), 1), "torch": torch.__version__, "ray": ray.__version__,
+                                 "load_before": load_before, "workers": args.workers,
+                                 "batch_size": args.batch_size, "encode_cpus": args.encode_cpus}
+            print(json.dumps(record), flush=True)
+            with open(args.json, "a") as f:
+                f.write(json.dumps(record) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    with open(args.json) as f:
+        report = render([json.loads(line) for line in f if line.strip()])
+    with open(args.out, "w") as f:
+        f.write(report)
     print(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
 
 
 if __name__ == "__main__":

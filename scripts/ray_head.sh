@@ -61,6 +61,11 @@ except urllib.error.HTTPError:
 # limit), named from DIR, and removed when the head ends.
 ray_tmp=$(mktemp -d /tmp/ray-head-XXXXXX)
 ln -sfn "$ray_tmp" "$dir/ray"
+# With token authentication `ray start` needs a token and makes none (only `ray.init` does):
+# on a machine without one yet, make it, where Ray's CLIs look (~/.ray/auth_token).
+if [[ "${RAY_AUTH_MODE:-}" == "token" && -z "${RAY_AUTH_TOKEN:-}" ]]; then
+    ray get-auth-token --generate >/dev/null
+fi
 echo "ray head: GCS 127.0.0.1:$gcs, dashboard $address; its output and state in $dir" >&2
 ray start --head --block --disable-usage-stats --temp-dir="$ray_tmp" \
     --node-ip-address=127.0.0.1 --port="$gcs" --dashboard-host=127.0.0.1 --dashboard-port="$dashboard" \

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 from helpers.models import samhq_core_masks
-from helpers.owned_processes import OwnedProcess, free_port, ray_port_flags, session_members, wait_for_port
+from helpers.owned_processes import RAY_TOKEN_AUTH, OwnedProcess, free_port, ray_port_flags, session_members, wait_for_port
 from helpers.paths import ROOT
 from helpers.pipeline_data import sample_rows, write_rows
 from helpers.seaweedfs import CREDENTIALS, SeaweedFS
@@ -24,7 +24,7 @@ from pycocotools.coco import COCO
 def env(**extra) -> dict:
     # Token authentication, as the README's ray job submit section sets it: the cluster, the
     # nodes joining it and the CLIs talking to it all use the token in ~/.ray/auth_token.
-    return {**os.environ, **CREDENTIALS, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", **extra}
+    return {**os.environ, **CREDENTIALS, "PYTHONPATH": ROOT, **RAY_TOKEN_AUTH, **extra}
 
 
 def run(args, **kwargs):

@@ -18,7 +18,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers.owned_processes import OwnedProcess, RayCluster, start_ray_cluster
+from helpers.owned_processes import RAY_TOKEN_AUTH, OwnedProcess, RayCluster, start_ray_cluster
 from helpers.paths import ROOT
 from helpers.pipeline_data import png_bytes, write_rows
 from helpers.seaweedfs import CREDENTIALS, SeaweedFS
@@ -41,7 +41,7 @@ MODEL_ACTOR = "ModelUDF"  # Ray titles an actor's worker process after its class
 
 def env(**extra) -> dict:
     # The cluster's workers read and write the S3 test server with its credentials.
-    return {**os.environ, **CREDENTIALS, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", **extra}
+    return {**os.environ, **CREDENTIALS, "PYTHONPATH": ROOT, **RAY_TOKEN_AUTH, **extra}
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ started), never another Ray cluster or server on the machine."""
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -13,6 +14,12 @@ import sys
 import tempfile
 import time
 from typing import IO, Dict, Iterator, List, Optional, Sequence, Tuple
+
+# Token authentication, Ray 2.60's default for a local cluster, for the clusters a test or bench
+# starts and the drivers it runs against them: `ray start` takes a token it is given and, unlike
+# `ray.init`, makes none, so on a new machine (no ~/.ray/auth_token yet) a head would refuse to
+# start. One token per process, handed down in the environment of what it starts.
+RAY_TOKEN_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)}
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 import yaml
-from helpers.owned_processes import OwnedProcess, session_members, start_ray_head
+from helpers.owned_processes import RAY_TOKEN_AUTH, OwnedProcess, session_members, start_ray_head
 from helpers.paths import ROOT
 from helpers.pipeline_data import labelled_parquet
 
@@ -37,7 +37,7 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 def env(**extra) -> dict:
-    return {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", **extra}
+    return {**os.environ, "PYTHONPATH": ROOT, **RAY_TOKEN_AUTH, **extra}
 
 
 @pytest.fixture(scope="module")

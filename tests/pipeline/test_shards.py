@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers.owned_processes import session_members, start_ray_head
+from helpers.owned_processes import RAY_TOKEN_AUTH, session_members, start_ray_head
 from helpers.paths import ROOT
 from helpers.pipeline_data import png_bytes
 
@@ -25,7 +25,7 @@ ROWS_PER_FILE = (3, 1, 2, 2, 1, 3)  # six input files of unequal size
 
 
 def env(**extra) -> dict:
-    return {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token", **extra}
+    return {**os.environ, "PYTHONPATH": ROOT, **RAY_TOKEN_AUTH, **extra}
 
 
 def write_job(tmp_path) -> tuple:

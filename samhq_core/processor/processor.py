@@ -1,21 +1,5 @@
-"""SamHQProcessor: images and prompts in, model inputs out; and masks back to images. It
-owns every transform between an image and the model, for the API, the pipeline, the
-benchmarks and fine-tuning alike.
-
-Matches the official SamPredictor's preprocessing: the longest side is resized to the
-model's input size with PIL bilinear, pixels are normalised, then zero-padded to a square
-at the bottom/right; prompt coordinates are scaled by the same factors. Masks go back the
-same way: the low-res logits are upsampled to the input frame, the padding is cropped, and
-the rest is resized to the original image size.
-
-The steps are also entry points of their own, for callers that run them apart (the
-pipeline resizes on CPU workers and normalises on the model's device):
-`resize_image` (CPU) → `model_input` (any device) for images, `scale_boxes` and
-`scale_coords` for boxes and points, `mask_prompt_logits` for a binary mask given as a prompt,
-and `masks_at_original_size` (any device, in bounded chunks) for masks, and `stability_scores`
-for SAM's stability score of mask logits; `pad_to_bucket` pads images or prompts to a few
-fixed counts for a compiled model.
-"""
+"""SamHQProcessor: images and prompts in, model inputs out; and masks back to images (see the
+package's docstring for the steps)."""
 
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -24,13 +8,19 @@ import torch
 from PIL import Image, ImageOps
 from torch.nn import functional as F
 
-from .modeling.prompt_encoder import LABEL_NEGATIVE, LABEL_PAD, LABEL_POSITIVE
-from .modeling.sam_hq import PIXEL_MEAN, PIXEL_STD, SamHQModel
+from ..modeling.prompt_encoder import LABEL_NEGATIVE, LABEL_PAD, LABEL_POSITIVE
+from ..modeling.sam_hq import PIXEL_MEAN, PIXEL_STD, SamHQModel
+from . import prompt_checks as checks
+from .images import (
+    EXIF_ORIENTATION,
+    SIXTEEN_BIT_MODES,
+    TRANSPOSING_ORIENTATIONS,
+    ImageInput,
+    preprocess_shape,
+    resize_longest_side,
+    to_rgb_array,
+)
 
-ImageInput = Union[Image.Image, np.ndarray, torch.Tensor]
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 # Full-resolution logits held at once when masks are upsampled, in pixels (x4 bytes).
 MAX_PIXELS_PER_CHUNK = 1 << 26
 # The low-res logit a binary mask prompt gives inside the mask (and its negative outside): the
@@ -53,93 +43,6 @@ class ProcessorOutput(dict):
           (ProcessorOutput): a new dict with the moved tensors.
         """
         return ProcessorOutput({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
-
-
-def preprocess_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
-    """The size of an image after resizing so that its longest side is `long_side`, rounding
-    like the official ResizeLongestSide.
-
-    Arguments:
-      height (int): the image's height.
-      width (int): the image's width.
-      long_side (int): the longest side after resizing.
-
-    Returns:
-      (tuple(int, int)): (h, w), each at least 1.
-    """
-    scale = long_side * 1.0 / max(height, width)
-    # At least 1 pixel: past 2 * long_side : 1 the official rounding gives 0, which no resize takes.
-    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
-
-
-def resize_longest_side(array: np.ndarray, long_side: int) -> np.ndarray:
-    """Resize an image so that its longest side is `long_side`, with PIL bilinear as the
-    official preprocessing (torchvision's resize of a PIL image).
-
-    Arguments:
-      array (np.ndarray): uint8 RGB (H, W, 3).
-      long_side (int): the longest side after resizing.
-
-    Returns:
-      (np.ndarray): uint8 RGB (h, w, 3), (h, w) as `preprocess_shape` gives it.
-    """
-    new_h, new_w = preprocess_shape(array.shape[0], array.shape[1], long_side)
-    return np.array(Image.fromarray(array).resize((new_w, new_h), Image.Resampling.BILINEAR))
-
-
-def to_rgb_array(image: ImageInput) -> np.ndarray:
-    """Convert any supported image to a uint8 RGB array.
-
-    Arguments:
-      image (PIL.Image.Image, np.ndarray or torch.Tensor): PIL images get their EXIF
-        orientation applied; any PIL mode is converted (16-bit modes scaled to 8 bits);
-        arrays/tensors may be (H, W), (H, W, 1|3|4) or, for tensors, (1|3|4, H, W), as uint8,
-        uint16, bool or floats in [0, 1] or [0, 255].
-
-    Returns:
-      (np.ndarray): uint8 RGB (H, W, 3); an alpha channel is dropped.
-
-    Raises:
-      ValueError: for another type or shape, an empty image, or NaN or infinite values.
-    """
-    if isinstance(image, Image.Image):
-        image = ImageOps.exif_transpose(image)
-        if image.mode in _SIXTEEN_BIT_MODES:
-            array = np.asarray(image).astype(np.float64) / 257.0
-        else:
-            return np.asarray(image.convert("RGB"))
-    elif isinstance(image, torch.Tensor):
-        array = image.detach().cpu().numpy()
-        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-            array = array.transpose(1, 2, 0)
-    elif isinstance(image, np.ndarray):
-        array = image
-    else:
-        raise ValueError(f"unsupported image type {type(image).__name__}: pass a PIL image, numpy array or torch tensor")
-    return _array_to_rgb(array)
-
-
-def _array_to_rgb(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(f"image array must be (H, W) or (H, W, 1|3|4), got shape {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {array.shape}")
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype == np.uint16:
-        array = array / 257.0
-    elif np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ValueError("image contains NaN or infinite values")
-        if array.max(initial=0) <= 1.0:
-            array = array * 255.0
-    if array.dtype != np.uint8:
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    return np.ascontiguousarray(array[..., :3])
 
 
 class SamHQProcessor:
@@ -291,10 +194,10 @@ class SamHQProcessor:
           (np.ndarray): uint8 RGB (h, w, 3), resized.
           (tuple(int, int)): the original (h, w).
         """
-        if isinstance(image, Image.Image) and image.mode not in _SIXTEEN_BIT_MODES:
+        if isinstance(image, Image.Image) and image.mode not in SIXTEEN_BIT_MODES:
             # The same pixels as the array path, without its three full-size copies.
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-            swapped = orientation in _TRANSPOSING_ORIENTATIONS
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            swapped = orientation in TRANSPOSING_ORIENTATIONS
             height, width = (image.width, image.height) if swapped else (image.height, image.width)
             new_h, new_w = preprocess_shape(height, width, self.image_size)
             if draft and image.format == "JPEG":
@@ -394,17 +297,17 @@ class SamHQProcessor:
         return coords
 
     def _points(self, points: Any, labels: Any, sizes: List[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
-        points = _per_image("input_points", points, len(sizes))
-        depth = _nesting_depth(points)
+        points = checks.per_image("input_points", points, len(sizes))
+        depth = checks.nesting_depth(points)
         if depth not in (3, 4):
-            raise ValueError(f"input_points: expected {_POINTS_NESTING}; got {depth} levels: {_short(points)}")
-        labels = _per_image("input_labels", labels, len(sizes)) if labels is not None else None
+            raise ValueError(f"input_points: expected {checks.POINTS_NESTING}; got {depth} levels: {checks.short(points)}")
+        labels = checks.per_image("input_labels", labels, len(sizes)) if labels is not None else None
         if depth == 3:  # image → points: one prompt per image
             points = [[p] for p in points]
             labels = None if labels is None else [[label] for label in labels]
-        num_prompts = _same_count("input_points", [len(p) for p in points])
-        coords = [[[_numbers("input_points", f"image {b}, prompt {p}, point {i}", point, 2, "[x, y]")
-                    for i, point in enumerate(_sequence("input_points", f"image {b}, prompt {p}", prompt))]
+        num_prompts = checks.same_count("input_points", [len(p) for p in points])
+        coords = [[[checks.numbers("input_points", f"image {b}, prompt {p}, point {i}", point, 2, "[x, y]")
+                    for i, point in enumerate(checks.sequence("input_points", f"image {b}, prompt {p}", prompt))]
                    for p, prompt in enumerate(image)] for b, image in enumerate(points)]
         max_points = max(len(prompt) for image in coords for prompt in image)
         if max_points == 0:
@@ -414,7 +317,7 @@ class SamHQProcessor:
         for b, image in enumerate(coords):
             for p, prompt in enumerate(image):
                 for i, (x, y) in enumerate(prompt):
-                    _check_inside("input_points", f"image {b}, prompt {p}, point {i} ({x:g}, {y:g})", x, y, x, y,
+                    checks.check_inside("input_points", f"image {b}, prompt {p}, point {i} ({x:g}, {y:g})", x, y, x, y,
                                   sizes[b])
                 if not prompt:
                     continue
@@ -422,8 +325,8 @@ class SamHQProcessor:
                 if labels is None:
                     label_array[b, p, : len(prompt)] = LABEL_POSITIVE
                     continue
-                prompt_labels = _sequence("input_labels", f"image {b}, prompt {p}",
-                                          _sequence("input_labels", f"image {b}", labels[b])[p]
+                prompt_labels = checks.sequence("input_labels", f"image {b}, prompt {p}",
+                                          checks.sequence("input_labels", f"image {b}", labels[b])[p]
                                           if p < len(labels[b]) else None)
                 if len(prompt_labels) != len(prompt):
                     raise ValueError(f"image {b}, prompt {p}: {len(prompt)} points but {len(prompt_labels)} labels")
@@ -435,29 +338,29 @@ class SamHQProcessor:
         return torch.from_numpy(out).float(), torch.from_numpy(label_array)
 
     def _boxes(self, boxes: Any, sizes: List[Tuple[int, int]]) -> torch.Tensor:
-        boxes = _per_image("input_boxes", boxes, len(sizes))
-        depth = _nesting_depth(boxes)
+        boxes = checks.per_image("input_boxes", boxes, len(sizes))
+        depth = checks.nesting_depth(boxes)
         if depth != 3 and not all(len(image) == 0 for image in boxes):
             hint = "; for one image's boxes, wrap them in one more list" if depth == 2 else ""
-            raise ValueError(f"input_boxes: expected {_BOXES_NESTING}; got {depth} levels: {_short(boxes)}{hint}")
-        num_prompts = _same_count("input_boxes", [len(_sequence("input_boxes", f"image {b}", image))
+            raise ValueError(f"input_boxes: expected {checks.BOXES_NESTING}; got {depth} levels: {checks.short(boxes)}{hint}")
+        num_prompts = checks.same_count("input_boxes", [len(checks.sequence("input_boxes", f"image {b}", image))
                                                   for b, image in enumerate(boxes)])
         out = np.zeros((len(sizes), num_prompts, 4))
         for b, image_boxes in enumerate(boxes):
-            array = np.array([_numbers("input_boxes", f"image {b}, box {i}", box, 4, "[x1, y1, x2, y2]")
+            array = np.array([checks.numbers("input_boxes", f"image {b}, box {i}", box, 4, "[x1, y1, x2, y2]")
                               for i, box in enumerate(image_boxes)], dtype=np.float64)
             inverted = (array[:, 2] < array[:, 0]) | (array[:, 3] < array[:, 1])
             if inverted.any():
                 raise ValueError(f"input_boxes of image {b}: boxes {np.flatnonzero(inverted).tolist()} have x2 < x1 or y2 < y1")
             for i, (x1, y1, x2, y2) in enumerate(array):
-                _check_inside("input_boxes", f"image {b}, box {i} ({x1:g}, {y1:g}, {x2:g}, {y2:g})", x1, y1, x2, y2,
+                checks.check_inside("input_boxes", f"image {b}, box {i} ({x1:g}, {y1:g}, {x2:g}, {y2:g})", x1, y1, x2, y2,
                               sizes[b], overlap=True)
             out[b] = self.scale_coords(array.reshape(-1, 2, 2), sizes[b]).reshape(-1, 4)
         return torch.from_numpy(out).float()
 
     def _masks(self, masks: Any, sizes: List[Tuple[int, int]]) -> torch.Tensor:
-        masks = _per_image("input_masks", masks, len(sizes))
-        num_prompts = _same_count("input_masks", [len(m) for m in masks])
+        masks = checks.per_image("input_masks", masks, len(sizes))
+        num_prompts = checks.same_count("input_masks", [len(m) for m in masks])
         out = torch.zeros(len(sizes), num_prompts, self.mask_size, self.mask_size)
         for b, image_masks in enumerate(masks):
             for p, mask in enumerate(image_masks):
@@ -547,139 +450,3 @@ class SamHQProcessor:
             logits = logits[..., : resized_size[0], : resized_size[1]]
             logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)[:, 0]
             yield logits > mask_threshold if binarize else logits
-
-
-def bucket_size(n: int) -> int:
-    """The size a count is padded to for a compiled model: the next power of two, so that any
-    count reuses one of a few compiled graphs.
-
-    Arguments:
-      n (int): the count, >= 1.
-
-    Returns:
-      (int): the smallest power of two >= n.
-    """
-    return 1 << max(0, n - 1).bit_length()
-
-
-def pad_to_bucket(tensor: torch.Tensor, dim: int, at_least: int = 1) -> torch.Tensor:
-    """Pad a batch of images or prompts to a bucket size (`bucket_size`) by repeating its last
-    entry (a real image or prompt, so that padding never feeds the model values it cannot
-    take); the caller drops the padded entries' outputs.
-
-    Arguments:
-      tensor (torch.Tensor): the batch, with at least one entry along `dim`.
-      dim (int): the dimension to pad.
-      at_least (int): pad to the bucket size of this length, if more than the tensor's.
-
-    Returns:
-      (torch.Tensor): `tensor` padded along `dim` to `bucket_size` of its length (or of
-        `at_least`); `tensor` itself when no padding is needed.
-    """
-    n = tensor.shape[dim]
-    extra = bucket_size(max(n, at_least)) - n
-    if extra == 0:
-        return tensor
-    last = tensor.narrow(dim, n - 1, 1)
-    return torch.cat([tensor, last.expand(*[extra if d == dim % tensor.ndim else -1 for d in range(tensor.ndim)])],
-                     dim=dim)
-
-
-def stability_scores(logits: torch.Tensor, mask_threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
-    """SAM's stability score of mask logits, as its data engine computes it: the IoU of the
-    mask thresholded at mask_threshold + offset with the one thresholded at
-    mask_threshold - offset (the first lies inside the second, so it is their pixel-count
-    ratio; NaN where both are empty). Runs on the logits' device.
-
-    Arguments:
-      logits (torch.Tensor): mask logits (..., H, W).
-      mask_threshold (float): the threshold the masks are read at.
-      offset (float): how far the two thresholds lie from it.
-
-    Returns:
-      (torch.Tensor): scores (...,), float32.
-    """
-    inner = (logits > mask_threshold + offset).sum(dim=(-1, -2), dtype=torch.int64)
-    outer = (logits > mask_threshold - offset).sum(dim=(-1, -2), dtype=torch.int64)
-    return inner / outer
-
-
-_BOXES_NESTING = "per image, a list of [x1, y1, x2, y2] boxes, 3 levels: [[[x1, y1, x2, y2], ...], ...]"
-_POINTS_NESTING = ("per image, per prompt, a list of [x, y] points, 4 levels: [[[[x, y], ...], ...], ...] (or 3 "
-                   "levels, one prompt per image: [[[x, y], ...], ...])")
-
-
-def _as_list(value: Any) -> Any:
-    """Nested lists of a numpy array or tensor (detached), else the value."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
-def _per_image(name: str, values: Any, batch: int) -> List[Any]:
-    values = _as_list(values)
-    if not isinstance(values, (list, tuple)):
-        raise ValueError(f"{name} must be nested lists (or an array), per image first; got {type(values).__name__}")
-    values = [_as_list(v) for v in values]
-    if len(values) != batch:
-        raise ValueError(f"{name} has entries for {len(values)} images, but {batch} images were given")
-    return values
-
-
-def _sequence(name: str, where: str, value: Any) -> List[Any]:
-    value = _as_list(value)
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{name}: {where} is {_short(value)}, where a list is expected")
-    return list(value)
-
-
-def _numbers(name: str, where: str, value: Any, length: int, form: str) -> List[float]:
-    """`value` as exactly `length` finite real numbers, else a ValueError saying what it is."""
-    value = _as_list(value)
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{name}: {where} is {_short(value)}; expected {form} (one level of nesting short?)")
-    if any(isinstance(v, (list, tuple)) for v in value):
-        raise ValueError(f"{name}: {where} is {_short(value)}; expected {form} (one level of nesting too many?)")
-    if len(value) != length:
-        raise ValueError(f"{name}: {where} has {len(value)} values ({_short(value)}); expected {form}")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise ValueError(f"{name}: {where} holds {v!r} ({type(v).__name__}); coordinates must be numbers")
-        if not np.isfinite(v):
-            raise ValueError(f"{name}: {where} contains NaN or infinite values")
-    return [float(v) for v in value]
-
-
-def _check_inside(name: str, what: str, x1: float, y1: float, x2: float, y2: float, size: Tuple[int, int],
-                  overlap: bool = False) -> None:
-    """A point must lie within the image; a box must overlap it (it may reach past the border,
-    as detector boxes do)."""
-    h, w = size
-    outside = (x1 >= w or y1 >= h or x2 <= 0 or y2 <= 0) if overlap else not (0 <= x1 <= w and 0 <= y1 <= h)
-    if outside:
-        where = "lies entirely outside" if overlap else "lies outside"
-        raise ValueError(f"{name}: {what} {where} the {w} x {h} image (width x height); coordinates are pixels of the "
-                         "original image, x first")
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _nesting_depth(value: Any) -> int:
-    """Depth of a nested list, following first elements: [[x, y]] → 2."""
-    depth = 0
-    while isinstance(value, (list, tuple)) and len(value):
-        value, depth = value[0], depth + 1
-    return depth
-
-
-def _same_count(name: str, counts: List[int]) -> int:
-    if len(set(counts)) > 1:
-        raise ValueError(f"{name}: every image needs the same number of prompts, got {counts}; process them separately")
-    if counts[0] == 0:
-        raise ValueError(f"{name} is empty: give at least one prompt per image or leave it out")
-    return counts[0]

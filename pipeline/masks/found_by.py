@@ -3,7 +3,7 @@ everything), as the job's closing summary and `status` report them, table by tab
 memory stays that of one result file's found_by and iou_scores columns."""
 
 import collections
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,8 +49,15 @@ def render_counts(counts: Dict[str, int]) -> str:
     return f"masks by what found them: {found or 'none'}"
 
 
+def prompt_parts(found_by: Optional[str]) -> List[str]:
+    """The prompt parts a found_by value names, in the order of PROMPT_PARTS ("points+box" →
+    ["box", "points"]); [] for segment-everything, no value, or a value that names no part."""
+    named = (found_by or "").split(PROMPT_PART_SEPARATOR)
+    return [part for part in PROMPT_PARTS if part in named]
+
+
 def _order(kind: str) -> Tuple[int, Tuple[int, ...], str]:
-    parts = kind.split(PROMPT_PART_SEPARATOR)
-    if kind != FOUND_BY_EVERYTHING and all(part in PROMPT_PARTS for part in parts):
+    parts = prompt_parts(kind)
+    if parts and len(parts) == len(kind.split(PROMPT_PART_SEPARATOR)):
         return 0, tuple(PROMPT_PARTS.index(part) for part in parts), kind
     return (1 if kind == FOUND_BY_EVERYTHING else 2), (), kind

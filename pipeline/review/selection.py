@@ -9,8 +9,9 @@ import math
 import random
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from ..masks.found_by import prompt_parts
 from ..output.results import ResultImage
-from ..schema import FOUND_BY_EVERYTHING, PROMPT_PART_SEPARATOR, PROMPT_PARTS
+from ..schema import FOUND_BY_EVERYTHING, PROMPT_PARTS
 
 HISTOGRAM_BINS = 20
 # The page's found-by filter: a prompt's parts, segment-everything, and "unknown" for masks of
@@ -25,8 +26,7 @@ def found_by_kinds(found_by: Optional[str]) -> List[str]:
     box and points), ["everything"], or ["unknown"] where the output does not say."""
     if found_by == FOUND_BY_EVERYTHING:
         return [FOUND_BY_EVERYTHING]
-    parts = [part for part in PROMPT_PARTS if part in (found_by or "").split(PROMPT_PART_SEPARATOR)]
-    return parts or [FOUND_BY_UNKNOWN]
+    return prompt_parts(found_by) or [FOUND_BY_UNKNOWN]
 
 
 def review_score(image: ResultImage) -> Optional[float]:

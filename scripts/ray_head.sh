@@ -62,9 +62,15 @@ except urllib.error.HTTPError:
 ray_tmp=$(mktemp -d /tmp/ray-head-XXXXXX)
 ln -sfn "$ray_tmp" "$dir/ray"
 # With token authentication `ray start` needs a token and makes none (only `ray.init` does):
-# on a machine without one yet, make it, where Ray's CLIs look (~/.ray/auth_token).
+# on a machine without one yet, make it, where Ray's CLIs look (~/.ray/auth_token); under a
+# lock, so that two heads started at once make one token, not one each.
 if [[ "${RAY_AUTH_MODE:-}" == "token" && -z "${RAY_AUTH_TOKEN:-}" ]]; then
-    ray get-auth-token --generate >/dev/null
+    mkdir -p "$HOME/.ray"
+    if command -v flock >/dev/null; then
+        flock "$HOME/.ray/auth_token.lock" ray get-auth-token --generate >/dev/null
+    else
+        ray get-auth-token --generate >/dev/null
+    fi
 fi
 echo "ray head: GCS 127.0.0.1:$gcs, dashboard $address; its output and state in $dir" >&2
 ray start --head --block --disable-usage-stats --temp-dir="$ray_tmp" \

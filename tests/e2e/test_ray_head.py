@@ -1,6 +1,7 @@
 """`scripts/ray_head.sh`, the README's way to start a Ray head on a shared machine: two users'
 heads started at once both come up, on ports of their own (none of Ray's defaults), each
-answering its own CLI; ending a head's script ends its processes and no other."""
+answering its own CLI, also on a machine without a Ray token yet; ending a head's script ends
+its processes and no other."""
 
 import os
 import re
@@ -19,7 +20,12 @@ RAY_DEFAULT_PORTS = {6379, 8265, 10001, 52365}
 
 
 def test_two_heads_at_once_share_nothing(tmp_path):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "RAY_AUTH_MODE": "token"}
+    # A home of its own, as on a new machine: no token of an earlier cluster (~/.ray/auth_token);
+    # the script makes one, which the CLIs then read.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "RAY_AUTH_MODE": "token",
+           "HOME": str(home)}
     # Short state directories: Ray's socket paths have a length limit.
     dirs = [tempfile.mkdtemp(prefix="rh", dir="/tmp") for _ in range(2)]
     heads = [OwnedProcess(["bash", os.path.join(ROOT, "scripts", "ray_head.sh"), d], env=env, cwd=tmp_path)
@@ -29,6 +35,7 @@ def test_two_heads_at_once_share_nothing(tmp_path):
                                     capture_output=True, text=True, timeout=150, check=True).stdout.strip()
                      for d in dirs]
         assert len(set(addresses)) == 2, addresses
+        assert (home / ".ray" / "auth_token").stat().st_size > 0
         for head, address, d in zip(heads, addresses, dirs, strict=True):
             announced = head.output_tail()
             ports = {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", announced)}

@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common.machine import cpu_model, memory_gib
+from bench.common.sampling import PeriodicSampler
 from pipeline.job.dataset import (
     _CHECKPOINT_FILTER_MEMORY,
     _FOOTER_READERS_VARIABLE,
@@ -222,39 +223,29 @@ def check_format(kind: str, work: str) -> Tuple[pa.Schema, List[str]]:
 # ---------------------------------------------------------------------------------------------
 # One measurement, in a process of its own (its driver RSS is the restore's alone).
 
-class PeakSampler:
+class PeakSampler(PeriodicSampler):
     """Peak RSS of this process and of the largest of its descendants (Ray's workers), every 50 ms."""
 
+    interval = 0.05
+
     def __init__(self) -> None:
+        super().__init__()
         self.me = psutil.Process()
         self.driver_peak = 0
         self.worker_peak = 0
         self.worker_name = ""
         self.worker_threads = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while True:
-            self.driver_peak = max(self.driver_peak, self.me.memory_info().rss)
-            for child in self.me.children(recursive=True):
-                try:
-                    rss, name = child.memory_info().rss, " ".join(child.cmdline()).strip()[:60]
-                    self.worker_threads = max(self.worker_threads, child.num_threads())
-                except psutil.Error:  # a worker that ended between the listing and the read
-                    continue
-                if rss > self.worker_peak:
-                    self.worker_peak, self.worker_name = rss, name
-            if self._stop.wait(0.05):
-                return
-
-    def __enter__(self) -> "PeakSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.driver_peak = max(self.driver_peak, self.me.memory_info().rss)
+        for child in self.me.children(recursive=True):
+            try:
+                rss, name = child.memory_info().rss, " ".join(child.cmdline()).strip()[:60]
+                self.worker_threads = max(self.worker_threads, child.num_threads())
+            except psutil.Error:  # a worker that ended between the listing and the read
+                continue
+            if rss > self.worker_peak:
+                self.worker_peak, self.worker_name = rss, name
 
 
 def memory_of_process() -> Dict[str, int]:

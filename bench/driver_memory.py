@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -31,6 +30,7 @@ from typing import Any, Dict, List, Optional
 import psutil
 
 from bench.common.machine import cpu_model, memory_gib
+from bench.common.sampling import PeriodicSampler
 
 FRAMES = 12
 TOP = 15
@@ -38,39 +38,30 @@ RAY_TYPES = ("RefBundle", "BlockMetadata", "BlockMetadataWithSchema", "BlockStat
              "OpRuntimeMetrics", "Schema")
 
 
-class Sampler:
+class Sampler(PeriodicSampler):
     """Peak RSS and traced memory every 0.5 s; a tracemalloc snapshot (and live Ray Data object
     counts) whenever traced memory reaches a new peak, at most every 5 s."""
 
+    interval = 0.5
+
     def __init__(self) -> None:
+        super().__init__()
+        self.process = psutil.Process()
         self.peak_rss = 0
         self.peak_traced = 0
         self.snapshot: Optional[tracemalloc.Snapshot] = None
         self.objects: Dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
         self._last_snapshot = 0.0
 
-    def _run(self) -> None:
-        process = psutil.Process()
-        while not self._stop.wait(0.5):
-            rss = process.memory_info().rss
-            traced, _ = tracemalloc.get_traced_memory()
-            self.peak_rss = max(self.peak_rss, rss)
-            now = time.perf_counter()
-            if traced > self.peak_traced and now - self._last_snapshot >= 5:
-                self.peak_traced = traced
-                self.snapshot = tracemalloc.take_snapshot()
-                self.objects = live_objects()
-                self._last_snapshot = now
-
-    def __enter__(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+        traced, _ = tracemalloc.get_traced_memory()
+        now = time.perf_counter()
+        if traced > self.peak_traced and now - self._last_snapshot >= 5:
+            self.peak_traced = traced
+            self.snapshot = tracemalloc.take_snapshot()
+            self.objects = live_objects()
+            self._last_snapshot = now
 
 
 def live_objects() -> Dict[str, int]:

@@ -164,8 +164,7 @@ def drive(config_path: str, env: Dict[str, str], store: Store, output: str, node
         driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", config_path,
                                    "--progress-interval", "5" if kill_when_encoded else "30", *extra],
                                   stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    sampler = RunSampler(driver.pid, nodes)
-    with sampler:
+    with RunSampler(driver.pid, nodes) as sampler:
         start, next_look = time.perf_counter(), 0.0
         while True:  # wait4, not poll(): it gives the driver's own peak RSS and CPU time
             pid, status, usage = os.wait4(driver.pid, os.WNOHANG)
@@ -241,8 +240,8 @@ def run_one(spec: str, work: str, checkpoint: str, stores: Dict[str, Store], nod
     run = drive(config, env, store, output, nodes, os.path.join(work, f"{name}.log"),
                 kill_when_encoded=rows // 2 if mode else None)
     record: dict = {"spec": spec, "rows": rows, "storage": store.kind, "files_in": -(-rows // args.rows_per_file)}
+    killed = run.pop("killed_at")
     if mode:
-        killed = run.pop("killed_at")
         if killed is None:
             raise RuntimeError(f"{spec}: the run ended before half its rows were encoded")
         files_at_kill = store.result_files(output)
@@ -273,13 +272,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=4, help="worker nodes of 1 CPU each; 0: one node of 2 CPUs")
     parser.add_argument("--runs", default="local:10000,local:100000",
-                        help="STORAGE:ROWS[:kill] runs, STORAGE local or s3 (a SeaweedFS server the bench starts)")
+                        help="STORAGE:ROWS[:kill] runs, STORAGE local or s3 (a SeaweedFS server the bench starts); "
+                             "empty: render the report of the records in --json alone")
     parser.add_argument("--rows-per-file", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16, help="compute.batch_size of the model actor")
     parser.add_argument("--encode-cpus", type=float, default=1.0, help="compute.encode_cpus of the runs")
     parser.add_argument("--json", default="bench/results/scale_cluster.jsonl", help="records are appended here")
     parser.add_argument("--out", default="bench/results/scale_cluster.md")
     args = parser.parse_args()
+    if args.runs:
+        measure(args)
+    with open(args.json) as f:
+        report = render([json.loads(line) for line in f if line.strip()])
+    with open(args.out, "w") as f:
+        f.write(report)
+    print(report)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Each run of `args.runs` on one cluster, its record appended to `args.json`."""
     work = tempfile.mkdtemp(prefix="bench_scale_")
     checkpoint = os.path.join(work, "smallest")
     smallest_model(checkpoint)
@@ -306,11 +317,6 @@ def main() -> None:
             with open(args.json, "a") as f:
                 f.write(json.dumps(record) + "\n")
     shutil.rmtree(work, ignore_errors=True)
-    with open(args.json) as f:
-        report = render([json.loads(line) for line in f if line.strip()])
-    with open(args.out, "w") as f:
-        f.write(report)
-    print(report)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ def _nodes_table(records: List[dict]) -> List[str]:
             seconds = r["node_cpu_s"].get(n)
             mark = " (model actor)" if n in r["model_nodes"] else ""
             cells.append("-" if seconds is None else f"{seconds:.0f} s, {seconds / total:.0%}{mark}")
-        lines.append(f"| {r['spec']} | " + " | ".join(cells) + " |")
+        label = f"{r['spec']} (the resumed run)" if "killed" in r else r["spec"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -58,13 +59,14 @@ def _growth_table(records: List[dict]) -> List[str]:
 
 def _kill_table(records: List[dict]) -> List[str]:
     lines = ["| rows | storage | killed after s | at the kill: decoded / through the model / encoded | result files "
-             "(rows) at the kill | rows the resumed run skipped | rows redone | resumed run: wall s, driver peak RSS MiB "
-             "| resumed output |", "|" + "---|" * 9]
+             "(rows) at the kill | rows the resumed run skipped | rows redone | resumed run: wall s, rows/s of the rest, "
+             "driver peak RSS MiB | resumed output |", "|" + "---|" * 9]
     for r in records:
         k, resumed = r["killed"], r["resumed"]
+        rest_rate = (r["rows"] - resumed["rows_skipped"]) / r["seconds"]
         lines.append(f"| {r['rows']:,} | {r['storage']} | {k['seconds']:.0f} | {k['decoded']:,} / {k['modelled']:,} / "
                      f"{k['encoded']:,} | {k['result_files']} ({k['rows_in_result_files']:,}) | "
-                     f"{resumed['rows_skipped']:,} | {resumed['rows_redone']:,} | {r['seconds']:.0f}, "
+                     f"{resumed['rows_skipped']:,} | {resumed['rows_redone']:,} | {r['seconds']:.0f}, {rest_rate:.0f}, "
                      f"{r['driver_peak_rss_mib']:.0f} | every id once ({r['rows']:,} ids in {r['files_out']} files) |")
     return lines
 

@@ -3,6 +3,9 @@ entering and leaving a `with` block, and once more on leaving (so a short run st
 sample)."""
 
 import threading
+from typing import TypeVar
+
+SamplerType = TypeVar("SamplerType", bound="PeriodicSampler")
 
 
 class PeriodicSampler:
@@ -19,7 +22,7 @@ class PeriodicSampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> "PeriodicSampler":
+    def __enter__(self: SamplerType) -> SamplerType:
         self._thread.start()
         return self
 

@@ -169,13 +169,14 @@ class ComputeConfig(Section):
                                    "The model calls themselves take turns. Device memory grows with it; on CPU "
                                    "leave it at 1 (the threads would share the actor's cores).")
     decode_batch_size: int = Field(8, ge=1, description="Images per CPU decode task.")
-    encode_cpus: float = Field(1.0, ge=0, description="CPUs each encode-and-write task reserves. Ray Data reserves "
-                                                      "a task's CPU for the read and decode first: with fewer than 3 "
-                                                      "CPUs beside the model actors, 1-CPU writes wait until every "
-                                                      "image is decoded (no result file, no checkpoint entry before "
-                                                      "then). 0 lets them run beside the decode tasks: the job writes "
-                                                      "as it goes, at a cost in throughput on so small a cluster "
-                                                      "(bench/results/scale.md).")
+    encode_cpus: Optional[float] = Field(
+        None, ge=0, description="CPUs each encode-and-write task reserves. Unset: 1 where at least 3 CPUs are left "
+                                "beside the model actors (and a resumed run's checkpoint filter), else 0. Ray Data "
+                                "reserves a task's CPU for the read and decode first: with fewer spare CPUs, 1-CPU "
+                                "writes wait until every image is decoded (no result file, no checkpoint entry before "
+                                "then, and the model's outputs pile up on the driver). 0 lets them run beside the "
+                                "decode tasks: the job writes as it goes, at a cost in throughput on so small a "
+                                "cluster (bench/results/scale_encode_cpus.md).")
     max_worker_crashes: int = Field(3, ge=2, description="Times a row may be in flight when its worker process dies "
                                                          "(a native crash, an out-of-memory kill) before it is written "
                                                          "with a 'stage' error instead of run again; after the first "

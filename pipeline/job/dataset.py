@@ -1,11 +1,12 @@
 """The job as a Ray Data dataset: read Parquet, then its stages (decode → model → encode), cut
 into blocks that bound what a crash costs, with Ray Data's checkpoint of the ids written."""
 
+import contextlib
 import dataclasses
 import math
 import os
 import warnings
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import ray
 from ray.data._internal.planner.checkpoint.plan_read_op import CHECKPOINT_MEMORY_SAFETY_FACTOR
@@ -35,6 +36,10 @@ _CHECKPOINT_FILTER_MEMORY = 256 << 20
 # Default block bounds (input.num_blocks unset): a 10M-image job becomes about 10k result files.
 _ROWS_PER_BLOCK = 1000
 _BLOCK_BYTES = 256 << 20
+# Below this many CPUs beside the model actors, Ray Data's reservations for the read and the
+# decode leave a write that reserves a CPU none until every image is decoded
+# (ReservationOpResourceAllocator; bench/results/scale_encode_cpus.md).
+_SPARE_CPUS_FOR_WRITES = 3
 
 
 # Ray Data's Parquet reader reads the input's footers again, on a pool of actors (32 by
@@ -42,6 +47,7 @@ _BLOCK_BYTES = 256 << 20
 # would start 30 of them. It takes the pool's size from this variable in the driver.
 _FOOTER_READERS_VARIABLE = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 _CPUS_PER_FOOTER_READER, _MAX_FOOTER_READERS = 4, 32
+_READ_TASK_BYTES_VARIABLE = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
 
 
 def footer_readers(resources: Resources) -> int:
@@ -82,20 +88,38 @@ def output_columns(config: JobConfig) -> List[str]:
     return list(dict.fromkeys(keep))
 
 
-def job_stages(plan: JobPlan, resources: Resources, num_cpus: float, counter: Optional["ray.actor.ActorHandle"] = None,
-               crash_guard: Optional[CrashGuard] = None) -> List[Stage]:
-    """decode (CPU tasks) → SAM-HQ (actor pool, each actor reserving `num_cpus`: see
-    `num_cpus_per_actor`) → RLE encode (CPU tasks), each counting its rows on `counter` and
-    its worker deaths on `crash_guard` when given."""
+@dataclasses.dataclass(frozen=True)
+class CpuReservations:
+    """What a run's model actors and encode-and-write tasks each reserve on its cluster."""
+
+    per_actor: float  # `num_cpus_per_actor`
+    per_write: float  # `write_cpus`
+    checkpoint_filter: bool  # a resumed run's filter actor runs beside them
+
+
+def cpu_reservations(plan: JobPlan, resources: Resources, only_ids: Optional[List[Any]] = None) -> CpuReservations:
+    """The reservations of the run `build_dataset` makes (a --retry-errors pass, `only_ids`,
+    has no checkpoint filter)."""
+    config = plan.config
+    filtered = plan.resume.filters_rows and only_ids is None
+    per_actor = num_cpus_per_actor(config, resources, checkpoint_filter=filtered)
+    return CpuReservations(per_actor, write_cpus(config, resources, per_actor, filtered), filtered)
+
+
+def job_stages(plan: JobPlan, resources: Resources, cpus: CpuReservations,
+               counter: Optional["ray.actor.ActorHandle"] = None, crash_guard: Optional[CrashGuard] = None) -> List[Stage]:
+    """decode (CPU tasks) → SAM-HQ (actor pool) → RLE encode (CPU tasks), reserving `cpus`,
+    each counting its rows on `counter` and its worker deaths on `crash_guard` when given."""
     config = plan.config
     keep = output_columns(config)
     stages = [
         DecodeUDF.stage(config.input, config.storage, plan.image_size, config.compute.decode_batch_size,
                         keep_image=config.input.image_column in keep, per_box=per_box_columns(config),
                         directory=input_directory(plan.scan.location), everything=config.everything),
-        ModelUDF.stage(config.model, config.storage, config.compute, num_cpus, num_gpus_per_actor(config, resources),
-                       plan.image_size, model_name(plan.model_config), config.everything),
-        EncodeUDF.stage(keep, config.output.path, config.compute.encode_cpus),
+        ModelUDF.stage(config.model, config.storage, config.compute, cpus.per_actor,
+                       num_gpus_per_actor(config, resources), plan.image_size, model_name(plan.model_config),
+                       config.everything),
+        EncodeUDF.stage(keep, config.output.path, cpus.per_write),
     ]
     return [dataclasses.replace(stage, row_counter=counter, crash_guard=crash_guard) for stage in stages]
 
@@ -106,19 +130,15 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
     """read Parquet (the rows of `only_ids` alone, when given: a --retry-errors pass, which
     has no checkpoint), then the job's stages in turn."""
     config = plan.config
-    # Ray Data's checkpoint filter actor runs beside the stages in a resumed run.
-    filtered = plan.resume.filters_rows and only_ids is None
-    reserved = num_cpus_per_actor(config, resources, checkpoint_filter=filtered)
-    stages = job_stages(plan, resources, reserved, counter, crash_guard)
+    cpus = cpu_reservations(plan, resources, only_ids)
+    stages = job_stages(plan, resources, cpus, counter, crash_guard)
     columns = read_columns(config)
     check_column_flow(stages, columns)
-    read_fs, _ = plan.scan.location.arrow()
     os.environ.setdefault(_FOOTER_READERS_VARIABLE, str(footer_readers(resources)))
-    ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(columns)
+    num_blocks = block_count(plan)
+    ds = read_input(plan, columns, num_blocks)
     if only_ids is not None:
         ds = ds.filter(expr=col(config.input.id_column).is_in(only_ids))
-    num_blocks = block_count(plan)
-    _size_blocks(ds, plan, num_blocks)
     ds.context.checkpoint_config = job_checkpoint(plan.output, config.input.id_column) if only_ids is None else None
     # Reads, writes and checkpoint entries retry (10 tries, backoff up to 32 s: about 2.5 min
     # in all) on the store's transient errors as our clients word them too. Ray warns on any
@@ -127,8 +147,8 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
         warnings.simplefilter("ignore")
         ds.context.retried_io_errors = list(dict.fromkeys([*ds.context.retried_io_errors, *TRANSIENT_ERRORS]))
     ds.context.enable_progress_bars = verbose
-    if reserved < config.compute.num_cpus_per_actor:
-        log(f"resume:  the model actors reserve {reserved:g} CPUs each instead of "
+    if cpus.per_actor < config.compute.num_cpus_per_actor:
+        log(f"resume:  the model actors reserve {cpus.per_actor:g} CPUs each instead of "
             f"{config.compute.num_cpus_per_actor:g}, leaving one for Ray Data's checkpoint filter (their threads, "
             "compute.torch_threads, are unchanged)")
     log(f"input:   {plural(len(plan.scan.files), 'Parquet file')}, {plural(plan.scan.num_rows, 'row')}, "
@@ -137,11 +157,28 @@ def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.ac
         log(f"{stage.name + ':':<8} {stage.description}")
         ds = stage.apply(ds)
     log(f"cluster: {resources.describe()}")
-    if writes_wait_for_decoding(config, resources, reserved, filtered):
-        log(f"note:    on this cluster ({resources.cpus:g} CPUs, {config.compute.num_actors * reserved:g} of them for "
-            "the model actors) Ray Data runs the encode-and-write tasks only after every image is decoded: no "
-            "result file or checkpoint entry before then. compute.encode_cpus: 0 writes as the job goes")
+    on_this_cluster = (f"on this cluster ({resources.cpus:g} CPUs, {config.compute.num_actors * cpus.per_actor:g} of "
+                       "them for the model actors)")
+    if writes_wait_for_decoding(config, resources, cpus.per_actor, cpus.checkpoint_filter):
+        log(f"note:    {on_this_cluster} Ray Data runs the encode-and-write tasks only after every image is decoded: "
+            "no result file or checkpoint entry before then. compute.encode_cpus: 0 writes as the job goes")
+    elif config.compute.encode_cpus is None and cpus.per_write == 0:
+        log(f"note:    {on_this_cluster} the encode-and-write tasks reserve no CPU (compute.encode_cpus unset), so "
+            "that results and checkpoint entries come as the job goes; compute.encode_cpus: 1 is faster here but "
+            "writes nothing before every image is decoded")
     return ds
+
+
+def _spare_cpus(resources: Resources, config: JobConfig, cpus_per_actor: float, checkpoint_filter: bool) -> float:
+    return resources.cpus - config.compute.num_actors * cpus_per_actor - (1 if checkpoint_filter else 0)
+
+
+def write_cpus(config: JobConfig, resources: Resources, cpus_per_actor: float, checkpoint_filter: bool) -> float:
+    """CPUs each encode-and-write task reserves: compute.encode_cpus; unset, 1, or 0 on a
+    cluster where 1-CPU writes would wait for the decoding (`writes_wait_for_decoding`)."""
+    if config.compute.encode_cpus is not None:
+        return config.compute.encode_cpus
+    return 0.0 if _spare_cpus(resources, config, cpus_per_actor, checkpoint_filter) < _SPARE_CPUS_FOR_WRITES else 1.0
 
 
 def writes_wait_for_decoding(config: JobConfig, resources: Resources, cpus_per_actor: float,
@@ -149,8 +186,8 @@ def writes_wait_for_decoding(config: JobConfig, resources: Resources, cpus_per_a
     """Whether Ray Data would start no write before the decoding ends: it reserves a task's CPU
     for the read and the decode first, and a write that reserves CPU gets one only from what
     is left beside the model actors (and a resumed run's checkpoint filter)."""
-    spare = resources.cpus - config.compute.num_actors * cpus_per_actor - (1 if checkpoint_filter else 0)
-    return config.compute.encode_cpus > 0 and spare < 3
+    return (write_cpus(config, resources, cpus_per_actor, checkpoint_filter) > 0
+            and _spare_cpus(resources, config, cpus_per_actor, checkpoint_filter) < _SPARE_CPUS_FOR_WRITES)
 
 
 def filter_reservation(restored_bytes: float) -> int:
@@ -193,13 +230,32 @@ def block_count(plan: JobPlan) -> int:
                                                math.ceil(scan.read_bytes / _BLOCK_BYTES))
 
 
-def _size_blocks(ds: ray.data.Dataset, plan: JobPlan, num_blocks: int) -> None:
-    """Make Ray Data cut the input into about `num_blocks` blocks. Its Parquet reader ignores
-    override_num_blocks and packs small files into one block, which one actor then processes
-    alone; blocks are cut by size, so this dataset's target block size is set from the rows'
-    average size in the Parquet footers (halved: a block is cut once it exceeds the target, so
-    blocks come out between 1 and 2 targets big)."""
-    rows = plan.scan.num_rows
-    rows_per_block = max(1, math.ceil(rows / num_blocks))
-    row_bytes = max(1, plan.scan.read_bytes // max(rows, 1))
-    ds.context.target_max_block_size = max(1024, row_bytes * rows_per_block // 2)
+def read_input(plan: JobPlan, columns: List[str], num_blocks: int) -> ray.data.Dataset:
+    """The input's `columns`, read by Ray Data's Parquet reader in read tasks of about a block
+    each, and cut into about `num_blocks` blocks. The reader packs files into read tasks of
+    up to RAY_DATA_PARQUET_BIN_PACKING_BYTES (128 MiB by default) and reads each of a task's
+    files in a thread of its own: 10,000 files of small rows (a 1M-row job) made tasks of
+    thousands of threads that never finished (bench/results/scale_cluster.md). It takes the
+    variable when the read is planned; one the user set is kept. Blocks are cut by size (the
+    reader ignores override_num_blocks): this dataset's target block size is a block's
+    average size in the Parquet footers, halved (a block is cut once it exceeds the target,
+    so blocks come out between 1 and 2 targets big)."""
+    block_bytes = max(2048, math.ceil(plan.scan.read_bytes / max(1, num_blocks)))
+    read_fs, _ = plan.scan.location.arrow()
+    with _environment(_READ_TASK_BYTES_VARIABLE, str(block_bytes)):
+        ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(columns)
+    ds.context.target_max_block_size = block_bytes // 2
+    return ds
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """`name` set to `value` within, unless it is set already."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)

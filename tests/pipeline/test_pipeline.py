@@ -27,7 +27,8 @@ from pycocotools import mask as mask_utils
 
 from pipeline.config import ConfigError, parse_config
 from pipeline.inputs.boxes import boxes_to_xyxy, check_boxes
-from pipeline.job.plan import plan_job
+from pipeline.job.dataset import read_input
+from pipeline.job.plan import plan_job, read_columns
 from pipeline.job.progress import ProgressReporter
 from pipeline.job.run import JobFailed, run_job
 from pipeline.stages import Stage, StageUDF
@@ -170,19 +171,46 @@ def test_blocks_outnumber_actors(ray_cluster, checkpoint, tmp_path):
     assert read_blocks >= 2 * 2 and model_tasks >= 2 * 2
 
 
-def test_writes_that_reserve_no_cpu_write_every_row_once(ray_cluster, checkpoint, tmp_path):
-    """compute.encode_cpus: 0 (the encode tasks and Ray Data's write fused, reserving no CPU):
-    with the default 1, this 2-CPU cluster would hold every write back until the decoding
-    ends, and the job says so; with 0 it does not, and every row is written once."""
+def test_writes_reserve_no_cpu_where_they_would_wait_and_write_every_row_once(ray_cluster, checkpoint, tmp_path):
+    """compute.encode_cpus unset on this 2-CPU cluster (1 CPU beside the model actor): the
+    encode tasks and Ray Data's write, fused, reserve no CPU, so that they run beside the
+    decoding (a 1-CPU write would wait for all of it), and the job says so; every row is
+    written once. Set to 1, the job warns that the writes wait."""
     os.makedirs(tmp_path / "input")
     write_rows(str(tmp_path / "input" / "rows.parquet"), sample_rows(num_good=12)[:12], row_group_size=4)
-    config = job_config(tmp_path, checkpoint, input={"num_blocks": 4}, compute={"encode_cpus": 0})
+    config = job_config(tmp_path, checkpoint, input={"num_blocks": 4})
     lines = []
     summary = run_job(config, log=lines.append)
     assert summary.rows_out == 12 and summary.closing is not None and summary.closing.passed
     assert any(line.startswith("encode:") and "(0 CPU each)" in line for line in lines), lines
-    assert not any(line.startswith("note:") for line in lines), lines
+    (note,) = [line for line in lines if line.startswith("note:")]
+    assert "reserve no CPU (compute.encode_cpus unset)" in note, note
     assert len(pq.ParquetDataset(str(tmp_path / "output")).files) >= 2  # several blocks, several writes
+
+    config = job_config(tmp_path, checkpoint, input={"num_blocks": 4}, compute={"encode_cpus": 1},
+                        output={"path": str(tmp_path / "output_1cpu")})
+    lines = []
+    assert run_job(config, log=lines.append).rows_out == 12
+    assert any(line.startswith("encode:") and "(1 CPU each)" in line for line in lines), lines
+    (note,) = [line for line in lines if line.startswith("note:")]
+    assert "only after every image is decoded" in note, note
+
+
+def test_many_small_input_files_are_read_about_a_block_per_read_task(ray_cluster, checkpoint, tmp_path):
+    """Ray Data's Parquet reader packs files into read tasks of up to 128 MiB and reads each of
+    a task's files in a thread of its own: these 60 small files would be one task of 60
+    threads (10,000 such files, a 1M-row job, never finished). The job packs about a block's
+    bytes per read task."""
+    os.makedirs(tmp_path / "input")
+    rows = sample_rows(num_good=2)[:2]
+    for f in range(60):
+        write_rows(str(tmp_path / "input" / f"part-{f:03}.parquet"), [dict(row, id=f"f{f}-{i}") for i, row in
+                                                                       enumerate(rows)])
+    plan = plan_job(job_config(tmp_path, checkpoint, input={"num_blocks": 6}))
+    ds = read_input(plan, read_columns(plan.config), 6).materialize()
+    assert ds.count() == 120
+    (read_tasks,) = [int(m) for m in re.findall(r"ReadFiles\w*: (\d+) tasks executed", ds.stats())]
+    assert 6 <= read_tasks <= 12, ds.stats()
 
 
 def test_s3_image_uris_checkpoint_and_output(ray_cluster, checkpoint, s3_endpoint, tmp_path):

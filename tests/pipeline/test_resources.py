@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.checks.resources import Resources, check_resources, num_cpus_per_actor
 from pipeline.config import parse_config
-from pipeline.job.dataset import writes_wait_for_decoding
+from pipeline.job.dataset import write_cpus, writes_wait_for_decoding
 
 
 def config(**compute):
@@ -44,17 +44,35 @@ def test_a_first_run_that_does_not_fit_is_refused_resumed_or_not():
 
 
 @pytest.mark.parametrize("cpus, compute, resumed, waits", [
-    (2, {}, False, True),  # 1 CPU beside the model actor: the read and the decode reserve it first
-    (4, {}, False, False),
-    (4, {}, True, True),  # the checkpoint filter takes one of the 3
-    (4, {"num_actors": 2}, False, True),
-    (5, {"num_actors": 2}, False, False),
+    # 1 CPU beside the model actor: the read and the decode reserve it first
+    (2, {"encode_cpus": 1}, False, True),
+    (4, {"encode_cpus": 1}, False, False),
+    (4, {"encode_cpus": 1}, True, True),  # the checkpoint filter takes one of the 3
+    (4, {"encode_cpus": 1, "num_actors": 2}, False, True),
+    (5, {"encode_cpus": 1, "num_actors": 2}, False, False),
     (2, {"encode_cpus": 0}, False, False),
+    (2, {}, False, False),  # unset: the writes reserve no CPU there
+    (4, {}, True, False),
 ])
 def test_whether_writes_wait_for_the_decoding(cpus, compute, resumed, waits):
     job = config(**compute)
     reserved = num_cpus_per_actor(job, cluster(cpus), checkpoint_filter=resumed)
     assert writes_wait_for_decoding(job, cluster(cpus), reserved, checkpoint_filter=resumed) == waits
+
+
+@pytest.mark.parametrize("cpus, compute, resumed, per_write", [
+    (2, {}, False, 0.0),
+    (3, {}, False, 0.0),
+    (4, {}, False, 1.0),  # 3 spare CPUs: a write gets one beside the read and the decode
+    (4, {}, True, 0.0),  # the checkpoint filter takes one of them
+    (5, {"num_actors": 2}, False, 1.0),
+    (2, {"encode_cpus": 1}, False, 1.0),  # as set, even where the writes then wait
+    (8, {"encode_cpus": 0.5}, False, 0.5),
+])
+def test_what_each_write_reserves(cpus, compute, resumed, per_write):
+    job = config(**compute)
+    reserved = num_cpus_per_actor(job, cluster(cpus), checkpoint_filter=resumed)
+    assert write_cpus(job, cluster(cpus), reserved, checkpoint_filter=resumed) == per_write
 
 
 def test_a_resumed_run_whose_checkpoint_filter_cannot_be_placed_is_refused():

@@ -119,6 +119,10 @@ class RunSampler(PeriodicSampler):
         self.rss: List[Tuple[float, int]] = []  # (seconds since start, bytes)
         self.start = time.perf_counter()
         self._cpu: Dict[str, Dict[int, float]] = {name: {} for name in nodes}
+        # A node's processes outlive a run (its raylet, agents, reused workers): what they had
+        # spent when the run started is not the run's.
+        self._before: Dict[int, float] = {}
+        self._started = False
         self.model_nodes: set = set()
 
     def sample(self) -> None:
@@ -132,10 +136,14 @@ class RunSampler(PeriodicSampler):
         for name, session in self.nodes.items():
             for pid in session_members(session):
                 seconds = _cpu_seconds(pid)
-                if seconds is not None:
-                    self._cpu[name][pid] = seconds
+                if seconds is None:
+                    continue
+                if not self._started:  # the first sample: the run has barely started
+                    self._before.setdefault(pid, seconds)
+                self._cpu[name][pid] = seconds - self._before.get(pid, 0.0)
                 if name not in self.model_nodes and MODEL_ACTOR in _title(pid):
                     self.model_nodes.add(name)
+        self._started = True
 
     def node_cpu_seconds(self) -> Dict[str, float]:
         return {name: sum(pids.values()) for name, pids in self._cpu.items()}

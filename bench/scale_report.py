@@ -113,6 +113,11 @@ def render(records: List[dict]) -> str:
              "## Runs", ""] + _runs_table(runs)
     lines += ["", "## Work per node (CPU seconds of each node's processes, share of the cluster's)", ""]
     lines += _nodes_table(records)
+    if any(r.get("node_cpu_since_cluster_start") for r in records):
+        lines += ["", "Records marked `node_cpu_since_cluster_start` counted each process's CPU since it started, not "
+                  "since the run did: a node's long-lived processes (raylet, agents, reused workers) carry the runs "
+                  "before it on the same cluster, so only the first run's row is its own. The model actor is a new "
+                  "process in each job, so its node's figure holds the model's work plus that carry-over."]
     lines += ["", "## Driver peak RSS as rows grow", ""] + _growth_table(runs)
     if kills:
         lines += ["", "## Driver SIGKILLed at half the rows, then resumed", "",

@@ -124,13 +124,13 @@ def job_stages(plan: JobPlan, resources: Resources, cpus: CpuReservations,
     return [dataclasses.replace(stage, row_counter=counter, crash_guard=crash_guard) for stage in stages]
 
 
-def build_dataset(plan: JobPlan, resources: Resources, counter: Optional["ray.actor.ActorHandle"] = None,
-                  log: Log = print, verbose: bool = False, only_ids: Optional[List[Any]] = None,
-                  crash_guard: Optional[CrashGuard] = None) -> ray.data.Dataset:
+def build_dataset(plan: JobPlan, resources: Resources, cpus: CpuReservations,
+                  counter: Optional["ray.actor.ActorHandle"] = None, log: Log = print, verbose: bool = False,
+                  only_ids: Optional[List[Any]] = None, crash_guard: Optional[CrashGuard] = None) -> ray.data.Dataset:
     """read Parquet (the rows of `only_ids` alone, when given: a --retry-errors pass, which
-    has no checkpoint), then the job's stages in turn."""
+    has no checkpoint), then the job's stages in turn, reserving `cpus` (`cpu_reservations`
+    of the same run)."""
     config = plan.config
-    cpus = cpu_reservations(plan, resources, only_ids)
     stages = job_stages(plan, resources, cpus, counter, crash_guard)
     columns = read_columns(config)
     check_column_flow(stages, columns)

@@ -221,8 +221,8 @@ def _run_stages(plan: JobPlan, resources: Resources, destination: Location, rows
     # Ray's stubs type .remote() of an actor class as "handle or class"; it is the handle.
     counter = cast("ray.actor.ActorHandle", ray.remote(num_cpus=0)(RowCounter).remote())
     guard = CrashGuard(config.input.id_column, config.compute.max_worker_crashes)
-    dataset = build_dataset(plan, resources, counter, log, verbose, only_ids, guard)
-    write_cpus = cpu_reservations(plan, resources, only_ids).per_write
+    cpus = cpu_reservations(plan, resources, only_ids)
+    dataset = build_dataset(plan, resources, cpus, counter, log, verbose, only_ids, guard)
     out_fs, out_path = destination.arrow()
     # Without a floor, each batch the model hands on (batch_size rows) would be a file of its
     # own and a checkpoint entry: millions of tiny files on a large job.
@@ -231,7 +231,7 @@ def _run_stages(plan: JobPlan, resources: Resources, destination: Location, rows
         with ProgressReporter(counter, rows, progress_interval, log):
             names = ResultFilenames() if output.shard is None else ShardResultFilenames(output.shard)
             dataset.write_parquet(out_path, filesystem=out_fs, filename_provider=names,
-                                  min_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": write_cpus})
+                                  min_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": cpus.per_write})
     except Exception as e:  # Ray raises its own wrappers of whatever stopped a task
         if only_ids is not None:
             raise JobFailed(f"the --retry-errors pass stopped: {root_cause(e)}. The output at {config.output.path} "

@@ -307,6 +307,7 @@ def measure(args: argparse.Namespace) -> None:
     env = {**os.environ, **CREDENTIALS, "PYTHONPATH": ROOT, **RAY_TOKEN_AUTH}
     stores: Dict[str, Store] = {"local": LocalStore(os.path.join(work, "data"))}
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)  # runs last, also when a run fails
         if any(spec.startswith("s3:") for spec in args.runs.split(",")):
             server = SeaweedFS(os.path.join(work, "seaweedfs")).start()
             stack.callback(server.stop)
@@ -324,7 +325,6 @@ def measure(args: argparse.Namespace) -> None:
             print(json.dumps(record), flush=True)
             with open(args.json, "a") as f:
                 f.write(json.dumps(record) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pycocotools.coco import COCO
 
 def env(**extra) -> dict:
     # Token authentication, as the README's ray job submit section sets it: the cluster, the
-    # nodes joining it and the CLIs talking to it all use the token in ~/.ray/auth_token.
+    # nodes joining it and the CLIs talking to it all use one token (RAY_TOKEN_AUTH's).
     return {**os.environ, **CREDENTIALS, "PYTHONPATH": ROOT, **RAY_TOKEN_AUTH, **extra}
 
 

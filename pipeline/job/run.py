@@ -236,8 +236,11 @@ def _run_stages(plan: JobPlan, resources: Resources, destination: Location, rows
         if only_ids is not None:
             raise JobFailed(f"the --retry-errors pass stopped: {root_cause(e)}. The output at {config.output.path} "
                             "is as it was; run the pass again once the cause is fixed") from e
-        written = len(output.result_files().files)
-        raise JobFailed(f"the job stopped: {root_cause(e)}. The {plural(written, 'result file')} written so far at "
+        try:
+            written = plural(len(output.result_files().files), "result file")
+        except Exception:  # noqa: BLE001 - the store that stopped the job may still be down
+            written = "result files"
+        raise JobFailed(f"the job stopped: {root_cause(e)}. The {written} written so far at "
                         f"{config.output.path} are kept; once the cause is fixed, run again with output.mode: resume "
                         "(--set output.mode=resume) to process only the rows not written yet") from e
     finally:

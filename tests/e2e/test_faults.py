@@ -66,7 +66,14 @@ def cluster(ray_nodes: RayCluster):
         ray_nodes.wait_for_nodes()
     deadline = time.time() + 60  # the actor of a job whose driver was killed ends with that job
     while ray_nodes.node_running(MODEL_ACTOR) is not None:
-        assert time.time() < deadline, "a model actor of an earlier job is still alive"
+        if time.time() > deadline:
+            node = ray_nodes.node_running(MODEL_ACTOR)
+            pid = node.process_titled(MODEL_ACTOR) if node else 0
+            if pid:
+                described = ray_nodes.describe_worker(pid)
+                os.kill(pid, signal.SIGKILL)  # a process of this module's cluster: the next test's starts clean
+                pytest.fail(f"a model actor of an earlier job is still alive after 60 s on {node}; "
+                            f"SIGKILLed it after recording it:\n{described}")
         time.sleep(0.2)
     gone = len(ray_nodes.gone)
     yield ray_nodes

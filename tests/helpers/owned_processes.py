@@ -317,6 +317,32 @@ class RayCluster:
                 return node
         return None
 
+    def describe_worker(self, pid: int) -> str:
+        """What a worker process of this cluster is doing: its state and kernel wait from /proc,
+        its threads' stacks (py-spy, Python and native frames) and the tails of Ray's log files
+        of that process; for a test's failure message."""
+        lines = [f"process {pid}:"]
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                lines += [line.rstrip() for line in f if line.split(":")[0] in ("Name", "State", "Threads", "VmRSS")]
+            with open(f"/proc/{pid}/wchan") as f:
+                lines.append(f"wchan: {f.read()}")
+        except OSError as e:
+            lines.append(f"/proc: {e}")
+        try:
+            py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")  # installed with ray[default]
+            dump = subprocess.run([py_spy, "dump", "--native", "--pid", str(pid)], capture_output=True, text=True,
+                                  timeout=30)
+            lines.append(dump.stdout[-6000:] + dump.stderr[-1000:])
+        except (OSError, subprocess.TimeoutExpired) as e:
+            lines.append(f"py-spy: {e}")
+        logs = os.path.join(self.temp_dir, "session_latest", "logs")
+        for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+            if name.endswith((f"-{pid}.err", f"-{pid}.out", f"_{pid}.log")):
+                with open(os.path.join(logs, name), errors="replace") as f:
+                    lines.append(f"--- {name}:\n{f.read()[-3000:]}")
+        return "\n".join(lines)
+
     def kill(self, node: RayNode) -> List[int]:
         """`RayNode.kill`, and the node no longer counted among the live ones."""
         self.workers.remove(node)

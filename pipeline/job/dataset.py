@@ -232,20 +232,29 @@ def block_count(plan: JobPlan) -> int:
 
 def read_input(plan: JobPlan, columns: List[str], num_blocks: int) -> ray.data.Dataset:
     """The input's `columns`, read by Ray Data's Parquet reader in read tasks of about a block
-    each, and cut into about `num_blocks` blocks. The reader packs files into read tasks of
-    up to RAY_DATA_PARQUET_BIN_PACKING_BYTES (128 MiB by default) and reads each of a task's
-    files in a thread of its own: 10,000 files of small rows (a 1M-row job) made tasks of
-    thousands of threads that never finished (bench/results/scale_cluster.md). It takes the
-    variable when the read is planned; one the user set is kept. Blocks are cut by size (the
-    reader ignores override_num_blocks): this dataset's target block size is a block's
-    average size in the Parquet footers, halved (a block is cut once it exceeds the target,
-    so blocks come out between 1 and 2 targets big)."""
+    each, and cut into blocks of `rows_per_block` rows (about `num_blocks` blocks).
+
+    The reader packs files into read tasks of up to RAY_DATA_PARQUET_BIN_PACKING_BYTES (128 MiB
+    by default) and reads each of a task's files in a thread of its own: 10,000 files of small
+    rows (a 1M-row job) made tasks of thousands of threads that never finished
+    (bench/results/scale_cluster.md). It takes the variable when the read is planned; one the
+    user set is kept.
+
+    Blocks are cut by rows after the read (the reader ignores override_num_blocks), not by a
+    small target block size: that target holds for every stage, and a decoded image is tens of
+    times its encoded size, so the decode and model stages would cut each block into many. Ray
+    Data keeps statistics of every block each stage puts out on the driver until the job ends
+    (ray-project/ray#66016), so the driver's memory grows with the blocks of a job."""
     block_bytes = max(2048, math.ceil(plan.scan.read_bytes / max(1, num_blocks)))
     read_fs, _ = plan.scan.location.arrow()
     with _environment(_READ_TASK_BYTES_VARIABLE, str(block_bytes)):
         ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(columns)
-    ds.context.target_max_block_size = block_bytes // 2
-    return ds
+    return ds.repartition(target_num_rows_per_block=rows_per_block(plan.scan.num_rows, num_blocks))
+
+
+def rows_per_block(num_rows: int, num_blocks: int) -> int:
+    """Rows of a block (and of a result file) when `num_rows` are cut into `num_blocks`."""
+    return max(1, math.ceil(num_rows / max(1, num_blocks)))
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ runs the rows with transient errors again and puts them in place in their files.
 
 import _thread
 import dataclasses
-import math
 import re
 import time
 from typing import Any, List, Optional, cast
@@ -32,7 +31,7 @@ from ..stages.crash_guard import CrashGuard
 from ..storage import Location, basename
 from ..text import plural, some
 from .bad_input import skip_unreadable, unreadable_input
-from .dataset import ResultFilenames, block_count, build_dataset, cpu_reservations, resource_problems
+from .dataset import ResultFilenames, block_count, build_dataset, cpu_reservations, resource_problems, rows_per_block
 from .plan import JobPlan, continues_output, plan_job
 from .progress import Log, ProgressReporter, RowCounter
 from .resume import check_resume
@@ -226,7 +225,7 @@ def _run_stages(plan: JobPlan, resources: Resources, destination: Location, rows
     out_fs, out_path = destination.arrow()
     # Without a floor, each batch the model hands on (batch_size rows) would be a file of its
     # own and a checkpoint entry: millions of tiny files on a large job.
-    rows_per_file = math.ceil(plan.scan.num_rows / block_count(plan))
+    rows_per_file = rows_per_block(plan.scan.num_rows, block_count(plan))
     try:
         with ProgressReporter(counter, rows, progress_interval, log):
             names = ResultFilenames() if output.shard is None else ShardResultFilenames(output.shard)

@@ -157,18 +157,22 @@ def test_every_row_comes_out_and_masks_match_samhq_core(ray_cluster, checkpoint,
         assert usable_areas == [int(m.sum()) for m in decoded]
 
 
-def test_blocks_outnumber_actors(ray_cluster, checkpoint, tmp_path):
-    """One small file in one row group still reaches both actors in several blocks."""
+def test_blocks_outnumber_actors_and_stages_keep_them_whole(ray_cluster, checkpoint, tmp_path):
+    """One small file in one row group still reaches both actors in several blocks (by default
+    4 per actor), and the decode and model stages cut none of them further: Ray Data keeps the
+    statistics of every block a stage puts out on the driver until the job ends."""
     os.makedirs(tmp_path / "input")
     write_rows(str(tmp_path / "input" / "one.parquet"), sample_rows(num_good=8)[:8], row_group_size=8)
     config = job_config(tmp_path, checkpoint, compute={"num_actors": 2, "num_cpus_per_actor": 0.5,
                                                        "batch_size": 1, "torch_threads": 1})
     summary = run_job(config)
     assert summary.rows_out == 8
-    read_blocks = int(re.search(r"ReadFilesParquetV2: \d+ tasks executed, (\d+) blocks produced", summary.stats).group(1))
+    blocks = {name: int(n) for name, n in re.findall(r"Operator \d+ (\S+): \d+ tasks executed, (\d+) blocks produced",
+                                                     summary.stats)}
+    (cut,) = [n for name, n in blocks.items() if name.startswith("StreamingRepartition")]
     model_tasks = int(re.search(r"MapBatches\(ModelUDF\): (\d+) tasks executed", summary.stats).group(1))
-    # about input.num_blocks = 4 per actor (blocks are cut by bytes, rows differ in size)
-    assert read_blocks >= 2 * 2 and model_tasks >= 2 * 2
+    assert cut >= 2 * 2 and model_tasks >= 2 * 2, summary.stats
+    assert blocks["MapBatches(DecodeUDF)"] <= cut and blocks["MapBatches(ModelUDF)"] <= cut, summary.stats
 
 
 def test_writes_reserve_no_cpu_where_they_would_wait_and_write_every_row_once(ray_cluster, checkpoint, tmp_path):

@@ -4,6 +4,14 @@ and the 10M / 100M extrapolation from the largest local runs."""
 from typing import List, Tuple
 
 ROWS_PER_BLOCK = 1000  # the job's default most rows per block: one result file and checkpoint entry each
+# How the job cut its blocks (a record's machine["blocks"]; the records before it was kept cut
+# by size): "size", every stage to a target of half a block's input bytes, so that the decode
+# and model stages cut each block into many; "rows", by rows after the read, kept whole after.
+BLOCKS = {"size": "by size", "rows": "by rows"}
+
+
+def blocks(record: dict) -> str:
+    return str(record["machine"].get("blocks", "size"))
 
 
 def _k(rows: int) -> str:
@@ -17,14 +25,15 @@ def _cluster(machine: dict) -> str:
 
 
 def _runs_table(records: List[dict]) -> List[str]:
-    lines = ["| rows | storage | cluster | input files | wall s | rows/s | to first result file s | driver peak RSS MiB "
-             "| driver RSS at ¼, ½, ¾ of the run MiB | driver CPU s | result files | output MiB | load before / mean / max "
-             "| started |", "|" + "---|" * 14]
+    lines = ["| rows | storage | blocks cut | cluster | input files | wall s | rows/s | to first result file s "
+             "| driver peak RSS MiB | driver RSS at ¼, ½, ¾ of the run MiB | driver CPU s | result files | output MiB "
+             "| load before / mean / max | started |", "|" + "---|" * 15]
     for r in records:
         m = r["machine"]
         quarters = ", ".join(f"{v:.0f}" for v in r["driver_rss_quarters_mib"])
         first = f"{r['first_file_s']:.1f}" if r["first_file_s"] is not None else "-"
-        lines.append(f"| {r['rows']:,} | {r['storage']} | {m['workers'] or 1} node(s) | {r['files_in']:,} | "
+        lines.append(f"| {r['rows']:,} | {r['storage']} | {BLOCKS[blocks(r)]} | {m['workers'] or 1} node(s) | "
+                     f"{r['files_in']:,} | "
                      f"{r['seconds']:.1f} | {r['rows_per_s']:.1f} | {first} | {r['driver_peak_rss_mib']:.0f} | {quarters} | "
                      f"{r['driver_cpu_s']:.0f} | {r['files_out']:,} | {r['bytes_out'] / 2**20:.1f} | "
                      f"{m['load_before'].split()[0]} / {r['load_mean']:.2f} / {r['load_max']:.2f} | {m['date']} |")
@@ -41,30 +50,31 @@ def _nodes_table(records: List[dict]) -> List[str]:
             seconds = r["node_cpu_s"].get(n)
             mark = " (model actor)" if n in r["model_nodes"] else ""
             cells.append("-" if seconds is None else f"{seconds:.0f} s, {seconds / total:.0%}{mark}")
-        label = f"{r['spec']} (the resumed run)" if "killed" in r else r["spec"]
+        label = f"{r['spec']}, blocks {BLOCKS[blocks(r)]}" + (" (the resumed run)" if "killed" in r else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _growth_table(records: List[dict]) -> List[str]:
-    lines = ["| storage | rows | driver peak RSS MiB | growth from the size before |", "|---|---|---|---|"]
-    for storage in sorted({r["storage"] for r in records}):
-        runs = sorted((r for r in records if r["storage"] == storage), key=lambda r: r["rows"])
+    lines = ["| storage | blocks cut | rows | driver peak RSS MiB | growth from the size before |", "|---|---|---|---|---|"]
+    for storage, cut in sorted({(r["storage"], blocks(r)) for r in records}):
+        runs = sorted((r for r in records if r["storage"] == storage and blocks(r) == cut), key=lambda r: r["rows"])
         for before, r in zip([None, *runs[:-1]], runs, strict=True):
             growth = "-" if before is None else (
                 f"{r['driver_peak_rss_mib'] / before['driver_peak_rss_mib'] - 1:+.0%} over {_k(before['rows'])}")
-            lines.append(f"| {storage} | {r['rows']:,} | {r['driver_peak_rss_mib']:.0f} | {growth} |")
+            lines.append(f"| {storage} | {BLOCKS[cut]} | {r['rows']:,} | {r['driver_peak_rss_mib']:.0f} | {growth} |")
     return lines
 
 
 def _kill_table(records: List[dict]) -> List[str]:
-    lines = ["| rows | storage | killed after s | at the kill: decoded / through the model / encoded | result files "
+    lines = ["| rows | storage | blocks cut | killed after s | at the kill: decoded / through the model / encoded | result files "
              "(rows) at the kill | rows the resumed run skipped | rows redone | resumed run: wall s, rows/s of the rest, "
-             "driver peak RSS MiB | resumed output |", "|" + "---|" * 9]
+             "driver peak RSS MiB | resumed output |", "|" + "---|" * 10]
     for r in records:
         k, resumed = r["killed"], r["resumed"]
         rest_rate = (r["rows"] - resumed["rows_skipped"]) / r["seconds"]
-        lines.append(f"| {r['rows']:,} | {r['storage']} | {k['seconds']:.0f} | {k['decoded']:,} / {k['modelled']:,} / "
+        lines.append(f"| {r['rows']:,} | {r['storage']} | {BLOCKS[blocks(r)]} | {k['seconds']:.0f} | "
+                     f"{k['decoded']:,} / {k['modelled']:,} / "
                      f"{k['encoded']:,} | {k['result_files']} ({k['rows_in_result_files']:,}) | "
                      f"{resumed['rows_skipped']:,} | {resumed['rows_redone']:,} | {r['seconds']:.0f}, {rest_rate:.0f}, "
                      f"{r['driver_peak_rss_mib']:.0f} | every id once ({r['rows']:,} ids in {r['files_out']} files) |")
@@ -108,6 +118,9 @@ def render(records: List[dict]) -> str:
              "the code supports, so the data plane dominates",
              f"- job: 1 model actor (1 CPU, 1 torch thread, batches of {m['batch_size']}), decode tasks of 32 images, "
              f"compute.encode_cpus {m['encode_cpus']:g}; input.num_blocks unset (the default)",
+             "- blocks cut by size: every stage cut its output blocks to half a block's input bytes (Ray Data's "
+             "target block size, set to shape the read), so the decode and model stages cut each block into many; "
+             "by rows: cut by rows after the read, and kept whole by the later stages up to Ray Data's 128 MiB",
              "- each run's `started` and load average are in its row; the load counts every process of the cluster, "
              "so a load near the cluster's CPU count is the run itself", "",
              "## Runs", ""] + _runs_table(runs)
@@ -124,10 +137,13 @@ def render(records: List[dict]) -> str:
                   "Rows redone: rows through the model at the last progress line before the kill (every 5 s) less the "
                   "rows the resumed run found written; the rows the model ran after that line are not counted.", ""]
         lines += _kill_table(kills)
-    local = sorted((r for r in runs if r["storage"] == "local disk"), key=lambda r: r["rows"])
+    newest = blocks(records[-1])
+    local = sorted((r for r in runs if r["storage"] == "local disk" and blocks(r) == newest), key=lambda r: r["rows"])
     if len({r["rows"] for r in local}) >= 2:
-        lines += ["", f"## Extrapolated from the local runs of {_k(local[-2]['rows'])} and {_k(local[-1]['rows'])} rows",
+        lines += ["", f"## Extrapolated from the local runs of {_k(local[-2]['rows'])} and {_k(local[-1]['rows'])} rows, "
+                  f"blocks cut {BLOCKS[newest]}",
                   "", "| quantity | at the largest run | 10M images | 100M images | how |", "|---|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in extrapolate(local)]
-    lines += ["", "## Job summaries", ""] + [f"- {r['spec']}: `{r['summary']}`" for r in records]
+    lines += ["", "## Job summaries", ""] + [f"- {r['spec']}, blocks {BLOCKS[blocks(r)]}: `{r['summary']}`"
+                                             for r in records]
     return "\n".join(lines) + "\n"

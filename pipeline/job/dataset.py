@@ -232,7 +232,7 @@ def block_count(plan: JobPlan) -> int:
 
 def read_input(plan: JobPlan, columns: List[str], num_blocks: int) -> ray.data.Dataset:
     """The input's `columns`, read by Ray Data's Parquet reader in read tasks of about a block
-    each, and cut into blocks of `rows_per_block` rows (about `num_blocks` blocks).
+    each, in about `num_blocks` blocks of at most `rows_per_block` rows.
 
     The reader packs files into read tasks of up to RAY_DATA_PARQUET_BIN_PACKING_BYTES (128 MiB
     by default) and reads each of a task's files in a thread of its own: 10,000 files of small
@@ -240,16 +240,21 @@ def read_input(plan: JobPlan, columns: List[str], num_blocks: int) -> ray.data.D
     (bench/results/scale_cluster.md). It takes the variable when the read is planned; one the
     user set is kept.
 
-    Blocks are cut by rows after the read (the reader ignores override_num_blocks), not by a
-    small target block size: that target holds for every stage, and a decoded image is tens of
-    times its encoded size, so the decode and model stages would cut each block into many. Ray
-    Data keeps statistics of every block each stage puts out on the driver until the job ends
-    (ray-project/ray#66016), so the driver's memory grows with the blocks of a job."""
+    A read task of files smaller than a block puts out one block. A file of more rows than a
+    block is cut by rows after the read (the reader ignores override_num_blocks), in a stage of
+    CPU tasks of its own. Not by a small target block size: that target holds for every stage,
+    and a decoded image is tens of times its encoded size, so the decode and model stages would
+    cut each block into many. Ray Data keeps statistics of every block each stage puts out on
+    the driver until the job ends (ray-project/ray#66016): the driver's memory grows with the
+    blocks of a job."""
     block_bytes = max(2048, math.ceil(plan.scan.read_bytes / max(1, num_blocks)))
     read_fs, _ = plan.scan.location.arrow()
     with _environment(_READ_TASK_BYTES_VARIABLE, str(block_bytes)):
         ds = ray.data.read_parquet([f.path for f in plan.scan.files], filesystem=read_fs).select_columns(columns)
-    return ds.repartition(target_num_rows_per_block=rows_per_block(plan.scan.num_rows, num_blocks))
+    rows = rows_per_block(plan.scan.num_rows, num_blocks)
+    if max(f.num_rows for f in plan.scan.files) <= rows:
+        return ds
+    return ds.repartition(target_num_rows_per_block=rows)
 
 
 def rows_per_block(num_rows: int, num_blocks: int) -> int:

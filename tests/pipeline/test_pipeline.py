@@ -204,7 +204,7 @@ def test_many_small_input_files_are_read_about_a_block_per_read_task(ray_cluster
     """Ray Data's Parquet reader packs files into read tasks of up to 128 MiB and reads each of
     a task's files in a thread of its own: these 60 small files would be one task of 60
     threads (10,000 such files, a 1M-row job, never finished). The job packs about a block's
-    bytes per read task."""
+    bytes per read task, each a block."""
     os.makedirs(tmp_path / "input")
     rows = sample_rows(num_good=2)[:2]
     for f in range(60):
@@ -213,8 +213,11 @@ def test_many_small_input_files_are_read_about_a_block_per_read_task(ray_cluster
     plan = plan_job(job_config(tmp_path, checkpoint, input={"num_blocks": 6}))
     ds = read_input(plan, read_columns(plan.config), 6).materialize()
     assert ds.count() == 120
-    (read_tasks,) = [int(m) for m in re.findall(r"ReadFiles\w*: (\d+) tasks executed", ds.stats())]
-    assert 6 <= read_tasks <= 12, ds.stats()
+    (read_tasks, read_blocks) = [int(m) for m in re.search(r"ReadFiles\w*: (\d+) tasks executed, (\d+) blocks produced",
+                                                            ds.stats()).groups()]
+    # A read task's files make one block: no stage cuts blocks by rows after the read.
+    assert 6 <= read_tasks <= 12 and read_blocks == read_tasks, ds.stats()
+    assert "StreamingRepartition" not in ds.stats()
 
 
 def test_s3_image_uris_checkpoint_and_output(ray_cluster, checkpoint, s3_endpoint, tmp_path):

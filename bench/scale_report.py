@@ -6,8 +6,10 @@ from typing import List, Tuple
 ROWS_PER_BLOCK = 1000  # the job's default most rows per block: one result file and checkpoint entry each
 # How the job cut its blocks (a record's machine["blocks"]; the records before it was kept cut
 # by size): "size", every stage to a target of half a block's input bytes, so that the decode
-# and model stages cut each block into many; "rows", by rows after the read, kept whole after.
-BLOCKS = {"size": "by size", "rows": "by rows"}
+# and model stages cut each block into many; "rows", by rows in a stage after the read, kept
+# whole after; "read", a block per read task (by rows after the read only for a file of more
+# rows than a block, which these inputs have not), kept whole after.
+BLOCKS = {"size": "by size", "rows": "by rows after the read", "read": "per read task"}
 
 
 def blocks(record: dict) -> str:
@@ -120,7 +122,9 @@ def render(records: List[dict]) -> str:
              f"compute.encode_cpus {m['encode_cpus']:g}; input.num_blocks unset (the default)",
              "- blocks cut by size: every stage cut its output blocks to half a block's input bytes (Ray Data's "
              "target block size, set to shape the read), so the decode and model stages cut each block into many; "
-             "by rows: cut by rows after the read, and kept whole by the later stages up to Ray Data's 128 MiB",
+             "by rows after the read: in a stage of CPU tasks of its own, and kept whole by the later stages up to "
+             "Ray Data's 128 MiB; per read task: a read task of about a block's bytes of files puts out one block, "
+             "kept whole as before (the job cuts by rows only a file of more rows than a block)",
              "- each run's `started` and load average are in its row; the load counts every process of the cluster, "
              "so a load near the cluster's CPU count is the run itself", "",
              "## Runs", ""] + _runs_table(runs)
@@ -137,11 +141,14 @@ def render(records: List[dict]) -> str:
                   "Rows redone: rows through the model at the last progress line before the kill (every 5 s) less the "
                   "rows the resumed run found written; the rows the model ran after that line are not counted.", ""]
         lines += _kill_table(kills)
-    newest = blocks(records[-1])
-    local = sorted((r for r in runs if r["storage"] == "local disk" and blocks(r) == newest), key=lambda r: r["rows"])
+    # From the newest way of cutting blocks with local runs of two sizes or more.
+    for cut in dict.fromkeys(blocks(r) for r in reversed(records)):
+        local = sorted((r for r in runs if r["storage"] == "local disk" and blocks(r) == cut), key=lambda r: r["rows"])
+        if len({r["rows"] for r in local}) >= 2:
+            break
     if len({r["rows"] for r in local}) >= 2:
         lines += ["", f"## Extrapolated from the local runs of {_k(local[-2]['rows'])} and {_k(local[-1]['rows'])} rows, "
-                  f"blocks cut {BLOCKS[newest]}",
+                  f"blocks cut {BLOCKS[cut]}",
                   "", "| quantity | at the largest run | 10M images | 100M images | how |", "|---|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in extrapolate(local)]
     lines += ["", "## Job summaries", ""] + [f"- {r['spec']}, blocks {BLOCKS[blocks(r)]}: `{r['summary']}`"

@@ -65,10 +65,9 @@ def cluster(ray_nodes: RayCluster):
             ray_nodes.kill(ray_nodes.workers[-1])
         ray_nodes.wait_for_nodes()
     deadline = time.time() + 60  # the actor of a job whose driver was killed ends with that job
-    while ray_nodes.node_running(MODEL_ACTOR) is not None:
+    while (node := ray_nodes.node_running(MODEL_ACTOR)) is not None:
         if time.time() > deadline:
-            node = ray_nodes.node_running(MODEL_ACTOR)
-            pid = node.process_titled(MODEL_ACTOR) if node else 0
+            pid = node.process_titled(MODEL_ACTOR)
             if pid:
                 described = ray_nodes.describe_worker(pid)
                 os.kill(pid, signal.SIGKILL)  # a process of this module's cluster: the next test's starts clean

@@ -4,6 +4,7 @@ fault test needs: the store goes away mid-run and comes back holding what it hel
 
 import os
 import shutil
+import socket
 import time
 from typing import Optional
 
@@ -22,7 +23,13 @@ class SeaweedFS:
         self.server: Optional[OwnedProcess] = None
 
     def start(self) -> "SeaweedFS":
+        """Starts the server on its port; a restart first waits (up to 60 s) for the port to be
+        free: while the server was down, another process on the machine may have taken it for a
+        while as the local end of a connection of its own."""
         os.makedirs(self.data_dir, exist_ok=True)
+        deadline = time.time() + 60
+        while not _bindable(self.port) and time.time() < deadline:
+            time.sleep(0.5)
         self.server = OwnedProcess([self.weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                                     f"-s3.port={self.port}"], env={**os.environ, **CREDENTIALS})
         wait_for_port(self.port, process=self.server)
@@ -59,3 +66,14 @@ class SeaweedFS:
             return [item["Key"] for page in pages for item in page.get("Contents", [])]
         except Exception:  # noqa: BLE001 - down or restarting
             return []
+
+
+def _bindable(port: int) -> bool:
+    """Whether a server may listen on 127.0.0.1:`port` now (with SO_REUSEADDR, as weed does)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False

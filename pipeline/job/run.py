@@ -1,8 +1,9 @@
 """`run_job`: the job from its plan to its summary. It checks the connected cluster's
 resources, says in one line per stage what will run where, writes the job's description,
 takes the output's lease, runs the dataset with progress lines, and ends with the summary and
-closing check read back from the output; the `_SUCCESS` manifest only when the check passed. A `--retry-errors` pass
-runs the rows with transient errors again and puts them in place in their files."""
+closing check read back from the output (in a Ray task off the driver: it holds every id);
+the `_SUCCESS` manifest only when the check passed. A `--retry-errors` pass runs the rows
+with transient errors again and puts them in place in their files."""
 
 import _thread
 import dataclasses
@@ -32,6 +33,7 @@ from ..storage import Location, basename
 from ..text import plural, some
 from .bad_input import skip_unreadable, unreadable_input
 from .dataset import ResultFilenames, block_count, build_dataset, cpu_reservations, resource_problems, rows_per_block
+from .off_driver import run_off_driver
 from .plan import JobPlan, continues_output, plan_job
 from .progress import Log, ProgressReporter, RowCounter
 from .resume import check_resume
@@ -275,7 +277,7 @@ def _finish(plan: JobPlan, start: float, rows_done: int, rows_run: int, stats: s
     """The summary and closing check of what the output holds; the manifest when it passed."""
     config, output = plan.config, plan.output
     files = output.result_files().files
-    summary = summarize_output(config, output, files, plan.rows_in)
+    summary = run_off_driver(summarize_output, config, output, files, plan.rows_in)
     summary.stats, summary.rows_in, summary.rows_already_done = stats, plan.rows_in, rows_done
     summary.rows_run, summary.retried = rows_run, retried
     summary.skipped_files = [f"{s.url}: {s.reason}" for s in plan.scan.skipped]

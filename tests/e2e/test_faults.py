@@ -319,6 +319,31 @@ def assert_one_wrote(outcomes, ids, final_ids) -> None:
     assert sorted(final_ids) == sorted(ids)  # every id exactly once
 
 
+_OFF_DRIVER_PROBE = r"""
+import json, sys
+import ray
+from pipeline.job.off_driver import run_off_driver
+
+def node_id():
+    return ray.get_runtime_context().get_node_id()
+
+ray.init(address=sys.argv[1], logging_level="ERROR")
+memory = {n["NodeID"]: n["Resources"].get("memory", 0.0) for n in ray.nodes() if n["Alive"]}
+print(json.dumps({"driver": node_id(), "ran_on": run_off_driver(node_id), "memory": memory}))
+"""
+
+
+def test_the_closing_check_runs_off_the_drivers_node(cluster):
+    # Every job of this module runs its closing check through run_off_driver; here, where.
+    proc = subprocess.run([sys.executable, "-c", _OFF_DRIVER_PROBE, cluster.address], env=env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    others = {node: memory for node, memory in found["memory"].items() if node != found["driver"]}
+    assert len(others) == len(WORKER_CPUS)
+    assert found["ran_on"] in others and others[found["ran_on"]] == max(others.values())
+
+
 def test_two_runs_on_one_local_output(cluster, vit_pair, tmp_path):
     ids = write_input(tmp_path / "input")
     config = job_file(tmp_path, vit_pair.pth)

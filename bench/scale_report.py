@@ -8,8 +8,10 @@ ROWS_PER_BLOCK = 1000  # the job's default most rows per block: one result file 
 # by size): "size", every stage to a target of half a block's input bytes, so that the decode
 # and model stages cut each block into many; "rows", by rows in a stage after the read, kept
 # whole after; "read", a block per read task (by rows after the read only for a file of more
-# rows than a block, which these inputs have not), kept whole after.
-BLOCKS = {"size": "by size", "rows": "by rows after the read", "read": "per read task"}
+# rows than a block, which these inputs have not), kept whole after; "read_check_off_driver",
+# as "read", with the closing check in a Ray task on a worker node instead of on the driver.
+BLOCKS = {"size": "blocks cut by size", "rows": "blocks cut by rows after the read", "read": "a block per read task",
+          "read_check_off_driver": "a block per read task, closing check off the driver"}
 
 
 def blocks(record: dict) -> str:
@@ -27,7 +29,7 @@ def _cluster(machine: dict) -> str:
 
 
 def _runs_table(records: List[dict]) -> List[str]:
-    lines = ["| rows | storage | blocks cut | cluster | input files | wall s | rows/s | to first result file s "
+    lines = ["| rows | storage | version | cluster | input files | wall s | rows/s | to first result file s "
              "| driver peak RSS MiB | driver RSS at ¼, ½, ¾ of the run MiB | driver CPU s | result files | output MiB "
              "| load before / mean / max | started |", "|" + "---|" * 15]
     for r in records:
@@ -52,13 +54,13 @@ def _nodes_table(records: List[dict]) -> List[str]:
             seconds = r["node_cpu_s"].get(n)
             mark = " (model actor)" if n in r["model_nodes"] else ""
             cells.append("-" if seconds is None else f"{seconds:.0f} s, {seconds / total:.0%}{mark}")
-        label = f"{r['spec']}, blocks {BLOCKS[blocks(r)]}" + (" (the resumed run)" if "killed" in r else "")
+        label = f"{r['spec']}, {BLOCKS[blocks(r)]}" + (" (the resumed run)" if "killed" in r else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _growth_table(records: List[dict]) -> List[str]:
-    lines = ["| storage | blocks cut | rows | driver peak RSS MiB | growth from the size before |", "|---|---|---|---|---|"]
+    lines = ["| storage | version | rows | driver peak RSS MiB | growth from the size before |", "|---|---|---|---|---|"]
     for storage, cut in sorted({(r["storage"], blocks(r)) for r in records}):
         runs = sorted((r for r in records if r["storage"] == storage and blocks(r) == cut), key=lambda r: r["rows"])
         for before, r in zip([None, *runs[:-1]], runs, strict=True):
@@ -69,7 +71,7 @@ def _growth_table(records: List[dict]) -> List[str]:
 
 
 def _kill_table(records: List[dict]) -> List[str]:
-    lines = ["| rows | storage | blocks cut | killed after s | at the kill: decoded / through the model / encoded | result files "
+    lines = ["| rows | storage | version | killed after s | at the kill: decoded / through the model / encoded | result files "
              "(rows) at the kill | rows the resumed run skipped | rows redone | resumed run: wall s, rows/s of the rest, "
              "driver peak RSS MiB | resumed output |", "|" + "---|" * 10]
     for r in records:
@@ -124,7 +126,9 @@ def render(records: List[dict]) -> str:
              "target block size, set to shape the read), so the decode and model stages cut each block into many; "
              "by rows after the read: in a stage of CPU tasks of its own, and kept whole by the later stages up to "
              "Ray Data's 128 MiB; per read task: a read task of about a block's bytes of files puts out one block, "
-             "kept whole as before (the job cuts by rows only a file of more rows than a block)",
+             "kept whole as before (the job cuts by rows only a file of more rows than a block); closing check off the "
+             "driver: the job's closing check (every id of the output) in a Ray task on a worker node, not on the "
+             "driver",
              "- each run's `started` and load average are in its row; the load counts every process of the cluster, "
              "so a load near the cluster's CPU count is the run itself", "",
              "## Runs", ""] + _runs_table(runs)
@@ -148,9 +152,9 @@ def render(records: List[dict]) -> str:
             break
     if len({r["rows"] for r in local}) >= 2:
         lines += ["", f"## Extrapolated from the local runs of {_k(local[-2]['rows'])} and {_k(local[-1]['rows'])} rows, "
-                  f"blocks cut {BLOCKS[cut]}",
+                  f"{BLOCKS[cut]}",
                   "", "| quantity | at the largest run | 10M images | 100M images | how |", "|---|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in extrapolate(local)]
-    lines += ["", "## Job summaries", ""] + [f"- {r['spec']}, blocks {BLOCKS[blocks(r)]}: `{r['summary']}`"
+    lines += ["", "## Job summaries", ""] + [f"- {r['spec']}, {BLOCKS[blocks(r)]}: `{r['summary']}`"
                                              for r in records]
     return "\n".join(lines) + "\n"

@@ -1,10 +1,12 @@
 """Stable keys and hashes of row ids: the same in every process and run (unlike `hash`), so
 that the evaluation's hash join and fine-tuning's validation split fall the same way
-everywhere; and the ids of a column that repeat, for the job's checks."""
+everywhere; the ids of a column that repeat, for the job's checks; and the 64-bit keys a
+job's plan keeps of its input's ids instead of the ids themselves."""
 
 import hashlib
 import math
-from typing import Any, List, Tuple
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +44,95 @@ def repeated_ids(columns: List[pa.ChunkedArray], examples: int = 3) -> Tuple[int
     # A repeated id's run of equal neighbours starts where the one before differs.
     starts = np.flatnonzero(same_as_next & ~np.concatenate(([False], same_as_next[:-1])))
     return nulls, len(starts), ordered.take(pa.array(starts[:examples])).to_pylist()
+
+
+_KEY_BASE = np.uint64(0x100000001B3)  # FNV's 64-bit prime: odd, so no byte's weight is lost mod 2**64
+_MAX_KEYED_BYTES = 1 << 16  # longer ids are keyed one by one (stable_hash), not by the table of powers
+
+
+def id_keys(ids: Union[pa.Array, pa.ChunkedArray]) -> np.ndarray:
+    """64-bit keys (uint64) of the non-null `ids`, in their order: equal ids give equal keys in
+    every process, whatever their Arrow width (int32 or int64, string or large_string);
+    different ids the same key only by a rare collision (never for integers, their own key).
+
+    Arguments:
+      ids: one id column, or part of one.
+    Returns:
+      one key per non-null id.
+    """
+    chunks = ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]
+    return np.concatenate([_chunk_keys(chunk.drop_null()) for chunk in chunks] or [np.zeros(0, np.uint64)])
+
+
+def _chunk_keys(ids: pa.Array) -> np.ndarray:
+    kind = ids.type
+    if pa.types.is_integer(kind):
+        wide = ids.cast(pa.uint64()) if pa.types.is_unsigned_integer(kind) else ids.cast(pa.int64())
+        return wide.to_numpy(zero_copy_only=False).view(np.uint64)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
+            or pa.types.is_large_binary(kind):
+        return _bytes_keys(ids.cast(pa.large_binary()))
+    return np.array([stable_hash(value) for value in ids.to_pylist()], dtype=np.uint64)
+
+
+def _bytes_keys(ids: pa.Array) -> np.ndarray:
+    """A polynomial hash of each id's bytes (mod 2**64, all ids at once), its length mixed in,
+    then SplitMix64's finalizer so that near ids spread over the keys."""
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64, count=len(ids) + 1, offset=8 * ids.offset)
+    lengths = np.diff(offsets)
+    if len(ids) and int(lengths.max()) > _MAX_KEYED_BYTES:
+        return np.array([stable_hash(value) for value in ids.to_pylist()], dtype=np.uint64)
+    data = np.frombuffer(ids.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].astype(np.uint64)
+    keys = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    filled = lengths > 0
+    if data.size:
+        powers = np.cumprod(np.full(int(lengths.max()), _KEY_BASE, dtype=np.uint64))
+        starts = offsets[:-1] - offsets[0]
+        position = np.arange(data.size) - np.repeat(starts, lengths)  # of each byte in its id
+        keys[filled] += np.add.reduceat(data * powers[position], starts[filled])
+    keys ^= keys >> np.uint64(30)
+    keys *= np.uint64(0xBF58476D1CE4E5B9)
+    keys ^= keys >> np.uint64(27)
+    keys *= np.uint64(0x94D049BB133111EB)
+    keys ^= keys >> np.uint64(31)
+    return keys
+
+
+@dataclass
+class InputIdKeys:
+    """The 64-bit keys (`id_keys`) of an input's non-null ids, sorted, and its null ids: what a
+    job's plan keeps of the input's ids (8 bytes an id, whatever the ids' size)."""
+
+    keys: np.ndarray
+    nulls: int
+
+    @classmethod
+    def of(cls, columns: Iterable[Union[pa.Array, pa.ChunkedArray]]) -> "InputIdKeys":
+        """The keys of every id of `columns` (e.g. one per file)."""
+        columns = list(columns)
+        keys = np.concatenate([id_keys(c) for c in columns] or [np.zeros(0, np.uint64)])
+        keys.sort()
+        return cls(keys, sum(c.null_count for c in columns))
+
+    @classmethod
+    def joined(cls, parts: List["InputIdKeys"]) -> "InputIdKeys":
+        """The keys of several parts' ids together (e.g. one part per file)."""
+        keys = np.concatenate([part.keys for part in parts] or [np.zeros(0, np.uint64)])
+        keys.sort()
+        return cls(keys, sum(part.nulls for part in parts))
+
+    def may_repeat(self) -> bool:
+        """Whether two ids share a key: the same id twice, or (rarely) a collision."""
+        return bool(np.any(self.keys[1:] == self.keys[:-1]))
+
+    def lacks(self, ids: Union[pa.Array, pa.ChunkedArray]) -> int:
+        """How many of the non-null `ids` have a key that no input id has: ids the input does
+        not hold (an id whose key collides with an input id's is taken as held)."""
+        keys = id_keys(ids)
+        if not len(self.keys):
+            return len(keys)
+        found = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return int(np.count_nonzero(self.keys[found] != keys))
 
 
 def json_value(value: Any) -> Any:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import ConfigError
+from ..ids import InputIdKeys
 from ..storage import Location, store_problem
 
 _FOOTER_THREADS = 32
@@ -122,23 +123,23 @@ def scan_input(location: Location, key: str, columns: Sequence[str], skip_bad: b
 
 
 def read_pages(scan: InputScan, key: str, id_column: str, sample_columns: Sequence[str], skip_bad: bool
-               ) -> Tuple[InputScan, pa.ChunkedArray]:
+               ) -> Tuple[InputScan, InputIdKeys]:
     """Pages beyond the footers, before any work: each file's whole id column (the job tells
     rows apart by id) and its first row group of `sample_columns` (the other columns the job
     reads, but the images: cheap), read in parallel. Returns the scan (without the files that
-    failed, listed as skipped, under `skip_bad`) and the ids of the files kept; ConfigError
-    naming each file that failed otherwise."""
-    fs = scan.location.fs
+    failed, listed as skipped, under `skip_bad`) and the keys of the ids of the files kept (8
+    bytes an id: each file's ids are let go once keyed); ConfigError naming each file that
+    failed otherwise."""
     sample = [c for c in dict.fromkeys(sample_columns) if c != id_column]
 
-    def read(entry: InputFile) -> Tuple[Optional[pa.ChunkedArray], Optional[str]]:
+    def read(entry: InputFile) -> Tuple[Optional[InputIdKeys], Optional[str]]:
         try:
-            with fs.open(entry.path, "rb") as f:
+            with scan.location.fs.open(entry.path, "rb") as f:
                 parquet = pq.ParquetFile(f)
-                ids = parquet.read(columns=[id_column]).column(0)
+                keys = InputIdKeys.of([parquet.read(columns=[id_column]).column(0)])
                 if sample and parquet.metadata.num_row_groups:
                     parquet.read_row_group(0, columns=sample)
-            return ids, None
+            return keys, None
         except Exception as e:  # noqa: BLE001 - corrupt pages behind an intact footer
             return None, f"not a readable Parquet file (its pages): {type(e).__name__}: {e}"[:500]
 
@@ -149,6 +150,18 @@ def read_pages(scan: InputScan, key: str, id_column: str, sample_columns: Sequen
     if bad and not skip_bad:
         raise ConfigError([f"{key}: {b.url} is {b.reason} (input.on_bad_file: skip leaves such files out)" for b in bad])
     kept = [entry for entry, (_, problem) in zip(scan.files, results, strict=True) if problem is None]
-    chunks = [chunk for ids, _ in results if ids is not None for chunk in ids.chunks]
-    ids = pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.string())
-    return InputScan(scan.location, kept, scan.skipped + bad), ids
+    return InputScan(scan.location, kept, scan.skipped + bad), InputIdKeys.joined([k for k, _ in results if k is not None])
+
+
+def read_ids(scan: InputScan, id_column: str) -> pa.ChunkedArray:
+    """Every id of the scan's files (read in parallel), for an exact look at ids whose keys
+    repeat."""
+
+    def read(entry: InputFile) -> pa.ChunkedArray:
+        with scan.location.fs.open(entry.path, "rb") as f:
+            return pq.read_table(f, columns=[id_column]).column(0)
+
+    with concurrent.futures.ThreadPoolExecutor(min(_FOOTER_THREADS, max(1, len(scan.files)))) as pool:
+        columns = list(pool.map(read, scan.files))
+    chunks = [chunk for column in columns for chunk in column.chunks]
+    return pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.string())

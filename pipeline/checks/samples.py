@@ -4,12 +4,12 @@ number of prompts, image URIs that all lie outside the allowed prefixes, and ids
 resumed run could not tell apart."""
 
 import math
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import pyarrow as pa
 
 from ..config import JobConfig
-from ..ids import repeated_ids
+from ..ids import InputIdKeys, repeated_ids
 from ..inputs.boxes import per_box_columns, per_box_mismatch
 from ..inputs.images import input_directory, resolve_image_uri
 from ..inputs.prompts import count_mismatch, prompt_counts
@@ -79,12 +79,15 @@ def check_per_box_lengths(scan: InputScan, config: JobConfig) -> Tuple[List[str]
     return [], [f"{finding}; such rows are written with a per_box error"]
 
 
-def check_ids_unique(ids: pa.ChunkedArray, id_column: str, resuming: bool) -> Tuple[List[str], List[str]]:
+def check_ids_unique(keys: InputIdKeys, read_ids: Callable[[], pa.ChunkedArray], id_column: str,
+                     resuming: bool) -> Tuple[List[str], List[str]]:
     """(problems, warnings) of null and duplicate ids, known before any work: the job tells
     rows apart by id (the closing check, --retry-errors), so ids must be unique. A null id is
     that row's error, except in a resumed run (`resuming`), which skips the rows already
-    written by id and so needs one for every row."""
-    nulls, repeated, examples = repeated_ids([ids])
+    written by id and so needs one for every row. The ids are read again (`read_ids`) only
+    when their `keys` repeat, to tell the same id twice from a collision and to name them."""
+    nulls = keys.nulls
+    repeated, examples = repeated_ids([read_ids()])[1:] if keys.may_repeat() else (0, [])
     problems, warnings = [], []
     if nulls and resuming:
         problems.append(f"input.id_column: {nulls} rows have a null {id_column!r}; output.mode: resume skips the rows "

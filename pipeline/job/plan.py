@@ -13,18 +13,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-import pyarrow as pa
-
 from samhq_core import SamHQConfig
 from samhq_core.checkpoint_sources import checkpoint_version
 
 from ..checks.checkpoint import check_checkpoint
 from ..checks.columns import ColumnRule, check_columns, skip_files_with_bad_columns
-from ..checks.input_files import InputScan, read_pages, scan_input
+from ..checks.input_files import InputScan, read_ids, read_pages, scan_input
 from ..checks.output_dir import check_lease, check_output
 from ..checks.paths import resolve_checkpoint, resolve_local_path, with_uri_prefixes
 from ..checks.samples import box_format_evidence, check_ids_unique, check_per_box_lengths, check_uri_sample
 from ..config import DEMO_WORKDIR, ConfigError, JobConfig, Section
+from ..ids import InputIdKeys
 from ..output import Fingerprint, JobOutput, Shard, ShardRecord
 from ..storage import Location, is_local, plain_path, s3_options, store_problem
 from ..text import plural
@@ -80,7 +79,7 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
     config, problems = resolve_job_paths(config, relative_to)
     unresolved = {problem.split(":", 1)[0] for problem in problems}
     scan: Optional[InputScan] = None
-    input_ids: Optional[pa.ChunkedArray] = None
+    input_ids: Optional[InputIdKeys] = None
     warnings: List[str] = []
     skip_bad = config.input.on_bad_file == "skip"
     input_location = Location(config.input.path, config.storage)
@@ -116,8 +115,9 @@ def plan_job(config: JobConfig, relative_to: Optional[str] = None, retry_errors:
                 scan, input_ids = read_pages(scan, "input.path", config.input.id_column,
                                              [c for c in read_columns(config) if c != config.input.image_column],
                                              skip_bad)
-                found, suspicious = check_ids_unique(input_ids, config.input.id_column,
-                                                     resuming=config.output.mode == "resume")
+                kept = scan
+                found, suspicious = check_ids_unique(input_ids, lambda: read_ids(kept, config.input.id_column),
+                                                     config.input.id_column, resuming=config.output.mode == "resume")
                 problems, warnings = problems + found, warnings + suspicious
             except ConfigError as e:
                 problems += e.problems

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import JobConfig
+from ..ids import InputIdKeys
 from ..output import Fingerprint, JobDescription, JobOutput, changed_settings, job_file, success_file
 from ..schema import ERROR, error_kind
 from ..storage import basename, is_transient
@@ -82,7 +83,7 @@ def _input_changes(description: JobDescription, fingerprint: Optional[Fingerprin
 
 
 def check_resume(config: JobConfig, output: JobOutput, fingerprint: Optional[Fingerprint] = None,
-                 input_ids: Optional[pa.ChunkedArray] = None) -> Tuple[ResumeState, List[str]]:
+                 input_ids: Optional[InputIdKeys] = None) -> Tuple[ResumeState, List[str]]:
     """What an earlier run at the output left, or why it cannot be resumed: another config,
     input files or weights changed since (`fingerprint`, now), a checkpoint entry that cannot
     be read, or one listing ids that the input (`input_ids`, when given) does not hold."""
@@ -117,17 +118,18 @@ def _restored_size(rows: int, text_bytes: Optional[int]) -> int:
     return 8 * rows + (0 if text_bytes is None else _STR_OBJECT_BYTES * rows + text_bytes)
 
 
-def _checkpoint_rows(output: JobOutput, input_ids: Optional[pa.ChunkedArray]) -> Tuple[int, int, List[str]]:
+def _checkpoint_rows(output: JobOutput, input_ids: Optional[InputIdKeys]) -> Tuple[int, int, List[str]]:
     """The rows the checkpoint's committed entries list and their restored size
     (`_restored_size`), read in threads (whole, when the input's ids are given to check them
     against; else their footers), or the entries that cannot be read or list ids the input
     does not hold."""
     checkpoint = output.checkpoint
     fs = checkpoint.fs
-    known = input_ids.combine_chunks() if input_ids is not None else None
+    known = input_ids  # each entry's ids are looked up in its own thread, then let go
 
-    def read(path: str) -> Tuple[int, int, Optional[pa.ChunkedArray], Optional[str]]:
-        """(rows, their restored size, the ids when they are checked, the problem reading it)."""
+    def read(path: str) -> Tuple[int, int, int, Optional[str]]:
+        """(rows, their restored size, those of its ids the input lacks when they are checked,
+        the problem reading it)."""
         try:
             if known is None:
                 with fs.open(path, "rb") as f:
@@ -137,12 +139,12 @@ def _checkpoint_rows(output: JobOutput, input_ids: Optional[pa.ChunkedArray]) ->
                 # A text column's plain values are each a 4-byte length and the text.
                 text = (sum(c.total_uncompressed_size for c in chunks) - 4 * rows
                         if chunks and chunks[0].physical_type == "BYTE_ARRAY" else None)
-                return rows, _restored_size(rows, text), None, None
+                return rows, _restored_size(rows, text), 0, None
             ids = output.checkpoint_entry_ids(path)
             text = int(pc.sum(pc.utf8_length(ids)).as_py() or 0) if pa.types.is_string(ids.type) else None
-            return len(ids), _restored_size(len(ids), text), ids.cast(known.type), None
+            return len(ids), _restored_size(len(ids), text), known.lacks(ids), None
         except Exception as e:  # noqa: BLE001 - truncated, corrupt or not Parquet at all
-            return 0, 0, None, f"{type(e).__name__}: {e}"[:300]
+            return 0, 0, 0, f"{type(e).__name__}: {e}"[:300]
 
     entries = output.committed_checkpoint_entries()
     with concurrent.futures.ThreadPoolExecutor(_FOOTER_THREADS) as pool:
@@ -155,17 +157,11 @@ def _checkpoint_rows(output: JobOutput, input_ids: Optional[pa.ChunkedArray]) ->
         return 0, 0, [f"output.mode: resume: {len(unreadable)} checkpoint entries cannot be read, e.g. {url} ({problem}); "
                    f"remove each with the result files it covers (for this one: {output.url}/{name}*.parquet), whose "
                    "rows are then processed again, or start over with output.mode: overwrite"]
-    if known is not None:
-        # One lookup of every entry's ids: Arrow builds a hash table of the input's ids for each
-        # is_in call, and a call per entry in each thread held 32 such tables at once (a 1M-row
-        # input resumed at half: 2.4 GiB on the driver, bench/results/scale_cluster.md).
-        listed = pa.chunked_array([chunk for _, _, ids, _ in found if ids is not None for chunk in ids.chunks],
-                                  type=known.type)
-        foreign = len(listed) - (pc.sum(pc.is_in(listed, value_set=known)).as_py() or 0)
-        if foreign:
-            return 0, 0, [f"output.mode: resume: the checkpoint at {checkpoint.url} lists {foreign} ids that the input "
-                       "does not hold: it belongs to another input (or was edited); start over with output.mode: "
-                       "overwrite"]
+    foreign = sum(lacking for _, _, lacking, _ in found)
+    if foreign:
+        return 0, 0, [f"output.mode: resume: the checkpoint at {checkpoint.url} lists {foreign} ids that the input "
+                      "does not hold: it belongs to another input (or was edited); start over with output.mode: "
+                      "overwrite"]
     return sum(rows for rows, _, _, _ in found), sum(size for _, size, _, _ in found), []
 
 

@@ -10,6 +10,7 @@ import ray
 from ray.data import DataContext
 from ray.data.checkpoint.checkpoint_filter import _numpy_size
 
+from pipeline.ids import InputIdKeys
 from pipeline.job.checkpoint_restore import JobCheckpointManager
 from pipeline.job.dataset import job_checkpoint
 from pipeline.job.resume import _checkpoint_rows
@@ -70,7 +71,7 @@ def test_the_restored_ids_size_is_estimated_from_the_checkpoint_as_ray_counts_it
     ref, size = JobCheckpointManager(checkpoint_config=config, data_context=DataContext.get_current()).load_checkpoint(
         str(output_dir), config.filesystem)
     assert size == _numpy_size(ray.get(ref))
-    for input_ids in (None, pa.chunked_array([pa.array(ids)])):
+    for input_ids in (None, InputIdKeys.of([pa.array(ids)])):
         rows, estimated, problems = _checkpoint_rows(output, input_ids)
         assert problems == [] and rows == len(ids)
         assert abs(estimated - size) <= 0.02 * size, (estimated, size)

@@ -6,7 +6,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from pipeline.ids import repeated_ids
+from pipeline.ids import InputIdKeys, id_keys, repeated_ids
 
 
 def _reference(values):
@@ -34,3 +34,25 @@ def test_unique_and_empty_ids_have_no_repeats():
     assert repeated_ids([pa.chunked_array([["a", "b"]]), pa.chunked_array([["c", None]])]) == (1, 0, [])
     assert repeated_ids([pa.chunked_array([], type=pa.string())]) == (0, 0, [])
     assert repeated_ids([]) == (0, 0, [])
+
+
+def test_id_keys_are_equal_for_equal_ids_of_any_width_and_differ_otherwise():
+    words = [f"img{i:06}" for i in range(5_000)] + ["", "a", "ab", "ba", "é", "x" * 300]
+    keys = id_keys(pa.array(words))
+    assert len(set(keys.tolist())) == len(words)  # no collision among near ids
+    sliced = pa.array(["pad"] + words).slice(1)  # an array that starts inside its buffers
+    for same in (pa.array(words, pa.large_string()), pa.array([w.encode() for w in words]), sliced):
+        assert id_keys(same).tolist() == keys.tolist()
+    numbers = [3, -7, 2**40, None]
+    assert id_keys(pa.array(numbers, pa.int64())).tolist() == (
+        id_keys(pa.array([3, -7], pa.int32())).tolist() + id_keys(pa.chunked_array([[2**40, None]])).tolist())
+    assert len(id_keys(pa.array([None, "a", None]))) == 1
+
+
+def test_input_id_keys_find_repeats_and_ids_the_input_lacks():
+    files = [pa.array([f"img{i:06}" for i in range(s, s + 100)] + [None]) for s in range(0, 1_000, 100)]
+    keys = InputIdKeys.joined([InputIdKeys.of([f]) for f in files])
+    assert (keys.nulls, len(keys.keys), keys.may_repeat()) == (10, 1_000, False)
+    assert keys.lacks(pa.chunked_array([["img000005", "img000999", "img001000", "other"]])) == 2
+    assert InputIdKeys.of(files + [pa.array(["img000500"])]).may_repeat()
+    assert InputIdKeys.of([]).lacks(pa.array(["a"])) == 1

@@ -3,9 +3,11 @@
 import collections
 import random
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipeline.checks.samples import check_ids_unique
 from pipeline.ids import InputIdKeys, id_keys, repeated_ids
 
 
@@ -56,3 +58,22 @@ def test_input_id_keys_find_repeats_and_ids_the_input_lacks():
     assert keys.lacks(pa.chunked_array([["img000005", "img000999", "img001000", "other"]])) == 2
     assert InputIdKeys.of(files + [pa.array(["img000500"])]).may_repeat()
     assert InputIdKeys.of([]).lacks(pa.array(["a"])) == 1
+
+
+def test_repeated_keys_are_told_apart_from_repeated_ids_by_reading_the_ids_again():
+    ids = pa.chunked_array([["a", "b", "c"]])
+    reads = []
+
+    def read_ids():
+        reads.append(1)
+        return ids
+
+    unique = InputIdKeys.of([ids])
+    assert check_ids_unique(unique, read_ids, "id", resuming=False) == ([], []) and not reads
+    # Two different ids under one key (a collision, made here): read again, and not repeats.
+    collided = InputIdKeys(np.sort(np.concatenate([unique.keys, unique.keys[:1]])), 0)
+    assert check_ids_unique(collided, read_ids, "id", resuming=False) == ([], []) and reads == [1]
+    repeated = pa.chunked_array([["a", "b", "a", None]])
+    problems, warnings = check_ids_unique(InputIdKeys.of([repeated]), lambda: repeated, "id", resuming=False)
+    assert len(problems) == 1 and "1 ids appear more than once (e.g. 'a')" in problems[0]
+    assert len(warnings) == 1 and "1 rows have a null 'id'" in warnings[0]

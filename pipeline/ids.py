@@ -47,7 +47,6 @@ def repeated_ids(columns: List[pa.ChunkedArray], examples: int = 3) -> Tuple[int
 
 
 _KEY_BASE = np.uint64(0x100000001B3)  # FNV's 64-bit prime: odd, so no byte's weight is lost mod 2**64
-_MAX_KEYED_BYTES = 1 << 16  # longer ids are keyed one by one (stable_hash), not by the table of powers
 
 
 def id_keys(ids: Union[pa.Array, pa.ChunkedArray]) -> np.ndarray:
@@ -80,8 +79,6 @@ def _bytes_keys(ids: pa.Array) -> np.ndarray:
     then SplitMix64's finalizer so that near ids spread over the keys."""
     offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64, count=len(ids) + 1, offset=8 * ids.offset)
     lengths = np.diff(offsets)
-    if len(ids) and int(lengths.max()) > _MAX_KEYED_BYTES:
-        return np.array([stable_hash(value) for value in ids.to_pylist()], dtype=np.uint64)
     data = np.frombuffer(ids.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].astype(np.uint64)
     keys = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     filled = lengths > 0

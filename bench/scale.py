@@ -322,7 +322,7 @@ def measure(args: argparse.Namespace) -> None:
                                  "memory_gib": round(memory_gib(), 1), "torch": torch.__version__, "ray": ray.__version__,
                                  "load_before": load_before, "workers": args.workers,
                                  "batch_size": args.batch_size, "encode_cpus": args.encode_cpus,
-                                 "blocks": "read_check_off_driver"}
+                                 "blocks": "read_check_off_driver_id_keys"}
             print(json.dumps(record), flush=True)
             with open(args.json, "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -9,9 +9,12 @@ ROWS_PER_BLOCK = 1000  # the job's default most rows per block: one result file 
 # and model stages cut each block into many; "rows", by rows in a stage after the read, kept
 # whole after; "read", a block per read task (by rows after the read only for a file of more
 # rows than a block, which these inputs have not), kept whole after; "read_check_off_driver",
-# as "read", with the closing check in a Ray task on a worker node instead of on the driver.
+# as "read", with the closing check in a Ray task on a worker node instead of on the driver;
+# "read_check_off_driver_id_keys", as that, with the plan keeping 8-byte keys of the input's
+# ids instead of the ids.
 BLOCKS = {"size": "blocks cut by size", "rows": "blocks cut by rows after the read", "read": "a block per read task",
-          "read_check_off_driver": "a block per read task, closing check off the driver"}
+          "read_check_off_driver": "a block per read task, closing check off the driver",
+          "read_check_off_driver_id_keys": "a block per read task, closing check off the driver, input id keys"}
 
 
 def blocks(record: dict) -> str:
@@ -128,7 +131,7 @@ def render(records: List[dict]) -> str:
              "Ray Data's 128 MiB; per read task: a read task of about a block's bytes of files puts out one block, "
              "kept whole as before (the job cuts by rows only a file of more rows than a block); closing check off the "
              "driver: the job's closing check (every id of the output) in a Ray task on a worker node, not on the "
-             "driver",
+             "driver; input id keys: the plan keeps an 8-byte key of each input id, not the ids",
              "- each run's `started` and load average are in its row; the load counts every process of the cluster, "
              "so a load near the cluster's CPU count is the run itself", "",
              "## Runs", ""] + _runs_table(runs)

@@ -154,14 +154,8 @@ def read_pages(scan: InputScan, key: str, id_column: str, sample_columns: Sequen
 
 
 def read_ids(scan: InputScan, id_column: str) -> pa.ChunkedArray:
-    """Every id of the scan's files (read in parallel), for an exact look at ids whose keys
-    repeat."""
-
-    def read(entry: InputFile) -> pa.ChunkedArray:
-        with scan.location.fs.open(entry.path, "rb") as f:
-            return pq.read_table(f, columns=[id_column]).column(0)
-
-    with concurrent.futures.ThreadPoolExecutor(min(_FOOTER_THREADS, max(1, len(scan.files)))) as pool:
-        columns = list(pool.map(read, scan.files))
-    chunks = [chunk for column in columns for chunk in column.chunks]
+    """Every id of the scan's files (read in parallel, `Location.read_tables`), for an exact
+    look at ids whose keys repeat."""
+    chunks = [chunk for _, table in scan.location.read_tables([f.path for f in scan.files], [id_column])
+              for chunk in table.column(0).chunks]
     return pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.string())

@@ -125,13 +125,12 @@ def _checkpoint_rows(output: JobOutput, input_ids: Optional[InputIdKeys]) -> Tup
     does not hold."""
     checkpoint = output.checkpoint
     fs = checkpoint.fs
-    known = input_ids  # each entry's ids are looked up in its own thread, then let go
 
     def read(path: str) -> Tuple[int, int, int, Optional[str]]:
         """(rows, their restored size, those of its ids the input lacks when they are checked,
         the problem reading it)."""
         try:
-            if known is None:
+            if input_ids is None:
                 with fs.open(path, "rb") as f:
                     meta = pq.ParquetFile(f).metadata
                 rows = int(meta.num_rows)
@@ -142,7 +141,7 @@ def _checkpoint_rows(output: JobOutput, input_ids: Optional[InputIdKeys]) -> Tup
                 return rows, _restored_size(rows, text), 0, None
             ids = output.checkpoint_entry_ids(path)
             text = int(pc.sum(pc.utf8_length(ids)).as_py() or 0) if pa.types.is_string(ids.type) else None
-            return len(ids), _restored_size(len(ids), text), known.lacks(ids), None
+            return len(ids), _restored_size(len(ids), text), input_ids.lacks(ids), None  # in this entry's thread, then let go
         except Exception as e:  # noqa: BLE001 - truncated, corrupt or not Parquet at all
             return 0, 0, 0, f"{type(e).__name__}: {e}"[:300]
 
